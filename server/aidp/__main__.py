@@ -1,0 +1,3 @@
+from aidp.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Project configuration: `.aidp/config.toml`, validated where it enters so a typo is a clear error
+naming the field rather than a surprise in the middle of a run."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from aidp.engine.errors import ConfigError
+
+CONFIG_NAME = "config.toml"
+DEFAULT_MAX_CONCURRENT = 3
+DEFAULT_GRACE_S = 5.0
+
+PLACEHOLDERS = ("slug", "task", "mode", "steps", "branch", "worktree")
+
+
+class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    command: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    grace_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_GRACE_S
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=64)] = DEFAULT_MAX_CONCURRENT
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    harness: Harness = msgspec.field(default_factory=Harness)
+
+
+def load_config(state_dir: Path) -> Config:
+    path = state_dir / CONFIG_NAME
+    if not path.exists():
+        return Config()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    for key in config.harness.env:
+        if not key or "=" in key or "\0" in key:
+            raise ConfigError(f"{path}: invalid environment variable name {key!r} in [harness] env")
+    return config

@@ -1,0 +1,328 @@
+"""The engine: workstreams (worktree + task) and their runs, for one repository.
+
+Async and event-emitting so that the CLI and the JSON-RPC server are thin adapters: they call
+these methods and forward `EventBus` events. Every value from outside is validated here again,
+so no adapter can let a bad slug through by forgetting to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aidp.engine import gitrepo, procs
+from aidp.engine.config import DEFAULT_GRACE_S, Config, load_config
+from aidp.engine.errors import AlreadyExists, Busy, ConfigError, InvalidInput, Refused, UnknownSlugs
+from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
+from aidp.engine.executor import Run, RunOptions
+from aidp.engine.model import Event, RunSummary, Status, Workstream, utc_now, validate_slug
+from aidp.engine.store import AsyncStore, Store
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_DEFAULT = 1024 * 1024
+NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.QUEUED, Status.RUNNING)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _check_options(max_concurrent: int | None, mode: str, steps: list[str] | None, timeout_s: float | None) -> None:
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or not 1 <= max_concurrent <= 64
+    ):
+        raise InvalidInput(f"max_concurrent must be an integer from 1 to 64, got {max_concurrent!r}")
+    if not isinstance(mode, str) or not mode:
+        raise InvalidInput(f"mode must be a non-empty string, got {mode!r}")
+    if steps is not None and not all(isinstance(s, str) and s and "," not in s for s in steps):
+        raise InvalidInput(f"steps must be non-empty names without commas, got {steps!r}")
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
+    ):
+        raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout_s!r}")
+
+
+class Engine:
+    def __init__(self, root: Path, db: AsyncStore) -> None:
+        self.root = root
+        self.state_dir = root / gitrepo.STATE_DIR
+        self.worktrees_dir = root / gitrepo.WORKTREES_DIR
+        self.logs_dir = self.state_dir / "logs"
+        self.db = db
+        self.events = EventBus()
+        self._owner = procs.self_identity()
+        self._runs: dict[str, tuple[Run, asyncio.Task[RunSummary]]] = {}
+
+    @classmethod
+    async def open(cls, root: Path) -> Engine:
+        """Open the repository's state and correct what dead aidp processes left behind."""
+        root = root.resolve()
+        gitrepo.ensure_ignored(root)
+        db = AsyncStore(await asyncio.to_thread(Store, root / gitrepo.STATE_DIR / "state.db"))
+        engine = cls(root, db)
+        await engine.recover()
+        return engine
+
+    async def close(self) -> None:
+        """Cancel every run of this process, wait until each is ended and recorded, close the db."""
+        for run, _ in list(self._runs.values()):
+            run.cancel()
+        tasks = [task for _, task in self._runs.values()]
+        if tasks:
+            await asyncio.wait(tasks)
+        self.db.close()
+
+    def config(self) -> Config:
+        """Read fresh each time, so an edit takes effect at the next run without a restart."""
+        return load_config(self.state_dir)
+
+    # -- workstreams -------------------------------------------------------------------------
+
+    async def create(
+        self, slug: str, task: str, base_branch: str | None = None, command: list[str] | None = None
+    ) -> Workstream:
+        validate_slug(slug)
+        if not isinstance(task, str) or not task.strip():
+            raise InvalidInput("the task must be a non-empty text")
+        if command is not None and (not command or not all(isinstance(a, str) and a for a in command)):
+            raise InvalidInput("command must be a non-empty list of non-empty arguments")
+        if await self.db.call(self.db.store.get, slug):
+            raise AlreadyExists(f"workstream {slug!r} already exists")
+        path = self.worktrees_dir / slug
+        if path.exists():
+            raise Refused(f"{path} already exists; move it away or pick another slug")
+        branch = f"aidp/{slug}"
+        await gitrepo.add_worktree(self.root, path, branch, base_branch)
+        now = utc_now()
+        ws = Workstream(
+            slug=slug,
+            task=task,
+            status=Status.ACTIVE,
+            branch=branch,
+            path=str(path),
+            base_branch=base_branch,
+            command=command,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.db.call(self.db.store.insert, ws)
+        self.events.emit(ListChanged())
+        return ws
+
+    async def workstreams(self) -> list[Workstream]:
+        return await self.db.call(self.db.store.all)
+
+    async def get(self, slug: str) -> Workstream:
+        validate_slug(slug)
+        ws = await self.db.call(self.db.store.get, slug)
+        if ws is None:
+            raise UnknownSlugs([slug])
+        return ws
+
+    async def history(self, slug: str, limit: int = 10) -> list[Event]:
+        await self.get(slug)
+        return await self.db.call(self.db.store.events, slug, limit)
+
+    async def git_status(self, slug: str) -> str:
+        return await gitrepo.status_short(Path((await self.get(slug)).path))
+
+    async def set_paused(self, slug: str, paused: bool) -> Workstream:
+        await self.get(slug)
+        status = await self.db.call(self.db.store.set_paused, slug, paused)
+        self.events.emit(StatusChanged(run_id=None, slug=slug, status=status))
+        self.events.emit(ListChanged())
+        return await self.get(slug)
+
+    async def remove(self, slug: str, delete_branch: bool = False, force: bool = False) -> list[str]:
+        """Remove the worktree (and the branch if asked). Refuses to lose work unless `force`;
+        returns what was discarded, so the caller can say it: nothing goes silently."""
+        ws = await self.get(slug)
+        if any(c.slug == slug for c in await self.db.call(self.db.store.claims)):
+            raise Busy([slug], action="remove")
+        path = Path(ws.path)
+        dirty = await gitrepo.status_short(path)
+        base = ws.base_branch or "HEAD"
+        unmerged = await gitrepo.unmerged_commits(self.root, ws.branch, base) if delete_branch else []
+        problems = []
+        if dirty:
+            problems.append(f"the worktree {path} has uncommitted changes:\n{dirty.rstrip()}")
+        if unmerged:
+            problems.append(f"branch {ws.branch} has {len(unmerged)} commit(s) not merged into {base}")
+        if problems and not force:
+            raise Refused(f"refusing to remove {slug!r}: " + "; ".join(problems) + "\n(use --force to discard)")
+        await gitrepo.remove_worktree(self.root, path, force=bool(dirty))
+        notes = [f"discarded: {p}" for p in problems] + [f"removed worktree {path}"]
+        if delete_branch:
+            await gitrepo.delete_branch(self.root, ws.branch)
+            notes.append(f"deleted branch {ws.branch}")
+        else:
+            notes.append(f"kept branch {ws.branch}")
+        await self.db.call(self.db.store.delete, slug)
+        self.events.emit(ListChanged())
+        return notes
+
+    async def log(self, slug: str, tail_bytes: int | None = None) -> tuple[str | None, str]:
+        """The latest run's log: its path and (the tail of) its text."""
+        await self.get(slug)
+        path = await self.db.call(self.db.store.latest_log_path, slug)
+        if path is None:
+            return None, ""
+        limit = LOG_TAIL_DEFAULT if tail_bytes is None else tail_bytes
+        return path, await asyncio.to_thread(_read_tail, Path(path), limit)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        slugs: list[str],
+        max_concurrent: int | None = None,
+        mode: str = "execute",
+        steps: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Run:
+        """Validate everything, claim every workstream, and start the run in the background.
+        Any error raises before anything was claimed or started."""
+        if not slugs:
+            raise InvalidInput("name at least one workstream to run")
+        for slug in slugs:
+            validate_slug(slug)
+        _check_options(max_concurrent, mode, steps, timeout_s)
+        wanted = list(dict.fromkeys(slugs))
+        known = {ws.slug: ws for ws in await self.workstreams()}
+        unknown = [s for s in wanted if s not in known]
+        if unknown:
+            raise UnknownSlugs(unknown)
+        paused = [s for s in wanted if known[s].status == Status.PAUSED]
+        if paused:
+            raise Refused(f"paused: {', '.join(paused)} (resume first: 'aidp ws resume <slug>')")
+        return await self._start([known[s] for s in wanted], max_concurrent, mode, steps, timeout_s)
+
+    async def start_all(
+        self,
+        max_concurrent: int | None = None,
+        mode: str = "execute",
+        steps: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Run:
+        """Every workstream that is not paused, completed or already in flight (maybe none)."""
+        _check_options(max_concurrent, mode, steps, timeout_s)
+        todo = [ws for ws in await self.workstreams() if ws.status not in NOT_RUNNABLE_BY_RUN_ALL]
+        return await self._start(todo, max_concurrent, mode, steps, timeout_s)
+
+    async def _start(
+        self,
+        workstreams: list[Workstream],
+        max_concurrent: int | None,
+        mode: str,
+        steps: list[str] | None,
+        timeout_s: float | None,
+    ) -> Run:
+        harness = self.config().harness
+        options = RunOptions(
+            max_concurrent=max_concurrent or harness.max_concurrent,
+            mode=mode,
+            steps=steps,
+            timeout_s=timeout_s or harness.timeout_s,
+            grace_s=harness.grace_s,
+            env=harness.env,
+            default_command=harness.command,
+        )
+        run_id = new_run_id()
+        slugs = [ws.slug for ws in workstreams]
+        if slugs:
+            await self.db.call(self.db.store.claim, slugs, run_id, self._owner)
+        run = Run(run_id, workstreams, options, self.db, self.events, self.logs_dir)
+        for slug in slugs:
+            self.events.emit(StatusChanged(run_id=run_id, slug=slug, status=Status.QUEUED))
+        task = asyncio.create_task(self._execute(run), name=f"aidp-run-{run_id}")
+        self._runs[run_id] = (run, task)
+        return run
+
+    async def _execute(self, run: Run) -> RunSummary:
+        try:
+            summary = await run.execute()
+        finally:
+            del self._runs[run.run_id]
+        self.events.emit(RunFinished(summary=summary))
+        return summary
+
+    async def wait(self, run: Run) -> RunSummary:
+        """The run's summary. Cancelling the waiter cancels the run: every process group is
+        ended and every status recorded before the cancellation propagates."""
+        task = self._runs[run.run_id][1] if run.run_id in self._runs else None
+        if task is None:
+            raise InvalidInput(f"run {run.run_id} is not running in this process")
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            run.cancel()
+            await asyncio.wait({task})
+            raise
+
+    async def run(self, slugs: list[str], **options: Any) -> RunSummary:
+        """`start` + `wait`: options as for `start`."""
+        return await self.wait(await self.start(slugs, **options))
+
+    async def run_all(self, **options: Any) -> RunSummary:
+        return await self.wait(await self.start_all(**options))
+
+    def active_runs(self) -> list[Run]:
+        return [run for run, _ in self._runs.values()]
+
+    async def cancel(self, slugs: list[str] | None = None, run_id: str | None = None) -> list[str]:
+        """Cancel workstreams wherever they run: in this process directly, in another aidp
+        process through a flag in the database that its owner polls. Returns the slugs hit."""
+        for slug in slugs or []:
+            validate_slug(slug)
+        if slugs is not None:
+            await self._require_known(slugs)
+        hit: list[str] = []
+        for run in self.active_runs():
+            if run_id is None or run.run_id == run_id:
+                hit += run.cancel(slugs)
+        claims = await self.db.call(self.db.store.request_cancel, slugs, run_id)
+        return list(dict.fromkeys(hit + [c.slug for c in claims]))
+
+    async def _require_known(self, slugs: list[str]) -> None:
+        known = {ws.slug for ws in await self.workstreams()}
+        unknown = [s for s in dict.fromkeys(slugs) if s not in known]
+        if unknown:
+            raise UnknownSlugs(unknown)
+
+    async def recover(self) -> list[str]:
+        """Correct claims whose owning process died (crash, SIGKILL): end what is left of their
+        process groups and record the workstreams `cancelled`. Runs whenever an engine opens."""
+        try:
+            grace = self.config().harness.grace_s
+        except ConfigError:
+            grace = DEFAULT_GRACE_S
+        corrected = []
+        for claim in await self.db.call(self.db.store.claims):
+            owner = (claim.owner_pid, claim.owner_start)
+            if owner == self._owner or procs.is_alive(*owner):
+                continue
+            for pgid in await asyncio.to_thread(procs.marked_groups, claim.run_id, claim.slug):
+                await procs.terminate_group(pgid, grace)
+            message = f"interrupted: the aidp process (pid {claim.owner_pid}) that ran it is gone"
+            if await self.db.call(self.db.store.release_stale, claim, message):
+                log.warning("%s: %s", claim.slug, message)
+                self.events.emit(
+                    StatusChanged(run_id=claim.run_id, slug=claim.slug, status=Status.CANCELLED, error=message)
+                )
+                corrected.append(claim.slug)
+        return corrected
+
+
+def _read_tail(path: Path, limit: int) -> str:
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,51 @@
+"""Errors the engine raises on purpose. Each carries a message fit to show a person as is;
+the adapters (CLI, server) map the classes to exit codes and JSON-RPC error codes."""
+
+from __future__ import annotations
+
+
+class AidpError(Exception):
+    """Base class: a refusal or a problem the user can fix."""
+
+
+class InvalidInput(AidpError):
+    """A value that entered from outside was wrong (slug, option, param)."""
+
+
+class InvalidSlug(InvalidInput):
+    pass
+
+
+class NotARepository(AidpError):
+    pass
+
+
+class ConfigError(AidpError):
+    pass
+
+
+class UnknownSlugs(InvalidInput):
+    def __init__(self, unknown: list[str]) -> None:
+        self.unknown = unknown
+        noun = "workstream" if len(unknown) == 1 else "workstreams"
+        super().__init__(f"unknown {noun}: {', '.join(unknown)} (see 'aidp ws list')")
+
+
+class AlreadyExists(InvalidInput):
+    pass
+
+
+class Busy(AidpError):
+    """A workstream is queued or running (in this process or another)."""
+
+    def __init__(self, running: list[str], action: str = "run") -> None:
+        self.running = running
+        super().__init__(f"cannot {action}: already running: {', '.join(running)}")
+
+
+class Refused(AidpError):
+    """The operation would lose work or contradict state (paused, dirty worktree...)."""
+
+
+class GitError(AidpError):
+    pass

@@ -1,0 +1,56 @@
+"""What the engine tells its listeners while it works. The server forwards these as JSON-RPC
+notifications unchanged (they are the wire payloads), the CLI draws its live view from them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aidp.engine.model import Record, RunSummary, Status
+
+log = logging.getLogger(__name__)
+
+
+class StatusChanged(Record):
+    run_id: str | None
+    slug: str
+    status: Status
+    exit_code: int | None = None
+    duration_s: float | None = None
+    error: str | None = None
+
+
+class OutputChunk(Record):
+    run_id: str
+    slug: str
+    text: str
+
+
+class RunFinished(Record):
+    summary: RunSummary
+
+
+class ListChanged(Record):
+    pass
+
+
+EngineEvent = StatusChanged | OutputChunk | RunFinished | ListChanged
+Listener = Callable[[EngineEvent], None]
+
+
+class EventBus:
+    """Synchronous fan-out on the event loop: listeners must be quick (queue, don't block)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def emit(self, event: EngineEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %s", type(event).__name__)

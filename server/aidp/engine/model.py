@@ -1,0 +1,120 @@
+"""The engine's records. They are msgspec Structs so the CLI's `--json` and the JSON-RPC server
+serialize exactly what the engine produced, camelCase, with no second definition to drift."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import msgspec
+
+from aidp.engine.errors import InvalidSlug
+
+SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+SLUG_MAX = 64
+
+
+def validate_slug(slug: object) -> str:
+    """Every place a slug enters calls this, so a bad one never reaches git or the database."""
+    if not isinstance(slug, str):
+        raise InvalidSlug(f"slug must be a string, got {type(slug).__name__}")
+    if len(slug) > SLUG_MAX:
+        raise InvalidSlug(f"slug {slug[:20]!r}... is {len(slug)} characters; the limit is {SLUG_MAX}")
+    if not SLUG_RE.match(slug):
+        raise InvalidSlug(
+            f"invalid slug {slug!r}: use lowercase letters, digits and single dashes "
+            "(like 'fix-login-42'), at most 64 characters"
+        )
+    return slug
+
+
+class Status(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def in_flight(self) -> bool:
+        return self in (Status.QUEUED, Status.RUNNING)
+
+
+FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.ERROR, Status.CANCELLED)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Record(msgspec.Struct, rename="camel", kw_only=True):
+    """Base: camelCase on the wire, snake_case in Python."""
+
+
+class WorkstreamResult(Record):
+    slug: str
+    status: Status
+    exit_code: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    log_path: str | None = None
+
+
+class Workstream(Record):
+    slug: str
+    task: str
+    status: Status
+    branch: str
+    path: str
+    base_branch: str | None
+    command: list[str] | None
+    created_at: str
+    updated_at: str
+    last_result: WorkstreamResult | None = None
+
+
+class RunSummary(Record):
+    run_id: str
+    results: list[WorkstreamResult]
+    total: int
+    completed: int
+    failed: int
+    errored: int
+    cancelled: int
+    wall_s: float
+
+    @classmethod
+    def of(cls, run_id: str, results: list[WorkstreamResult], wall_s: float) -> RunSummary:
+        def count(status: Status) -> int:
+            return sum(1 for r in results if r.status == status)
+
+        return cls(
+            run_id=run_id,
+            results=results,
+            total=len(results),
+            completed=count(Status.COMPLETED),
+            failed=count(Status.FAILED),
+            errored=count(Status.ERROR),
+            cancelled=count(Status.CANCELLED),
+            wall_s=round(wall_s, 3),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.completed == self.total
+
+
+class Event(Record):
+    """One line of a workstream's audit trail."""
+
+    slug: str
+    run_id: str | None
+    status: Status
+    message: str | None
+    at: str

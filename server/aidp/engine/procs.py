@@ -1,0 +1,107 @@
+"""Process identity and process-group termination (Linux /proc).
+
+A pid alone can be reused, so a process is identified by (pid, start time). Each workstream runs in
+its own session/process group carrying `AIDP_RUN_ID` in its environment; a leftover group is killed
+only when one of its members still carries that marker, so a reused pgid is never hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (state first); the command name may hold spaces and
+    parentheses, so split after the last ')'."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot, or None when the process does not exist."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_alive(pid: int, started: int | None) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == started
+
+
+def self_identity() -> tuple[int, int]:
+    pid = os.getpid()
+    started = start_time(pid)
+    assert started is not None
+    return pid, started
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group: a scan of /proc."""
+    members = []
+    for entry in PROC.iterdir():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def marked_groups(run_id: str, slug: str) -> set[int]:
+    """Process groups holding a process started for this workstream run, found by the
+    environment the harness inherited (so a reused pid or pgid is never mistaken for ours)."""
+    marker = {f"AIDP_RUN_ID={run_id}".encode(), f"AIDP_SLUG={slug}".encode()}
+    groups = set()
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = set((entry / "environ").read_bytes().split(b"\0"))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = _stat_fields(int(entry.name))
+        if marker <= env and fields and fields[0] != "Z":
+            groups.add(int(fields[2]))
+    return groups
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to the group; False when the group has no process left (0 only probes)."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_exists(pgid: int) -> bool:
+    """The cheap probe first; a scan only when it answers yes, since zombies (which no init may
+    ever reap in a container) also answer it."""
+    return _signal_group(pgid, 0) and bool(group_members(pgid))
+
+
+async def terminate_group(pgid: int, grace_s: float, poll_s: float = 0.05) -> None:
+    """SIGTERM the whole group, wait up to `grace_s` for it to go, then SIGKILL what is left.
+
+    The group leader must be reaped by its parent meanwhile (asyncio does that for our children),
+    else it lingers as a zombie member and the wait runs the full grace period."""
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while loop.time() < deadline:
+        await asyncio.sleep(poll_s)
+        if not group_exists(pgid):
+            return
+    _signal_group(pgid, signal.SIGKILL)
+    for _ in range(200):
+        if not group_exists(pgid):
+            return
+        await asyncio.sleep(poll_s)

@@ -1,0 +1,327 @@
+"""Durable state in `.aidp/state.db` (SQLite, WAL), shared by every aidp process of a repository.
+
+Every transition is one `BEGIN IMMEDIATE` transaction, so a CLI and a server working on the same
+repository see each other's changes and never half of one. A workstream is claimed (row in
+`claims`) from the moment it is queued until its run has ended; the claim names the owning process
+by pid and start time, so a claim left by a dead process can be told apart and reclaimed.
+
+The store is synchronous; the engine calls it from one worker thread so no event loop waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import msgspec
+
+from aidp.engine.errors import AlreadyExists, Busy
+from aidp.engine.model import FINAL_STATUSES, Event, Status, Workstream, WorkstreamResult, utc_now
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS workstreams (
+    slug TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    status TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    path TEXT NOT NULL,
+    base_branch TEXT,
+    command TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_run_id TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT NOT NULL,
+    slug TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started_at TEXT,
+    finished_at TEXT,
+    duration_s REAL,
+    error TEXT,
+    log_path TEXT,
+    PRIMARY KEY (run_id, slug)
+);
+CREATE INDEX IF NOT EXISTS runs_by_slug ON runs (slug);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slug TEXT NOT NULL,
+    run_id TEXT,
+    status TEXT NOT NULL,
+    message TEXT,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_slug ON events (slug, id);
+CREATE TABLE IF NOT EXISTS claims (
+    slug TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    owner_start INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    claimed_at TEXT NOT NULL
+);
+"""
+
+_WS_COLUMNS = (
+    "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, "
+    "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path"
+)
+_WS_QUERY = f"SELECT {_WS_COLUMNS} FROM workstreams w LEFT JOIN runs r ON r.run_id = w.last_run_id AND r.slug = w.slug"
+
+
+class Claim(msgspec.Struct, frozen=True):
+    slug: str
+    run_id: str
+    owner_pid: int
+    owner_start: int
+
+
+def _workstream(row: tuple[Any, ...]) -> Workstream:
+    (slug, task, status, branch, path, base, command, created, updated, *last) = row
+    result = None
+    if last[0] is not None:
+        r_slug, r_status, code, started, finished, duration, error, log_path = last
+        result = WorkstreamResult(
+            slug=str(r_slug),
+            status=Status(r_status),
+            exit_code=code,
+            started_at=started,
+            finished_at=finished,
+            duration_s=duration,
+            error=error,
+            log_path=log_path,
+        )
+    return Workstream(
+        slug=str(slug),
+        task=str(task),
+        status=Status(status),
+        branch=str(branch),
+        path=str(path),
+        base_branch=base,
+        command=json.loads(str(command)) if command else None,
+        created_at=str(created),
+        updated_at=str(updated),
+        last_result=result,
+    )
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), one per transition.
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _event(self, slug: str, run_id: str | None, status: Status, message: str | None, at: str) -> None:
+        self._db.execute(
+            "INSERT INTO events (slug, run_id, status, message, at) VALUES (?, ?, ?, ?, ?)",
+            (slug, run_id, status, message, at),
+        )
+
+    def _set_status(self, slug: str, status: Status, run_id: str | None, message: str | None) -> None:
+        now = utc_now()
+        self._db.execute("UPDATE workstreams SET status = ?, updated_at = ? WHERE slug = ?", (status, now, slug))
+        self._event(slug, run_id, status, message, now)
+
+    # -- workstreams -------------------------------------------------------------------------
+
+    def insert(self, ws: Workstream) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM workstreams WHERE slug = ?", (ws.slug,)).fetchone():
+                raise AlreadyExists(f"workstream {ws.slug!r} already exists")
+            db.execute(
+                "INSERT INTO workstreams (slug, task, status, branch, path, base_branch, command, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ws.slug,
+                    ws.task,
+                    ws.status,
+                    ws.branch,
+                    ws.path,
+                    ws.base_branch,
+                    json.dumps(ws.command) if ws.command else None,
+                    ws.created_at,
+                    ws.updated_at,
+                ),
+            )
+            self._event(ws.slug, None, ws.status, "created", ws.created_at)
+
+    def get(self, slug: str) -> Workstream | None:
+        row = self._db.execute(f"{_WS_QUERY} WHERE w.slug = ?", (slug,)).fetchone()
+        return _workstream(row) if row else None
+
+    def all(self) -> list[Workstream]:
+        return [_workstream(row) for row in self._db.execute(f"{_WS_QUERY} ORDER BY w.created_at, w.slug")]
+
+    def delete(self, slug: str) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM claims WHERE slug = ?", (slug,)).fetchone():
+                raise Busy([slug], action="remove")
+            db.execute("DELETE FROM workstreams WHERE slug = ?", (slug,))
+            self._event(slug, None, Status.ACTIVE, "removed", utc_now())
+
+    def set_paused(self, slug: str, paused: bool) -> Status:
+        """Pause, or resume to the status of the last run (or `active`); refused while in flight."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM claims WHERE slug = ?", (slug,)).fetchone():
+                raise Busy([slug], action="pause" if paused else "resume")
+            if paused:
+                status = Status.PAUSED
+            else:
+                row = db.execute(
+                    "SELECT r.status FROM workstreams w JOIN runs r ON r.run_id = w.last_run_id "
+                    "AND r.slug = w.slug WHERE w.slug = ?",
+                    (slug,),
+                ).fetchone()
+                status = Status(row[0]) if row else Status.ACTIVE
+            self._set_status(slug, status, None, "paused" if paused else "resumed")
+            return status
+
+    def events(self, slug: str, limit: int) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT slug, run_id, status, message, at FROM events WHERE slug = ? ORDER BY id DESC LIMIT ?",
+            (slug, limit),
+        ).fetchall()
+        return [Event(slug=s, run_id=r, status=Status(st), message=m, at=a) for s, r, st, m, a in reversed(rows)]
+
+    def latest_log_path(self, slug: str) -> str | None:
+        row = self._db.execute(
+            "SELECT log_path FROM runs WHERE slug = ? AND log_path IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+            (slug,),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def claim(self, slugs: list[str], run_id: str, owner: tuple[int, int]) -> None:
+        """Claim every slug and queue it, or none: a run starts whole or not at all."""
+        now = utc_now()
+        with self._tx() as db:
+            marks = ",".join("?" * len(slugs))
+            held = [r[0] for r in db.execute(f"SELECT slug FROM claims WHERE slug IN ({marks})", slugs)]
+            if held:
+                raise Busy(sorted(held))
+            db.executemany(
+                "INSERT INTO claims (slug, run_id, owner_pid, owner_start, claimed_at) VALUES (?, ?, ?, ?, ?)",
+                [(slug, run_id, owner[0], owner[1], now) for slug in slugs],
+            )
+            db.executemany(
+                "INSERT INTO runs (run_id, slug, status) VALUES (?, ?, ?)",
+                [(run_id, slug, Status.QUEUED) for slug in slugs],
+            )
+            for slug in slugs:
+                self._set_status(slug, Status.QUEUED, run_id, None)
+
+    def mark_running(self, run_id: str, slug: str, child_pid: int, log_path: str, started_at: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, started_at = ?, log_path = ? WHERE run_id = ? AND slug = ?",
+                (Status.RUNNING, started_at, log_path, run_id, slug),
+            )
+            self._set_status(slug, Status.RUNNING, run_id, f"pid {child_pid}")
+
+    def finish(self, run_id: str, result: WorkstreamResult, message: str | None = None) -> None:
+        """Record the result, set the resting status and release the claim, in one transaction."""
+        with self._tx():
+            self._finish(run_id, result, message)
+
+    def _finish(self, run_id: str, result: WorkstreamResult, message: str | None) -> None:
+        assert result.status in FINAL_STATUSES
+        self._db.execute(
+            "UPDATE runs SET status = ?, exit_code = ?, started_at = COALESCE(?, started_at), finished_at = ?, "
+            "duration_s = ?, error = ?, log_path = COALESCE(?, log_path) WHERE run_id = ? AND slug = ?",
+            (
+                result.status,
+                result.exit_code,
+                result.started_at,
+                result.finished_at,
+                result.duration_s,
+                result.error,
+                result.log_path,
+                run_id,
+                result.slug,
+            ),
+        )
+        self._db.execute("UPDATE workstreams SET last_run_id = ? WHERE slug = ?", (run_id, result.slug))
+        self._set_status(result.slug, result.status, run_id, message or result.error)
+        self._db.execute("DELETE FROM claims WHERE slug = ? AND run_id = ?", (result.slug, run_id))
+
+    def claims(self) -> list[Claim]:
+        rows = self._db.execute("SELECT slug, run_id, owner_pid, owner_start FROM claims").fetchall()
+        return [Claim(*row) for row in rows]
+
+    def request_cancel(self, slugs: list[str] | None, run_id: str | None) -> list[Claim]:
+        """Flag claims for cancellation; their owner (maybe another process) acts on the flag."""
+        with self._tx() as db:
+            query = "SELECT slug, run_id, owner_pid, owner_start FROM claims WHERE 1"
+            args: list[str] = []
+            if slugs is not None:
+                query += f" AND slug IN ({','.join('?' * len(slugs))})"
+                args += slugs
+            if run_id is not None:
+                query += " AND run_id = ?"
+                args.append(run_id)
+            found = [Claim(*row) for row in db.execute(query, args)]
+            db.executemany("UPDATE claims SET cancel_requested = 1 WHERE slug = ?", [(c.slug,) for c in found])
+            return found
+
+    def cancel_requests(self, run_id: str) -> list[str]:
+        rows = self._db.execute("SELECT slug FROM claims WHERE run_id = ? AND cancel_requested = 1", (run_id,))
+        return [r[0] for r in rows]
+
+    def release_stale(self, claim: Claim, message: str) -> bool:
+        """Correct a claim whose owner died: its workstream is recorded `cancelled`. False when
+        another process got there first."""
+        with self._tx() as db:
+            still_held = db.execute(
+                "SELECT 1 FROM claims WHERE slug = ? AND run_id = ? AND owner_pid = ? AND owner_start = ?",
+                (claim.slug, claim.run_id, claim.owner_pid, claim.owner_start),
+            ).fetchone()
+            if not still_held:
+                return False
+            result = WorkstreamResult(slug=claim.slug, status=Status.CANCELLED, finished_at=utc_now(), error=message)
+            self._finish(claim.run_id, result, message)
+            return True
+
+
+class AsyncStore:
+    """The store behind one worker thread: callers await, no event loop ever waits on SQLite, and
+    the connection is only ever used from that one thread."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aidp-db")
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.submit(self.store.close).result()
+        self._pool.shutdown()

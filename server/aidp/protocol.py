@@ -1,0 +1,107 @@
+"""The JSON-RPC contract, defined once: method names, request params, results and notifications.
+
+Mirrored by `client-vscode/src/protocol.ts` and described in `docs/protocol.md`. Records that the
+engine also produces (Workstream, WorkstreamResult, RunSummary) are the engine's own Structs.
+Every incoming payload is validated with `msgspec.convert(params, <Params>)`, so errors name the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from aidp.engine.events import OutputChunk, StatusChanged
+from aidp.engine.model import Record, RunSummary, Workstream, WorkstreamResult
+
+# Notification payloads are the engine's own events, forwarded unchanged.
+WsStatusNotification = StatusChanged
+WsOutputNotification = OutputChunk
+
+__all__ = ["RunSummary", "Workstream", "WorkstreamResult", "WsOutputNotification", "WsStatusNotification"]
+
+WS_RUN = "aidp/wsRun"
+WS_RUN_ALL = "aidp/wsRunAll"
+WS_LIST = "aidp/wsList"
+WS_NEW = "aidp/wsNew"
+WS_REMOVE = "aidp/wsRemove"
+WS_PAUSE = "aidp/wsPause"
+WS_RESUME = "aidp/wsResume"
+WS_CANCEL = "aidp/wsCancel"
+WS_LOG = "aidp/wsLog"
+
+WS_STATUS = "aidp/wsStatus"
+WS_OUTPUT = "aidp/wsOutput"
+WS_LIST_CHANGED = "aidp/wsListChanged"
+
+# JSON-RPC error codes beyond the standard ones.
+SERVER_BUSY = -32002
+REQUEST_FAILED = -32803
+
+Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
+MaxConcurrent = Annotated[int, msgspec.Meta(ge=1, le=64)]
+Timeout = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Params(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
+    """Base for request params: camelCase, unknown fields are an error (a typo never goes unnoticed)."""
+
+
+class RunOptions(Params):
+    max_concurrent: MaxConcurrent | None = None
+    mode: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "execute"
+    steps: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
+    timeout_s: Timeout | None = None
+
+
+class WsRunParams(RunOptions, kw_only=True):
+    slugs: Annotated[list[Slug], msgspec.Meta(min_length=1)]
+
+
+class WsRunAllParams(RunOptions):
+    pass
+
+
+class EmptyParams(Params):
+    pass
+
+
+class WsNewParams(Params):
+    slug: Slug
+    task: Annotated[str, msgspec.Meta(min_length=1)]
+    base_branch: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    command: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+
+
+class WsRemoveParams(Params):
+    slug: Slug
+    delete_branch: bool = False
+    force: bool = False
+
+
+class SlugParams(Params):
+    slug: Slug
+
+
+class WsCancelParams(Params):
+    slugs: list[Slug] | None = None
+    run_id: str | None = None
+
+
+class WsLogParams(Params):
+    slug: Slug
+    tail_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class WsListResult(Record):
+    workstreams: list[Workstream]
+
+
+class WsCancelResult(Record):
+    cancelled: list[str]
+
+
+class WsLogResult(Record):
+    slug: str
+    log_path: str | None
+    text: str
