@@ -276,7 +276,8 @@ class Engine:
 
     async def cancel(self, slugs: list[str] | None = None, run_id: str | None = None) -> list[str]:
         """Cancel workstreams wherever they run: in this process directly, in another aidp
-        process through a flag in the database that its owner polls. Returns the slugs hit."""
+        process through a flag in the database that its owner polls. Returns the slugs hit.
+        With neither slugs nor run_id: every run of this process."""
         for slug in slugs or []:
             validate_slug(slug)
         if slugs is not None:
@@ -285,6 +286,8 @@ class Engine:
         for run in self.active_runs():
             if run_id is None or run.run_id == run_id:
                 hit += run.cancel(slugs)
+        if slugs is None and run_id is None:
+            return hit  # "everything" means this process's runs, never other processes'
         claims = await self.db.call(self.db.store.request_cancel, slugs, run_id)
         return list(dict.fromkeys(hit + [c.slug for c in claims]))
 

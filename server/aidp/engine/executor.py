@@ -145,7 +145,8 @@ class Run:
         ]
         ticker = asyncio.create_task(self._tick(), name=f"aidp-ticker-{self.run_id}")
         try:
-            await asyncio.wait(workers)
+            if workers:  # asyncio.wait refuses an empty set: a run-all with nothing to run
+                await asyncio.wait(workers)
         except asyncio.CancelledError:
             self.cancel()
             await asyncio.wait(workers)

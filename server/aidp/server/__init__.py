@@ -1,0 +1,1 @@
+"""The JSON-RPC face: a thin pygls adapter over the engine."""

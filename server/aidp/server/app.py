@@ -1,0 +1,319 @@
+"""`aidp serve`: the engine over JSON-RPC (pygls, LSP framing on stdio). A thin adapter: each
+request is validated with its msgspec Struct from `aidp.protocol`, handed to the engine, and the
+engine's events are forwarded as notifications. The contract is `docs/protocol.md`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams, JsonRpcServerError
+from pygls.io_ import run_async
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, default_converter
+from pygls.uris import to_fs_path
+
+import aidp
+from aidp import protocol as p
+from aidp.engine import Engine
+from aidp.engine.errors import AidpError, Busy, InvalidInput, Refused, UnknownSlugs
+from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, StatusChanged
+from aidp.engine.executor import Run
+from aidp.engine.gitrepo import find_root
+from aidp.engine.model import FINAL_STATUSES, RunSummary
+from aidp.server.stdio import PipeWriter, detach_stdout, open_pipes
+
+log = logging.getLogger("aidp.server")
+
+# Output notifications wait while the client has this much unread: live output is a view, the
+# log file is the record, so a slow client makes the server skip output rather than grow.
+OUTPUT_BACKLOG_MAX = 1024 * 1024
+PROGRESS_CREATE_TIMEOUT_S = 5.0
+
+P = TypeVar("P", bound=msgspec.Struct)
+
+
+def _converter() -> Any:
+    """pygls turns unknown methods' params into namedtuples; keep them as plain JSON so that
+    msgspec validates them and names the offending field."""
+    converter = default_converter()
+    converter.register_structure_hook(JsonRPCRequestMessage, lambda obj, cls: cls(**obj))
+    converter.register_structure_hook(JsonRPCNotification, lambda obj, cls: cls(**obj))
+    return converter
+
+
+def parse(params: Any, cls: type[P]) -> P:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise JsonRpcInvalidParams(f"params must be an object, got {type(params).__name__}")
+    try:
+        return msgspec.convert(params, cls)
+    except msgspec.ValidationError as exc:
+        raise JsonRpcInvalidParams(f"invalid params: {exc}") from exc
+
+
+def to_jsonrpc(exc: AidpError) -> JsonRpcException:
+    if isinstance(exc, UnknownSlugs):
+        return JsonRpcInvalidParams(str(exc), data={"unknown": exc.unknown})
+    if isinstance(exc, Busy):
+        return JsonRpcServerError(str(exc), p.SERVER_BUSY, data={"running": exc.running})
+    if isinstance(exc, InvalidInput | Refused):
+        return JsonRpcInvalidParams(str(exc))
+    return JsonRpcServerError(str(exc), p.REQUEST_FAILED)
+
+
+class AidpServer(LanguageServer):
+    def __init__(self, root: Path | None) -> None:
+        super().__init__("aidp", aidp.__version__, converter_factory=_converter)
+        self.root_arg = root
+        self.engine: Engine | None = None
+        self.engine_error: str | None = None
+        self._initializing: asyncio.Future[None] | None = None
+        self.out: PipeWriter | None = None
+        self._dropped: dict[tuple[str, str], int] = {}
+        self._progress: dict[str, Callable[[StatusChanged], None]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open_engine(self, params: lsp.InitializeParams) -> None:
+        self._initializing = asyncio.get_running_loop().create_future()
+        try:
+            await self._open_engine(params)
+        finally:
+            self._initializing.set_result(None)
+
+    async def _open_engine(self, params: lsp.InitializeParams) -> None:
+        start = self.root_arg
+        if start is None and params.workspace_folders:
+            start = Path(to_fs_path(params.workspace_folders[0].uri) or ".")
+        if start is None and params.root_uri:
+            start = Path(to_fs_path(params.root_uri) or ".")
+        try:
+            root = await asyncio.to_thread(find_root, start or Path.cwd())
+            self.engine = await Engine.open(root)
+        except AidpError as exc:
+            self.engine_error = str(exc)
+            log.error("cannot serve: %s", exc)
+            return
+        self.engine.events.subscribe(self.forward)
+        log.info("serving %s", root)
+
+    async def require_engine(self) -> Engine:
+        """The engine; a request that raced `initialize` waits for it rather than failing."""
+        if self._initializing is not None:
+            await asyncio.shield(self._initializing)
+        if self.engine is None:
+            reason = self.engine_error or "the server is not initialized yet (send 'initialize' first)"
+            raise JsonRpcServerError(reason, p.SERVER_BUSY if self.engine_error is None else p.REQUEST_FAILED)
+        return self.engine
+
+    async def stop_runs(self) -> None:
+        """Cancel every run and wait until each workstream is ended and recorded."""
+        if self.engine is not None:
+            await self.engine.close()
+            self.engine = None
+            self.engine_error = "the server is shutting down"
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """Expected errors (bad params, refusals) are answered to the client; log them in one
+        line. Only an internal error deserves a traceback."""
+        if isinstance(error, JsonRpcException) and error.code != JsonRpcInternalError.CODE:
+            log.info("answered with error %s: %s", error.code, error.message)
+        else:
+            log.error("internal error (%s): %s", getattr(source, "__name__", source), error, exc_info=error)
+
+    # -- engine events -> notifications ------------------------------------------------------
+
+    def forward(self, event: EngineEvent) -> None:
+        if isinstance(event, StatusChanged):
+            self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
+            if event.run_id in self._progress:
+                self._progress[event.run_id](event)
+            if event.status in FINAL_STATUSES and event.run_id is not None:
+                self._dropped.pop((event.run_id, event.slug), None)
+        elif isinstance(event, OutputChunk):
+            self.send_output(event)
+        elif isinstance(event, ListChanged):
+            self.protocol.notify(p.WS_LIST_CHANGED, {})
+
+    def send_output(self, chunk: OutputChunk) -> None:
+        key = (chunk.run_id, chunk.slug)
+        if self.out is not None and self.out.backlog > OUTPUT_BACKLOG_MAX:
+            self._dropped[key] = self._dropped.get(key, 0) + len(chunk.text.encode())
+            return
+        text = chunk.text
+        if dropped := self._dropped.pop(key, 0):
+            text = f"\n[aidp: {dropped} bytes of output skipped; the log file has them all]\n{text}"
+        self.protocol.notify(
+            p.WS_OUTPUT, msgspec.to_builtins(p.WsOutputNotification(run_id=chunk.run_id, slug=chunk.slug, text=text))
+        )
+
+    # -- runs with work-done progress ---------------------------------------------------------
+
+    async def follow(self, run: Run) -> RunSummary:
+        """Wait for the run, reporting `$/progress` when the client supports it. Cancelling this
+        (by `$/cancelRequest`) cancels the run: the engine records every workstream first."""
+        engine = await self.require_engine()
+        token = await self._progress_begin(run)
+        try:
+            summary = await engine.wait(run)
+        except asyncio.CancelledError:
+            if token:
+                self.work_done_progress.end(token, lsp.WorkDoneProgressEnd(message="cancelled"))
+            raise
+        finally:
+            self._progress.pop(run.run_id, None)
+        if token:
+            counts = [
+                f"{n} {label}"
+                for n, label in (
+                    (summary.completed, "completed"),
+                    (summary.failed, "failed"),
+                    (summary.errored, "errored"),
+                    (summary.cancelled, "cancelled"),
+                )
+                if n
+            ]
+            self.work_done_progress.end(token, lsp.WorkDoneProgressEnd(message=", ".join(counts) or "nothing to run"))
+        return summary
+
+    async def _progress_begin(self, run: Run) -> str | None:
+        caps = self.client_capabilities.window
+        if not (caps and caps.work_done_progress):
+            return None
+        token = str(uuid.uuid4())  # never reuse: clients keep finished tokens
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), PROGRESS_CREATE_TIMEOUT_S)
+        except (TimeoutError, JsonRpcException) as exc:
+            log.warning("client refused progress token: %s", exc)
+            return None
+        total = len(run.jobs)
+        done: set[str] = set()
+
+        def report(event: StatusChanged) -> None:
+            if event.status in FINAL_STATUSES:
+                done.add(event.slug)
+                self.work_done_progress.report(
+                    token,
+                    lsp.WorkDoneProgressReport(
+                        message=f"{len(done)}/{total} done", percentage=int(100 * len(done) / total)
+                    ),
+                )
+
+        self._progress[run.run_id] = report
+        noun = "workstream" if total == 1 else "workstreams"
+        self.work_done_progress.begin(
+            token, lsp.WorkDoneProgressBegin(title=f"Running {total} {noun}", percentage=0, cancellable=True)
+        )
+        return token
+
+
+def create_server(root: Path | None) -> AidpServer:
+    server = AidpServer(root)
+
+    @server.feature(lsp.INITIALIZE)
+    async def initialize(ls: AidpServer, params: lsp.InitializeParams) -> None:
+        await ls.open_engine(params)
+
+    @server.feature(lsp.SHUTDOWN)
+    async def shutdown(ls: AidpServer, *_: Any) -> None:
+        await ls.stop_runs()
+
+    def request(
+        method: str, params_cls: type[P]
+    ) -> Callable[[Callable[[AidpServer, Engine, P], Awaitable[Any]]], None]:
+        """Register a handler: params validated, engine errors mapped to JSON-RPC errors,
+        the result serialized camelCase."""
+
+        def register(fn: Callable[[AidpServer, Engine, P], Awaitable[Any]]) -> None:
+            async def handle(ls: AidpServer, params: Any) -> Any:
+                parsed = parse(params, params_cls)
+                try:
+                    return msgspec.to_builtins(await fn(ls, await ls.require_engine(), parsed))
+                except AidpError as exc:
+                    raise to_jsonrpc(exc) from exc
+
+            server.feature(method)(handle)
+
+        return register
+
+    @request(p.WS_RUN, p.WsRunParams)
+    async def ws_run(ls: AidpServer, engine: Engine, q: p.WsRunParams) -> RunSummary:
+        run = await engine.start(q.slugs, q.max_concurrent, q.mode, q.steps, q.timeout_s)
+        return await ls.follow(run)
+
+    @request(p.WS_RUN_ALL, p.WsRunAllParams)
+    async def ws_run_all(ls: AidpServer, engine: Engine, q: p.WsRunAllParams) -> RunSummary:
+        run = await engine.start_all(q.max_concurrent, q.mode, q.steps, q.timeout_s)
+        return await ls.follow(run)
+
+    @request(p.WS_LIST, p.EmptyParams)
+    async def ws_list(ls: AidpServer, engine: Engine, q: p.EmptyParams) -> p.WsListResult:
+        return p.WsListResult(workstreams=await engine.workstreams())
+
+    @request(p.WS_NEW, p.WsNewParams)
+    async def ws_new(ls: AidpServer, engine: Engine, q: p.WsNewParams) -> p.Workstream:
+        return await engine.create(q.slug, q.task, q.base_branch, q.command)
+
+    @request(p.WS_REMOVE, p.WsRemoveParams)
+    async def ws_remove(ls: AidpServer, engine: Engine, q: p.WsRemoveParams) -> dict[str, Any]:
+        for note in await engine.remove(q.slug, q.delete_branch, q.force):
+            log.info("%s: %s", q.slug, note)
+        return {}
+
+    @request(p.WS_PAUSE, p.SlugParams)
+    async def ws_pause(ls: AidpServer, engine: Engine, q: p.SlugParams) -> p.Workstream:
+        return await engine.set_paused(q.slug, True)
+
+    @request(p.WS_RESUME, p.SlugParams)
+    async def ws_resume(ls: AidpServer, engine: Engine, q: p.SlugParams) -> p.Workstream:
+        return await engine.set_paused(q.slug, False)
+
+    @request(p.WS_CANCEL, p.WsCancelParams)
+    async def ws_cancel(ls: AidpServer, engine: Engine, q: p.WsCancelParams) -> p.WsCancelResult:
+        return p.WsCancelResult(cancelled=await engine.cancel(q.slugs, q.run_id))
+
+    @request(p.WS_LOG, p.WsLogParams)
+    async def ws_log(ls: AidpServer, engine: Engine, q: p.WsLogParams) -> p.WsLogResult:
+        path, text = await engine.log(q.slug, q.tail_bytes)
+        return p.WsLogResult(slug=q.slug, log_path=path, text=text)
+
+    return server
+
+
+async def _serve(server: AidpServer, stdin: Any, stdout: Any) -> None:
+    reader, writer = await open_pipes(stdin, stdout)
+    server.out = writer
+    server.protocol.set_writer(writer)
+    try:
+        await run_async(
+            threading.Event(), reader, server.protocol, logger=log, error_handler=server.report_server_error
+        )
+    finally:
+        # End of input (the editor went away) or `exit`: nothing may outlive the server.
+        await server.stop_runs()
+        await writer.drain(timeout_s=5)
+        writer.close()
+
+
+def serve(root: Path | None) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="aidp serve: %(levelname)s %(message)s")
+    # pygls logs every error response with a traceback; `report_server_error` says what matters.
+    logging.getLogger("pygls").setLevel(logging.CRITICAL)
+    stdout = detach_stdout()
+    server = create_server(root)
+    try:
+        asyncio.run(_serve(server, sys.stdin.buffer, stdout))
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 0
+    return 0
