@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import os
 import signal
 import time
@@ -171,7 +172,7 @@ class Run:
                 self._flush_output(job)
             ticks += 1
             if ticks % CANCEL_POLL_TICKS == 0:
-                self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id) or [])
+                self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
 
     def _flush_output(self, job: Job) -> None:
         if job.tail is not None and (text := job.tail.read()):
@@ -225,7 +226,8 @@ class Run:
             self._bus.emit(StatusChanged(run_id=self.run_id, slug=ws.slug, status=Status.RUNNING))
             status, why = await self._wait(job, proc)
         except asyncio.CancelledError:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             await self._record(
                 job,

@@ -1,0 +1,76 @@
+# Two commands on a fresh machine (OS, Python 3.11+, Node 20, npm): `make demo` and `make test`.
+# Every target installs what it needs first; stamps make the second run fast.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages: git and GNU parallel (bench), and what code-server needs to build and run
+# for the VS Code end-to-end test (see client-vscode/README.md).
+APT_PACKAGES := git parallel pkg-config libkrb5-dev libsecret-1-dev libx11-dev libxkbfile-dev ripgrep chromium
+
+.PHONY: help venv apt demo test lint test-python test-node test-client test-e2e bench clean
+
+help:
+	@echo "make demo   - set up and run five workstreams in parallel in a throwaway repository"
+	@echo "make test   - set up and run every test (lint, Python, Node client, VS Code unit + end-to-end)"
+	@echo "make bench  - benchmarks against xargs -P and GNU parallel; writes docs/benchmarks.md"
+
+$(STAMP): pyproject.toml requirements-dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+demo: venv
+	$(VENV)/bin/aidp demo
+
+test: lint test-python test-node test-client test-e2e
+
+lint: venv client-vscode/node_modules
+	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/mypy
+	cd client-vscode && npm run --silent typecheck && npm run --silent lint
+
+test-python: venv
+	$(VENV)/bin/pytest -q
+
+tests/node/node_modules: tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+	touch $@
+
+test-node: venv tests/node/node_modules
+	cd tests/node && AIDP_PYTHON=$(CURDIR)/$(PY) npm test
+
+client-vscode/node_modules: client-vscode/package-lock.json
+	cd client-vscode && npm ci --no-audit --no-fund
+	touch $@
+
+test-client: client-vscode/node_modules
+	cd client-vscode && npm run --silent test:unit
+
+test-e2e: venv apt client-vscode/node_modules
+	cd client-vscode && AIDP_PYTHON=$(CURDIR)/$(PY) npm run --silent test:e2e
+
+bench: venv apt
+	$(PY) -m pip install --quiet matplotlib==3.11.2
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) client-vscode/node_modules client-vscode/dist tests/node/node_modules test-artifacts
