@@ -1,0 +1,202 @@
+"""The `aidp ws ...` commands: each parses nothing and decides nothing, it calls the engine and
+prints. The repl calls the same handlers with the same parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+
+from aidp.cli.live import choose_view, watch_run
+from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
+from aidp.cli.render import first_line, indented, outcome, summary_lines, workstream_table
+from aidp.engine import Engine, RunSummary, Status
+from aidp.engine.config import DEFAULT_GRACE_S
+from aidp.engine.errors import ConfigError
+from aidp.engine.executor import Run
+from aidp.engine.gitrepo import find_root
+
+Handler = Callable[[Engine, argparse.Namespace], Awaitable[int]]
+
+CANCEL_EXTRA_WAIT_S = 10.0  # beyond the harness grace period, for the owning process to act
+POLL_S = 0.2
+
+
+async def open_engine() -> Engine:
+    """The engine of the repository around the current directory (any directory inside it)."""
+    return await Engine.open(find_root(Path.cwd()))
+
+
+def with_engine(handler: Handler, args: argparse.Namespace) -> int:
+    """Run `handler` on the repository's engine; the engine is always closed (which cancels and
+    records whatever this process still runs)."""
+
+    async def run() -> int:
+        engine = await open_engine()
+        try:
+            return await handler(engine, args)
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
+def main_ws(args: argparse.Namespace) -> int:
+    return with_engine(args.handler, args)
+
+
+def main_serve(args: argparse.Namespace) -> int:
+    from aidp.server.app import serve  # imported late: the CLI works without the server's dependencies loaded
+
+    return serve(args.root)
+
+
+def print_json(value: object) -> None:
+    print(msgspec.json.encode(value).decode(), flush=True)
+
+
+async def ws_new(engine: Engine, args: argparse.Namespace) -> int:
+    ws = await engine.create(args.slug, " ".join(args.task), args.base_branch, args.command)
+    print(f"created {ws.slug}: worktree {ws.path} on branch {ws.branch}")
+    return EXIT_OK
+
+
+async def ws_list(engine: Engine, args: argparse.Namespace) -> int:
+    workstreams = await engine.workstreams()
+    if args.json:
+        print_json(workstreams)
+    else:
+        print("\n".join(workstream_table(workstreams)), flush=True)
+    return EXIT_OK
+
+
+async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
+    ws = await engine.get(args.slug)
+    command = shlex.join(ws.command) if ws.command else "[harness] command of .aidp/config.toml"
+    lines = [
+        f"slug:       {ws.slug}",
+        f"status:     {ws.status}",
+        f"task:       {ws.task}",
+        f"branch:     {ws.branch} (from {ws.base_branch or 'HEAD at creation'})",
+        f"worktree:   {ws.path}",
+        f"command:    {command}",
+        f"created:    {ws.created_at}",
+    ]
+    if (r := ws.last_result) is not None:
+        details = outcome(r.exit_code, r.duration_s)
+        lines.append(f"last run:   {r.status}" + (f" ({details})" if details else ""))
+        lines += [f"  {label}: {indented(text)}" for label, text in (("error", r.error), ("log", r.log_path)) if text]
+    lines.append("recent events:")
+    for event in await engine.history(ws.slug):
+        lines.append(f"  {event.at}  {event.status:<9}  {event.run_id or '-'}  {first_line(event.message)}".rstrip())
+    lines.append("git status --short:")
+    git = await engine.git_status(ws.slug)
+    lines += [f"  {line}" for line in git.splitlines()] or ["  (clean)"]
+    print("\n".join(lines), flush=True)
+    return EXIT_OK
+
+
+async def ws_pause(engine: Engine, args: argparse.Namespace) -> int:
+    ws = await engine.set_paused(args.slug, args.paused)
+    print(f"{ws.slug} {ws.status}")
+    return EXIT_OK
+
+
+async def ws_rm(engine: Engine, args: argparse.Namespace) -> int:
+    for note in await engine.remove(args.slug, delete_branch=args.delete_branch, force=args.force):
+        print(note)
+    return EXIT_OK
+
+
+def start_run(engine: Engine, args: argparse.Namespace) -> Awaitable[Run]:
+    """`ws run <slug...>` or `ws run-all`, with the options both share."""
+    if args.ws_command == "run-all":
+        return engine.start_all(args.max_concurrent, args.mode, args.steps, args.timeout)
+    return engine.start(args.slugs, args.max_concurrent, args.mode, args.steps, args.timeout)
+
+
+def print_summary(summary: RunSummary, as_json: bool) -> int:
+    """Print the summary; the exit code is 0 only when every workstream completed."""
+    if as_json:
+        print_json(summary)
+    else:
+        print("\n".join(summary_lines(summary)), flush=True)
+    return EXIT_OK if summary.ok else EXIT_FAILURE
+
+
+async def ws_run(engine: Engine, args: argparse.Namespace) -> int:
+    summary = await watch_run(engine, lambda: start_run(engine, args), choose_view(args.json))
+    return print_summary(summary, args.json)
+
+
+async def ws_cancel(engine: Engine, args: argparse.Namespace) -> int:
+    """Cancel wherever they run, then wait (bounded) until the owner has ended and recorded them."""
+    hit = await engine.cancel(args.slugs)
+    for slug in dict.fromkeys(args.slugs):
+        if slug not in hit:
+            print(f"{slug} is not running")
+    if not hit:
+        return EXIT_OK
+    print(f"cancelling {', '.join(hit)}", flush=True)
+    try:
+        grace = engine.config().harness.grace_s
+    except ConfigError:
+        grace = DEFAULT_GRACE_S
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace + CANCEL_EXTRA_WAIT_S
+    while True:
+        statuses = {slug: (await engine.get(slug)).status for slug in hit}
+        if not any(status.in_flight for status in statuses.values()) or loop.time() > deadline:
+            break
+        await asyncio.sleep(POLL_S)
+    for slug, status in statuses.items():
+        print(f"{slug} {status}" + (" (still stopping; check 'aidp ws list')" if status.in_flight else ""))
+    return EXIT_FAILURE if any(status.in_flight for status in statuses.values()) else EXIT_OK
+
+
+async def ws_logs(engine: Engine, args: argparse.Namespace) -> int:
+    if args.follow:
+        await follow_log(engine, args.slug)
+        return EXIT_OK
+    path, text = await engine.log(args.slug)
+    if path is None:
+        print(f"{args.slug} has not run yet", file=sys.stderr)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+async def follow_log(engine: Engine, slug: str) -> None:
+    """Copy the latest run's log as it grows, until the workstream is no longer queued or running.
+    The status is read before each copy, so the copy after the last check has every byte."""
+    path, offset = None, 0
+    while True:
+        status = (await engine.get(slug)).status
+        if status != Status.QUEUED:  # a queued run has no log yet: don't print the previous one
+            latest, _ = await engine.log(slug, tail_bytes=0)
+            if latest != path:
+                path, offset = latest, 0
+            if path is not None:
+                offset = await asyncio.to_thread(_copy_from, Path(path), offset)
+        if not status.in_flight:
+            return
+        await asyncio.sleep(POLL_S)
+
+
+def _copy_from(path: Path, offset: int) -> int:
+    """Write the file's bytes from `offset` to stdout as they are; returns the new offset."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return offset + len(data)

@@ -1,0 +1,44 @@
+"""`aidp`: parse the command line, run the command, map errors to exit codes.
+
+Expected errors (the engine's `AidpError`s) are one line on stderr, `aidp: error: <message>`, never
+a traceback: input errors exit 2, runtime failures exit 1 (see the epilog of `aidp --help`).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Callable, Sequence
+
+from aidp.cli.parser import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, build_parser
+from aidp.cli.render import report
+from aidp.engine.errors import AidpError, ConfigError, InvalidInput, NotARepository
+
+INPUT_ERRORS = (InvalidInput, ConfigError, NotARepository)
+
+
+def exit_code(error: AidpError) -> int:
+    return EXIT_USAGE if isinstance(error, INPUT_ERRORS) else EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # a pipe sees each line as it comes
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except ParserExit as exc:
+        return exc.status
+    except UsageError as exc:
+        sys.stderr.write(exc.usage)
+        report(str(exc))
+        return EXIT_USAGE
+    command: Callable[..., int] = args.main
+    try:
+        return command(args)
+    except AidpError as exc:
+        report(str(exc))
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        report("interrupted")
+        return EXIT_FAILURE

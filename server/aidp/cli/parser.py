@@ -1,0 +1,148 @@
+"""The argument grammar, defined once: `main` parses command lines with it and the repl parses its
+`/ws ...` lines with the very same subparsers, so the two can never drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import NoReturn
+
+from aidp import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+exit codes:
+  0  success (for runs: every workstream completed)
+  1  a runtime failure: a workstream failed, errored or was cancelled; a refusal (busy, dirty
+     worktree, unmerged commits); a git error
+  2  an input error: bad arguments or option values, a bad or unknown slug, a bad
+     .aidp/config.toml, or not inside a git repository
+
+Run 'aidp demo' to see five workstreams run in parallel in a throwaway repository.
+"""
+
+
+class UsageError(Exception):
+    """The parser rejected the arguments; `usage` is the usage line of the (sub)command at fault."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class ParserExit(Exception):
+    """The parser finished on its own (after --help or --version) with this exit status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    """Raises instead of exiting, so the repl survives a typo; `main` turns these into exit codes."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            self._print_message(message)
+        raise ParserExit(status)
+
+
+def _steps(text: str) -> list[str]:
+    return [step.strip() for step in text.split(",")]
+
+
+def _command(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"cannot split {text!r} into arguments: {exc}") from exc
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-concurrent", type=int, metavar="N", help="run at most N at once (1..64)")
+    parser.add_argument("--mode", default="execute", metavar="M", help="passed to the harness as {mode}")
+    parser.add_argument("--steps", type=_steps, metavar="A,B", help="passed to the harness as {steps}")
+    parser.add_argument("--timeout", type=float, metavar="S", help="stop a workstream after S seconds")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON, nothing else")
+
+
+def build_parser() -> Parser:
+    from aidp.cli import commands, demo, repl  # imported here: they import this module (the repl parses with it)
+
+    parser = Parser(
+        prog="aidp",
+        description="Run many coding workstreams (a git worktree plus a command) in parallel.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"aidp {__version__}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ws = top.add_parser("ws", help="manage and run workstreams", epilog=EPILOG)
+    ws.set_defaults(main=commands.main_ws)
+    sub = ws.add_subparsers(dest="ws_command", required=True, metavar="WS_COMMAND")
+
+    p = sub.add_parser("new", help="create a workstream: a worktree on branch aidp/<slug> and a task")
+    p.add_argument("slug")
+    p.add_argument("task", nargs="+", help="what the workstream should do")
+    p.add_argument("--base-branch", metavar="B", help="start the branch from B (default: HEAD)")
+    p.add_argument("--command", type=_command, metavar='"PROG ARG ..."', help="this workstream's harness")
+    p.set_defaults(handler=commands.ws_new)
+
+    p = sub.add_parser("list", help="every workstream with its status and last run")
+    p.add_argument("--json", action="store_true", help="print the workstreams as JSON")
+    p.set_defaults(handler=commands.ws_list)
+
+    p = sub.add_parser("status", help="one workstream in detail, its recent events and git status")
+    p.add_argument("slug")
+    p.set_defaults(handler=commands.ws_status)
+
+    for name, paused in (("pause", True), ("resume", False)):
+        p = sub.add_parser(name, help=f"{name} a workstream (run-all skips paused ones)")
+        p.add_argument("slug")
+        p.set_defaults(handler=commands.ws_pause, paused=paused)
+
+    p = sub.add_parser("rm", help="remove a workstream's worktree (refuses to lose work without --force)")
+    p.add_argument("slug")
+    p.add_argument("--delete-branch", action="store_true", help="also delete branch aidp/<slug>")
+    p.add_argument("--force", action="store_true", help="discard uncommitted changes and unmerged commits")
+    p.set_defaults(handler=commands.ws_rm)
+
+    p = sub.add_parser("run", help="run workstreams in parallel with a live view")
+    p.add_argument("slugs", nargs="+", metavar="slug")
+    _add_run_options(p)
+    p.set_defaults(handler=commands.ws_run)
+
+    p = sub.add_parser("run-all", help="run every workstream not paused, completed or already running")
+    _add_run_options(p)
+    p.set_defaults(handler=commands.ws_run)
+
+    p = sub.add_parser("cancel", help="cancel running workstreams, also those another aidp process runs")
+    p.add_argument("slugs", nargs="+", metavar="slug")
+    p.set_defaults(handler=commands.ws_cancel)
+
+    p = sub.add_parser("logs", help="print the latest run's log")
+    p.add_argument("slug")
+    p.add_argument("-f", "--follow", action="store_true", help="follow the log while the workstream runs")
+    p.set_defaults(handler=commands.ws_logs)
+
+    p = top.add_parser("repl", help="an interactive prompt; runs go on in the background")
+    p.set_defaults(main=repl.main_repl)
+
+    p = top.add_parser("demo", help="run five demo workstreams in a throwaway repository")
+    p.add_argument("--keep", action="store_true", help="keep the demo repository and print its path")
+    p.add_argument("--max-concurrent", type=int, default=5, metavar="N", help="run at most N at once")
+    p.set_defaults(main=demo.main_demo)
+
+    p = top.add_parser("serve", help="the JSON-RPC server (stdio) for editors")
+    p.add_argument("--root", type=Path, metavar="PATH", help="the repository (default: from the client)")
+    p.set_defaults(main=commands.main_serve)
+
+    return parser

@@ -1,0 +1,192 @@
+"""Runs through the CLI: JSON results and exit codes, the plain-lines view, logs, cancel from
+another process, and Ctrl-C. Harnesses are real processes; waits are on facts, not on timing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import re
+import signal
+from pathlib import Path
+
+from cli_helpers import (
+    Lines,
+    cli,
+    gated,
+    harness,
+    make_repo,
+    new_ws,
+    process_gone,
+    spawn_cli,
+    wait_for_status,
+    wait_until,
+    workstreams,
+)
+
+OK = "import sys\nprint('working on', sys.argv[1])\n"
+FAIL = "print('something broke')\nraise SystemExit(3)\n"
+SLOW = "import sys, time\nprint('started', flush=True)\ntime.sleep(60)\n"
+
+
+def test_run_json_exit_codes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "good", harness(tmp_path, "ok", OK))
+    new_ws(repo, "bad", harness(tmp_path, "fail", FAIL))
+
+    ok = cli(repo, "ws", "run", "good", "--json")
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(ok.stdout)  # nothing else on stdout
+    assert (summary["total"], summary["completed"]) == (1, 1)
+    assert summary["results"][0]["exitCode"] == 0
+    assert Path(summary["results"][0]["logPath"]).read_text() == "working on good\n"
+
+    mixed = cli(repo, "ws", "run", "good", "bad", "--json", "--max-concurrent", "1")
+    assert mixed.returncode == 1
+    summary = json.loads(mixed.stdout)
+    assert [r["slug"] for r in summary["results"]] == ["good", "bad"]
+    assert (summary["completed"], summary["failed"]) == (1, 1)
+    assert summary["results"][1]["exitCode"] == 3
+    assert "something broke" in summary["results"][1]["error"]
+
+    listed = workstreams(repo)
+    assert listed["good"]["status"] == "completed"
+    assert listed["bad"]["lastResult"]["exitCode"] == 3
+
+
+def test_run_passes_mode_steps_and_task(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "echo", "echo {slug} {mode} {steps} {task}", task="the task")
+    result = cli(repo, "ws", "run", "echo", "--mode", "plan", "--steps", "a,b", "--timeout", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    log = Path(json.loads(result.stdout)["results"][0]["logPath"]).read_text()
+    assert log == "echo plan a,b the task\n"
+
+
+def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "good", harness(tmp_path, "ok", OK))
+    new_ws(repo, "bad", harness(tmp_path, "fail", FAIL))
+    result = cli(repo, "ws", "run", "good", "bad")
+    assert result.returncode == 1
+    assert "\x1b[" not in result.stdout  # no cursor movement into a pipe
+    lines = result.stdout.splitlines()
+    events = [line.split("] ", 1)[1] for line in lines if re.match(r"^\[\d\d:\d\d:\d\d\] ", line)]
+    for slug in ("good", "bad"):
+        mine = [e for e in events if e.split()[0] == slug]
+        assert [e.split()[1] for e in mine] == ["queued", "running", "completed" if slug == "good" else "failed"]
+    assert any(line.startswith("✅ good") for line in lines)
+    assert any(line.startswith("❌ bad") for line in lines)
+    assert "1 completed, 1 failed, 0 errored, 0 cancelled of 2" in result.stdout
+    assert "❌ bad: exit code 3" in result.stdout
+    assert "    something broke" in result.stdout
+
+
+def test_live_view_on_a_terminal(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    gate = tmp_path / "gate"
+    new_ws(repo, "shown", harness(tmp_path, "gated", gated(gate, "busy busy", "done")))
+    controller, terminal = pty.openpty()
+    runner = spawn_cli(repo, "ws", "run", "shown", stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the CLI has exited and closed the terminal
+        while chunk := os.read(controller, 4096):
+            output += chunk
+            if re.search(r"⏳ shown\s+running\s+[\d.]+ s\s+busy busy", output.decode(errors="replace")):
+                gate.touch()  # the row showed the last output line while running: let it finish
+    os.close(controller)
+    assert runner.wait(timeout=60) == 0
+    text = output.decode()
+    assert gate.exists()
+    assert "\x1b[1F" in text  # redrawn in place
+    assert "✅ shown  completed  (exit 0" in text
+    assert not re.search(r"^\[\d\d:\d\d:\d\d\]", text, re.M)  # not the plain lines
+
+
+def test_run_all_skips_paused_and_completed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    command = harness(tmp_path, "ok", OK)
+    for slug in ("one", "two", "held"):
+        new_ws(repo, slug, command)
+    assert cli(repo, "ws", "pause", "held").returncode == 0
+    first = cli(repo, "ws", "run-all", "--json")
+    assert first.returncode == 0, first.stderr
+    assert sorted(r["slug"] for r in json.loads(first.stdout)["results"]) == ["one", "two"]
+    again = cli(repo, "ws", "run-all")
+    assert again.returncode == 0
+    assert "nothing to run" in again.stdout
+
+
+def test_logs_and_follow(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    gate = tmp_path / "gate"
+    new_ws(repo, "chatty", harness(tmp_path, "chatty", gated(gate, "first line", "last line")))
+    assert "has not run yet" in cli(repo, "ws", "logs", "chatty").stderr
+
+    runner = spawn_cli(repo, "ws", "run", "chatty")
+    wait_for_status(repo, "chatty", "running")
+    follower = spawn_cli(repo, "ws", "logs", "chatty", "-f")
+    Lines(follower).expect("^first line$")  # followed while the workstream is still running
+    assert follower.poll() is None
+    gate.touch()
+    assert follower.wait(timeout=60) == 0
+    assert runner.wait(timeout=60) == 0
+
+    logs = cli(repo, "ws", "logs", "chatty")
+    assert logs.returncode == 0
+    assert logs.stdout == "first line\nlast line\n"
+    assert cli(repo, "ws", "logs", "chatty", "-f").stdout == logs.stdout  # not running: prints and exits
+
+
+def test_cancel_from_a_second_process(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "slow", harness(tmp_path, "slow", SLOW))
+    new_ws(repo, "quick", harness(tmp_path, "ok", OK))
+    runner = spawn_cli(repo, "ws", "run", "slow", "--json")
+    wait_for_status(repo, "slow", "running")
+
+    busy = cli(repo, "ws", "rm", "slow", "--force")
+    assert busy.returncode == 1
+    assert "running" in busy.stderr
+    assert cli(repo, "ws", "run", "slow").returncode == 1  # already claimed by the runner
+
+    cancelled = cli(repo, "ws", "cancel", "slow", "quick")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "quick is not running" in cancelled.stdout
+    assert cancelled.stdout.splitlines()[-1] == "slow cancelled"
+
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 1
+    summary = json.loads(out)
+    assert summary["cancelled"] == 1
+    assert summary["results"][0]["status"] == "cancelled"
+    assert workstreams(repo)["slow"]["status"] == "cancelled"
+
+
+def test_ctrl_c_cancels_cleanly(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    pid_file = tmp_path / "grandchild.pid"
+    code = (
+        "import pathlib, subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))\n"
+        "print('spawned', child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    new_ws(repo, "stuck", harness(tmp_path, "stuck", code))
+    runner = spawn_cli(repo, "ws", "run", "stuck")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild's pid")
+    grandchild = int(pid_file.read_text())
+    assert not process_gone(grandchild)
+
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 1
+    assert "cancelling" in err
+    assert "Traceback" not in err
+    assert "🚫 stuck" in out
+    assert "0 completed, 0 failed, 0 errored, 1 cancelled of 1" in out
+    assert workstreams(repo)["stuck"]["status"] == "cancelled"
+    wait_until(lambda: process_gone(grandchild), "the grandchild to be gone", timeout=10)
