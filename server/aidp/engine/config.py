@@ -38,6 +38,8 @@ def load_config(state_dir: Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:  # a directory, no permission: still the config's fault, said as such
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ class Engine:
         self.events = EventBus()
         self._owner = procs.self_identity()
         self._runs: dict[str, tuple[Run, asyncio.Task[RunSummary]]] = {}
+        # Summaries of ended runs, kept while the caller holds the Run: `wait` after the end.
+        self._ended: weakref.WeakKeyDictionary[Run, RunSummary] = weakref.WeakKeyDictionary()
 
     @classmethod
     async def open(cls, root: Path) -> Engine:
@@ -89,6 +92,10 @@ class Engine:
         validate_slug(slug)
         if not isinstance(task, str) or not task.strip():
             raise InvalidInput("the task must be a non-empty text")
+        for text in (task, base_branch or ""):
+            if not isinstance(text, str) or not _is_text(text):
+                # Checked before the worktree exists: the database or git would refuse it later.
+                raise InvalidInput(f"not valid UTF-8 text without NUL characters: {text!r}")
         if command is not None and (not command or not all(isinstance(a, str) and a for a in command)):
             raise InvalidInput("command must be a non-empty list of non-empty arguments")
         if await self.db.call(self.db.store.get, slug):
@@ -248,6 +255,7 @@ class Engine:
             summary = await run.execute()
         finally:
             del self._runs[run.run_id]
+        self._ended[run] = summary
         self.events.emit(RunFinished(summary=summary))
         return summary
 
@@ -255,6 +263,8 @@ class Engine:
         """The run's summary. Cancelling the waiter cancels the run: every process group is
         ended and every status recorded before the cancellation propagates."""
         task = self._runs[run.run_id][1] if run.run_id in self._runs else None
+        if task is None and run in self._ended:
+            return self._ended[run]  # it ended before anyone waited (the caller awaited elsewhere)
         if task is None:
             raise InvalidInput(f"run {run.run_id} is not running in this process")
         try:
@@ -319,6 +329,15 @@ class Engine:
                 )
                 corrected.append(claim.slug)
         return corrected
+
+
+def _is_text(text: str) -> bool:
+    """Storable and passable to a process: no NUL, no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text
 
 
 def _read_tail(path: Path, limit: int) -> str:

@@ -100,6 +100,10 @@ async def unmerged_commits(root: Path, branch: str, into: str) -> list[str]:
     """Commits on `branch` that `into` does not have: what deleting the branch would lose."""
     if not await branch_exists(root, branch):
         return []
+    if not (await git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{into}^{{commit}}", check=False)):
+        # `into` is gone (a deleted base branch): count what no other branch has, never nothing.
+        other = ["--not", f"--exclude={branch}", "--branches"]
+        return (await git(root, "log", "--oneline", branch, *other, "--")).splitlines()
     out = await git(root, "log", "--oneline", f"{into}..{branch}", "--", check=False)
     return out.splitlines()
 

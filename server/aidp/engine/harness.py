@@ -63,3 +63,5 @@ async def spawn(argv: list[str], cwd: Path, env: dict[str, str], log_fd: int) ->
         raise StartError(f"cannot start {argv[0]!r}: permission denied (is it executable?)") from exc
     except OSError as exc:
         raise StartError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a NUL or an unencodable character in an argument or the environment
+        raise StartError(f"cannot start {argv[0]!r}: {exc}") from exc

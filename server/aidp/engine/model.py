@@ -21,7 +21,7 @@ def validate_slug(slug: object) -> str:
         raise InvalidSlug(f"slug must be a string, got {type(slug).__name__}")
     if len(slug) > SLUG_MAX:
         raise InvalidSlug(f"slug {slug[:20]!r}... is {len(slug)} characters; the limit is {SLUG_MAX}")
-    if not SLUG_RE.match(slug):
+    if not SLUG_RE.fullmatch(slug):  # `match` and `$` would accept a trailing newline
         raise InvalidSlug(
             f"invalid slug {slug!r}: use lowercase letters, digits and single dashes "
             "(like 'fix-login-42'), at most 64 characters"

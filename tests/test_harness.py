@@ -1,0 +1,99 @@
+"""Unit tests of what a workstream runs: placeholder substitution, environment, spawn errors and
+the bounded live view of a log file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aidp.engine.executor import CHUNK_MAX, LogTail, _describe_exit
+from aidp.engine.harness import StartError, build_argv, build_env, spawn
+
+VALUES = {
+    "slug": "s",
+    "task": "say {slug} $(x)",
+    "mode": "execute",
+    "steps": "a,b",
+    "branch": "aidp/s",
+    "worktree": "/w",
+}
+
+
+def test_build_argv_substitutes_each_placeholder_once() -> None:
+    argv = build_argv(["prog", "{task}", "--slug={slug}", "{branch}:{worktree}", "{mode}", "{steps}"], VALUES)
+    # The task mentions `{slug}`: it is not expanded a second time.
+    assert argv == ["prog", "say {slug} $(x)", "--slug=s", "aidp/s:/w", "execute", "a,b"]
+
+
+def test_build_argv_leaves_other_braces_alone() -> None:
+    assert build_argv(["{}", "{unknown}", "{{slug}}", "${slug}", "{ slug }"], VALUES) == [
+        "{}",
+        "{unknown}",
+        "{s}",
+        "$s",
+        "{ slug }",
+    ]
+
+
+def test_build_env_engine_values_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FROM_PARENT", "yes")
+    env = build_env({"EXTRA": "1", "AIDP_SLUG": "nope", "AIDP_RUN_ID": "nope"}, VALUES, "run-1")
+    assert env["FROM_PARENT"] == "yes" and env["EXTRA"] == "1"
+    assert (env["AIDP_SLUG"], env["AIDP_RUN_ID"], env["AIDP_TASK"]) == ("s", "run-1", "say {slug} $(x)")
+    assert (env["AIDP_MODE"], env["AIDP_STEPS"], env["AIDP_WORKTREE"]) == ("execute", "a,b", "/w")
+
+
+async def test_spawn_errors_say_what_to_fix(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(StartError, match="no such program"):
+            await spawn(["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), fd)
+        with pytest.raises(StartError, match=r"worktree .* is missing"):
+            await spawn(["true"], tmp_path / "gone", dict(os.environ), fd)
+        script = tmp_path / "script"
+        script.write_text("#!/bin/sh\n")
+        with pytest.raises(StartError, match="permission denied"):
+            await spawn([str(script)], tmp_path, dict(os.environ), fd)
+    finally:
+        os.close(fd)
+
+
+def test_describe_exit() -> None:
+    assert _describe_exit(0) == "exit code 0"
+    assert _describe_exit(3) == "exit code 3"
+    assert _describe_exit(-9) == "killed by SIGKILL"
+    assert _describe_exit(-15) == "killed by SIGTERM"
+
+
+def test_log_tail_reads_new_bytes_and_keeps_split_characters(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"")
+    tail = LogTail(path)
+    try:
+        assert tail.read() == ""
+        data = "héllo ✓\n".encode()
+        with path.open("ab") as f:
+            f.write(data[:2])  # half of "é"
+        assert tail.read() == "h"
+        with path.open("ab") as f:
+            f.write(data[2:])
+        assert tail.read() == "éllo ✓\n"
+        assert tail.read() == ""
+        assert tail.last_lines(1) == "héllo ✓"
+    finally:
+        tail.close()
+
+
+def test_log_tail_skips_ahead_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"a" * (CHUNK_MAX * 3) + b"END")
+    tail = LogTail(path)
+    try:
+        text = tail.read()
+        assert text.startswith(f"\n[aidp: {CHUNK_MAX * 2 + 3} bytes of output skipped; the log file has them all]\n")
+        assert text.endswith("END") and len(text) < CHUNK_MAX + 200
+        assert tail.read() == ""
+    finally:
+        tail.close()
