@@ -1,0 +1,155 @@
+/** How a workstream looks in the tree: description, icon, tooltip, context value. No `vscode` import. */
+import type { RunSummary, Status, Workstream, WorkstreamResult } from "../protocol";
+import type { WorkstreamView } from "./state";
+
+/** A codicon id (for `new ThemeIcon(id, new ThemeColor(color))`). */
+export interface IconSpec {
+  id: string;
+  color?: string;
+}
+
+export const STATUS_ICONS: Readonly<Record<Status, IconSpec>> = {
+  active: { id: "circle-large-outline" },
+  paused: { id: "debug-pause", color: "disabledForeground" },
+  queued: { id: "clock", color: "charts.yellow" },
+  running: { id: "sync~spin", color: "charts.blue" },
+  completed: { id: "pass", color: "testing.iconPassed" },
+  failed: { id: "error", color: "testing.iconFailed" },
+  error: { id: "warning", color: "problemsWarningIcon.foreground" },
+  cancelled: { id: "circle-slash", color: "disabledForeground" },
+};
+
+export function iconFor(status: Status): IconSpec {
+  return STATUS_ICONS[status];
+}
+
+/** 0.4 -> "0.4s", 75 -> "1m 15s", 3700 -> "1h 01m". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "";
+  if (seconds < 10) return `${seconds.toFixed(1)}s`;
+  if (seconds < 60) return `${Math.floor(seconds)}s`;
+  const total = Math.floor(seconds);
+  if (total < 3600) {
+    const m = Math.floor(total / 60);
+    const s = total % 60;
+    return `${m}m ${String(s).padStart(2, "0")}s`;
+  }
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  return `${h}h ${String(m).padStart(2, "0")}m`;
+}
+
+/** "exit 3", or "signal 9" for a negative exit code. */
+export function formatExitCode(exitCode: number): string {
+  return exitCode < 0 ? `signal ${-exitCode}` : `exit ${exitCode}`;
+}
+
+/**
+ * The item's description: the status plus the duration (or live elapsed time) or exit code.
+ * e.g. "running 12s", "completed · 3.2s", "failed · exit 3 · 1.1s".
+ */
+export function describe(view: WorkstreamView, now: number): string {
+  const { ws } = view;
+  switch (ws.status) {
+    case "running": {
+      if (view.runningSince === null) return "running";
+      return `running ${formatDuration(Math.max(0, (now - view.runningSince) / 1000))}`;
+    }
+    case "queued":
+    case "active":
+    case "paused":
+      return ws.status;
+    case "completed":
+    case "failed":
+    case "error":
+    case "cancelled": {
+      const parts: string[] = [ws.status];
+      const result = ws.lastResult;
+      if (result !== null) {
+        if (result.exitCode !== null && (result.exitCode !== 0 || ws.status !== "completed")) {
+          parts.push(formatExitCode(result.exitCode));
+        }
+        if (result.durationS !== null) parts.push(formatDuration(result.durationS));
+      }
+      return parts.join(" · ");
+    }
+  }
+}
+
+/** The first line of an error, shortened for one-line places. */
+export function firstLine(text: string, max = 120): string {
+  const line = text.split(/\r?\n/).find((l) => l.trim().length > 0) ?? "";
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+}
+
+/** Plain-text tooltip: task, branch, status and the last error. */
+export function tooltip(view: WorkstreamView, now: number): string {
+  const { ws } = view;
+  const lines = [`${ws.slug} — ${describe(view, now)}`, "", `Task: ${ws.task}`, `Branch: ${ws.branch}`];
+  if (ws.baseBranch !== null) lines.push(`Base: ${ws.baseBranch}`);
+  lines.push(`Worktree: ${ws.path}`);
+  if (ws.command !== null) lines.push(`Command: ${ws.command.join(" ")}`);
+  const error = ws.lastResult?.error;
+  if (error !== null && error !== undefined && error.length > 0) {
+    lines.push("", "Last error:", error.trimEnd());
+  }
+  return lines.join("\n");
+}
+
+/** The accessible label: slug and description (the e2e test reads it from the row's aria-label). */
+export function ariaLabel(view: WorkstreamView, now: number): string {
+  return `${view.ws.slug}, ${describe(view, now)}`;
+}
+
+/**
+ * The tree item's contextValue: space-separated flags matched by `viewItem =~ /\bflag\b/` in package.json.
+ * "workstream" always; canRun, canCancel, canPause, canResume, canRemove, hasLog when they apply.
+ */
+export function contextValue(view: WorkstreamView): string {
+  const status = view.ws.status;
+  const live = status === "running" || status === "queued";
+  const flags = ["workstream", `status-${status}`];
+  if (!live && status !== "paused") flags.push("canRun");
+  if (live) flags.push("canCancel");
+  if (!live && status !== "paused") flags.push("canPause");
+  if (status === "paused") flags.push("canResume");
+  if (!live) flags.push("canRemove");
+  if (status === "running" || view.ws.lastResult !== null) flags.push("hasLog");
+  return flags.join(" ");
+}
+
+/** "2 completed, 1 failed" (zero counts left out). */
+export function summaryCounts(summary: Pick<RunSummary, "completed" | "failed" | "errored" | "cancelled">): string {
+  const parts: string[] = [];
+  if (summary.completed > 0) parts.push(`${summary.completed} completed`);
+  if (summary.failed > 0) parts.push(`${summary.failed} failed`);
+  if (summary.errored > 0) parts.push(`${summary.errored} error${summary.errored === 1 ? "" : "s"}`);
+  if (summary.cancelled > 0) parts.push(`${summary.cancelled} cancelled`);
+  return parts.length > 0 ? parts.join(", ") : "nothing ran";
+}
+
+/** The notification text when a run ends. */
+export function summaryMessage(summary: RunSummary): string {
+  if (summary.total === 0) return "AIDP: nothing to run (every workstream is completed, paused or running).";
+  const noun = summary.total === 1 ? "workstream" : "workstreams";
+  return `AIDP: ran ${summary.total} ${noun} in ${formatDuration(summary.wallS)}: ${summaryCounts(summary)}.`;
+}
+
+/** Results that did not complete: failed, error (cancelled ones were asked for). */
+export function failures(summary: RunSummary): WorkstreamResult[] {
+  return summary.results.filter((r) => r.status === "failed" || r.status === "error");
+}
+
+/** The status-bar text: how many running and queued. */
+export function statusBarText(counts: { running: number; queued: number; total: number }): string {
+  if (counts.running === 0 && counts.queued === 0) {
+    return `$(checklist) AIDP: ${counts.total === 0 ? "no workstreams" : "none running"}`;
+  }
+  const parts = [`$(sync~spin) ${counts.running} running`];
+  if (counts.queued > 0) parts.push(`${counts.queued} queued`);
+  return parts.join(", ");
+}
+
+export function sortBySlug(list: readonly Workstream[]): Workstream[] {
+  return [...list].sort((a, b) => a.slug.localeCompare(b.slug));
+}

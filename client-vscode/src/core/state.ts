@@ -1,0 +1,176 @@
+/**
+ * Client-side state of the workstreams and the reducer from server messages to it.
+ *
+ * Immutable: every reducer returns a new state (or the same object when nothing changed), so the UI
+ * layer can tell exactly which item to refresh. No `vscode` import.
+ */
+import {
+  isFinalStatus,
+  type RunSummary,
+  type Status,
+  type Workstream,
+  type WorkstreamResult,
+  type WsStatusNotification,
+} from "../protocol";
+
+export interface WorkstreamView {
+  readonly ws: Workstream;
+  /** The run this workstream is queued or running in, if known. */
+  readonly runId: string | null;
+  /** Epoch ms when the client saw it start running (for a live elapsed time); null otherwise. */
+  readonly runningSince: number | null;
+}
+
+export interface State {
+  /** In the server's list order; new workstreams are appended. */
+  readonly order: readonly string[];
+  readonly items: ReadonlyMap<string, WorkstreamView>;
+}
+
+export const EMPTY_STATE: State = { order: [], items: new Map() };
+
+/** The result of applying one message: the new state and the slugs whose items changed. */
+export interface Reduction {
+  readonly state: State;
+  readonly changed: readonly string[];
+  /** True when the message named a workstream the state does not know (the list should be re-fetched). */
+  readonly unknown: boolean;
+}
+
+/** Replaces the whole state with a fresh `aidp/wsList` answer, keeping live run data where it still applies. */
+export function reduceList(prev: State, workstreams: readonly Workstream[], now: number): State {
+  const items = new Map<string, WorkstreamView>();
+  for (const ws of workstreams) {
+    const old = prev.items.get(ws.slug);
+    const live = ws.status === "running" || ws.status === "queued";
+    items.set(ws.slug, {
+      ws,
+      runId: live ? (old?.runId ?? null) : null,
+      runningSince: ws.status === "running" ? (old?.runningSince ?? now) : null,
+    });
+  }
+  return { order: workstreams.map((ws) => ws.slug), items };
+}
+
+/** Applies one `aidp/wsStatus` notification: only the item it names changes. */
+export function reduceStatus(prev: State, raw: WsStatusNotification, now: number): Reduction {
+  // Tolerate a server that leaves out null fields.
+  const n: WsStatusNotification = {
+    ...raw,
+    runId: raw.runId ?? null,
+    exitCode: raw.exitCode ?? null,
+    durationS: raw.durationS ?? null,
+    error: raw.error ?? null,
+  };
+  const old = prev.items.get(n.slug);
+  if (old === undefined) {
+    return { state: prev, changed: [], unknown: true };
+  }
+  const nowIso = new Date(now).toISOString();
+  let ws: Workstream = { ...old.ws, status: n.status, updatedAt: nowIso };
+  let runId = old.runId;
+  let runningSince = old.runningSince;
+  switch (n.status) {
+    case "queued":
+      runId = n.runId;
+      runningSince = null;
+      break;
+    case "running":
+      runId = n.runId;
+      runningSince = now;
+      break;
+    case "completed":
+    case "failed":
+    case "error":
+    case "cancelled": {
+      const startedAt =
+        old.runningSince !== null
+          ? new Date(old.runningSince).toISOString()
+          : n.durationS !== null
+            ? new Date(now - n.durationS * 1000).toISOString()
+            : null;
+      const result: WorkstreamResult = {
+        slug: n.slug,
+        status: n.status,
+        exitCode: n.exitCode,
+        startedAt,
+        finishedAt: nowIso,
+        durationS: n.durationS,
+        error: n.error,
+        // The new run's log path arrives with the run summary (or wsList / wsLog).
+        logPath: null,
+      };
+      ws = { ...ws, lastResult: result };
+      runId = null;
+      runningSince = null;
+      break;
+    }
+    case "active":
+    case "paused":
+      runId = null;
+      runningSince = null;
+      break;
+  }
+  const items = new Map(prev.items);
+  items.set(n.slug, { ws, runId, runningSince });
+  return { state: { order: prev.order, items }, changed: [n.slug], unknown: false };
+}
+
+/** Applies the results of a finished run (they carry the log paths and server timestamps). */
+export function reduceSummary(prev: State, summary: RunSummary): Reduction {
+  const items = new Map(prev.items);
+  const changed: string[] = [];
+  let unknown = false;
+  for (const result of summary.results) {
+    const old = items.get(result.slug);
+    if (old === undefined) {
+      unknown = true;
+      continue;
+    }
+    // A later run may already have started this workstream again; then keep the live status.
+    const live = old.ws.status === "queued" || old.ws.status === "running";
+    const status: Status = live && old.runId !== summary.runId ? old.ws.status : result.status;
+    items.set(result.slug, {
+      ws: { ...old.ws, status, lastResult: result },
+      runId: status === result.status ? null : old.runId,
+      runningSince: status === result.status ? null : old.runningSince,
+    });
+    changed.push(result.slug);
+  }
+  return { state: { order: prev.order, items }, changed, unknown };
+}
+
+export interface Counts {
+  total: number;
+  running: number;
+  queued: number;
+  /** Workstreams that aidp/wsRunAll would run: not paused, not completed, not queued or running. */
+  runnable: number;
+}
+
+export function countStates(state: State): Counts {
+  const counts: Counts = { total: 0, running: 0, queued: 0, runnable: 0 };
+  for (const { ws } of state.items.values()) {
+    counts.total += 1;
+    if (ws.status === "running") counts.running += 1;
+    else if (ws.status === "queued") counts.queued += 1;
+    if (isRunAllCandidate(ws.status)) counts.runnable += 1;
+  }
+  return counts;
+}
+
+/** The workstreams `aidp/wsRunAll` runs: every one not paused, not completed, not running (nor queued). */
+export function isRunAllCandidate(status: Status): boolean {
+  return status !== "paused" && status !== "completed" && status !== "running" && status !== "queued";
+}
+
+export function workstreams(state: State): Workstream[] {
+  const out: Workstream[] = [];
+  for (const slug of state.order) {
+    const view = state.items.get(slug);
+    if (view !== undefined) out.push(view.ws);
+  }
+  return out;
+}
+
+export { isFinalStatus };

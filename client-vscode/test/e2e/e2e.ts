@@ -1,0 +1,538 @@
+/**
+ * End-to-end test: the packaged extension in real VS Code (code-server), driven by playwright-core,
+ * against the real `aidp serve` of this repository's Python venv.
+ *
+ * Run with `npm run test:e2e` from client-vscode/ (builds aidp.vsix first). Needs Node 20, the Debian
+ * packages chromium, ripgrep and code-server's build dependencies, and `<repo>/.venv` with aidp installed.
+ *
+ * Environment (all optional):
+ *   AIDP_PYTHON          interpreter with aidp installed   (default <repo>/.venv/bin/python)
+ *   AIDP_CACHE           cache dir for code-server          (default ~/.cache/aidp)
+ *   AIDP_E2E_ARTIFACTS   where screenshots go               (default <repo>/test-artifacts/vscode)
+ *   CHROMIUM_PATH        browser executable                 (default /usr/bin/chromium)
+ *   AIDP_E2E_KEEP=1      keep the temporary directory
+ *   AIDP_E2E_UPDATE_DOCS=1  copy the "running" screenshot to docs/vscode-workstreams.png
+ */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as http from "node:http";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { chromium, type Browser, type Locator, type Page } from "playwright-core";
+
+const CLIENT_DIR = path.resolve(__dirname, "..", "..", "..");
+const REPO_ROOT = path.resolve(CLIENT_DIR, "..");
+const PYTHON = process.env.AIDP_PYTHON ?? path.join(REPO_ROOT, ".venv", "bin", "python");
+const ARTIFACTS = process.env.AIDP_E2E_ARTIFACTS ?? path.join(REPO_ROOT, "test-artifacts", "vscode");
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const VSIX = path.join(CLIENT_DIR, "aidp.vsix");
+
+const LONG = 180_000; // generous: 2 noisy cores
+
+let passed = 0;
+const t0 = Date.now();
+
+function log(message: string): void {
+  const s = ((Date.now() - t0) / 1000).toFixed(1).padStart(6);
+  console.log(`[e2e ${s}s] ${message}`);
+}
+
+function check(condition: unknown, what: string): asserts condition {
+  if (!condition) throw new Error(`check failed: ${what}`);
+  passed += 1;
+  log(`ok: ${what}`);
+}
+
+function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: "utf8", cwd: opts.cwd, env: opts.env ?? process.env });
+  if (r.error) throw new Error(`${cmd} ${args.join(" ")}: ${r.error.message}`);
+  if (r.status !== 0) {
+    throw new Error(`${cmd} ${args.join(" ")} exited ${String(r.status)}:\n${r.stdout}\n${r.stderr}`);
+  }
+  return r.stdout;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const address = srv.address();
+      srv.close(() => {
+        if (address && typeof address === "object") resolve(address.port);
+        else reject(new Error("no port"));
+      });
+    });
+  });
+}
+
+function httpOk(url: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.get(url, (res) => {
+      res.resume();
+      resolve((res.statusCode ?? 500) < 500);
+    });
+    req.on("error", () => resolve(false));
+    req.setTimeout(5000, () => {
+      req.destroy();
+      resolve(false);
+    });
+  });
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = LONG): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** A temporary git repository with three workstreams made by the real CLI. */
+function prepareRepository(base: string): string {
+  const repo = path.join(base, "repo");
+  const harness = path.join(base, "harness.sh");
+  fs.writeFileSync(
+    harness,
+    [
+      "#!/bin/sh",
+      'case "$1" in',
+      '  ok) echo "ok: all good in $(pwd)"; exit 0 ;;',
+      '  fail) echo "fail: about to fail"; echo "something broke" >&2; exit 3 ;;',
+      '  slow) i=0; while [ "$i" -lt 8 ]; do echo "slow: tick $i"; i=$((i+1)); sleep 1; done; exit 0 ;;',
+      '  *) echo "unknown mode $1" >&2; exit 2 ;;',
+      "esac",
+      "",
+    ].join("\n"),
+    { mode: 0o755 },
+  );
+  fs.mkdirSync(path.join(repo, ".aidp"), { recursive: true });
+  const git = (...args: string[]): string => run("git", args, { cwd: repo });
+  git("init", "-q", "-b", "main");
+  git("config", "user.email", "e2e@example.invalid");
+  git("config", "user.name", "aidp e2e");
+  fs.writeFileSync(path.join(repo, "README.md"), "# e2e fixture\n");
+  fs.writeFileSync(path.join(repo, ".gitignore"), ".aidp/\n.worktrees/\n");
+  fs.writeFileSync(
+    path.join(repo, ".aidp", "config.toml"),
+    `[harness]\ncommand = ["sh", ${JSON.stringify(harness)}, "ok"]\nmax_concurrent = 3\ngrace_s = 2\n`,
+  );
+  git("add", "README.md", ".gitignore");
+  git("commit", "-q", "-m", "initial");
+  const aidp = (...args: string[]): string => run(PYTHON, ["-m", "aidp", ...args], { cwd: repo });
+  aidp("ws", "new", "ok-ws", "finish", "fine", "--command", `sh ${harness} ok`);
+  aidp("ws", "new", "fail-ws", "fail", "with", "exit", "3", "--command", `sh ${harness} fail`);
+  aidp("ws", "new", "slow-ws", "take", "about", "eight", "seconds", "--command", `sh ${harness} slow`);
+  log(`workstreams:\n${aidp("ws", "list")}`);
+  return repo;
+}
+
+class Workbench {
+  constructor(readonly page: Page) {}
+
+  async shot(name: string): Promise<string> {
+    const file = path.join(ARTIFACTS, `${name}.png`);
+    await this.page.screenshot({ path: file });
+    log(`screenshot ${file}`);
+    return file;
+  }
+
+  /** Runs a command from the palette by its exact title ("AIDP: Run All Workstreams"). */
+  async command(title: string, timeoutMs = 30_000): Promise<void> {
+    const input = this.page.locator(".quick-input-widget input");
+    for (let attempt = 0; ; attempt++) {
+      await this.page.keyboard.press("Escape");
+      await this.page.keyboard.press("F1");
+      try {
+        await input.first().waitFor({ state: "visible", timeout: 10_000 });
+        break;
+      } catch (e) {
+        if (attempt >= 3) throw e;
+        await this.page.locator(".monaco-workbench").click({ position: { x: 700, y: 300 } });
+      }
+    }
+    await input.first().fill(`>${title}`);
+    const row = this.page
+      .locator(".quick-input-widget .monaco-list-row")
+      .filter({ has: this.page.locator(".label-name", { hasText: new RegExp(`^${escapeRe(title)}$`) }) })
+      .first();
+    await row.waitFor({ state: "visible", timeout: timeoutMs });
+    await row.click();
+  }
+
+  /** Replaces the user settings through VS Code's own settings.json editor (and saves). */
+  async editUserSettings(settings: Record<string, unknown>): Promise<void> {
+    await this.command("Preferences: Open User Settings (JSON)");
+    const editor = this.page.locator(".editor-instance .monaco-editor").first();
+    await editor.waitFor({ state: "visible", timeout: 30_000 });
+    await this.page.locator(".tabs-container .tab.active", { hasText: "settings.json" }).waitFor({ timeout: 30_000 });
+    await editor.click({ position: { x: 200, y: 50 } });
+    await this.page.keyboard.press("Control+A");
+    await this.page.keyboard.press("Delete");
+    // insertText types no key events, so auto-closing brackets and quotes do not interfere.
+    await this.page.keyboard.insertText(JSON.stringify(settings, null, 1).replace(/\n\s*/g, " "));
+    await this.page.keyboard.press("Control+S");
+    await this.page.locator(".tabs-container .tab.active.dirty").waitFor({ state: "detached", timeout: 30_000 });
+  }
+
+  row(slug: string): Locator {
+    return this.page.locator(`.part.sidebar .monaco-list-row[aria-label^="${slug},"]`).first();
+  }
+
+  async label(slug: string): Promise<string | undefined> {
+    const row = this.row(slug);
+    if ((await row.count()) === 0) return undefined;
+    return (await row.getAttribute("aria-label", { timeout: 2000 }).catch(() => null)) ?? undefined;
+  }
+
+  async waitStatus(slug: string, status: string, timeoutMs = LONG): Promise<string> {
+    return waitFor(
+      `${slug} to show ${status}`,
+      async () => {
+        const label = await this.label(slug);
+        return label !== undefined && label.includes(status) ? label : undefined;
+      },
+      timeoutMs,
+    );
+  }
+
+  toast(text: string | RegExp): Locator {
+    return this.page.locator(".notifications-toasts .notification-toast", { hasText: text }).first();
+  }
+}
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** Records every distinct aria-label a row shows, until stopped. */
+function watchRows(wb: Workbench, slugs: string[]): { seen: Map<string, string[]>; stop: () => Promise<void> } {
+  const seen = new Map<string, string[]>(slugs.map((s) => [s, []]));
+  let running = true;
+  const sample = async (): Promise<void> => {
+    for (const slug of slugs) {
+      const label = await wb.label(slug).catch(() => undefined);
+      const list = seen.get(slug);
+      if (label !== undefined && list !== undefined) {
+        const status = label.slice(slug.length + 2).split(/[ ·]/)[0] ?? "";
+        if (list[list.length - 1] !== status) list.push(status);
+      }
+    }
+  };
+  const loop = (async () => {
+    while (running) {
+      await sample();
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  })();
+  return {
+    seen,
+    stop: async () => {
+      running = false;
+      await loop;
+      await sample(); // the final state, after the waits that preceded stop()
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  for (const f of fs.readdirSync(ARTIFACTS)) if (f.endsWith(".png")) fs.rmSync(path.join(ARTIFACTS, f));
+  if (!fs.existsSync(VSIX)) throw new Error(`${VSIX} is missing: run "npm run package" first`);
+  if (!fs.existsSync(PYTHON)) throw new Error(`${PYTHON} is missing: create the repository's venv (AIDP_PYTHON overrides)`);
+  run(PYTHON, ["-m", "aidp", "serve", "--help"]);
+  check(true, `aidp serve is runnable with ${PYTHON}`);
+
+  log("setting up code-server (cached after the first time)");
+  const setup = run("bash", [path.join(CLIENT_DIR, "scripts", "setup-code-server.sh")]).trim().split("\n");
+  const codeServer = setup[setup.length - 1] ?? "";
+  check(fs.existsSync(codeServer), `code-server at ${codeServer}`);
+
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), "aidp-e2e-"));
+  const extensions = path.join(base, "extensions");
+  const userData = path.join(base, "user-data");
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    XDG_CONFIG_HOME: path.join(base, "xdg-config"),
+    XDG_DATA_HOME: path.join(base, "xdg-data"),
+  };
+  let server: ChildProcess | undefined;
+  let browser: Browser | undefined;
+  let wb: Workbench | undefined;
+  try {
+    const repo = prepareRepository(base);
+    check(fs.existsSync(path.join(repo, ".worktrees", "slow-ws")), "the CLI created the worktrees");
+
+    fs.mkdirSync(path.join(userData, "User"), { recursive: true });
+    fs.writeFileSync(
+      path.join(userData, "User", "settings.json"),
+      JSON.stringify(
+        {
+          "aidp.server.command": [PYTHON, "-m", "aidp", "serve"],
+          "aidp.maxConcurrent": 3,
+          "security.workspace.trust.enabled": false,
+          "workbench.startupEditor": "none",
+          "workbench.tips.enabled": false,
+          "workbench.welcomePage.walkthroughs.openOnInstall": false,
+          "telemetry.telemetryLevel": "off",
+          "extensions.autoCheckUpdates": false,
+          "extensions.autoUpdate": false,
+          "extensions.ignoreRecommendations": true,
+          "update.mode": "none",
+          "window.restoreWindows": "none",
+          "workbench.colorTheme": "Default Dark Modern",
+        },
+        null,
+        2,
+      ),
+    );
+    run(codeServer, ["--extensions-dir", extensions, "--user-data-dir", userData, "--install-extension", VSIX], { env });
+    check(
+      fs.readdirSync(extensions).some((d) => d.startsWith("aidp.aidp-")),
+      "the .vsix installed into code-server",
+    );
+
+    const port = await freePort();
+    const serverLog = fs.openSync(path.join(ARTIFACTS, "code-server.log"), "w");
+    server = spawn(
+      codeServer,
+      [
+        "--bind-addr",
+        `127.0.0.1:${port}`,
+        "--auth",
+        "none",
+        "--disable-telemetry",
+        "--disable-update-check",
+        "--disable-workspace-trust",
+        "--extensions-dir",
+        extensions,
+        "--user-data-dir",
+        userData,
+        repo,
+      ],
+      { env, detached: true, stdio: ["ignore", serverLog, serverLog] },
+    );
+    await waitFor("code-server to listen", async () => httpOk(`http://127.0.0.1:${port}/healthz`));
+    log(`code-server on port ${port}`);
+
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+    });
+    const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
+    page.setDefaultTimeout(60_000);
+    wb = new Workbench(page);
+    await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(repo)}`);
+    await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: LONG });
+    check(true, "the workbench loaded");
+
+    // The extension activates on .aidp/config.toml; open its view.
+    // Its commands appear in the palette once the extension host has loaded it: retry until then.
+    await waitFor(
+      "the AIDP commands in the palette",
+      async () =>
+        wb?.command("AIDP: Show Workstreams", 5000).then(
+          () => true,
+          () => false,
+        ),
+      LONG,
+    );
+    for (const slug of ["ok-ws", "fail-ws", "slow-ws"]) await wb.waitStatus(slug, "active");
+    check(true, "the tree lists the three workstreams as active");
+    await wb.shot("01-workstreams");
+
+    // ---- Run all ------------------------------------------------------------------------------------
+    const watcher = watchRows(wb, ["ok-ws", "fail-ws", "slow-ws"]);
+    await wb.command("AIDP: Run All Workstreams");
+    await wb.waitStatus("slow-ws", "running");
+    check(true, "slow-ws shows running");
+    const progress = wb.toast("AIDP: running all workstreams");
+    await progress.waitFor({ state: "visible", timeout: 30_000 }).catch(() => undefined);
+    const runningShot = await wb.shot("02-running");
+    if (process.env.AIDP_E2E_UPDATE_DOCS === "1") {
+      fs.copyFileSync(runningShot, path.join(REPO_ROOT, "docs", "vscode-workstreams.png"));
+      log("updated docs/vscode-workstreams.png");
+    }
+    await wb.waitStatus("ok-ws", "completed");
+    await wb.waitStatus("fail-ws", "failed");
+    await wb.waitStatus("slow-ws", "completed");
+    await watcher.stop();
+    log(`statuses seen: ${JSON.stringify(Object.fromEntries(watcher.seen))}`);
+    const slowSeen = watcher.seen.get("slow-ws") ?? [];
+    check(
+      slowSeen.includes("running") && slowSeen.lastIndexOf("completed") > slowSeen.indexOf("running"),
+      "slow-ws went running -> completed",
+    );
+    check((await wb.label("fail-ws"))?.includes("exit 3"), "fail-ws shows its exit code 3");
+    const summary = wb.toast(/ran 3 workstreams/);
+    await summary.waitFor({ state: "visible", timeout: 60_000 });
+    const summaryText = (await summary.innerText()).replace(/\s+/g, " ");
+    check(/2 completed, 1 failed/.test(summaryText), `the run notification counts outcomes: "${summaryText}"`);
+    await wb.shot("03-finished");
+
+    // Show Failures -> quick pick of failures -> the log.
+    await summary.locator(".monaco-button", { hasText: "Show Failures" }).click();
+    const failPick = page.locator(".quick-input-widget .monaco-list-row", { hasText: "fail-ws" }).first();
+    await failPick.waitFor({ state: "visible", timeout: 30_000 });
+    check(
+      (await page.locator(".quick-input-widget .monaco-list-row", { hasText: "ok-ws" }).count()) === 0,
+      "Show Failures lists fail-ws only",
+    );
+    await failPick.click();
+    const logTab = page.locator(".tabs-container .tab", { hasText: ".log" }).first();
+    await logTab.waitFor({ state: "visible", timeout: 30_000 });
+    check(true, "the failure's log file opened in an editor");
+    await wb.shot("04-failure-log");
+
+    // ---- Run one slow workstream and cancel it from the progress notification ----------------------
+    // Start it from the row's inline Run action (shown only when the item can run).
+    const slowRow = wb.row("slow-ws");
+    await slowRow.hover();
+    await slowRow.locator('.action-label[aria-label="Run Workstream"]').click();
+    await wb.waitStatus("slow-ws", "running");
+    await slowRow.hover();
+    await slowRow.locator('.action-label[aria-label="Cancel Workstream"]').waitFor({ state: "visible", timeout: 30_000 });
+    check(
+      (await slowRow.locator('.action-label[aria-label="Run Workstream"]').count()) === 0,
+      "while running, the row offers Cancel and not Run",
+    );
+    const cancelToast = wb.toast("AIDP: running slow-ws");
+    await cancelToast.waitFor({ state: "visible", timeout: 30_000 });
+    await wb.shot("05-before-cancel");
+    await cancelToast.hover();
+    await cancelToast.locator(".monaco-button", { hasText: "Cancel" }).click();
+    const cancelledLabel = await wb.waitStatus("slow-ws", "cancelled");
+    check(true, `cancelling from the progress notification ends slow-ws cancelled ("${cancelledLabel}")`);
+    await wb.toast("run cancelled").waitFor({ state: "visible", timeout: 60_000 });
+    check(true, "the extension reported the cancelled run");
+    await wb.shot("06-cancelled");
+
+    // ---- New Workstream: the slug is validated as you type ------------------------------------------
+    await wb.command("AIDP: New Workstream");
+    const input = page.locator(".quick-input-widget input").first();
+    await input.fill("Bad_Slug");
+    const invalid = page.locator(".quick-input-widget .quick-input-message", { hasText: /Use lowercase letters only/ });
+    await invalid.waitFor({ state: "visible", timeout: 30_000 });
+    check(true, "New Workstream rejects 'Bad_Slug' as you type");
+    await wb.shot("07-new-validation");
+    await input.fill("new-ws");
+    await waitFor("the slug to be accepted", async () => (await invalid.count()) === 0, 30_000);
+    await page.keyboard.press("Enter");
+    await page.locator(".quick-input-widget .quick-input-title", { hasText: "2/2" }).waitFor({ state: "visible", timeout: 30_000 });
+    await input.fill("leave a dirty file behind");
+    await page.keyboard.press("Enter");
+    await wb.waitStatus("new-ws", "active");
+    check(true, "New Workstream created new-ws and the tree shows it");
+
+    // ---- Remove: asks first, shows the server's refusal for uncommitted work, offers Force ------------
+    fs.writeFileSync(path.join(repo, ".worktrees", "new-ws", "dirty.txt"), "uncommitted\n");
+    await wb.command("AIDP: Remove Workstream");
+    await input.fill("new-ws");
+    await page.locator(".quick-input-widget .monaco-list-row", { hasText: "new-ws" }).first().click();
+    const ask = page.locator(".monaco-dialog-box", { hasText: "Remove workstream 'new-ws'?" });
+    await ask.waitFor({ state: "visible", timeout: 30_000 });
+    await ask.getByRole("button", { name: "Remove", exact: true }).click();
+    const refusal = page.locator(".monaco-dialog-box", { hasText: "did not remove" });
+    await refusal.waitFor({ state: "visible", timeout: 60_000 });
+    const refusalText = (await refusal.innerText()).replace(/\s+/g, " ");
+    check(/uncommitted/.test(refusalText), `the server's refusal is shown: "${refusalText.slice(0, 160)}"`);
+    await wb.shot("08-remove-refused");
+    await refusal.getByRole("button", { name: "Force Remove" }).click();
+    await waitFor("new-ws to leave the tree", async () => (await wb?.row("new-ws").count()) === 0, 60_000);
+    check(!fs.existsSync(path.join(repo, ".worktrees", "new-ws")), "Force Remove removed new-ws and its worktree");
+    await wb.shot("09-removed");
+
+    // ---- A server that cannot start: an actionable error with a button to the setting ---------------
+    const settingsFile = path.join(userData, "User", "settings.json");
+    const settings = JSON.parse(fs.readFileSync(settingsFile, "utf8")) as Record<string, unknown>;
+    const missing = path.join(base, "no-such-python");
+    await wb.editUserSettings({ ...settings, "aidp.server.command": [missing, "-m", "aidp", "serve"] });
+    const offer = wb.toast("the server command changed");
+    await offer.waitFor({ state: "visible", timeout: 60_000 });
+    await offer.locator(".monaco-button", { hasText: "Restart Server" }).click();
+    const startError = wb.toast("cannot start the server");
+    await startError.waitFor({ state: "visible", timeout: 60_000 });
+    const startErrorText = (await startError.innerText()).replace(/\s+/g, " ");
+    check(
+      startErrorText.includes(`'${missing}' was not found`) && startErrorText.includes("aidp.server.command"),
+      `a missing interpreter is reported with what to do: "${startErrorText.slice(0, 200)}"`,
+    );
+    check((await startError.locator(".monaco-button", { hasText: "Open Setting" }).count()) === 1, "the error offers Open Setting");
+    await wb.shot("10-server-error");
+    await startError.locator(".monaco-button", { hasText: "Open Setting" }).click();
+    await page
+      .locator(".settings-editor .monaco-list-row", { hasText: /Server: Command/ })
+      .first()
+      .waitFor({ state: "visible", timeout: 60_000 });
+    check(true, "Open Setting opens the settings editor at aidp.server.command");
+    await wb.shot("11-open-setting");
+
+    // Put the working command back and restart: the tree comes back.
+    await wb.editUserSettings(settings);
+    const offerAgain = wb.toast("the server command changed");
+    await offerAgain.waitFor({ state: "visible", timeout: 60_000 });
+    await offerAgain.locator(".monaco-button", { hasText: "Restart Server" }).click();
+    await wb.waitStatus("ok-ws", "completed", LONG);
+    await wb.waitStatus("slow-ws", "cancelled", LONG);
+    check(true, "after AIDP: Restart Server with the right command the tree is back");
+    await wb.shot("12-restarted");
+
+    // ---- Pause / Resume (the server announces aidp/wsListChanged; the tree re-fetches) ---------------
+    await wb.command("AIDP: Pause Workstream");
+    await page.locator(".quick-input-widget input").first().fill("fail-ws");
+    await page.locator(".quick-input-widget .monaco-list-row", { hasText: "fail-ws" }).first().click();
+    await wb.waitStatus("fail-ws", "paused");
+    check(true, "Pause Workstream shows fail-ws paused");
+    await wb.command("AIDP: Resume Workstream");
+    await page.locator(".quick-input-widget .monaco-list-row", { hasText: "fail-ws" }).first().click();
+    // Resting status after resume: the last run's status (protocol.md).
+    await wb.waitStatus("fail-ws", "failed");
+    check(true, "Resume Workstream shows fail-ws with its last status (failed) again");
+  } catch (e) {
+    if (wb) await wb.shot("failure").catch(() => undefined);
+    throw e;
+  } finally {
+    await browser?.close().catch(() => undefined);
+    if (server?.pid !== undefined) {
+      try {
+        process.kill(-server.pid, "SIGTERM");
+      } catch {
+        // already gone
+      }
+      await new Promise((r) => setTimeout(r, 1500));
+      try {
+        process.kill(-server.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    if (process.env.AIDP_E2E_KEEP === "1") log(`kept ${base}`);
+    else fs.rmSync(base, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => {
+    console.log(`e2e: ${passed} passed, 0 failed`);
+    console.log(`PASS: VS Code e2e (${((Date.now() - t0) / 1000).toFixed(0)}s); screenshots in ${ARTIFACTS}`);
+    process.exit(0);
+  },
+  (e: unknown) => {
+    console.error(e instanceof Error ? (e.stack ?? e.message) : String(e));
+    console.log(`e2e: ${passed} passed, 1 failed`);
+    console.log("FAIL: VS Code e2e");
+    process.exit(1);
+  },
+);

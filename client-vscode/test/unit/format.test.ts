@@ -1,0 +1,140 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  ariaLabel,
+  contextValue,
+  describe as describeItem,
+  failures,
+  formatDuration,
+  formatExitCode,
+  iconFor,
+  statusBarText,
+  STATUS_ICONS,
+  summaryMessage,
+  tooltip,
+} from "../../src/core/format";
+import { EMPTY_STATE, reduceList, type WorkstreamView } from "../../src/core/state";
+import { STATUSES, type RunSummary, type Status } from "../../src/protocol";
+import { result, ws } from "./fixtures";
+
+const NOW = Date.parse("2026-11-25T20:00:00.000Z");
+
+function view(status: Status, extra: Partial<WorkstreamView> = {}, lastResult = ws("x").lastResult): WorkstreamView {
+  return { ws: ws("x", status, { lastResult }), runId: null, runningSince: null, ...extra };
+}
+
+describe("formatDuration", () => {
+  it("formats seconds, minutes and hours", () => {
+    assert.equal(formatDuration(0.04), "0.0s");
+    assert.equal(formatDuration(3.25), "3.3s");
+    assert.equal(formatDuration(42.9), "42s");
+    assert.equal(formatDuration(75), "1m 15s");
+    assert.equal(formatDuration(3700), "1h 01m");
+    assert.equal(formatDuration(-1), "");
+  });
+  it("formats exit codes and signals", () => {
+    assert.equal(formatExitCode(3), "exit 3");
+    assert.equal(formatExitCode(-15), "signal 15");
+  });
+});
+
+describe("describe", () => {
+  it("shows the live elapsed time while running", () => {
+    assert.equal(describeItem(view("running", { runningSince: NOW - 12_000 }), NOW), "running 12s");
+    assert.equal(describeItem(view("running"), NOW), "running");
+  });
+  it("shows status, exit code and duration when finished", () => {
+    assert.equal(describeItem(view("completed", {}, result("x", "completed", { durationS: 3.2 })), NOW), "completed · 3.2s");
+    assert.equal(
+      describeItem(view("failed", {}, result("x", "failed", { exitCode: 3, durationS: 1.1 })), NOW),
+      "failed · exit 3 · 1.1s",
+    );
+    assert.equal(
+      describeItem(view("cancelled", {}, result("x", "cancelled", { exitCode: -15, durationS: 8 })), NOW),
+      "cancelled · signal 15 · 8.0s",
+    );
+    assert.equal(describeItem(view("error", {}, null), NOW), "error");
+  });
+  it("shows resting statuses alone", () => {
+    assert.equal(describeItem(view("queued"), NOW), "queued");
+    assert.equal(describeItem(view("paused"), NOW), "paused");
+    assert.equal(describeItem(view("active"), NOW), "active");
+  });
+});
+
+describe("icons", () => {
+  it("spins while running and gives every status its own icon", () => {
+    assert.equal(iconFor("running").id, "sync~spin");
+    const ids = STATUSES.map((s) => STATUS_ICONS[s].id);
+    assert.equal(new Set(ids).size, STATUSES.length, `icons must be distinct: ${ids.join(", ")}`);
+  });
+});
+
+describe("contextValue", () => {
+  const flags = (v: WorkstreamView): string[] => contextValue(v).split(" ");
+  it("offers cancel only while queued or running", () => {
+    for (const s of STATUSES) {
+      assert.equal(flags(view(s)).includes("canCancel"), s === "queued" || s === "running", s);
+    }
+  });
+  it("offers run unless live or paused, resume only when paused", () => {
+    assert.ok(flags(view("failed")).includes("canRun"));
+    assert.ok(flags(view("completed")).includes("canRun"));
+    assert.ok(!flags(view("running")).includes("canRun"));
+    assert.ok(!flags(view("paused")).includes("canRun"));
+    assert.ok(flags(view("paused")).includes("canResume"));
+    assert.ok(!flags(view("active")).includes("canResume"));
+    assert.ok(!flags(view("queued")).includes("canRemove"));
+  });
+  it("offers the log once there is one", () => {
+    assert.ok(!flags(view("active")).includes("hasLog"));
+    assert.ok(flags(view("running")).includes("hasLog"));
+    assert.ok(flags(view("failed", {}, result("x", "failed"))).includes("hasLog"));
+  });
+  it("matches the when-clause regexes of package.json", () => {
+    const v = contextValue(view("running"));
+    assert.match(v, /\bcanCancel\b/);
+    assert.doesNotMatch(v, /\bcanRun\b/);
+    assert.match(v, /\bworkstream\b/);
+  });
+});
+
+describe("tooltip and aria label", () => {
+  it("tells task, branch and the last error", () => {
+    const v = view("failed", {}, result("x", "failed", { error: "exit code 3\nlast line" }));
+    const t = tooltip(v, NOW);
+    assert.match(t, /Task: task of x/);
+    assert.match(t, /Branch: aidp\/x/);
+    assert.match(t, /Last error:\nexit code 3\nlast line/);
+    assert.equal(ariaLabel(v, NOW), "x, failed · exit 1 · 1.0s");
+  });
+});
+
+describe("summaries", () => {
+  const summary: RunSummary = {
+    runId: "r",
+    results: [result("a", "completed"), result("b", "failed"), result("c", "error"), result("d", "cancelled")],
+    total: 4,
+    completed: 1,
+    failed: 1,
+    errored: 1,
+    cancelled: 1,
+    wallS: 9.5,
+  };
+  it("counts the outcomes", () => {
+    assert.equal(summaryMessage(summary), "AIDP: ran 4 workstreams in 9.5s: 1 completed, 1 failed, 1 error, 1 cancelled.");
+    assert.deepEqual(
+      failures(summary).map((r) => r.slug),
+      ["b", "c"],
+    );
+    assert.match(summaryMessage({ ...summary, results: [], total: 0 }), /nothing to run/);
+  });
+  it("status bar shows running and queued", () => {
+    assert.equal(statusBarText({ running: 2, queued: 1, total: 5 }), "$(sync~spin) 2 running, 1 queued");
+    assert.equal(statusBarText({ running: 0, queued: 0, total: 5 }), "$(checklist) AIDP: none running");
+    assert.equal(statusBarText({ running: 0, queued: 2, total: 5 }), "$(sync~spin) 0 running, 2 queued");
+  });
+  it("state helpers are consistent", () => {
+    assert.equal(reduceList(EMPTY_STATE, [], NOW).order.length, 0);
+  });
+});
