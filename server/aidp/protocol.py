@@ -11,12 +11,11 @@ from typing import Annotated
 
 import msgspec
 
-from aidp.engine.events import OutputChunk, StatusChanged
+from aidp.engine.events import StatusChanged
 from aidp.engine.model import Record, RunSummary, Workstream, WorkstreamResult
 
-# Notification payloads are the engine's own events, forwarded unchanged.
+# The status notification is the engine's own event, forwarded unchanged.
 WsStatusNotification = StatusChanged
-WsOutputNotification = OutputChunk
 
 __all__ = ["RunSummary", "Workstream", "WorkstreamResult", "WsOutputNotification", "WsStatusNotification"]
 
@@ -104,4 +103,12 @@ class WsCancelResult(Record):
 class WsLogResult(Record):
     slug: str
     log_path: str | None
+    text: str
+
+
+class WsOutputNotification(Record):
+    """Live output; skipped output appears in `text` as a visible marker (see docs/protocol.md)."""
+
+    run_id: str
+    slug: str
     text: str

@@ -21,9 +21,22 @@ class StatusChanged(Record):
 
 
 class OutputChunk(Record):
+    """New output of a running workstream. `skipped` bytes came before `text` but are left out
+    of the live view (a flood); the log file has them all."""
+
     run_id: str
     slug: str
     text: str
+    skipped: int = 0
+
+    @property
+    def shown(self) -> str:
+        """The text as a person should see it: with a visible marker where output was skipped."""
+        return skipped_marker(self.skipped) + self.text if self.skipped else self.text
+
+
+def skipped_marker(n: int) -> str:
+    return f"\n[aidp: {n} bytes of output skipped; the log file has them all]\n"
 
 
 class RunFinished(Record):

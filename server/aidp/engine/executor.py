@@ -40,26 +40,23 @@ NO_COMMAND = (
 
 class LogTail:
     """The live view of a log file: at most CHUNK_MAX bytes per read; when more has piled up it
-    skips ahead and says so in the text, so memory stays bounded while the file keeps every byte."""
+    skips ahead and counts what it skipped, so memory stays bounded while the file keeps every byte."""
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         self._pos = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def read(self) -> str:
+    def read(self) -> tuple[int, str]:
+        """(bytes skipped, new text): the text decoded as UTF-8 with replacement characters."""
         size = os.fstat(self._fd).st_size
-        if size <= self._pos:
-            return ""
-        prefix = ""
-        if size - self._pos > CHUNK_MAX:
-            skipped = size - CHUNK_MAX - self._pos
-            self._pos = size - CHUNK_MAX
+        skipped = max(0, size - self._pos - CHUNK_MAX)
+        if skipped:
+            self._pos += skipped
             self._decoder.reset()
-            prefix = f"\n[aidp: {skipped} bytes of output skipped; the log file has them all]\n"
-        data = os.pread(self._fd, size - self._pos, self._pos)
+        data = os.pread(self._fd, size - self._pos, self._pos) if size > self._pos else b""
         self._pos += len(data)
-        return prefix + self._decoder.decode(data)
+        return skipped, self._decoder.decode(data)
 
     def last_lines(self, n: int = TAIL_LINES) -> str:
         size = os.fstat(self._fd).st_size
@@ -175,8 +172,11 @@ class Run:
                 self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
 
     def _flush_output(self, job: Job) -> None:
-        if job.tail is not None and (text := job.tail.read()):
-            self._bus.emit(OutputChunk(run_id=self.run_id, slug=job.ws.slug, text=text))
+        if job.tail is None:
+            return
+        skipped, text = job.tail.read()
+        if skipped or text:
+            self._bus.emit(OutputChunk(run_id=self.run_id, slug=job.ws.slug, text=text, skipped=skipped))
 
     async def _run_job(self, job: Job) -> None:
         ws = job.ws

@@ -6,6 +6,7 @@ engine's events are forwarded as notifications. The contract is `docs/protocol.m
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import threading
@@ -14,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import msgspec
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams, JsonRpcServerError
 from pygls.io_ import run_async
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, default_converter
+from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, LanguageServerProtocol, default_converter
 from pygls.uris import to_fs_path
 
 import aidp
@@ -46,9 +48,16 @@ def _converter() -> Any:
     """pygls turns unknown methods' params into namedtuples; keep them as plain JSON so that
     msgspec validates them and names the offending field."""
     converter = default_converter()
-    converter.register_structure_hook(JsonRPCRequestMessage, lambda obj, cls: cls(**obj))
-    converter.register_structure_hook(JsonRPCNotification, lambda obj, cls: cls(**obj))
+    converter.register_structure_hook(JsonRPCRequestMessage, _plain_message)
+    converter.register_structure_hook(JsonRPCNotification, _plain_message)
     return converter
+
+
+def _plain_message(obj: dict[str, Any], cls: type[Any]) -> Any:
+    """`params` may be omitted (JSON-RPC 2.0) and stray members are ignored: either would
+    otherwise make the constructor raise, and the request would never be answered."""
+    names = {f.name for f in attrs.fields(cls)}
+    return cls(**{"params": None, **{k: v for k, v in obj.items() if k in names}})
 
 
 def parse(params: Any, cls: type[P]) -> P:
@@ -69,16 +78,37 @@ def to_jsonrpc(exc: AidpError) -> JsonRpcException:
         return JsonRpcServerError(str(exc), p.SERVER_BUSY, data={"running": exc.running})
     if isinstance(exc, InvalidInput | Refused):
         return JsonRpcInvalidParams(str(exc))
-    return JsonRpcServerError(str(exc), p.REQUEST_FAILED)
+    # Not JsonRpcServerError: it refuses codes outside -32099..-32000, and -32803 is one.
+    return JsonRpcException(str(exc), p.REQUEST_FAILED)
+
+
+class AidpProtocol(LanguageServerProtocol):
+    """pygls validates standard requests (`initialize`...) while decoding, before it looks at the
+    id, and then answers nothing: the client would wait forever. Answer -32602 instead."""
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if "id" not in data or "method" not in data:
+                raise
+            self._send_response(data["id"], error=exc.to_response_error())
+            return None
+
+    def handle_message(self, message: Any) -> None:
+        if message is not None:  # None: already answered with an error above
+            super().handle_message(message)
 
 
 class AidpServer(LanguageServer):
     def __init__(self, root: Path | None) -> None:
-        super().__init__("aidp", aidp.__version__, converter_factory=_converter)
+        super().__init__("aidp", aidp.__version__, protocol_cls=AidpProtocol, converter_factory=_converter)
         self.root_arg = root
         self.engine: Engine | None = None
         self.engine_error: str | None = None
         self._initializing: asyncio.Future[None] | None = None
+        self.stopping = False
+        self.pending: set[asyncio.Task[Any]] = set()
         self.out: PipeWriter | None = None
         self._dropped: dict[tuple[str, str], int] = {}
         self._progress: dict[str, Callable[[StatusChanged], None]] = {}
@@ -114,21 +144,36 @@ class AidpServer(LanguageServer):
             await asyncio.shield(self._initializing)
         if self.engine is None:
             reason = self.engine_error or "the server is not initialized yet (send 'initialize' first)"
-            raise JsonRpcServerError(reason, p.SERVER_BUSY if self.engine_error is None else p.REQUEST_FAILED)
+            raise JsonRpcException(reason, p.SERVER_BUSY if self.engine_error is None else p.REQUEST_FAILED)
         return self.engine
 
-    async def stop_runs(self) -> None:
-        """Cancel every run and wait until each workstream is ended and recorded."""
-        if self.engine is not None:
-            await self.engine.close()
-            self.engine = None
-            self.engine_error = "the server is shutting down"
+    def refuse_if_stopping(self) -> None:
+        if self.stopping:
+            raise JsonRpcException("the server is shutting down; no new runs", p.REQUEST_FAILED)
+
+    async def stop(self) -> None:
+        """shutdown, exit or end of input: cancel every run (each workstream ended and recorded),
+        let the other requests already read finish, then close the engine."""
+        self.stopping = True
+        if self._initializing is not None:
+            await asyncio.shield(self._initializing)
+        if self.engine is None:
+            return
+        await self.engine.cancel()
+        others = self.pending - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=30)
+        await self.engine.close()
+        self.engine = None
+        self.engine_error = "the server is shutting down"
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         """Expected errors (bad params, refusals) are answered to the client; log them in one
         line. Only an internal error deserves a traceback."""
         if isinstance(error, JsonRpcException) and error.code != JsonRpcInternalError.CODE:
             log.info("answered with error %s: %s", error.code, error.message)
+        elif isinstance(error, json.JSONDecodeError):
+            log.warning("skipped a message that is not valid JSON: %s", error)
         else:
             log.error("internal error (%s): %s", getattr(source, "__name__", source), error, exc_info=error)
 
@@ -136,27 +181,32 @@ class AidpServer(LanguageServer):
 
     def forward(self, event: EngineEvent) -> None:
         if isinstance(event, StatusChanged):
+            # The stream ends: say what was skipped at its end too, before the final status.
+            final = event.status in FINAL_STATUSES and event.run_id is not None
+            if final and (dropped := self._dropped.pop((event.run_id or "", event.slug), 0)):
+                self._notify_output(OutputChunk(run_id=event.run_id or "", slug=event.slug, text="", skipped=dropped))
             self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
             if event.run_id in self._progress:
                 self._progress[event.run_id](event)
-            if event.status in FINAL_STATUSES and event.run_id is not None:
-                self._dropped.pop((event.run_id, event.slug), None)
         elif isinstance(event, OutputChunk):
             self.send_output(event)
         elif isinstance(event, ListChanged):
             self.protocol.notify(p.WS_LIST_CHANGED, {})
 
     def send_output(self, chunk: OutputChunk) -> None:
+        """Live output unless the client is behind: then count it as skipped, and say so with the
+        next chunk that goes out (or before the final status)."""
         key = (chunk.run_id, chunk.slug)
         if self.out is not None and self.out.backlog > OUTPUT_BACKLOG_MAX:
-            self._dropped[key] = self._dropped.get(key, 0) + len(chunk.text.encode())
+            self._dropped[key] = self._dropped.get(key, 0) + chunk.skipped + len(chunk.text.encode())
             return
-        text = chunk.text
         if dropped := self._dropped.pop(key, 0):
-            text = f"\n[aidp: {dropped} bytes of output skipped; the log file has them all]\n{text}"
-        self.protocol.notify(
-            p.WS_OUTPUT, msgspec.to_builtins(p.WsOutputNotification(run_id=chunk.run_id, slug=chunk.slug, text=text))
-        )
+            chunk = OutputChunk(run_id=chunk.run_id, slug=chunk.slug, text=chunk.text, skipped=dropped + chunk.skipped)
+        self._notify_output(chunk)
+
+    def _notify_output(self, chunk: OutputChunk) -> None:
+        notification = p.WsOutputNotification(run_id=chunk.run_id, slug=chunk.slug, text=chunk.shown)
+        self.protocol.notify(p.WS_OUTPUT, msgspec.to_builtins(notification))
 
     # -- runs with work-done progress ---------------------------------------------------------
 
@@ -164,7 +214,12 @@ class AidpServer(LanguageServer):
         """Wait for the run, reporting `$/progress` when the client supports it. Cancelling this
         (by `$/cancelRequest`) cancels the run: the engine records every workstream first."""
         engine = await self.require_engine()
-        token = await self._progress_begin(run)
+        try:
+            token = await self._progress_begin(run)
+        except asyncio.CancelledError:  # cancelled while the client was accepting the token
+            run.cancel()
+            await engine.wait(run)  # every workstream ended and recorded, then let it through
+            raise
         try:
             summary = await engine.wait(run)
         except asyncio.CancelledError:
@@ -215,6 +270,9 @@ class AidpServer(LanguageServer):
         self.work_done_progress.begin(
             token, lsp.WorkDoneProgressBegin(title=f"Running {total} {noun}", percentage=0, cancellable=True)
         )
+        for slug, job in run.jobs.items():  # ended while the client was accepting the token
+            if job.result is not None:
+                report(StatusChanged(run_id=run.run_id, slug=slug, status=job.result.status))
         return token
 
 
@@ -227,7 +285,7 @@ def create_server(root: Path | None) -> AidpServer:
 
     @server.feature(lsp.SHUTDOWN)
     async def shutdown(ls: AidpServer, *_: Any) -> None:
-        await ls.stop_runs()
+        await ls.stop()
 
     def request(
         method: str, params_cls: type[P]
@@ -238,10 +296,15 @@ def create_server(root: Path | None) -> AidpServer:
         def register(fn: Callable[[AidpServer, Engine, P], Awaitable[Any]]) -> None:
             async def handle(ls: AidpServer, params: Any) -> Any:
                 parsed = parse(params, params_cls)
+                task = asyncio.current_task()
+                assert task is not None
+                ls.pending.add(task)
                 try:
                     return msgspec.to_builtins(await fn(ls, await ls.require_engine(), parsed))
                 except AidpError as exc:
                     raise to_jsonrpc(exc) from exc
+                finally:
+                    ls.pending.discard(task)
 
             server.feature(method)(handle)
 
@@ -249,11 +312,13 @@ def create_server(root: Path | None) -> AidpServer:
 
     @request(p.WS_RUN, p.WsRunParams)
     async def ws_run(ls: AidpServer, engine: Engine, q: p.WsRunParams) -> RunSummary:
+        ls.refuse_if_stopping()
         run = await engine.start(q.slugs, q.max_concurrent, q.mode, q.steps, q.timeout_s)
         return await ls.follow(run)
 
     @request(p.WS_RUN_ALL, p.WsRunAllParams)
     async def ws_run_all(ls: AidpServer, engine: Engine, q: p.WsRunAllParams) -> RunSummary:
+        ls.refuse_if_stopping()
         run = await engine.start_all(q.max_concurrent, q.mode, q.steps, q.timeout_s)
         return await ls.follow(run)
 
@@ -296,12 +361,14 @@ async def _serve(server: AidpServer, stdin: Any, stdout: Any) -> None:
     server.out = writer
     server.protocol.set_writer(writer)
     try:
+        # pygls's loop logs each undecodable message with a traceback; report_server_error says it in a line.
+        quiet = logging.getLogger("pygls.io_")
         await run_async(
-            threading.Event(), reader, server.protocol, logger=log, error_handler=server.report_server_error
+            threading.Event(), reader, server.protocol, logger=quiet, error_handler=server.report_server_error
         )
     finally:
         # End of input (the editor went away) or `exit`: nothing may outlive the server.
-        await server.stop_runs()
+        await server.stop()
         await writer.drain(timeout_s=5)
         writer.close()
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import sys
 from typing import BinaryIO
+
+from pygls.io_ import StdinAsyncReader
 
 
 class PipeReader:
@@ -56,6 +59,28 @@ class PipeWriter:
         self._transport.close()
 
 
+class FileWriter(PipeWriter):
+    """stdout redirected to a regular file (`aidp serve > out`): a file never makes a writer
+    wait for a reader, and asyncio cannot watch one, so plain writes it is."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> None:
+        if not self._stream.closed:
+            self._stream.write(data)
+
+    @property
+    def backlog(self) -> int:
+        return 0
+
+    async def drain(self, timeout_s: float) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 def detach_stdout() -> BinaryIO:
     """Keep the real stdout for JSON-RPC only: hand back a private copy of it and point fd 1 (and
     `sys.stdout`) at stderr, so a stray print or a child process can never corrupt the channel."""
@@ -65,9 +90,22 @@ def detach_stdout() -> BinaryIO:
     return private
 
 
-async def open_pipes(stdin: BinaryIO, stdout: BinaryIO) -> tuple[PipeReader, PipeWriter]:
+def _is_pipe(stream: BinaryIO) -> bool:
+    mode = os.fstat(stream.fileno()).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def open_pipes(stdin: BinaryIO, stdout: BinaryIO) -> tuple[PipeReader | StdinAsyncReader, PipeWriter]:
+    """Pipes (what editors give) as asyncio transports; anything else (a regular file, /dev/null,
+    a terminal: epoll refuses some of them, and only later, from a callback) through a reader
+    thread and plain writes, so scripted use works too."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+    reader: PipeReader | StdinAsyncReader = StdinAsyncReader(stdin)
+    if _is_pipe(stdin):
+        stream = asyncio.StreamReader(limit=1024 * 1024)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), stdin)
+        reader = PipeReader(stream)
+    if not _is_pipe(stdout):
+        return reader, FileWriter(stdout)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, stdout)
-    return PipeReader(reader), PipeWriter(transport)
+    return reader, PipeWriter(transport)
