@@ -1,57 +1,27 @@
 """Helpers for the CLI tests: real git repositories and real `python -m aidp` subprocesses.
 
-Kept out of conftest.py (owned elsewhere); the test modules import these functions directly."""
+Kept out of conftest.py (owned elsewhere); the test modules import these functions directly, and
+what the other tests share too (repositories, `cli`, polling, /proc probes) from support.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import shlex
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "aidp test",
-    "GIT_AUTHOR_EMAIL": "test@aidp.invalid",
-    "GIT_COMMITTER_NAME": "aidp test",
-    "GIT_COMMITTER_EMAIL": "test@aidp.invalid",
-}
-ENV = {**os.environ, **GIT_ENV}
-WAIT_S = 60.0
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=ENV, check=True, capture_output=True, text=True).stdout
-
-
-def make_repo(tmp_path: Path) -> Path:
-    """A repository with one commit, on branch main."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("hello\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "first")
-    return repo
-
-
-def cli(cwd: Path, *args: str, timeout: float = WAIT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aidp", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
+from support import PYTHON, WAIT_S, child_env, cli, wait_until_sync
 
 
 def spawn_cli(cwd: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([sys.executable, "-m", "aidp", *args], cwd=cwd, env=ENV, text=True, **kwargs)
+    return subprocess.Popen([PYTHON, "-m", "aidp", *args], cwd=cwd, env=child_env(), text=True, **kwargs)
 
 
 def harness(tmp_path: Path, name: str, code: str) -> str:
@@ -59,7 +29,7 @@ def harness(tmp_path: Path, name: str, code: str) -> str:
     with the workstream's slug as its argument."""
     script = tmp_path / f"{name}.py"
     script.write_text(code)
-    return shlex.join([sys.executable, str(script), "{slug}"])
+    return shlex.join([PYTHON, str(script), "{slug}"])
 
 
 def gated(gate: Path, first: str, last: str) -> str:
@@ -82,25 +52,8 @@ def workstreams(repo: Path) -> dict[str, dict[str, Any]]:
     return {ws["slug"]: ws for ws in json.loads(result.stdout)}
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def wait_for_status(repo: Path, slug: str, status: str) -> None:
-    wait_until(lambda: workstreams(repo)[slug]["status"] == status, f"{slug} {status}")
-
-
-def process_gone(pid: int) -> bool:
-    """No such process, or only a zombie (which no init may reap in a container)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    wait_until_sync(lambda: workstreams(repo)[slug]["status"] == status, what=f"{slug} {status}")
 
 
 class Lines:

@@ -1,6 +1,7 @@
 """Shared fixtures for the end-to-end tests: a real git repository with one commit, helpers to
-write `.aidp/config.toml` and small harness scripts, an opened Engine, and /proc probes to check
-what the children left behind. Nothing here mocks the engine: harnesses are real processes."""
+write `.aidp/config.toml` and small harness scripts, an opened Engine, and the cleanup of what a
+test's children left behind. Nothing here mocks the engine: harnesses are real processes. Plain
+helpers that the CLI and server tests share too live in support.py."""
 
 from __future__ import annotations
 
@@ -10,38 +11,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import GIT_IDENTITY, PYTHON, make_repo, pid_alive, wait_until
 
 from aidp.engine import Engine, Status
-
-PYTHON = sys.executable
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "aidp tests",
-    "GIT_AUTHOR_EMAIL": "tests@aidp.invalid",
-    "GIT_COMMITTER_NAME": "aidp tests",
-    "GIT_COMMITTER_EMAIL": "tests@aidp.invalid",
-}
-
-
-def git(cwd: Path, *args: str) -> str:
-    """Run git in a test repository (never in the project's own checkout)."""
-    out = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **GIT_IDENTITY},
-    )
-    assert out.returncode == 0, f"git {' '.join(args)} failed: {out.stderr}"
-    return out.stdout
 
 
 @pytest.fixture(autouse=True)
@@ -53,17 +31,8 @@ def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A fresh repository on branch `main` with one commit (README.md)."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.name", GIT_IDENTITY["GIT_AUTHOR_NAME"])
-    git(root, "config", "user.email", GIT_IDENTITY["GIT_AUTHOR_EMAIL"])
-    git(root, "config", "commit.gpgsign", "false")
-    (root / "README.md").write_text("hello\n")
-    git(root, "add", "README.md")
-    git(root, "commit", "-q", "-m", "initial")
-    return root
+    """The one-commit repository of `make_repo`."""
+    return make_repo(tmp_path)
 
 
 @pytest.fixture
@@ -114,14 +83,6 @@ async def engine(repo: Path) -> AsyncIterator[Engine]:
 # -- polling (never a fixed sleep: the machine may be slow and noisy) ----------------------------
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def wait_file(path: Path, timeout: float = 30.0) -> Path:
     await wait_until(path.exists, timeout, what=str(path))
     return path
@@ -136,40 +97,7 @@ async def wait_status(engine: Engine, slug: str, status: Status, timeout: float 
         await asyncio.sleep(0.02)
 
 
-def wait_until_sync(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-# -- /proc probes ---------------------------------------------------------------------------------
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (a zombie runs nothing)."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) members of a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat(int(entry.name))
-        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+# -- leftover processes --------------------------------------------------------------------------
 
 
 def read_int(path: Path) -> int:

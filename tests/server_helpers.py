@@ -12,10 +12,7 @@ import functools
 import itertools
 import json
 import os
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +21,11 @@ from pygls.exceptions import JsonRpcException
 from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, JsonRPCResponseMessage, default_converter
 from pytest_lsp import LanguageClient
 from pytest_lsp.client import register_lsp_features
+from support import PYTHON, proc_stat, wait_until
 
 from aidp.engine.model import Workstream
 from aidp.engine.store import Store
 
-PYTHON = sys.executable
 STARTUP_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
 
@@ -45,54 +42,7 @@ def server_command(root: Path | None) -> list[str]:
     return [PYTHON, "-m", "aidp", "serve", *(["--root", str(root)] if root is not None else [])]
 
 
-def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The `aidp` CLI in `root`: a separate process with its own engine."""
-    return subprocess.run(
-        [PYTHON, "-m", "aidp", *args],
-        cwd=root,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-# -- polling --------------------------------------------------------------------------------------
-
-
-async def poll(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-# -- /proc probes (independent of the engine's own) ------------------------------------------------
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """Exists and is not a zombie."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def group_alive(pgid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat(int(entry.name))
-            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
-                found.append(int(entry.name))
-    return found
+# -- what the server left behind ----------------------------------------------------------------
 
 
 def descendants(pid: int) -> list[int]:
@@ -100,7 +50,7 @@ def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
             if fields is not None and fields[0] != "Z":
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
     out: list[int] = []
@@ -320,7 +270,7 @@ class RawClient:
         return msg_id
 
     async def response(self, msg_id: int | str, timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
-        await poll(lambda: msg_id in self.responses or self.eof, timeout, what=f"response {msg_id}")
+        await wait_until(lambda: msg_id in self.responses or self.eof, timeout, what=f"response {msg_id}")
         assert msg_id in self.responses, f"the server closed stdout before answering request {msg_id}"
         return self.responses.pop(msg_id)
 

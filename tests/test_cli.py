@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cli_helpers import cli, git, harness, make_repo, new_ws, workstreams
+from cli_helpers import harness, new_ws, workstreams
+from support import cli, git, make_repo
 
 OK = "print('ok')"
 

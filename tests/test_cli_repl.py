@@ -6,7 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from cli_helpers import Lines, cli, gated, harness, make_repo, new_ws, spawn_cli, workstreams
+from cli_helpers import Lines, gated, harness, new_ws, spawn_cli, workstreams
+from support import cli, make_repo
 
 
 def test_repl_prompt_stays_usable_while_a_run_goes_on(tmp_path: Path) -> None:

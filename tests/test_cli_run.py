@@ -11,19 +11,8 @@ import re
 import signal
 from pathlib import Path
 
-from cli_helpers import (
-    Lines,
-    cli,
-    gated,
-    harness,
-    make_repo,
-    new_ws,
-    process_gone,
-    spawn_cli,
-    wait_for_status,
-    wait_until,
-    workstreams,
-)
+from cli_helpers import Lines, gated, harness, new_ws, spawn_cli, wait_for_status, workstreams
+from support import cli, make_repo, pid_alive, wait_until_sync
 
 OK = "import sys\nprint('working on', sys.argv[1])\n"
 FAIL = "print('something broke')\nraise SystemExit(3)\n"
@@ -177,9 +166,9 @@ def test_ctrl_c_cancels_cleanly(tmp_path: Path) -> None:
     )
     new_ws(repo, "stuck", harness(tmp_path, "stuck", code))
     runner = spawn_cli(repo, "ws", "run", "stuck")
-    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild's pid")
+    wait_until_sync(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="the grandchild's pid")
     grandchild = int(pid_file.read_text())
-    assert not process_gone(grandchild)
+    assert pid_alive(grandchild)
 
     runner.send_signal(signal.SIGINT)
     out, err = runner.communicate(timeout=60)
@@ -189,4 +178,4 @@ def test_ctrl_c_cancels_cleanly(tmp_path: Path) -> None:
     assert "🚫 stuck" in out
     assert "0 completed, 0 failed, 0 errored, 1 cancelled of 1" in out
     assert workstreams(repo)["stuck"]["status"] == "cancelled"
-    wait_until(lambda: process_gone(grandchild), "the grandchild to be gone", timeout=10)
+    wait_until_sync(lambda: not pid_alive(grandchild), timeout=10, what="the grandchild to be gone")

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import group_members, pid_alive, read_int, wait_file, wait_status, wait_until, write_config
+from conftest import read_int, wait_file, wait_status, write_config
+from support import group_members, pid_alive, wait_until
 
 from aidp.engine import Engine, Status
 from aidp.engine.errors import Busy, InvalidInput

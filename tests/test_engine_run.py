@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    PYTHON,
-    group_members,
-    pid_alive,
     read_int,
     toml_list,
     wait_file,
@@ -19,6 +16,7 @@ from conftest import (
     write_config,
     write_script,
 )
+from support import PYTHON, group_members, pid_alive
 
 from aidp.engine import Engine, Status
 from aidp.engine.errors import Busy, Refused

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import git, wait_file, write_config
+from conftest import wait_file, write_config
+from support import git
 
 from aidp.engine import Engine, Status
 from aidp.engine.errors import (

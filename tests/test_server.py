@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git, toml_list, write_config
+from conftest import toml_list, write_config
 from lsprotocol import types as lsp
 from server_helpers import (
     WS_LIST_CHANGED,
@@ -23,10 +23,10 @@ from server_helpers import (
     frame,
     initialize_params,
     lsp_session,
-    poll,
     raw_session,
     server_command,
 )
+from support import git, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -235,7 +235,7 @@ async def test_pause_resume_notify_and_refuse_runs(client: AidpClient) -> None:
     changed = len(client.of(WS_LIST_CHANGED))
     paused = await client.call("aidp/wsPause", {"slug": "nap"})
     assert paused["slug"] == "nap" and paused["status"] == "paused"
-    await poll(lambda: len(client.of(WS_LIST_CHANGED)) == changed + 1, what="wsListChanged after pause")
+    await wait_until(lambda: len(client.of(WS_LIST_CHANGED)) == changed + 1, what="wsListChanged after pause")
     assert client.statuses("nap")[-1] == {
         "runId": None,
         "slug": "nap",
@@ -250,7 +250,7 @@ async def test_pause_resume_notify_and_refuse_runs(client: AidpClient) -> None:
 
     resumed = await client.call("aidp/wsResume", {"slug": "nap"})
     assert resumed["status"] == "active"
-    await poll(lambda: len(client.of(WS_LIST_CHANGED)) == changed + 2, what="wsListChanged after resume")
+    await wait_until(lambda: len(client.of(WS_LIST_CHANGED)) == changed + 2, what="wsListChanged after resume")
     assert sequence(client, "nap") == ["paused", "active"]
     summary = await client.call("aidp/wsRun", {"slugs": ["nap"]})
     assert summary["completed"] == 1
@@ -272,7 +272,7 @@ async def test_remove_refuses_uncommitted_work_unless_forced(client: AidpClient,
     assert not Path(ws["path"]).exists()
     assert await client.call("aidp/wsRemove", {"slug": "clean", "deleteBranch": True}) == {}
     assert await client.workstreams() == {}
-    await poll(lambda: len(client.of(WS_LIST_CHANGED)) == changed + 2, what="wsListChanged after removes")
+    await wait_until(lambda: len(client.of(WS_LIST_CHANGED)) == changed + 2, what="wsListChanged after removes")
     branches = git(configured, "branch", "--list", "aidp/*")
     assert "aidp/dirty" in branches and "aidp/clean" not in branches
 
@@ -285,13 +285,15 @@ async def test_cancel_by_slug_and_by_run_id(client: AidpClient, markers: Path) -
     assert await client.call("aidp/wsCancel", {}) == {"cancelled": []}
 
     run = client.start_call("aidp/wsRun", {"slugs": ["one", "two", "three"], "maxConcurrent": 2})
-    await poll(lambda: sequence(client, "one")[-1:] == ["running"] and sequence(client, "two")[-1:] == ["running"])
+    await wait_until(
+        lambda: sequence(client, "one")[-1:] == ["running"] and sequence(client, "two")[-1:] == ["running"]
+    )
     run_id = client.statuses("one")[-1]["runId"]
 
     assert await client.call("aidp/wsCancel", {"slugs": ["one"]}) == {"cancelled": ["one"]}
-    await poll(lambda: sequence(client, "one")[-1] == "cancelled", what="one cancelled")
+    await wait_until(lambda: sequence(client, "one")[-1] == "cancelled", what="one cancelled")
     assert sequence(client, "two")[-1] in ("running", "queued")  # the rest of the run goes on
-    await poll(lambda: "running" in sequence(client, "three"), what="three takes the free slot")
+    await wait_until(lambda: "running" in sequence(client, "three"), what="three takes the free slot")
 
     cancelled = await client.call("aidp/wsCancel", {"runId": run_id})
     assert sorted(cancelled["cancelled"]) == ["three", "two"]
@@ -309,7 +311,7 @@ async def test_requests_are_answered_while_a_run_is_in_progress(client: AidpClie
     gate = markers / "gate"
     await new(client, "slow", gated(gate))
     run = client.start_call("aidp/wsRun", {"slugs": ["slow"]})
-    await poll(lambda: "running" in sequence(client, "slow"), what="slow running")
+    await wait_until(lambda: "running" in sequence(client, "slow"), what="slow running")
     listed = await client.workstreams()  # answered while the harness still waits for the gate
     assert listed["slow"]["status"] == "running"
     log = await client.call("aidp/wsLog", {"slug": "slow"})
@@ -330,8 +332,8 @@ async def test_progress_fresh_token_per_run(configured: Path, open_client: Open)
     await new(client, "bad", ["sh", "-c", "exit 2"])
     for _ in range(2):
         await client.call("aidp/wsRun", {"slugs": ["good", "bad"]})
-    await poll(lambda: len(client.progress_reports) == 2, what="two progress tokens")
-    await poll(
+    await wait_until(lambda: len(client.progress_reports) == 2, what="two progress tokens")
+    await wait_until(
         lambda: all(isinstance(r[-1], lsp.WorkDoneProgressEnd) for r in client.progress_reports.values() if r),
         what="progress ends",
     )
@@ -349,9 +351,9 @@ async def test_progress_fresh_token_per_run(configured: Path, open_client: Open)
         assert end.message == "1 completed, 1 failed"
 
     await client.call("aidp/wsRun", {"slugs": ["good"]})
-    await poll(lambda: len(client.progress_reports) == 3, what="a third token")
+    await wait_until(lambda: len(client.progress_reports) == 3, what="a third token")
     third = client.progress_reports[list(client.progress_reports)[2]]
-    await poll(lambda: isinstance(third[-1], lsp.WorkDoneProgressEnd), what="third progress ends")
+    await wait_until(lambda: isinstance(third[-1], lsp.WorkDoneProgressEnd), what="third progress ends")
     assert isinstance(third[0], lsp.WorkDoneProgressBegin) and third[0].title == "Running 1 workstream"
 
 
@@ -364,7 +366,7 @@ async def test_progress_reports_every_end_even_when_the_client_is_slow_to_accept
             await raw.result("aidp/wsNew", {"slug": slug, "task": "t"})
         raw.answering.clear()  # hold the answer to window/workDoneProgress/create
         run = raw.request_nowait("aidp/wsRun", {"slugs": ["fast", "faster"]})
-        await poll(
+        await wait_until(
             lambda: sum(n["status"] in FINAL for n in raw.of(WS_STATUS)) == 2 and len(raw.server_requests) == 1,
             what="both ended while the token is not yet accepted",
         )
@@ -488,7 +490,7 @@ async def test_slug_running_elsewhere_is_32002_and_nothing_of_the_new_run_starts
     await new(client, "busy", gated(gate))
     await new(client, "bystander")
     first = client.start_call("aidp/wsRun", {"slugs": ["busy"]})
-    await poll(lambda: "running" in sequence(client, "busy"), what="busy running")
+    await wait_until(lambda: "running" in sequence(client, "busy"), what="busy running")
     first_run = client.statuses("busy")[-1]["runId"]
 
     err = await client.fails("aidp/wsRun", {"slugs": ["bystander", "busy"]})
@@ -616,8 +618,8 @@ async def test_slug_running_in_another_process_is_32002_and_ws_cancel_reaches_it
     await new(client, "remote", ["sh", "-c", f'touch "{begun}"; while [ ! -e "{gate}" ]; do sleep 0.05; done'])
     await new(client, "local")
     other = driver(configured, "remote")
-    await poll(begun.exists, what="the other process's harness started")
-    await poll(lambda: (configured / ".aidp" / "state.db").exists())
+    await wait_until(begun.exists, what="the other process's harness started")
+    await wait_until(lambda: (configured / ".aidp" / "state.db").exists())
 
     err = await client.fails("aidp/wsRun", {"slugs": ["local", "remote"]})
     assert (err.code, err.data) == (-32002, {"running": ["remote"]})
@@ -665,7 +667,7 @@ async def test_ws_cancel_without_arguments_cancels_every_run_of_the_server(clien
         await new(client, slug, gated(gate))
     first = client.start_call("aidp/wsRun", {"slugs": ["r1"]})
     second = client.start_call("aidp/wsRun", {"slugs": ["r2"]})
-    await poll(lambda: all("running" in sequence(client, s) for s in ("r1", "r2")), what="both running")
+    await wait_until(lambda: all("running" in sequence(client, s) for s in ("r1", "r2")), what="both running")
     assert sorted((await client.call("aidp/wsCancel", {}))["cancelled"]) == ["r1", "r2"]
     for run in (first, second):
         assert (await run)["cancelled"] == 1
@@ -676,7 +678,7 @@ async def test_run_all_leaves_out_what_another_run_has(client: AidpClient, marke
     await new(client, "held", gated(gate))
     await new(client, "free")
     held = client.start_call("aidp/wsRun", {"slugs": ["held"]})
-    await poll(lambda: "running" in sequence(client, "held"), what="held running")
+    await wait_until(lambda: "running" in sequence(client, "held"), what="held running")
     summary = await client.call("aidp/wsRunAll", {})
     assert [(r["slug"], r["status"]) for r in summary["results"]] == [("free", "completed")]
     assert not held.done()

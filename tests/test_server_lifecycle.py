@@ -10,24 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PYTHON, processes_marked, toml_list, write_config
+from conftest import processes_marked, toml_list, write_config
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 from server_helpers import (
     WS_OUTPUT,
     WS_STATUS,
-    alive,
-    cli,
     descendants,
-    group_alive,
     initialize_params,
     lsp_session,
-    poll,
     raw_session,
     server_command,
     stop_process,
     stored_workstreams,
 )
+from support import PYTHON, cli, group_members, pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -61,13 +58,13 @@ def read_pid(path: Path) -> int:
 async def started(markers: Path, slug: str) -> tuple[int, int]:
     """(pgid, grandchild pid) once the harness has written both."""
     gc, pg = markers / f"gc-{slug}", markers / f"pgid-{slug}"
-    await poll(lambda: gc.exists() and gc.read_text().strip() != "" and pg.exists(), what=f"{slug} started")
+    await wait_until(lambda: gc.exists() and gc.read_text().strip() != "" and pg.exists(), what=f"{slug} started")
     return read_pid(pg), read_pid(gc)
 
 
 def assert_gone(pgid: int, grandchild: int) -> None:
-    assert not alive(grandchild), f"grandchild {grandchild} still alive"
-    assert group_alive(pgid) == [], f"process group {pgid} still has {group_alive(pgid)}"
+    assert not pid_alive(grandchild), f"grandchild {grandchild} still alive"
+    assert group_members(pgid) == [], f"process group {pgid} still has {group_members(pgid)}"
 
 
 @pytest.mark.parametrize("method", ["aidp/wsRun", "aidp/wsRunAll"])
@@ -82,7 +79,7 @@ async def test_cancel_request_cancels_the_run_and_its_grandchildren(
         if method == "aidp/wsRun":
             params["slugs"] = slugs
         run = client.start_call(method, params, msg_id="the-run")
-        await poll(lambda: sum(n["status"] == "running" for n in client.statuses()) == 2, what="two running")
+        await wait_until(lambda: sum(n["status"] == "running" for n in client.statuses()) == 2, what="two running")
         running = [s for s in slugs if "running" in [n["status"] for n in client.statuses(s)]]
         (waiting,) = set(slugs) - set(running)
         groups = [await started(markers, slug) for slug in running]
@@ -96,7 +93,7 @@ async def test_cancel_request_cancels_the_run_and_its_grandchildren(
 
         for pgid, gc in groups:
             assert_gone(pgid, gc)
-        assert [pid for pid in server_children if alive(pid)] == []
+        assert [pid for pid in server_children if pid_alive(pid)] == []
         assert descendants(client.server.pid) == []
         listed = await client.workstreams()
         assert {s: ws["status"] for s, ws in listed.items()} == dict.fromkeys(slugs, "cancelled")
@@ -139,13 +136,13 @@ async def test_eof_on_stdin_cancels_runs_and_exits(configured: Path, markers: Pa
             await raw.result("aidp/wsNew", {"slug": slug, "task": "t"})
         run_id = raw.request_nowait("aidp/wsRun", {"slugs": ["left", "right"]})
         groups = [await started(markers, "left"), await started(markers, "right")]
-        await poll(lambda: sum(n["status"] == "running" for n in raw.of(WS_STATUS)) == 2, what="both running")
+        await wait_until(lambda: sum(n["status"] == "running" for n in raw.of(WS_STATUS)) == 2, what="both running")
         children = descendants(raw.proc.pid)
 
         assert await raw.close(timeout=60) == 0  # EOF, then the process exits by itself
         for pgid, gc in groups:
             assert_gone(pgid, gc)
-        assert [pid for pid in children if alive(pid)] == []
+        assert [pid for pid in children if pid_alive(pid)] == []
         assert processes_marked(str(configured)) == []
         # Recorded before exiting: a fresh look at the database (no engine, so no recovery) says so.
         state = stored_workstreams(configured)
@@ -165,7 +162,7 @@ async def test_shutdown_during_a_run_cancels_it_then_exit_is_clean(configured: P
         await client.call("aidp/wsNew", {"slug": "waiting", "task": "t"})
         run = client.start_call("aidp/wsRun", {"slugs": ["long", "waiting"], "maxConcurrent": 1})
         pgid, gc = await started(markers, "long")
-        await poll(lambda: any(n["status"] == "running" for n in client.statuses("long")), what="long running")
+        await wait_until(lambda: any(n["status"] == "running" for n in client.statuses("long")), what="long running")
         children = descendants(client.server.pid)
 
         assert await client.call(lsp.SHUTDOWN, None) is None
@@ -188,7 +185,7 @@ async def test_shutdown_during_a_run_cancels_it_then_exit_is_clean(configured: P
         client.exit(None)
         await stop_process(client.server, timeout=60)
         assert client.server.returncode == 0
-        assert [pid for pid in children if alive(pid)] == []
+        assert [pid for pid in children if pid_alive(pid)] == []
         assert processes_marked(str(configured)) == []
 
 
@@ -214,9 +211,9 @@ async def test_output_flood_to_a_client_that_does_not_read(repo: Path, markers: 
         await raw.result("aidp/wsNew", {"slug": "flood", "task": "t"})
         raw.reading.clear()  # from now on the client reads nothing
         run_id = raw.request_nowait("aidp/wsRun", {"slugs": ["flood"]})
-        await poll(lambda: done.exists(), timeout=120, what="the harness wrote everything")
+        await wait_until(lambda: done.exists(), timeout=120, what="the harness wrote everything")
         logs = repo / ".aidp" / "logs" / "flood"
-        await poll(
+        await wait_until(
             lambda: any(p.stat().st_size == FLOOD_BYTES for p in logs.glob("*.log")), what="the log file complete"
         )
         assert raw.proc.returncode is None
@@ -262,7 +259,7 @@ async def test_live_output_accounts_for_every_byte_when_the_client_falls_behind(
         await raw.result("aidp/wsNew", {"slug": "trickle", "task": "t"})
         raw.reading.clear()
         run_id = raw.request_nowait("aidp/wsRun", {"slugs": ["trickle"]})
-        await poll((markers / "trickle-done").exists, timeout=120, what="the harness wrote everything")
+        await wait_until((markers / "trickle-done").exists, timeout=120, what="the harness wrote everything")
         raw.reading.set()
         summary = (await raw.response(run_id, timeout=120))["result"]
         assert summary["completed"] == 1
@@ -296,11 +293,11 @@ async def test_cancel_request_while_the_progress_token_is_pending(configured: Pa
         raw.answering.clear()
         run = raw.request_nowait("aidp/wsRun", {"slugs": ["early"]})
         pgid, gc = await started(markers, "early")
-        await poll(lambda: len(raw.server_requests) == 1, what="the progress token request")
+        await wait_until(lambda: len(raw.server_requests) == 1, what="the progress token request")
         raw.notify("$/cancelRequest", {"id": run})
         response = await raw.response(run)
         assert response["error"]["code"] == -32800, response
-        await poll(lambda: not alive(gc), what="the grandchild gone")
+        await wait_until(lambda: not pid_alive(gc), what="the grandchild gone")
         assert_gone(pgid, gc)
         statuses = [n["status"] for n in raw.of(WS_STATUS) if n["slug"] == "early"]
         assert statuses == ["queued", "running", "cancelled"]
