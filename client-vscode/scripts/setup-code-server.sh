@@ -14,7 +14,11 @@ STAMP="$DIR/.installed"
 # A native module that only exists when code-server's postinstall really ran (npm may skip scripts).
 NATIVE="$DIR/node_modules/code-server/lib/vscode/node_modules/@vscode/spdlog/build/Release/spdlog.node"
 
-if [[ -f "$STAMP" && -f "$BIN" && -f "$NATIVE" ]]; then
+# The pinned package.json and lock file; the stamp records the lock's hash so a change reinstalls.
+PINNED="$(cd "$(dirname "$0")/../test/e2e/code-server" && pwd)"
+LOCK_HASH="$(sha256sum "$PINNED/package-lock.json" | cut -d' ' -f1)"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$LOCK_HASH" && -f "$BIN" && -f "$NATIVE" ]]; then
   echo "code-server $VERSION already installed in $DIR" >&2
   echo "$DIR/node_modules/.bin/code-server"
   exit 0
@@ -48,10 +52,11 @@ echo "installing code-server $VERSION into $DIR (compiles native modules; takes 
 # code-server's postinstall runs nested `npm install`s that compile native modules. npm >= 11.x blocks
 # dependency install scripts unless allowed; the environment variable reaches the nested installs too.
 export npm_config_unsafe_perm=true npm_config_yes=true npm_config_dangerously_allow_all_scripts=true
-rm -rf "$DIR/node_modules" "$DIR/package.json" "$DIR/package-lock.json"
-npm install --prefix "$DIR" --no-audit --no-fund --loglevel=error "code-server@$VERSION" >&2
+rm -rf "$DIR/node_modules"
+cp "$PINNED/package.json" "$PINNED/package-lock.json" "$DIR/"
+npm ci --prefix "$DIR" --no-audit --no-fund --loglevel=error >&2
 for f in "$BIN" "$NATIVE"; do
   [[ -f "$f" ]] || { echo "setup-code-server: install finished but $f is missing (did code-server's postinstall run?)" >&2; exit 1; }
 done
-touch "$STAMP"
+echo "$LOCK_HASH" > "$STAMP"
 echo "$DIR/node_modules/.bin/code-server"
