@@ -6,7 +6,6 @@ cancel it, and corrects what a SIGKILLed one left behind."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -229,8 +228,6 @@ async def test_cancel_from_another_process(engine: Engine, repo: Path, markers: 
 async def test_sigkilled_owner_is_corrected_by_the_next_open(
     repo: Path, markers: Path, driver: Driver, owner_kind: str
 ) -> None:
-    if owner_kind == "cli" and importlib.util.find_spec("aidp.cli.main") is None:
-        pytest.skip("the CLI is not there yet")
     write_config(repo, "[harness]\ngrace_s = 0.3\n")
     setup = await Engine.open(repo)
     try:
@@ -300,6 +297,31 @@ async def test_wait_on_a_run_of_another_engine_is_refused(engine: Engine, repo: 
     finally:
         await other.close()
     assert (await engine.wait(run)).ok
+
+
+async def test_an_engine_already_open_corrects_what_a_sigkilled_owner_left(
+    repo: Path, markers: Path, driver: Driver
+) -> None:
+    """A long-lived engine (the server's) does not wait for a restart: listing or running
+    corrects the dead owner's workstreams and ends its process groups."""
+    write_config(repo, "[harness]\ngrace_s = 0.3\n")
+    engine = await Engine.open(repo)
+    try:
+        await engine.create("a", "t", command=tree_command(markers))
+        proc = driver(repo, "a")
+        await wait_file(markers / "a.started")
+        assert (await engine.get("a")).status == Status.RUNNING
+        os.kill(proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 30)
+
+        listed = {ws.slug: ws.status for ws in await engine.workstreams()}
+        assert listed["a"] == Status.CANCELLED
+        assert_all_gone(markers, "a")
+        await engine.remove("a", force=True)
+        await engine.create("a", "again", command=["true"])
+        assert (await engine.run(["a"])).ok
+    finally:
+        await engine.close()
 
 
 async def test_sigkilled_owner_with_a_queued_workstream_and_an_orphaned_grandchild(

@@ -122,6 +122,10 @@ class Engine:
         return ws
 
     async def workstreams(self) -> list[Workstream]:
+        """Every workstream; what a dead aidp process left in flight is corrected first, so a
+        long-lived server never shows, or refuses to run, a workstream nobody runs (`start`,
+        `start_all` and `cancel` come through here too)."""
+        await self.recover()
         return await self.db.call(self.db.store.all)
 
     async def get(self, slug: str) -> Workstream:
