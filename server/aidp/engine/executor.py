@@ -92,7 +92,6 @@ class RunOptions:
 class Job:
     ws: Workstream
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    pgid: int | None = None
     tail: LogTail | None = None
     result: WorkstreamResult | None = None
 
@@ -220,7 +219,7 @@ class Run:
             return
         finally:
             os.close(log_fd)
-        job.pgid, job.tail = proc.pid, LogTail(log_path)
+        job.tail = LogTail(log_path)
         try:
             await self._db.call(self._db.store.mark_running, self.run_id, ws.slug, proc.pid, str(log_path), started_at)
             self._bus.emit(StatusChanged(run_id=self.run_id, slug=ws.slug, status=Status.RUNNING))
