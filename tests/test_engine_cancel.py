@@ -299,8 +299,9 @@ async def test_wait_on_a_run_of_another_engine_is_refused(engine: Engine, repo: 
     assert (await engine.wait(run)).ok
 
 
+@pytest.mark.parametrize("first", ["list", "pause"])
 async def test_an_engine_already_open_corrects_what_a_sigkilled_owner_left(
-    repo: Path, markers: Path, driver: Driver
+    repo: Path, markers: Path, driver: Driver, first: str
 ) -> None:
     """A long-lived engine (the server's) does not wait for a restart: listing or running
     corrects the dead owner's workstreams and ends its process groups."""
@@ -314,8 +315,12 @@ async def test_an_engine_already_open_corrects_what_a_sigkilled_owner_left(
         os.kill(proc.pid, signal.SIGKILL)
         await asyncio.to_thread(proc.wait, 30)
 
-        listed = {ws.slug: ws.status for ws in await engine.workstreams()}
-        assert listed["a"] == Status.CANCELLED
+        if first == "list":
+            listed = {ws.slug: ws.status for ws in await engine.workstreams()}
+            assert listed["a"] == Status.CANCELLED
+        else:  # pausing is not refused as "already running"
+            assert (await engine.set_paused("a", True)).status == Status.PAUSED
+            assert [e.status for e in await engine.history("a")][-2:] == [Status.CANCELLED, Status.PAUSED]
         assert_all_gone(markers, "a")
         await engine.remove("a", force=True)
         await engine.create("a", "again", command=["true"])

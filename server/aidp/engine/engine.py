@@ -129,7 +129,9 @@ class Engine:
         return await self.db.call(self.db.store.all)
 
     async def get(self, slug: str) -> Workstream:
+        """One workstream, corrected like `workstreams` (pause, remove and log come through here)."""
         validate_slug(slug)
+        await self.recover()
         ws = await self.db.call(self.db.store.get, slug)
         if ws is None:
             raise UnknownSlugs([slug])
