@@ -103,6 +103,8 @@ function prepareRepository(base: string): string {
       '  ok) echo "ok: all good in $(pwd)"; exit 0 ;;',
       '  fail) echo "fail: about to fail"; echo "something broke" >&2; exit 3 ;;',
       '  slow) i=0; while [ "$i" -lt 8 ]; do echo "slow: tick $i"; i=$((i+1)); sleep 1; done; exit 0 ;;',
+      // Runs until the test creates the file $2: "slow" without depending on how fast the machine is.
+      '  gate) echo "gate: waiting for the gate"; while [ ! -e "$2" ]; do sleep 0.2; done; echo "gate: released"; exit 0 ;;',
       '  *) echo "unknown mode $1" >&2; exit 2 ;;',
       "esac",
       "",
@@ -201,6 +203,48 @@ class Workbench {
 
   toast(text: string | RegExp): Locator {
     return this.page.locator(".notifications-toasts .notification-toast", { hasText: text }).first();
+  }
+
+  /** Dismisses every notification, so the next toast looked up is the next step's. */
+  async clearNotifications(): Promise<void> {
+    await this.command("Notifications: Clear All Notifications");
+    await waitFor("the toasts to clear", async () => (await this.page.locator(".notifications-toasts .notification-toast").count()) === 0, 30_000);
+  }
+
+  /** The rows of the open quick pick whose label is exactly `label`. */
+  pickRow(label: string): Locator {
+    return this.page
+      .locator(".quick-input-widget .monaco-list-row")
+      .filter({ has: this.page.locator(".label-name", { hasText: new RegExp(`^${escapeRe(label)}$`) }) })
+      .first();
+  }
+
+  checkbox(row: Locator): Locator {
+    return row.locator('.monaco-checkbox, [role="checkbox"], input[type="checkbox"]').first();
+  }
+
+  async isPicked(row: Locator): Promise<boolean> {
+    const aria = await row.getAttribute("aria-checked");
+    if (aria === "true" || aria === "false") return aria === "true";
+    return this.checkbox(row).isChecked();
+  }
+
+  /** In the open multi-select quick pick, checks exactly `wanted` among `labels` (by clicking checkboxes). */
+  async pickExactly(labels: string[], wanted: string[]): Promise<void> {
+    for (const label of labels) {
+      const row = this.pickRow(label);
+      await row.waitFor({ state: "visible", timeout: 30_000 });
+      const want = wanted.includes(label);
+      if ((await this.isPicked(row)) !== want) await this.checkbox(row).click();
+      await waitFor(`${label} to be ${want ? "checked" : "unchecked"}`, async () => (await this.isPicked(row)) === want, 30_000);
+    }
+  }
+
+  /** The text of the editor in the panel (the Output view), with Monaco's non-breaking spaces made plain. */
+  async outputText(): Promise<string> {
+    const lines = this.page.locator(".part.panel .monaco-editor .view-lines").first();
+    if ((await lines.count()) === 0) return "";
+    return (await lines.innerText().catch(() => "")).replace(/\u00a0/g, " ");
   }
 }
 
@@ -500,6 +544,139 @@ async function main(): Promise<void> {
     // Resting status after resume: the last run's status (protocol.md).
     await wb.waitStatus("fail-ws", "failed");
     check(true, "Resume Workstream shows fail-ws with its last status (failed) again");
+
+    // ---- A workstream that runs until the test opens its gate (made by the CLI, shown after Refresh) --
+    const gate = path.join(base, "gate-open");
+    const harness = path.join(base, "harness.sh");
+    run(PYTHON, ["-m", "aidp", "ws", "new", "gate-ws", "wait", "for", "the", "gate", "--command", `sh ${harness} gate ${gate}`], {
+      cwd: repo,
+    });
+    await wb.command("AIDP: Refresh Workstreams");
+    await wb.waitStatus("gate-ws", "active");
+    check(true, "AIDP: Refresh Workstreams shows gate-ws, made by the CLI, as active");
+    await wb.clearNotifications();
+
+    // ---- Run Workstreams...: pick ok-ws and fail-ws in the multi-select quick pick --------------------
+    const before = { slow: await wb.label("slow-ws"), gate: await wb.label("gate-ws") };
+    const pickWatcher = watchRows(wb, ["ok-ws", "fail-ws", "slow-ws", "gate-ws"]);
+    await wb.command("AIDP: Run Workstreams...");
+    const all4 = ["ok-ws", "fail-ws", "slow-ws", "gate-ws"];
+    await wb.pickExactly(all4, ["ok-ws", "fail-ws"]);
+    await wb.shot("13-run-picked");
+    await page.keyboard.press("Enter");
+    const pickedSummary = wb.toast(/ran 2 workstreams/);
+    await pickedSummary.waitFor({ state: "visible", timeout: LONG });
+    const pickedText = (await pickedSummary.innerText()).replace(/\s+/g, " ");
+    check(/1 completed, 1 failed/.test(pickedText), `Run Workstreams... ran the two picked: "${pickedText}"`);
+    await wb.waitStatus("ok-ws", "completed");
+    await wb.waitStatus("fail-ws", "failed");
+    await pickWatcher.stop();
+    log(`statuses seen: ${JSON.stringify(Object.fromEntries(pickWatcher.seen))}`);
+    check(
+      (await wb.label("ok-ws"))?.includes("completed") && (await wb.label("fail-ws"))?.includes("exit 3"),
+      "ok-ws ends completed and fail-ws failed (exit 3)",
+    );
+    const slowAfter = pickWatcher.seen.get("slow-ws") ?? [];
+    const gateAfter = pickWatcher.seen.get("gate-ws") ?? [];
+    check(
+      slowAfter.join() === "cancelled" && gateAfter.join() === "active" && (await wb.label("gate-ws")) === before.gate,
+      `the workstreams not picked did not run (slow-ws ${slowAfter.join("->")}, gate-ws ${gateAfter.join("->")}; was "${before.slow}")`,
+    );
+    await wb.shot("14-run-picked-done");
+    await wb.clearNotifications();
+
+    // ---- Live output, then AIDP: Cancel Workstream from the palette --------------------------------------
+    fs.rmSync(gate, { force: true });
+    const gateRow = wb.row("gate-ws");
+    await gateRow.hover();
+    await gateRow.locator('.action-label[aria-label="Run Workstream"]').click();
+    await wb.waitStatus("gate-ws", "running");
+    await wb.command("Output: Show Output Channels...");
+    await page.locator(".quick-input-widget input").first().fill("AIDP: gate-ws");
+    await wb.pickRow("AIDP: gate-ws").click();
+    await waitFor("the harness's line in the Output view", async () => (await wb?.outputText())?.includes("gate: waiting for the gate"));
+    check(
+      (await wb.label("gate-ws"))?.includes("running"),
+      "while gate-ws runs, its output channel 'AIDP: gate-ws' shows the harness's printed line",
+    );
+    await wb.shot("15-live-output");
+    await wb.command("AIDP: Cancel Workstream");
+    await wb.pickExactly(["gate-ws"], ["gate-ws"]);
+    check(
+      (await page.locator(".quick-input-widget .monaco-list-row", { hasText: "ok-ws" }).count()) === 0,
+      "Cancel Workstream offers only the running workstream",
+    );
+    await wb.shot("16-cancel-pick");
+    await page.keyboard.press("Enter");
+    const gateCancelled = await wb.waitStatus("gate-ws", "cancelled");
+    check(true, `AIDP: Cancel Workstream from the palette ends gate-ws cancelled ("${gateCancelled}")`);
+    await waitFor("the final status in the Output view", async () => (await wb?.outputText())?.includes("=== cancelled"));
+    const gateOutput = await wb.outputText();
+    check(
+      gateOutput.indexOf("gate: waiting for the gate") < gateOutput.indexOf("=== cancelled") && !gateOutput.includes("gate: released"),
+      "the output channel shows the harness's line, then '=== cancelled'",
+    );
+    await wb.shot("17-cancelled-from-palette");
+    await wb.clearNotifications();
+
+    // ---- Already running: gate-ws runs in another process (a terminal's `aidp ws run`) ----------------
+    // The tree hides Run while it knows a workstream runs, and Run Workstreams... leaves running ones out,
+    // so inside one window the server's -32002 is reachable only for a run this window does not know of.
+    fs.rmSync(gate, { force: true });
+    const cli = spawn(PYTHON, ["-m", "aidp", "ws", "run", "gate-ws"], { cwd: repo, stdio: "ignore" });
+    const cliDone = new Promise<number | null>((resolve) => cli.on("exit", (code) => resolve(code)));
+    try {
+      await waitFor("the CLI's run of gate-ws to start", () => {
+        const out = JSON.parse(run(PYTHON, ["-m", "aidp", "ws", "list", "--json"], { cwd: repo })) as unknown;
+        const list = (Array.isArray(out) ? out : (out as { workstreams: unknown[] }).workstreams) as { slug: string; status: string }[];
+        return Promise.resolve(list.some((w) => w.slug === "gate-ws" && w.status === "running"));
+      });
+      check((await wb.label("gate-ws"))?.includes("cancelled"), "the tree does not know of the CLI's run (gate-ws still cancelled)");
+      await gateRow.hover();
+      await gateRow.locator('.action-label[aria-label="Run Workstream"]').click();
+      const busy = wb.toast(/already queued or running/);
+      await busy.waitFor({ state: "visible", timeout: 60_000 });
+      const busyText = (await busy.innerText()).replace(/\s+/g, " ");
+      check(busyText.includes("gate-ws"), `running it again shows the server's 'already running' error: "${busyText.slice(0, 160)}"`);
+      await wb.toast("AIDP: running gate-ws").waitFor({ state: "detached", timeout: 60_000 });
+      await busy.hover();
+      await wb.shot("18-already-running");
+    } finally {
+      fs.writeFileSync(gate, "");
+      const code = await cliDone;
+      log(`the CLI's run of gate-ws exited ${String(code)}`);
+    }
+    await wb.command("AIDP: Refresh Workstreams");
+    await wb.waitStatus("gate-ws", "completed");
+    check(true, "after the CLI's run, Refresh shows gate-ws completed");
+    await wb.clearNotifications();
+
+    // ---- Open Worktree: code-server opens the worktree folder in a new browser window -----------------
+    const popup = page.context().waitForEvent("page", { timeout: 60_000 });
+    await wb.command("AIDP: Open Worktree");
+    await page.locator(".quick-input-widget input").first().fill("ok-ws");
+    await wb.pickRow("ok-ws").click();
+    const worktreePage = await popup;
+    await worktreePage.waitForURL(/folder=/, { timeout: 60_000 }).catch(() => undefined);
+    const opened = new URL(worktreePage.url()).searchParams.get("folder") ?? worktreePage.url();
+    check(
+      opened.endsWith(path.join(".worktrees", "ok-ws")),
+      `AIDP: Open Worktree opens the worktree of ok-ws in a new window (${opened})`,
+    );
+    await worktreePage.locator(".monaco-workbench").waitFor({ state: "visible", timeout: LONG });
+    await worktreePage
+      .locator(".part.sidebar .monaco-list-row", { hasText: "README.md" })
+      .first()
+      .waitFor({ state: "visible", timeout: LONG });
+    check(true, "the new window's explorer shows the worktree's files (README.md)");
+    const worktreeShot = path.join(ARTIFACTS, "19-open-worktree.png");
+    await worktreePage.screenshot({ path: worktreeShot });
+    log(`screenshot ${worktreeShot}`);
+    await worktreePage.close();
+    check(
+      (await page.locator(".notifications-toasts .notification-toast", { hasText: "cannot" }).count()) === 0,
+      "Open Worktree showed no error",
+    );
   } catch (e) {
     if (wb) await wb.shot("failure").catch(() => undefined);
     throw e;
