@@ -632,6 +632,28 @@ async def test_slug_running_in_another_process_is_32002_and_ws_cancel_reaches_it
     assert (await client.workstreams())["remote"]["status"] == "cancelled"
 
 
+async def test_what_other_processes_do_reaches_the_client_unasked(
+    client: AidpClient, configured: Path, markers: Path, driver: Callable[..., Any]
+) -> None:
+    """A CLI run beside the server: the client hears wsListChanged; that CLI SIGKILLed mid-run:
+    the client hears its workstream `cancelled`. No request is sent in between."""
+    begun = markers / "begun"
+    await new(client, "beside")
+    await new(client, "doomed", ["sh", "-c", f'touch "{begun}"; sleep 300'])
+    changed = len(client.of(WS_LIST_CHANGED))
+    other = driver(configured, "beside")
+    assert await asyncio.to_thread(other.wait, 60) == 0
+    await wait_until(lambda: len(client.of(WS_LIST_CHANGED)) > changed, what="wsListChanged after a CLI run")
+
+    doomed = driver(configured, "doomed")
+    await wait_until(begun.exists, what="the other process's harness started")
+    doomed.kill()
+    await asyncio.to_thread(doomed.wait, 30)
+    await wait_until(lambda: "cancelled" in sequence(client, "doomed"), what="doomed corrected unasked")
+    last = client.statuses("doomed")[-1]
+    assert last["error"] is not None and last["error"].startswith("interrupted")
+
+
 async def test_harness_never_gets_the_servers_stdin_or_stdout(client: AidpClient) -> None:
     await new(client, "fds", ["sh", "-c", 'readlink /proc/$$/fd/0; readlink /proc/$$/fd/1; cat; echo "read: $?"'])
     summary = await client.call("aidp/wsRun", {"slugs": ["fds"]})

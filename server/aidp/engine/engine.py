@@ -287,6 +287,19 @@ class Engine:
     async def run_all(self, **options: Any) -> RunSummary:
         return await self.wait(await self.start_all(**options))
 
+    async def watch_others(self, interval_s: float = 1.0) -> None:
+        """Until cancelled, for a long-lived engine (the server's): say `ListChanged` whenever
+        another aidp process (a CLI run beside the server) changed the state, and correct what a
+        process that died left behind (it commits nothing, so only `recover` notices)."""
+        seen = await self.db.call(self.db.store.data_version)
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.recover()
+            now = await self.db.call(self.db.store.data_version)
+            if now != seen:
+                seen = now
+                self.events.emit(ListChanged())
+
     def active_runs(self) -> list[Run]:
         return [run for run, _ in self._runs.values()]
 

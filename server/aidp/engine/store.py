@@ -204,6 +204,10 @@ class Store:
             self._set_status(slug, status, None, "paused" if paused else "resumed")
             return status
 
+    def data_version(self) -> int:
+        """Changes when another connection (another aidp process) commits, never for our own."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def events(self, slug: str, limit: int) -> list[Event]:
         rows = self._db.execute(
             "SELECT slug, run_id, status, message, at FROM events WHERE slug = ? ORDER BY id DESC LIMIT ?",

@@ -109,6 +109,7 @@ class AidpServer(LanguageServer):
         self._initializing: asyncio.Future[None] | None = None
         self.stopping = False
         self.pending: set[asyncio.Task[Any]] = set()
+        self._watch: asyncio.Task[None] | None = None
         self.out: PipeWriter | None = None
         self._dropped: dict[tuple[str, str], int] = {}
         self._progress: dict[str, Callable[[StatusChanged], None]] = {}
@@ -136,6 +137,7 @@ class AidpServer(LanguageServer):
             log.error("cannot serve: %s", exc)
             return
         self.engine.events.subscribe(self.forward)
+        self._watch = asyncio.create_task(self.engine.watch_others(), name="aidp-watch-others")
         log.info("serving %s", root)
 
     async def require_engine(self) -> Engine:
@@ -157,6 +159,8 @@ class AidpServer(LanguageServer):
         self.stopping = True
         if self._initializing is not None:
             await asyncio.shield(self._initializing)
+        if self._watch is not None:
+            self._watch.cancel()
         if self.engine is None:
             return
         await self.engine.cancel()
