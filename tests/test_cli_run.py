@@ -179,3 +179,32 @@ def test_ctrl_c_cancels_cleanly(tmp_path: Path) -> None:
     assert "0 completed, 0 failed, 0 errored, 1 cancelled of 1" in out
     assert workstreams(repo)["stuck"]["status"] == "cancelled"
     wait_until_sync(lambda: not pid_alive(grandchild), timeout=10, what="the grandchild to be gone")
+
+
+def test_second_ctrl_c_kills_without_waiting_out_the_grace_period(tmp_path: Path) -> None:
+    """The harness shrugs off SIGTERM and the grace period is ten minutes: only the second Ctrl-C
+    (SIGKILL now) lets the CLI finish within the test's bound, with the summary and status recorded."""
+    repo = make_repo(tmp_path)
+    (repo / ".aidp").mkdir(exist_ok=True)
+    (repo / ".aidp" / "config.toml").write_text("[harness]\ngrace_s = 600\n")
+    started, termed = tmp_path / "started", tmp_path / "termed"
+    code = (
+        "import pathlib, signal, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: pathlib.Path({str(termed)!r}).touch())\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    new_ws(repo, "stubborn", harness(tmp_path, "stubborn", code))
+    runner = spawn_cli(repo, "ws", "run", "stubborn")
+    wait_until_sync(started.exists, what="the harness to start")
+    runner.send_signal(signal.SIGINT)
+    wait_until_sync(termed.exists, what="the harness to get SIGTERM from the first Ctrl-C")
+    runner.send_signal(signal.SIGINT)
+    try:
+        out, err = runner.communicate(timeout=60)
+    finally:
+        runner.kill()  # only does something when the bound was missed
+    assert runner.returncode == 1
+    assert "killing" in err and "Traceback" not in err
+    assert "0 completed, 0 failed, 0 errored, 1 cancelled of 1" in out
+    assert workstreams(repo)["stubborn"]["status"] == "cancelled"

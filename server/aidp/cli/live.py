@@ -17,7 +17,7 @@ from typing import Protocol, TextIO
 
 from aidp.cli.render import EMOJI, clean, seconds, status_line
 from aidp.engine import Engine, RunSummary, Status
-from aidp.engine.events import EngineEvent, OutputChunk, RunFinished, StatusChanged
+from aidp.engine.events import EngineEvent, OutputChunk, StatusChanged
 from aidp.engine.executor import Run
 
 REDRAW_S = 0.1  # at most ten redraws a second
@@ -135,53 +135,38 @@ def choose_view(json_output: bool, out: TextIO = sys.stdout) -> View:
 
 
 class _Interrupts:
-    """First Ctrl-C (or SIGTERM): cancel the run gracefully. Second: stop waiting for it."""
+    """First Ctrl-C (or SIGTERM): cancel the run gracefully. Second: kill without the grace period.
+    Either way the run ends normally, every workstream recorded, and its summary is printed."""
 
-    def __init__(self, run: Run, waiter: asyncio.Task[object], view: View) -> None:
+    def __init__(self, run: Run, view: View) -> None:
         self._run = run
-        self._waiter = waiter
         self._view = view
-        self.count = 0
+        self._count = 0
 
     def __call__(self) -> None:
-        self.count += 1
-        if self.count == 1:
+        self._count += 1
+        if self._count == 1:
             self._view.note(
-                "cancelling: SIGTERM to each workstream, SIGKILL after the grace period (Ctrl-C again to stop waiting)"
+                "cancelling: SIGTERM to each workstream, SIGKILL after the grace period (Ctrl-C again: now)"
             )
             self._run.cancel()
-        elif self.count == 2:
-            self._view.note("stopping: waiting only until every workstream is killed and recorded")
-            self._waiter.cancel()
+        elif self._count == 2:
+            self._view.note("killing: SIGKILL to each workstream now")
+            self._run.cancel(hard=True)
 
 
 async def watch_run(engine: Engine, start: Callable[[], Awaitable[Run]], view: View) -> RunSummary:
     """Start a run, show it with `view` and return its summary, also after Ctrl-C."""
-    finished: list[RunSummary] = []
-
-    def listen(event: EngineEvent) -> None:
-        if isinstance(event, RunFinished):
-            finished.append(event.summary)
-        view.on_event(event)
-
-    unsubscribe = engine.events.subscribe(listen)
-    waiter = asyncio.current_task()
-    assert waiter is not None
+    unsubscribe = engine.events.subscribe(view.on_event)
     loop = asyncio.get_running_loop()
     try:
         run = await start()
-        interrupts = _Interrupts(run, waiter, view)
+        interrupts = _Interrupts(run, view)
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, interrupts)
         view.start()
         try:
-            # No await between start() and wait(): the run cannot have ended before wait sees it.
             return await engine.wait(run)
-        except asyncio.CancelledError:
-            if interrupts.count < 2 or not finished:
-                raise
-            waiter.uncancel()  # our own doing: the run has ended and been recorded (RunFinished)
-            return finished[-1]
         finally:
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)

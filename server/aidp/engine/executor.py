@@ -122,13 +122,17 @@ class Run:
         self._db = db
         self._bus = bus
         self._logs_dir = logs_dir
+        self._hurry = asyncio.Event()
 
-    def cancel(self, slugs: list[str] | None = None) -> list[str]:
-        """Cancel some or all workstreams of this run; returns those that had not yet ended."""
+    def cancel(self, slugs: list[str] | None = None, hard: bool = False) -> list[str]:
+        """Cancel some or all workstreams of this run; returns those that had not yet ended.
+        `hard`: SIGKILL now, without waiting out the grace period (a second Ctrl-C)."""
         targets = [j for s, j in self.jobs.items() if slugs is None or s in slugs]
         hit = [j.ws.slug for j in targets if j.result is None and not j.cancel.is_set()]
         for job in targets:
             job.cancel.set()
+        if hard:
+            self._hurry.set()
         return hit
 
     async def execute(self) -> RunSummary:
@@ -255,7 +259,7 @@ class Run:
             status, why = Status.CANCELLED, "cancelled"
         else:
             status, why = Status.FAILED, f"timed out after {self.options.timeout_s:g} s"
-        await procs.terminate_group(proc.pid, self.options.grace_s)
+        await procs.terminate_group(proc.pid, self.options.grace_s, self._hurry)
         await exited
         return status, why
 

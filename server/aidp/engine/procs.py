@@ -87,8 +87,9 @@ def group_exists(pgid: int) -> bool:
     return _signal_group(pgid, 0) and bool(group_members(pgid))
 
 
-async def terminate_group(pgid: int, grace_s: float, poll_s: float = 0.05) -> None:
-    """SIGTERM the whole group, wait up to `grace_s` for it to go, then SIGKILL what is left.
+async def terminate_group(pgid: int, grace_s: float, hurry: asyncio.Event | None = None, poll_s: float = 0.05) -> None:
+    """SIGTERM the whole group, wait up to `grace_s` (or until `hurry` is set) for it to go, then
+    SIGKILL what is left.
 
     The group leader must be reaped by its parent meanwhile (asyncio does that for our children),
     else it lingers as a zombie member and the wait runs the full grace period."""
@@ -96,7 +97,7 @@ async def terminate_group(pgid: int, grace_s: float, poll_s: float = 0.05) -> No
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
-    while loop.time() < deadline:
+    while loop.time() < deadline and not (hurry and hurry.is_set()):
         await asyncio.sleep(poll_s)
         if not group_exists(pgid):
             return
