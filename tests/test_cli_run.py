@@ -9,6 +9,8 @@ import os
 import pty
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from cli_helpers import Lines, gated, harness, new_ws, spawn_cli, wait_for_status, workstreams
@@ -127,6 +129,17 @@ def test_logs_and_follow(tmp_path: Path) -> None:
     assert logs.returncode == 0
     assert logs.stdout == "first line\nlast line\n"
     assert cli(repo, "ws", "logs", "chatty", "-f").stdout == logs.stdout  # not running: prints and exits
+
+
+def test_logs_prints_the_whole_log_however_large(tmp_path: Path) -> None:
+    """3 MB of numbered lines: `ws logs` gives every one of them, not a tail."""
+    repo = make_repo(tmp_path)
+    new_ws(repo, "big", "sh -c 'seq 1 400000'")
+    assert cli(repo, "ws", "run", "big").returncode == 0
+    logs = subprocess.run(
+        [sys.executable, "-m", "aidp", "ws", "logs", "big"], cwd=repo, capture_output=True, check=True, timeout=60
+    )
+    assert logs.stdout == "".join(f"{i}\n" for i in range(1, 400001)).encode()
 
 
 def test_cancel_from_a_second_process(tmp_path: Path) -> None:

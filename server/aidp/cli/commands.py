@@ -16,8 +16,6 @@ from aidp.cli.live import choose_view, watch_run
 from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
 from aidp.cli.render import first_line, indented, outcome, summary_lines, workstream_table
 from aidp.engine import Engine, RunSummary, Status
-from aidp.engine.config import DEFAULT_GRACE_S
-from aidp.engine.errors import ConfigError
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
 
@@ -143,12 +141,8 @@ async def ws_cancel(engine: Engine, args: argparse.Namespace) -> int:
     if not hit:
         return EXIT_OK
     print(f"cancelling {', '.join(hit)}", flush=True)
-    try:
-        grace = engine.config().harness.grace_s
-    except ConfigError:
-        grace = DEFAULT_GRACE_S
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace + CANCEL_EXTRA_WAIT_S
+    deadline = loop.time() + engine.grace_s() + CANCEL_EXTRA_WAIT_S
     while True:
         statuses = {slug: (await engine.get(slug)).status for slug in hit}
         if not any(status.in_flight for status in statuses.values()) or loop.time() > deadline:
@@ -163,11 +157,11 @@ async def ws_logs(engine: Engine, args: argparse.Namespace) -> int:
     if args.follow:
         await follow_log(engine, args.slug)
         return EXIT_OK
-    path, text = await engine.log(args.slug)
+    path, _ = await engine.log(args.slug, tail_bytes=0)
     if path is None:
         print(f"{args.slug} has not run yet", file=sys.stderr)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    else:  # the whole log, byte for byte (the engine's text is a bounded tail)
+        await asyncio.to_thread(_copy_from, Path(path), 0)
     return EXIT_OK
 
 

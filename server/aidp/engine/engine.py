@@ -84,6 +84,14 @@ class Engine:
         """Read fresh each time, so an edit takes effect at the next run without a restart."""
         return load_config(self.state_dir)
 
+    def grace_s(self) -> float:
+        """The configured grace period; the default when the config is broken, since ending
+        processes must not fail on a typo in it."""
+        try:
+            return self.config().harness.grace_s
+        except ConfigError:
+            return DEFAULT_GRACE_S
+
     # -- workstreams -------------------------------------------------------------------------
 
     async def create(
@@ -329,10 +337,7 @@ class Engine:
     async def recover(self) -> list[str]:
         """Correct claims whose owning process died (crash, SIGKILL): end what is left of their
         process groups and record the workstreams `cancelled`. Runs whenever an engine opens."""
-        try:
-            grace = self.config().harness.grace_s
-        except ConfigError:
-            grace = DEFAULT_GRACE_S
+        grace = self.grace_s()
         corrected = []
         for claim in await self.db.call(self.db.store.claims):
             owner = (claim.owner_pid, claim.owner_start)
