@@ -73,6 +73,14 @@ CREATE TABLE IF NOT EXISTS claims (
 );
 """
 
+# Schema changes after the first release, applied in order by `PRAGMA user_version`: a database
+# made by an older aidp is upgraded in place on open, never dropped. Append; never edit one.
+MIGRATIONS: list[str] = [
+    # 1: the harness's own pid and start time, so recovery finds its process group even when the
+    # harness dropped the environment marker (`env -i`).
+    "ALTER TABLE claims ADD COLUMN child_pid INTEGER; ALTER TABLE claims ADD COLUMN child_start INTEGER;",
+]
+
 _WS_COLUMNS = (
     "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, "
     "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path"
@@ -125,6 +133,15 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
         self._db.close()
