@@ -76,9 +76,10 @@ CREATE TABLE IF NOT EXISTS claims (
 # Schema changes after the first release, applied in order by `PRAGMA user_version`: a database
 # made by an older aidp is upgraded in place on open, never dropped. Append; never edit one.
 MIGRATIONS: list[str] = [
-    # 1: the harness's own pid and start time, so recovery finds its process group even when the
-    # harness dropped the environment marker (`env -i`).
-    "ALTER TABLE claims ADD COLUMN child_pid INTEGER; ALTER TABLE claims ADD COLUMN child_start INTEGER;",
+    # 1: where the harness's processes are (its pid and start time, its cgroup), so recovery finds
+    # them even when the harness dropped the environment marker (`env -i`) or left its group (`setsid`).
+    "ALTER TABLE claims ADD COLUMN child_pid INTEGER; ALTER TABLE claims ADD COLUMN child_start INTEGER; "
+    "ALTER TABLE claims ADD COLUMN cgroup TEXT;",
 ]
 
 _WS_COLUMNS = (
