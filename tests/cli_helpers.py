@@ -18,10 +18,13 @@ from typing import Any
 from support import PYTHON, WAIT_S, child_env, cli, wait_until_sync
 
 
-def spawn_cli(cwd: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+def spawn_cli(cwd: Path, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[str]:
+    """The CLI started in the background (`env`: added variables)."""
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([PYTHON, "-m", "aidp", *args], cwd=cwd, env=child_env(), text=True, **kwargs)
+    return subprocess.Popen(
+        [PYTHON, "-m", "aidp", *args], cwd=cwd, env={**child_env(), **(env or {})}, text=True, **kwargs
+    )
 
 
 def harness(tmp_path: Path, name: str, code: str) -> str:

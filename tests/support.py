@@ -55,12 +55,14 @@ def make_repo(tmp_path: Path) -> Path:
     return root
 
 
-def cli(cwd: Path, *args: str, timeout: float = WAIT_S) -> subprocess.CompletedProcess[str]:
-    """The `aidp` CLI in `cwd`: a separate process with its own engine."""
+def cli(
+    cwd: Path, *args: str, timeout: float = WAIT_S, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The `aidp` CLI in `cwd`: a separate process with its own engine (`env`: added variables)."""
     return subprocess.run(
         [PYTHON, "-m", "aidp", *args],
         cwd=cwd,
-        env=child_env(),
+        env={**child_env(), **(env or {})},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

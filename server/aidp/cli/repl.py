@@ -1,6 +1,7 @@
 """`aidp repl`: a prompt whose `/ws ...` lines are parsed by the CLI's own parser and handled by its
 own commands. Runs go on in the background: their status lines and summaries are printed as they
-happen while the prompt keeps reading. EOF (Ctrl-D) or /quit cancels what still runs, cleanly."""
+happen while the prompt keeps reading. EOF (Ctrl-D), /quit, SIGTERM or SIGHUP (a closed terminal)
+cancel what still runs, cleanly."""
 
 from __future__ import annotations
 
@@ -62,8 +63,11 @@ class Repl:
 
     async def loop(self) -> int:
         self.engine.events.subscribe(self.on_event)  # kept until the engine closes: late summaries print
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.interrupt)
         lines = stdin_lines()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self.interrupt)
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, a closed terminal: leave as at EOF
+            loop.add_signal_handler(sig, lines.put_nowait, None)
         print("aidp repl: /help for commands, /quit or Ctrl-D to leave", flush=True)
         while True:
             if self.interactive:

@@ -14,13 +14,14 @@ from aidp.engine.errors import ConfigError
 CONFIG_NAME = "config.toml"
 DEFAULT_MAX_CONCURRENT = 3
 DEFAULT_GRACE_S = 5.0
+MIN_TIMEOUT_S = 0.1  # a shorter timeout cannot be told from a harness that ended on its own
 
 PLACEHOLDERS = ("slug", "task", "mode", "steps", "branch", "worktree")
 
 
 class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
-    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] | None = None
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_GRACE_S
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=64)] = DEFAULT_MAX_CONCURRENT
     env: dict[str, str] = msgspec.field(default_factory=dict)

@@ -14,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import logging
 import os
 import signal
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aidp.engine import procs
+import msgspec
+
+from aidp.engine import cgroups, procs
 from aidp.engine.events import EventBus, OutputChunk, StatusChanged
-from aidp.engine.harness import StartError, build_argv, build_env, spawn
+from aidp.engine.harness import CgroupJoinError, StartError, build_argv, build_env, spawn
 from aidp.engine.model import RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.store import AsyncStore
 
@@ -31,6 +35,9 @@ TICK_S = 0.1
 CANCEL_POLL_TICKS = 5
 CHUNK_MAX = 64 * 1024
 TAIL_LINES = 8
+RECORD_RETRY_S = (0.1, 0.5, 1.0)  # then the result is recorded `error`, or kept for later
+
+log = logging.getLogger(__name__)
 
 NO_COMMAND = (
     'no command configured: set [harness] command = ["prog", "arg", ...] in .aidp/config.toml, '
@@ -123,6 +130,7 @@ class Run:
         self._bus = bus
         self._logs_dir = logs_dir
         self._hurry = asyncio.Event()
+        self.unrecorded: list[WorkstreamResult] = []  # results the database refused (see _store_result)
 
     def cancel(self, slugs: list[str] | None = None, hard: bool = False) -> list[str]:
         """Cancel some or all workstreams of this run; returns those that had not yet ended.
@@ -161,18 +169,31 @@ class Run:
 
     async def _worker(self, queue: JobQueue) -> None:
         while (job := queue.next()) is not None:
-            await self._run_job(job)
+            try:
+                await self._run_job(job)
+            except Exception as exc:  # a fault of one job (a bug, I/O) must not end the run
+                log.exception("%s: aidp failed while running it", job.ws.slug)
+                if job.result is None:
+                    error = f"aidp failed while running it: {type(exc).__name__}: {exc}"
+                    await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=Status.ERROR, error=error))
 
     async def _tick(self) -> None:
-        """Live output for every running job, and cancel requests made by other processes."""
+        """Live output for every running job, and cancel requests made by other processes. One
+        job's fault (a vanished log, a busy database) must never stop this for the others."""
         ticks = 0
         while True:
             await asyncio.sleep(TICK_S)
             for job in self.jobs.values():
-                self._flush_output(job)
+                try:
+                    self._flush_output(job)
+                except OSError as exc:
+                    log.warning("%s: cannot read its log for live output: %s", job.ws.slug, exc)
             ticks += 1
             if ticks % CANCEL_POLL_TICKS == 0:
-                self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
+                try:
+                    self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
+                except sqlite3.Error as exc:
+                    log.warning("cannot read cancel requests (will retry): %s", exc)
 
     def _flush_output(self, job: Job) -> None:
         if job.tail is None:
@@ -203,18 +224,23 @@ class Run:
             "worktree": ws.path,
         }
         log_path = self._logs_dir / ws.slug / f"{self.run_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         started_at, t0 = utc_now(), time.monotonic()
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            proc = await spawn(
-                build_argv(template, values),
-                Path(ws.path),
-                build_env(self.options.env, values, self.run_id),
-                log_fd,
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            error = f"cannot write its log {log_path}: {exc.strerror or exc}"
+            await self._finish(
+                job, WorkstreamResult(slug=ws.slug, status=Status.ERROR, started_at=started_at, error=error)
+            )
+            return
+        try:
+            proc, tree = await self._spawn(
+                job, build_argv(template, values), build_env(self.options.env, values, self.run_id), log_fd
             )
         except StartError as exc:
-            os.write(log_fd, f"[aidp] {exc}\n".encode())
+            with contextlib.suppress(OSError):
+                os.write(log_fd, f"[aidp] {exc}\n".encode())
             await self._finish(
                 job,
                 WorkstreamResult(slug=ws.slug, status=Status.ERROR, started_at=started_at, error=str(exc)),
@@ -223,30 +249,59 @@ class Run:
             return
         finally:
             os.close(log_fd)
-        job.tail = LogTail(log_path)
         try:
-            await self._db.call(self._db.store.mark_running, self.run_id, ws.slug, proc.pid, str(log_path), started_at)
-            self._bus.emit(StatusChanged(run_id=self.run_id, slug=ws.slug, status=Status.RUNNING))
-            status, why = await self._wait(job, proc)
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            await self._record(
-                job,
-                proc.returncode,
-                Status.CANCELLED,
-                "cancelled (aidp was stopped)",
+            job.tail = LogTail(log_path)
+            await self._db.call(
+                self._db.store.mark_running,
+                self.run_id,
+                ws.slug,
+                (proc.pid, procs.start_time(proc.pid), tree.cgroup),
+                str(log_path),
                 started_at,
-                t0,
-                log_path,
+            )
+            self._bus.emit(
+                StatusChanged(run_id=self.run_id, slug=ws.slug, status=Status.RUNNING, started_at=started_at)
+            )
+            status, why = await self._wait(job, proc, tree)
+        except asyncio.CancelledError:
+            await self._kill(proc, tree)
+            await self._record(
+                job, proc.returncode, Status.CANCELLED, "cancelled (aidp was stopped)", started_at, t0, log_path
             )
             raise
+        except (OSError, sqlite3.Error) as exc:  # the start could not be recorded: nothing runs unrecorded
+            await self._kill(proc, tree)
+            why = f"aidp could not record its start: {exc}"
+            await self._record(job, proc.returncode, Status.ERROR, why, started_at, t0, log_path)
+            return
         await self._record(job, proc.returncode, status, why, started_at, t0, log_path)
 
-    async def _wait(self, job: Job, proc: asyncio.subprocess.Process) -> tuple[Status, str | None]:
-        """Wait for the harness to exit, be cancelled or time out; afterwards nothing of its
-        process group is left (not even a grandchild that outlived a clean exit)."""
+    async def _spawn(
+        self, job: Job, argv: list[str], env: dict[str, str], log_fd: int
+    ) -> tuple[asyncio.subprocess.Process, procs.Tree]:
+        """Start the harness in a cgroup of its own where the system allows, else without."""
+        cgroup = cgroups.create(f"aidp-{self.run_id}-{job.ws.slug}")
+        try:
+            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroups.joiner(cgroup) if cgroup else None)
+        except CgroupJoinError as exc:
+            assert cgroup is not None
+            cgroups.disable(cgroup, exc)
+            cgroup = None
+            proc = await spawn(argv, Path(job.ws.path), env, log_fd, None)
+        except StartError:
+            if cgroup is not None:
+                cgroups.remove(cgroup)
+            raise
+        return proc, procs.Tree(pgid=proc.pid, cgroup=cgroup)
+
+    async def _kill(self, proc: asyncio.subprocess.Process, tree: procs.Tree) -> None:
+        tree.signal(signal.SIGKILL)
+        await proc.wait()
+        await procs.terminate([tree], 0)
+
+    async def _wait(self, job: Job, proc: asyncio.subprocess.Process, tree: procs.Tree) -> tuple[Status, str | None]:
+        """Wait for the harness to exit, be cancelled or time out; afterwards nothing it started
+        is left (not even a grandchild that outlived a clean exit, or one that called `setsid`)."""
         exited = asyncio.ensure_future(proc.wait())
         cancelled = asyncio.ensure_future(job.cancel.wait())
         try:
@@ -259,9 +314,17 @@ class Run:
             status, why = Status.CANCELLED, "cancelled"
         else:
             status, why = Status.FAILED, f"timed out after {self.options.timeout_s:g} s"
-        await procs.terminate_group(proc.pid, self.options.grace_s, self._hurry)
+        await procs.terminate([tree, *self._escaped(job, tree)], self.options.grace_s, self._hurry)
         await exited
         return status, why
+
+    def _escaped(self, job: Job, tree: procs.Tree) -> list[procs.Tree]:
+        """Without a cgroup, what left the harness's group (`setsid`) is found by the environment
+        marker it inherited (a /proc scan, so only then)."""
+        if tree.cgroup is not None:
+            return []
+        groups = procs.marked_groups(self.run_id, job.ws.slug) - {tree.pgid}
+        return [procs.Tree(pgid=g) for g in groups]
 
     async def _record(
         self,
@@ -273,14 +336,17 @@ class Run:
         t0: float,
         log_path: Path,
     ) -> None:
-        assert job.tail is not None
-        self._flush_output(job)
+        if job.tail is not None:
+            with contextlib.suppress(OSError):
+                self._flush_output(job)
         if status == Status.FAILED:
             how = _describe_exit(code)
-            lines = job.tail.last_lines()
+            lines = job.tail.last_lines() if job.tail is not None else ""
             why = f"{why}; {how}" if why else how
             why += f"\n{lines}" if lines else ""
-        job.tail.close()
+        if job.tail is not None:
+            job.tail.close()
+            job.tail = None  # the ticker must never read a closed (and maybe reused) descriptor
         result = WorkstreamResult(
             slug=job.ws.slug,
             status=status,
@@ -293,11 +359,12 @@ class Run:
         await self._finish(job, result, log_path)
 
     async def _finish(self, job: Job, result: WorkstreamResult, log_path: Path | None = None) -> None:
+        """Record the result (durable before anyone is told), release the claim, announce it."""
         if log_path is not None:
             result.log_path = str(log_path)
         if result.finished_at is None:
             result.finished_at = utc_now()
-        await self._db.call(self._db.store.finish, self.run_id, result)
+        result = await self._store_result(result)
         job.result = result
         self._bus.emit(
             StatusChanged(
@@ -309,3 +376,25 @@ class Run:
                 error=result.error,
             )
         )
+
+    async def _store_result(self, result: WorkstreamResult) -> WorkstreamResult:
+        """A database that refuses a write (disk full, I/O error) is retried briefly; then the
+        workstream is recorded `error` saying why, a smaller write. If even that fails the result
+        is kept in `unrecorded` for the engine to record later: the claim stays held meanwhile,
+        so no one starts the workstream again on top of a status nobody could write."""
+        for delay in (*RECORD_RETRY_S, None):
+            try:
+                await self._db.call(self._db.store.finish, self.run_id, result)
+                return result
+            except sqlite3.Error as exc:
+                log.warning("%s: cannot record its result (%s)", result.slug, exc)
+                if delay is None:
+                    failure = f"aidp could not record its result ({result.status}): {exc}"
+                    result = msgspec.structs.replace(result, status=Status.ERROR, error=failure)
+                else:
+                    await asyncio.sleep(delay)
+        try:
+            await self._db.call(self._db.store.finish, self.run_id, result)
+        except sqlite3.Error:
+            self.unrecorded.append(result)
+        return result

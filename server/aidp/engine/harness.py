@@ -7,7 +7,7 @@ import asyncio
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aidp.engine.config import PLACEHOLDERS
@@ -17,6 +17,10 @@ _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 class StartError(Exception):
     """The program could not be started; the message says what to fix."""
+
+
+class CgroupJoinError(Exception):
+    """The child could not move itself into its cgroup (it never ran the harness)."""
 
 
 def build_argv(template: list[str], values: Mapping[str, str]) -> list[str]:
@@ -39,9 +43,12 @@ def build_env(extra: Mapping[str, str], values: Mapping[str, str], run_id: str) 
     return env
 
 
-async def spawn(argv: list[str], cwd: Path, env: dict[str, str], log_fd: int) -> asyncio.subprocess.Process:
+async def spawn(
+    argv: list[str], cwd: Path, env: dict[str, str], log_fd: int, before_exec: Callable[[], None] | None
+) -> asyncio.subprocess.Process:
     """Start the harness in its own session (so cancel reaches its whole tree). The child writes
-    into the log file itself: every byte is kept, and a flood costs the engine nothing."""
+    into the log file itself: every byte is kept, and a flood costs the engine nothing.
+    `before_exec` runs in the child before the harness (joining its cgroup)."""
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -51,7 +58,10 @@ async def spawn(argv: list[str], cwd: Path, env: dict[str, str], log_fd: int) ->
             stdout=log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=before_exec,
         )
+    except subprocess.SubprocessError as exc:  # raised only for a failing `before_exec`
+        raise CgroupJoinError(str(exc)) from exc
     except FileNotFoundError as exc:
         if not cwd.is_dir():
             raise StartError(f"worktree {cwd} is missing; remove the workstream and create it again") from exc

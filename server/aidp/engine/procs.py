@@ -1,8 +1,10 @@
-"""Process identity and process-group termination (Linux /proc).
+"""Process identity and ending a harness's whole process tree (Linux /proc).
 
 A pid alone can be reused, so a process is identified by (pid, start time). Each workstream runs in
-its own session/process group carrying `AIDP_RUN_ID` in its environment; a leftover group is killed
-only when one of its members still carries that marker, so a reused pgid is never hit.
+its own process group (its leader's pid and start time are recorded), in its own cgroup where the
+system allows (`cgroups`), and with `AIDP_RUN_ID` in its environment. Recovery finds a dead aidp
+process's leftovers by all three, so neither `env -i` nor `setsid` alone hides a process, and a
+reused pid or pgid is never hit.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+
+from aidp.engine import cgroups
 
 PROC = Path("/proc")
 
@@ -40,6 +45,16 @@ def self_identity() -> tuple[int, int]:
     started = start_time(pid)
     assert started is not None
     return pid, started
+
+
+def recorded_group(pid: int, started: int) -> int | None:
+    """The process group a harness with this identity leads, if any of it is left. The kernel
+    never hands out a pid still in use as a pgid, so the group is ours unless the pid now names
+    another process (a different start time): then our group is gone and the pid was reused."""
+    now = start_time(pid)
+    if now is not None and now != started:
+        return None
+    return pid if group_exists(pid) else None
 
 
 def group_members(pgid: int) -> list[int]:
@@ -87,22 +102,49 @@ def group_exists(pgid: int) -> bool:
     return _signal_group(pgid, 0) and bool(group_members(pgid))
 
 
-async def terminate_group(pgid: int, grace_s: float, hurry: asyncio.Event | None = None, poll_s: float = 0.05) -> None:
-    """SIGTERM the whole group, wait up to `grace_s` (or until `hurry` is set) for it to go, then
-    SIGKILL what is left.
+@dataclass(frozen=True)
+class Tree:
+    """Every process one harness started: its process group, its cgroup where it has one (which
+    also holds what left the group with `setsid`), and groups found by the environment marker."""
 
-    The group leader must be reaped by its parent meanwhile (asyncio does that for our children),
+    pgid: int | None = None
+    cgroup: Path | None = None
+
+    def alive(self) -> bool:
+        return (self.pgid is not None and group_exists(self.pgid)) or (
+            self.cgroup is not None and cgroups.populated(self.cgroup)
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.pgid is not None:
+            _signal_group(self.pgid, sig)
+        if self.cgroup is not None:
+            cgroups.signal_all(self.cgroup, sig)
+
+
+async def terminate(
+    trees: list[Tree], grace_s: float, hurry: asyncio.Event | None = None, poll_s: float = 0.05
+) -> None:
+    """SIGTERM every tree at once, wait one grace period (or until `hurry` is set) for them to go,
+    then SIGKILL what is left; the cgroups are removed once empty.
+
+    A group leader must be reaped by its parent meanwhile (asyncio does that for our children),
     else it lingers as a zombie member and the wait runs the full grace period."""
-    if not _signal_group(pgid, signal.SIGTERM):
-        return
+    given, trees = trees, [t for t in trees if t.alive()]
+    for tree in trees:
+        tree.signal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
-    while loop.time() < deadline and not (hurry and hurry.is_set()):
+    while trees and loop.time() < deadline and not (hurry and hurry.is_set()):
         await asyncio.sleep(poll_s)
-        if not group_exists(pgid):
-            return
-    _signal_group(pgid, signal.SIGKILL)
+        trees = [t for t in trees if t.alive()]
+    for tree in trees:
+        tree.signal(signal.SIGKILL)
     for _ in range(200):
-        if not group_exists(pgid):
-            return
+        trees = [t for t in trees if t.alive()]
+        if not trees:
+            break
         await asyncio.sleep(poll_s)
+    for tree in given:
+        if tree.cgroup is not None:
+            cgroups.remove(tree.cgroup)

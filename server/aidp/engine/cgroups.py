@@ -1,0 +1,127 @@
+"""A cgroup v2 of its own for each harness, where the system lets aidp create one.
+
+A process group can be left (`setsid`, a double fork) and an environment marker dropped
+(`env -i`), but a process cannot leave its cgroup without privileges, and `cgroup.kill` ends every
+member at once. So where aidp may create cgroups (root, or a delegated user cgroup under systemd),
+each harness runs in `<aidp's own cgroup>/aidp-<run id>-<slug>`; elsewhere this module says None
+and aidp falls back to process groups and the environment marker (see `procs`).
+
+`AIDP_CGROUPS=0` in aidp's environment turns cgroups off (to compare, or to work around a system
+that misbehaves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_disabled = False
+
+
+@cache
+def _parent() -> Path | None:
+    """aidp's own cgroup directory in the v2 hierarchy, when it is mounted and writable."""
+    if os.environ.get("AIDP_CGROUPS") == "0":
+        return None
+    try:
+        own = next(
+            line[3:].strip() for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")
+        )
+        mount = next(
+            fields[4]
+            for fields in (line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines())
+            if fields[fields.index("-") + 1] == "cgroup2"
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    parent = Path(mount) / own.lstrip("/")
+    return parent if os.access(parent, os.W_OK) else None
+
+
+def create(name: str) -> Path | None:
+    """A fresh cgroup for one harness, or None where aidp cannot have one."""
+    global _disabled
+    parent = _parent()
+    if parent is None or _disabled:
+        return None
+    path = parent / name
+    try:
+        path.mkdir()
+    except OSError as exc:
+        log.warning("cgroups unavailable (%s); falling back to process groups", exc)
+        _disabled = True
+        return None
+    return path
+
+
+def disable(path: Path, reason: object) -> None:
+    """The harness could not join `path`: stop trying cgroups in this process."""
+    global _disabled
+    log.warning("cannot use cgroup %s (%s); falling back to process groups", path, reason)
+    _disabled = True
+    remove(path)
+
+
+def joiner(path: Path) -> Callable[[], None]:
+    """Run in the child between fork and exec: it moves itself into the cgroup before the
+    harness's first instruction, so nothing it starts is ever outside."""
+    procs = str(path / "cgroup.procs")
+
+    def join() -> None:
+        fd = os.open(procs, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+    return join
+
+
+def members(path: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def populated(path: Path) -> bool:
+    """Any live process left (zombies count until reaped, as for a process group)."""
+    try:
+        return "populated 1" in (path / "cgroup.events").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def signal_all(path: Path, sig: int) -> None:
+    if sig == signal.SIGKILL and _write(path / "cgroup.kill", b"1"):
+        return  # the kernel kills every member at once, new forks included (Linux 5.14+)
+    for pid in members(path):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def remove(path: Path) -> None:
+    """Remove an empty cgroup; one still populated stays (recovery or a later run retries)."""
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _write(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        os.write(fd, data)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

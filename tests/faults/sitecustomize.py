@@ -1,0 +1,50 @@
+"""Fault injection for the hardening tests: put this folder on PYTHONPATH of an aidp process and
+the variables below make its database refuse chosen writes, as a full disk or an I/O error would.
+Python imports `sitecustomize` at start-up, so the real CLI or server runs unchanged otherwise.
+
+- AIDP_FAULT_FINISH=<slug>: recording that workstream's result fails, except an `error` result
+  (the smaller write aidp falls back to).
+- AIDP_FAULT_FINISH_ALL=<slug>: recording any result of that workstream fails.
+- AIDP_FAULT_RUNNING=<slug>: recording that workstream's start fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from aidp.engine.model import Status, WorkstreamResult
+from aidp.engine.store import Store
+
+
+def disk_full() -> sqlite3.OperationalError:
+    """What sqlite3 raises when the disk is full, codes included."""
+    error = sqlite3.OperationalError("database or disk is full (injected by tests/faults)")
+    error.sqlite_errorcode = sqlite3.SQLITE_FULL
+    error.sqlite_errorname = "SQLITE_FULL"
+    return error
+
+
+def _install() -> None:
+    finish, mark_running = Store.finish, Store.mark_running
+    refuse_finish = os.environ.get("AIDP_FAULT_FINISH")
+    refuse_all = os.environ.get("AIDP_FAULT_FINISH_ALL")
+    refuse_running = os.environ.get("AIDP_FAULT_RUNNING")
+
+    def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> None:
+        if result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR):
+            raise disk_full()
+        finish(self, run_id, result, *args, **kwargs)
+
+    def faulty_mark_running(self: Store, run_id: str, slug: str, *args: Any, **kwargs: Any) -> None:
+        if slug == refuse_running:
+            raise disk_full()
+        mark_running(self, run_id, slug, *args, **kwargs)
+
+    Store.finish = faulty_finish
+    Store.mark_running = faulty_mark_running
+
+
+if any(os.environ.get(v) for v in ("AIDP_FAULT_FINISH", "AIDP_FAULT_FINISH_ALL", "AIDP_FAULT_RUNNING")):
+    _install()

@@ -1,0 +1,267 @@
+"""Issue 8, the run loop and escaping processes, through the faces where each defect showed: a run
+that goes on after a sibling ended, I/O faults that end one workstream `error` (injected with
+tests/faults), harnesses that drop their environment or leave their group, `aidp repl` stopped by
+a signal, and recovery that stops every leftover at once. Facts recorded by the children, never
+timing."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import Lines, new_ws, spawn_cli, workstreams
+from conftest import write_config
+from server_helpers import WS_OUTPUT, initialize_params, lsp_session, server_command
+from support import cli, make_repo, pid_alive, wait_until, wait_until_sync
+
+pytestmark = pytest.mark.timeout(150)
+
+FAULTS = str(Path(__file__).parent / "faults")
+TICKER = "sh -c 'i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done'"
+CGROUPS = pytest.mark.parametrize("cgroups", ["auto", "off"], ids=["cgroups", "no-cgroups"])
+
+
+def cgroup_env(cgroups: str) -> dict[str, str]:
+    return {"AIDP_CGROUPS": "0"} if cgroups == "off" else {}
+
+
+def results(completed: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    return {r["slug"]: r for r in json.loads(completed.stdout)["results"]}
+
+
+def read_pids(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()]
+
+
+# -- A1: one job's end must not stop the rest of the run ------------------------------------------
+
+
+def test_cancel_from_another_process_after_a_sibling_ended(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "fast", "true")
+    new_ws(repo, "ticker", TICKER)
+    run = spawn_cli(repo, "ws", "run", "fast", "ticker")
+    lines = Lines(run)
+    lines.expect(r"fast completed")
+
+    cancel = cli(repo, "ws", "cancel", "ticker")
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert "ticker cancelled" in cancel.stdout
+    assert run.wait(60) == 1  # a cancelled workstream makes the run's exit code 1
+    assert workstreams(repo)["ticker"]["status"] == "cancelled"
+    assert workstreams(repo)["fast"]["status"] == "completed"
+
+
+async def test_live_output_goes_on_after_a_sibling_ended(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "fast", "true")
+    new_ws(repo, "ticker", TICKER)
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        running = client.start_call("aidp/wsRun", {"slugs": ["fast", "ticker"]})
+        await wait_until(lambda: any(s["status"] == "completed" for s in client.statuses("fast")), what="fast ends")
+        ended_at = len(client.notes)
+
+        def ticks_after_end() -> list[str]:
+            return [p["text"] for m, p in client.notes[ended_at:] if m == WS_OUTPUT and p["slug"] == "ticker"]
+
+        await wait_until(lambda: len(ticks_after_end()) >= 2, what="ticker output after fast ended")
+        assert "tick" in "".join(ticks_after_end())
+        # Never another workstream's log under this slug (a reused descriptor).
+        assert all("tick" not in n["text"] for n in client.of(WS_OUTPUT) if n["slug"] == "fast")
+        assert cli(repo, "ws", "cancel", "ticker").returncode == 0
+        summary = await running
+        assert {r["slug"]: r["status"] for r in summary["results"]} == {"fast": "completed", "ticker": "cancelled"}
+
+
+# -- A2: an I/O fault ends that workstream `error`, the others go on, nothing stays claimed ---------
+
+
+async def test_unwritable_log_directory_ends_only_that_workstream(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "broken", "true")
+    new_ws(repo, "fine", "true")
+    blocker = repo / ".aidp" / "logs" / "broken"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the log directory should be")
+
+    run = cli(repo, "ws", "run", "broken", "fine", "--max-concurrent", "1", "--json")
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    got = results(run)
+    assert got["broken"]["status"] == "error"
+    assert "cannot write its log" in got["broken"]["error"]
+    assert got["fine"]["status"] == "completed"
+
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        summary = await client.call("aidp/wsRun", {"slugs": ["broken", "fine"], "maxConcurrent": 1})
+        assert {r["slug"]: r["status"] for r in summary["results"]} == {"broken": "error", "fine": "completed"}
+        listed = await client.workstreams()
+        assert {s: w["status"] for s, w in listed.items()} == {"broken": "error", "fine": "completed"}
+
+    blocker.unlink()  # the fault is gone: nothing was left claimed, so the workstream runs again
+    assert cli(repo, "ws", "run", "broken").returncode == 0
+
+
+def test_a_refused_result_write_is_recorded_as_error_and_released(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "flaky", "true")
+    new_ws(repo, "fine", "true")
+    faulty = {"PYTHONPATH": FAULTS, "AIDP_FAULT_FINISH": "flaky"}
+    run = cli(repo, "ws", "run", "flaky", "fine", "--json", env=faulty)
+    assert run.returncode == 1, run.stderr
+    got = results(run)
+    assert got["flaky"]["status"] == "error"
+    assert "could not record its result (completed)" in got["flaky"]["error"]
+    assert got["fine"]["status"] == "completed"
+    assert workstreams(repo)["flaky"]["status"] == "error"
+    assert cli(repo, "ws", "run", "flaky").returncode == 0
+
+
+def test_a_refused_start_write_ends_error_and_stops_the_harness(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    started = tmp_path / "started"
+    new_ws(repo, "starter", shlex.join(["sh", "-c", f"echo $$ >> {started}; exec sleep 60"]))
+    new_ws(repo, "fine", "true")
+    run = cli(
+        repo, "ws", "run", "starter", "fine", "--json", env={"PYTHONPATH": FAULTS, "AIDP_FAULT_RUNNING": "starter"}
+    )
+    assert run.returncode == 1, run.stderr
+    got = results(run)
+    assert got["starter"]["status"] == "error"
+    assert "could not record its start" in got["starter"]["error"]
+    assert got["fine"]["status"] == "completed"
+    for pid in read_pids(started) if started.exists() else []:
+        assert not pid_alive(pid)
+    assert workstreams(repo)["starter"]["status"] == "error"
+
+
+# -- B3/B4: what drops its environment or leaves its group is still found --------------------------
+
+
+@CGROUPS
+def test_env_scrubbing_harness_is_stopped_by_recovery(tmp_path: Path, cgroups: str) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    scrubbed = ["env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"]
+    new_ws(repo, "scrub", shlex.join(scrubbed))
+    env = cgroup_env(cgroups)
+    owner = spawn_cli(repo, "ws", "run", "scrub", env=env)
+    wait_until_sync(lambda: pids.exists() and len(read_pids(pids)) == 2, what="the harness's pids")
+    owner.kill()
+    owner.wait(30)
+    assert all(pid_alive(pid) for pid in read_pids(pids))  # the owner died, its harness did not
+
+    listed = cli(repo, "ws", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)} == {"scrub": "cancelled"}
+    assert not any(pid_alive(pid) for pid in read_pids(pids))
+
+
+@CGROUPS
+@pytest.mark.parametrize("how", ["exit", "cancel", "timeout", "interrupt"])
+def test_setsid_descendants_never_outlive_their_run(tmp_path: Path, how: str, cgroups: str) -> None:
+    repo = make_repo(tmp_path)
+    escaped = tmp_path / "escaped"
+    spawn_escapee = f"setsid sh -c 'echo $$ > {escaped}; exec sleep 60' &"
+    wait_for_it = f"while [ ! -s {escaped} ]; do sleep 0.05; done"
+    body = spawn_escapee + wait_for_it + ("" if how == "exit" else "; echo ready; sleep 60")
+    new_ws(repo, "leaky", shlex.join(["sh", "-c", body]))
+    env = cgroup_env(cgroups)
+    args = ["ws", "run", "leaky", *(["--timeout", "1"] if how == "timeout" else [])]
+    run = spawn_cli(repo, *args, env=env)
+    if how == "cancel":
+        wait_until_sync(lambda: escaped.exists() and escaped.read_text().strip() != "", what="the escapee")
+        assert cli(repo, "ws", "cancel", "leaky", env=env).returncode == 0
+    elif how == "interrupt":
+        wait_until_sync(lambda: escaped.exists() and escaped.read_text().strip() != "", what="the escapee")
+        run.send_signal(signal.SIGINT)
+    run.wait(60)
+    escapee = int(escaped.read_text())
+    assert not pid_alive(escapee), f"the setsid descendant {escapee} outlived the run ({how})"
+    expected = {"exit": "completed", "cancel": "cancelled", "timeout": "failed", "interrupt": "cancelled"}[how]
+    assert workstreams(repo)["leaky"]["status"] == expected
+
+
+# -- B5: the repl stops cleanly on SIGTERM and SIGHUP -----------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_repl_cancels_its_runs_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    new_ws(repo, "sleeper", shlex.join(["sh", "-c", f"echo $$ > {pids}; exec sleep 60"]))
+    repl = spawn_cli(repo, "repl", stdin=subprocess.PIPE)
+    assert repl.stdin is not None
+    lines = Lines(repl)
+    repl.stdin.write("/ws run sleeper\n")
+    repl.stdin.flush()
+    lines.expect(r"sleeper running")
+    wait_until_sync(lambda: pids.exists() and pids.read_text().strip() != "", what="the harness's pid")
+    repl.send_signal(sig)
+    repl.wait(60)
+    assert not pid_alive(int(pids.read_text()))
+    assert workstreams(repo)["sleeper"]["status"] == "cancelled"
+
+
+# -- B6: recovery stops every leftover at once, and a list says so instead of waiting silently ------
+
+
+# Ignores SIGTERM; on it, counts how many of the stubborn harnesses are alive at that moment.
+STUBBORN = """
+count_alive() {{ n=0; for f in {dir}/*.pid; do kill -0 "$(cat "$f")" 2>/dev/null && n=$((n+1)); done; echo $n; }}
+trap 'count_alive > {dir}/$AIDP_SLUG.seen' TERM
+echo $$ > {dir}/$AIDP_SLUG.pid
+while :; do sleep 0.05; done
+"""
+
+
+def test_recovery_signals_every_leftover_before_waiting(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    board = tmp_path / "board"
+    board.mkdir()
+    slugs = ["s1", "s2", "s3", "s4"]
+    write_config(repo, "[harness]\ngrace_s = 2\nmax_concurrent = 4\n")
+    for slug in slugs:
+        new_ws(repo, slug, shlex.join(["sh", "-c", STUBBORN.format(dir=board)]))
+    owner = spawn_cli(repo, "ws", "run", *slugs)
+    wait_until_sync(lambda: len(list(board.glob("*.pid"))) == 4, what="four stubborn harnesses")
+    harnesses = [int((board / f"{s}.pid").read_text()) for s in slugs]
+    owner.kill()
+    owner.wait(30)
+
+    listed = cli(repo, "ws", "list", "--json")
+    assert listed.returncode == 0
+    assert "stopping what a dead aidp process left running" in listed.stderr  # it says why it waits
+    assert {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)} == dict.fromkeys(slugs, "cancelled")
+    assert not any(pid_alive(pid) for pid in harnesses)
+    # Each harness, when its SIGTERM came, saw all four alive: nobody was killed before all were asked.
+    assert [(board / f"{s}.seen").read_text().strip() for s in slugs] == ["4"] * 4
+
+
+async def test_server_lists_while_leftovers_are_stopped_in_the_background(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    board = tmp_path / "board"
+    board.mkdir()
+    write_config(repo, "[harness]\ngrace_s = 10\n")
+    new_ws(repo, "stubborn", shlex.join(["sh", "-c", STUBBORN.format(dir=board)]))
+    owner = spawn_cli(repo, "ws", "run", "stubborn")
+    wait_until_sync(lambda: (board / "stubborn.pid").exists(), what="the stubborn harness")
+    harness = int((board / "stubborn.pid").read_text())
+    owner.kill()
+    owner.wait(30)
+
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        listed = await client.workstreams()
+        # Answered while the harness that ignores SIGTERM still runs out its grace period.
+        assert pid_alive(harness)
+        assert listed["stubborn"]["status"] == "running"
+        await wait_until(lambda: not pid_alive(harness), what="the leftover stopped")
+        await wait_until(
+            lambda: any(s["status"] == "cancelled" for s in client.statuses("stubborn")), what="cancelled status"
+        )
+        assert (await client.workstreams())["stubborn"]["status"] == "cancelled"
