@@ -189,7 +189,7 @@ class RawClient:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.notes: list[tuple[str, Any]] = []
-        self.responses: dict[int | str, dict[str, Any]] = {}
+        self.responses: dict[int | str | None, dict[str, Any]] = {}  # None: an error to an unreadable request
         self.server_requests: list[dict[str, Any]] = []
         self.reading = asyncio.Event()
         self.reading.set()
@@ -269,7 +269,7 @@ class RawClient:
         self.send(message)
         return msg_id
 
-    async def response(self, msg_id: int | str, timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+    async def response(self, msg_id: int | str | None, timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
         await wait_until(lambda: msg_id in self.responses or self.eof, timeout, what=f"response {msg_id}")
         assert msg_id in self.responses, f"the server closed stdout before answering request {msg_id}"
         return self.responses.pop(msg_id)

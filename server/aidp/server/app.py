@@ -6,10 +6,9 @@ engine's events are forwarded as notifications. The contract is `docs/protocol.m
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import signal
 import sys
-import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,8 +17,13 @@ from typing import Any, TypeVar
 import attrs
 import msgspec
 from lsprotocol import types as lsp
-from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams, JsonRpcServerError
-from pygls.io_ import run_async
+from pygls.exceptions import (
+    JsonRpcException,
+    JsonRpcInternalError,
+    JsonRpcInvalidParams,
+    JsonRpcInvalidRequest,
+    JsonRpcServerError,
+)
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, LanguageServerProtocol, default_converter
 from pygls.uris import to_fs_path
@@ -32,6 +36,7 @@ from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, StatusChan
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
 from aidp.engine.model import FINAL_STATUSES, RunSummary
+from aidp.server import wire
 from aidp.server.stdio import PipeWriter, detach_stdout, open_pipes
 
 log = logging.getLogger("aidp.server")
@@ -40,6 +45,10 @@ log = logging.getLogger("aidp.server")
 # log file is the record, so a slow client makes the server skip output rather than grow.
 OUTPUT_BACKLOG_MAX = 1024 * 1024
 PROGRESS_CREATE_TIMEOUT_S = 5.0
+# Requests read and not yet answered (runs aside) before the server stops reading more.
+MAX_UNANSWERED = 64
+# Signals that stop the server like the end of its input: every run cancelled and recorded.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 P = TypeVar("P", bound=msgspec.Struct)
 
@@ -83,8 +92,59 @@ def to_jsonrpc(exc: AidpError) -> JsonRpcException:
 
 
 class AidpProtocol(LanguageServerProtocol):
-    """pygls validates standard requests (`initialize`...) while decoding, before it looks at the
-    id, and then answers nothing: the client would wait forever. Answer -32602 instead."""
+    """pygls's message handling, with every request answered: a body that cannot be decoded gets
+    the JSON-RPC error for it (`wire.decode`), a standard request whose params do not fit LSP's
+    types gets -32602 (pygls would answer nothing), a second `initialize` and any request after
+    the `shutdown` reply get an error (pygls would switch repositories, or stay silent)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.initialized = False
+        # Requests read but not yet answered, runs aside (they last as long as their workstreams):
+        # the server stops reading while there are too many (backpressure).
+        self.unanswered: set[Any] = set()
+        self.answered = asyncio.Event()
+
+    def receive(self, body: bytes) -> None:
+        """Decode one message body and handle it (`exit` raises SystemExit)."""
+        data = wire.decode(body)
+        if isinstance(data, wire.Rejected):
+            log.warning("rejected a message (%s): %s", data.code, data.message)
+            if data.answer:
+                # Not _send_response: pygls leaves out an id of None, JSON-RPC wants `"id": null`.
+                error = {"code": data.code, "message": data.message}
+                self._send_data({"jsonrpc": "2.0", "id": data.msg_id, "error": error})
+            return
+        method = data.get("method")
+        if isinstance(method, str) and "id" in data:
+            if refusal := self._refusal(method):
+                self._send_response(data["id"], error=refusal.to_response_error())
+                return
+            if method not in (p.WS_RUN, p.WS_RUN_ALL):
+                self.unanswered.add(data["id"])
+        try:
+            message = self.structure_message(data)
+        except JsonRpcException as exc:  # a notification or response pygls cannot make sense of
+            log.warning("skipped a message pygls cannot read: %s", exc)
+            return
+        if message is not None and method == lsp.INITIALIZE:
+            self.initialized = True
+        self.handle_message(message)
+
+    def _refusal(self, method: str) -> JsonRpcException | None:
+        if self._shutdown:
+            return JsonRpcException("the server has shut down: only 'exit' is accepted", p.REQUEST_FAILED)
+        if method == lsp.INITIALIZE and self.initialized:
+            return JsonRpcInvalidRequest(
+                "the server is already initialized: one server serves one repository; start another for another"
+            )
+        return None
+
+    def _send_response(self, msg_id: Any, result: Any = None, error: Any = None) -> None:
+        super()._send_response(msg_id, result, error)
+        if msg_id in self.unanswered:
+            self.unanswered.discard(msg_id)
+            self.answered.set()
 
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
@@ -101,6 +161,8 @@ class AidpProtocol(LanguageServerProtocol):
 
 
 class AidpServer(LanguageServer):
+    protocol: AidpProtocol
+
     def __init__(self, root: Path | None) -> None:
         super().__init__("aidp", aidp.__version__, protocol_cls=AidpProtocol, converter_factory=_converter)
         self.root_arg = root
@@ -171,13 +233,39 @@ class AidpServer(LanguageServer):
         self.engine = None
         self.engine_error = "the server is shutting down"
 
+    async def read(self, frames: wire.FrameReader) -> int:
+        """Handle messages until end of input (0), `exit` (its exit code) or broken framing (1).
+        Backpressure: the next message is not read while MAX_UNANSWERED requests wait for their
+        answer or the client has too much unread; the client's pipe fills and it waits."""
+        while True:
+            try:
+                body = await frames.next_body()
+            except wire.FramingError as exc:
+                log.error("the message framing is broken (%s): ending the connection, so the client restarts", exc)
+                return 1
+            if body is None:
+                return 0
+            try:
+                self.protocol.receive(body)
+            except SystemExit as exc:  # `exit`: pygls closed the writer and asks to leave
+                return exc.code if isinstance(exc.code, int) else 1
+            await asyncio.sleep(0)  # let the handlers just started run before reading on
+            await self._room()
+
+    async def _room(self) -> None:
+        while True:
+            if self.out is not None:
+                await self.out.writable()
+            if len(self.protocol.unanswered) < MAX_UNANSWERED:
+                return
+            self.protocol.answered.clear()
+            await self.protocol.answered.wait()
+
     def report_server_error(self, error: Exception, source: Any) -> None:
         """Expected errors (bad params, refusals) are answered to the client; log them in one
         line. Only an internal error deserves a traceback."""
         if isinstance(error, JsonRpcException) and error.code != JsonRpcInternalError.CODE:
             log.info("answered with error %s: %s", error.code, error.message)
-        elif isinstance(error, json.JSONDecodeError):
-            log.warning("skipped a message that is not valid JSON: %s", error)
         else:
             log.error("internal error (%s): %s", getattr(source, "__name__", source), error, exc_info=error)
 
@@ -360,18 +448,30 @@ def create_server(root: Path | None) -> AidpServer:
     return server
 
 
-async def _serve(server: AidpServer, stdin: Any, stdout: Any) -> None:
-    reader, writer = await open_pipes(stdin, stdout)
+async def _serve(server: AidpServer, stdin: Any, stdout: Any) -> int:
+    """Serve until end of input, `exit`, broken framing or a stop signal; then stop like at end
+    of input. The exit code: 0, or 1 for `exit` without `shutdown` and for broken framing, or
+    128 + the signal's number."""
+    frames, writer = await open_pipes(stdin, stdout)
     server.out = writer
     server.protocol.set_writer(writer)
+    loop = asyncio.get_running_loop()
+    reading = asyncio.ensure_future(server.read(frames))
+    stopped_by: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        log.info("%s: cancelling every run, then exiting", signal.Signals(signum).name)
+        stopped_by.append(signum)
+        reading.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
-        # pygls's loop logs each undecodable message with a traceback; report_server_error says it in a line.
-        quiet = logging.getLogger("pygls.io_")
-        await run_async(
-            threading.Event(), reader, server.protocol, logger=quiet, error_handler=server.report_server_error
-        )
+        await asyncio.wait([reading])
+        return 128 + stopped_by[0] if stopped_by else reading.result()
     finally:
-        # End of input (the editor went away) or `exit`: nothing may outlive the server.
+        # End of input (the editor went away), `exit`, a signal: nothing may outlive the server.
+        reading.cancel()
         await server.stop()
         await writer.drain(timeout_s=5)
         writer.close()
@@ -384,7 +484,6 @@ def serve(root: Path | None) -> int:
     stdout = detach_stdout()
     server = create_server(root)
     try:
-        asyncio.run(_serve(server, sys.stdin.buffer, stdout))
-    except (KeyboardInterrupt, SystemExit) as exc:
-        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 0
-    return 0
+        return asyncio.run(_serve(server, sys.stdin.buffer, stdout))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
