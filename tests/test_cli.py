@@ -66,7 +66,7 @@ def test_new_from_a_base_branch(tmp_path: Path) -> None:
     assert cli(repo, "ws", "new", "on-feature", "task", "--base-branch", "feature").returncode == 0
     assert git(repo / ".worktrees" / "on-feature", "log", "-1", "--format=%s").strip() == "feature work"
     missing = cli(repo, "ws", "new", "on-nothing", "task", "--base-branch", "nope")
-    assert missing.returncode == 1
+    assert missing.returncode == 2  # an input error
     assert "does not exist" in missing.stderr
 
 

@@ -72,7 +72,7 @@ async def test_state_stays_out_of_git_status(engine: Engine, repo: Path) -> None
     assert (await engine.run(["a"])).ok
     assert (repo / ".aidp" / "state.db").exists() and (repo / ".worktrees" / "a").is_dir()
     assert git(repo, "status", "--porcelain") == ""
-    assert (await engine.git_status("a")).strip() == "?? file.txt"
+    assert await engine.git_status("a") == "?? file.txt\n"
     # Opening again does not add the exclude lines twice.
     await (await Engine.open(repo)).close()
     exclude = (repo / ".git" / "info" / "exclude").read_text().splitlines()

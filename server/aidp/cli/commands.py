@@ -14,7 +14,15 @@ import msgspec
 
 from aidp.cli.live import choose_view, watch_run
 from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
-from aidp.cli.render import first_line, indented, outcome, summary_lines, workstream_table
+from aidp.cli.render import (
+    first_line,
+    indented,
+    missing_worktree,
+    out_of_step,
+    outcome,
+    summary_lines,
+    workstream_table,
+)
 from aidp.engine import Engine, RunSummary, Status
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
@@ -59,8 +67,8 @@ def print_json(value: object) -> None:
 
 
 async def ws_new(engine: Engine, args: argparse.Namespace) -> int:
-    ws = await engine.create(args.slug, " ".join(args.task), args.base_branch, args.command)
-    print(f"created {ws.slug}: worktree {ws.path} on branch {ws.branch}")
+    ws, adopted = await engine.create_or_adopt(args.slug, " ".join(args.task), args.base_branch, args.command)
+    print(f"created {ws.slug}: " + (adopted or f"worktree {ws.path} on branch {ws.branch}"))
     return EXIT_OK
 
 
@@ -69,7 +77,8 @@ async def ws_list(engine: Engine, args: argparse.Namespace) -> int:
     if args.json:
         print_json(workstreams)
     else:
-        print("\n".join(workstream_table(workstreams)), flush=True)
+        lines = workstream_table(workstreams) + out_of_step(workstreams, await engine.leftover_worktrees())
+        print("\n".join(lines), flush=True)
     return EXIT_OK
 
 
@@ -94,7 +103,10 @@ async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
         lines.append(f"  {event.at}  {event.status:<9}  {event.run_id or '-'}  {first_line(event.message)}".rstrip())
     lines.append("git status --short:")
     git = await engine.git_status(ws.slug)
-    lines += [f"  {line}" for line in git.splitlines()] or ["  (clean)"]
+    if git is None:
+        lines.append(f"  (no worktree: {missing_worktree(ws)})")
+    else:
+        lines += [f"  {line}" for line in git.splitlines()] or ["  (clean)"]
     print("\n".join(lines), flush=True)
     return EXIT_OK
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from aidp.engine.events import StatusChanged
+from aidp.engine.gitrepo import Worktree
 from aidp.engine.model import RunSummary, Status, Workstream, WorkstreamResult
 
 EMOJI = {
@@ -103,3 +104,20 @@ def workstream_table(workstreams: list[Workstream]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     widths[-1] = 0  # the task, last, is not padded
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+
+
+def missing_worktree(ws: Workstream) -> str:
+    return f"{ws.path} is missing; 'aidp ws rm {ws.slug}' removes what remains"
+
+
+def out_of_step(workstreams: list[Workstream], leftovers: list[Worktree]) -> list[str]:
+    """Where git and aidp's records disagree (an interrupted `ws new` or `ws rm`), and the fix."""
+    notes = [f"! {ws.slug}: worktree {missing_worktree(ws)}" for ws in workstreams if ws.worktree_missing]
+    for w in leftovers:
+        fix = (
+            f"'aidp ws new {w.path.name} <task...>' adopts it"
+            if w.branch == f"aidp/{w.path.name}"
+            else f"remove it with 'git worktree remove {w.path}'"
+        )
+        notes.append(f"! {w.path.name}: worktree {w.path} (branch {w.branch or 'detached'}) is no workstream; {fix}")
+    return notes

@@ -11,13 +11,17 @@ import asyncio
 import logging
 import secrets
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from aidp.engine import gitrepo, procs
 from aidp.engine.config import DEFAULT_GRACE_S, Config, load_config
-from aidp.engine.errors import AlreadyExists, Busy, ConfigError, InvalidInput, Refused, UnknownSlugs
+from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import Run, RunOptions
 from aidp.engine.model import Event, RunSummary, Status, Workstream, utc_now, validate_slug
@@ -26,6 +30,7 @@ from aidp.engine.store import AsyncStore, Store
 log = logging.getLogger(__name__)
 
 LOG_TAIL_DEFAULT = 1024 * 1024
+_OP_COMMANDS = {"create": "new", "remove": "rm"}
 NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.QUEUED, Status.RUNNING)
 
 
@@ -97,6 +102,13 @@ class Engine:
     async def create(
         self, slug: str, task: str, base_branch: str | None = None, command: list[str] | None = None
     ) -> Workstream:
+        return (await self.create_or_adopt(slug, task, base_branch, command))[0]
+
+    async def create_or_adopt(
+        self, slug: str, task: str, base_branch: str | None = None, command: list[str] | None = None
+    ) -> tuple[Workstream, str | None]:
+        """Create the workstream, or adopt the worktree and branch `aidp/<slug>` that an
+        interrupted `create` or `remove` left behind. Returns it and, when adopted, a note saying so."""
         validate_slug(slug)
         if not isinstance(task, str) or not task.strip():
             raise InvalidInput("the task must be a non-empty text")
@@ -108,13 +120,55 @@ class Engine:
             raise InvalidInput("command must be a non-empty list of non-empty arguments")
         if await self.db.call(self.db.store.get, slug):
             raise AlreadyExists(f"workstream {slug!r} already exists")
-        path = self.worktrees_dir / slug
-        if path.exists():
-            raise Refused(f"{path} already exists; move it away or pick another slug")
-        branch = f"aidp/{slug}"
-        await gitrepo.add_worktree(self.root, path, branch, base_branch)
+        async with self._holding(slug, "create") as token:
+            if await self.db.call(self.db.store.get, slug):  # created by another process meanwhile
+                raise AlreadyExists(f"workstream {slug!r} already exists")
+            path, branch = self.worktrees_dir / slug, f"aidp/{slug}"
+            if base_branch is not None:
+                await gitrepo.resolve_commit(self.root, base_branch)
+            note = await self._adoptable(path, branch)
+            if note is None:
+                await gitrepo.add_worktree(self.root, path, branch, base_branch)
+            ws = self._new_record(slug, task, branch, path, base_branch, command)
+            await self.db.call(self.db.store.insert, ws, token, note or "created")
+        self.events.emit(ListChanged())
+        return ws, note
+
+    async def _adoptable(self, path: Path, branch: str) -> str | None:
+        """None when `path` is free; a note when it holds the worktree of `branch` that an
+        interrupted command left; a refusal when it holds anything else."""
+        if not path.exists():
+            return None
+        leftover = await gitrepo.worktree_at(self.root, path)
+        if leftover is None or not (path / ".git").exists():
+            raise Refused(
+                f"{path} already exists and is not a worktree of this repository; move it away or pick another slug"
+            )
+        if leftover.branch != branch:
+            raise Refused(
+                f"{path} is a worktree on {leftover.branch or 'a detached HEAD'}, not {branch}; "
+                "remove it ('git worktree remove') or pick another slug"
+            )
+        return f"adopted the worktree {path} on branch {branch} that an interrupted 'ws new' or 'ws rm' left"
+
+    @asynccontextmanager
+    async def _holding(self, slug: str, op: str) -> AsyncIterator[str]:
+        """Hold `slug` in the database while git creates or removes its worktree, so no other
+        process runs, creates or removes it meanwhile; released on every way out, and by
+        `recover` when this process dies holding it."""
+        token = f"{op}-{secrets.token_hex(6)}"
+        await self.db.call(self.db.store.hold, slug, op, token, self._owner)
+        try:
+            yield token
+        finally:
+            await self.db.call(self.db.store.release, slug, token)
+
+    @staticmethod
+    def _new_record(
+        slug: str, task: str, branch: str, path: Path, base_branch: str | None, command: list[str] | None
+    ) -> Workstream:
         now = utc_now()
-        ws = Workstream(
+        return Workstream(
             slug=slug,
             task=task,
             status=Status.ACTIVE,
@@ -125,16 +179,26 @@ class Engine:
             created_at=now,
             updated_at=now,
         )
-        await self.db.call(self.db.store.insert, ws)
-        self.events.emit(ListChanged())
-        return ws
 
     async def workstreams(self) -> list[Workstream]:
         """Every workstream; what a dead aidp process left in flight is corrected first, so a
         long-lived server never shows, or refuses to run, a workstream nobody runs (`start`,
         `start_all` and `cancel` come through here too)."""
         await self.recover()
-        return await self.db.call(self.db.store.all)
+        return [_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)]
+
+    async def leftover_worktrees(self) -> list[gitrepo.Worktree]:
+        """Worktrees in `.worktrees/` that are no workstream (an interrupted `create` or `remove`
+        left them): `create` of their slug adopts them."""
+        if not self.worktrees_dir.is_dir():
+            return []
+        known = {ws.path for ws in await self.db.call(self.db.store.all)}
+        held = {op.slug for op in await self.db.call(self.db.store.operations)}
+        return [
+            w
+            for w in await gitrepo.worktrees(self.root)
+            if w.path.parent == self.worktrees_dir and str(w.path) not in known and w.path.name not in held
+        ]
 
     async def get(self, slug: str) -> Workstream:
         """One workstream, corrected like `workstreams` (pause, remove and log come through here)."""
@@ -143,14 +207,16 @@ class Engine:
         ws = await self.db.call(self.db.store.get, slug)
         if ws is None:
             raise UnknownSlugs([slug])
-        return ws
+        return _with_worktree_state(ws)
 
     async def history(self, slug: str, limit: int = 10) -> list[Event]:
         await self.get(slug)
         return await self.db.call(self.db.store.events, slug, limit)
 
-    async def git_status(self, slug: str) -> str:
-        return await gitrepo.status_short(Path((await self.get(slug)).path))
+    async def git_status(self, slug: str) -> str | None:
+        """`git status --short` of the worktree; None when the worktree is missing."""
+        ws = await self.get(slug)
+        return None if ws.worktree_missing else await gitrepo.status_short(Path(ws.path))
 
     async def set_paused(self, slug: str, paused: bool) -> Workstream:
         await self.get(slug)
@@ -161,31 +227,47 @@ class Engine:
 
     async def remove(self, slug: str, delete_branch: bool = False, force: bool = False) -> list[str]:
         """Remove the worktree (and the branch if asked). Refuses to lose work unless `force`;
-        returns what was discarded, so the caller can say it: nothing goes silently."""
+        returns what was discarded, so the caller can say it: nothing goes silently. The slug is
+        held throughout, so no run starts in a worktree that is going away."""
         ws = await self.get(slug)
-        if any(c.slug == slug for c in await self.db.call(self.db.store.claims)):
-            raise Busy([slug], action="remove")
         path = Path(ws.path)
-        dirty = await gitrepo.status_short(path)
-        base = ws.base_branch or "HEAD"
-        unmerged = await gitrepo.unmerged_commits(self.root, ws.branch, base) if delete_branch else []
-        problems = []
-        if dirty:
-            problems.append(f"the worktree {path} has uncommitted changes:\n{dirty.rstrip()}")
-        if unmerged:
-            problems.append(f"branch {ws.branch} has {len(unmerged)} commit(s) not merged into {base}")
-        if problems and not force:
-            raise Refused(f"refusing to remove {slug!r}: " + "; ".join(problems) + "\n(use --force to discard)")
-        await gitrepo.remove_worktree(self.root, path, force=bool(dirty))
-        notes = [f"discarded: {p}" for p in problems] + [f"removed worktree {path}"]
-        if delete_branch:
-            await gitrepo.delete_branch(self.root, ws.branch)
-            notes.append(f"deleted branch {ws.branch}")
-        else:
-            notes.append(f"kept branch {ws.branch}")
-        await self.db.call(self.db.store.delete, slug)
+        async with self._holding(slug, "remove") as token:
+            problems = [] if ws.worktree_missing else await self._would_lose(path)
+            base = ws.base_branch or "HEAD"
+            unmerged = await gitrepo.unmerged_commits(self.root, ws.branch, base) if delete_branch else []
+            if unmerged:
+                problems.append(f"branch {ws.branch} has {len(unmerged)} commit(s) not merged into {base}")
+            if problems and not force:
+                raise Refused(f"refusing to remove {slug!r}: " + "; ".join(problems) + "\n(use --force to discard)")
+            await gitrepo.remove_worktree(self.root, path, force=force and not ws.worktree_missing)
+            notes = [f"discarded: {p}" for p in problems]
+            if ws.worktree_missing:
+                notes.append(f"the worktree {path} was already gone; removed what remained of {slug!r}")
+            else:
+                notes.append(f"removed worktree {path}")
+            if delete_branch:
+                await gitrepo.delete_branch(self.root, ws.branch)
+                notes.append(f"deleted branch {ws.branch}")
+            else:
+                notes.append(f"kept branch {ws.branch}")
+            await self.db.call(self.db.store.delete, slug, token)
         self.events.emit(ListChanged())
         return notes
+
+    async def _would_lose(self, path: Path) -> list[str]:
+        """What removing the worktree would lose or override: changes, ignored files (`.env`),
+        checked-out submodules' own git data, a lock."""
+        problems = []
+        if dirty := await gitrepo.status_short(path):
+            problems.append(f"the worktree {path} has uncommitted changes:\n{dirty.rstrip()}")
+        if ignored := await gitrepo.ignored_files(path):
+            problems.append(f"the worktree {path} has ignored files that would be deleted:\n{gitrepo.listed(ignored)}")
+        if submodules := await gitrepo.initialised_submodules(path):
+            problems.append(f"the worktree {path} has checked-out submodules: {', '.join(submodules)}")
+        worktree = await gitrepo.worktree_at(self.root, path)
+        if worktree is not None and worktree.locked is not None:
+            problems.append(f"the worktree {path} is locked" + (f": {worktree.locked}" if worktree.locked else ""))
+        return problems
 
     async def log(self, slug: str, tail_bytes: int | None = None) -> tuple[str | None, str]:
         """The latest run's log: its path and (the tail of) its text."""
@@ -334,9 +416,21 @@ class Engine:
         if unknown:
             raise UnknownSlugs(unknown)
 
+    async def _release_dead_operations(self) -> None:
+        """A creation or removal whose process died is released (nothing ran, so no status is
+        recorded); what it left in git is reported by `workstreams` and `leftover_worktrees`."""
+        for held in await self.db.call(self.db.store.operations):
+            owner = (held.owner_pid, held.owner_start)
+            if owner == self._owner or procs.is_alive(*owner):
+                continue
+            message = f"interrupted: the aidp process (pid {held.owner_pid}) doing 'ws {_OP_COMMANDS[held.op]}' is gone"
+            if await self.db.call(self.db.store.release_stale_operation, held, message):
+                log.warning("%s: %s", held.slug, message)
+
     async def recover(self) -> list[str]:
         """Correct claims whose owning process died (crash, SIGKILL): end what is left of their
         process groups and record the workstreams `cancelled`. Runs whenever an engine opens."""
+        await self._release_dead_operations()
         grace = self.grace_s()
         corrected = []
         for claim in await self.db.call(self.db.store.claims):
@@ -353,6 +447,11 @@ class Engine:
                 )
                 corrected.append(claim.slug)
         return corrected
+
+
+def _with_worktree_state(ws: Workstream) -> Workstream:
+    """The record with `worktree_missing` set: a worktree's folder has its `.git` file."""
+    return msgspec.structs.replace(ws, worktree_missing=not (Path(ws.path) / ".git").exists())
 
 
 def _is_text(text: str) -> bool:

@@ -36,11 +36,11 @@ class AlreadyExists(InvalidInput):
 
 
 class Busy(AidpError):
-    """A workstream is queued or running (in this process or another)."""
+    """A workstream is queued or running, or being created or removed (in this process or another)."""
 
-    def __init__(self, running: list[str], action: str = "run") -> None:
+    def __init__(self, running: list[str], action: str = "run", state: str = "already running") -> None:
         self.running = running
-        super().__init__(f"cannot {action}: already running: {', '.join(running)}")
+        super().__init__(f"cannot {action}: {state}: {', '.join(running)}")
 
 
 class Refused(AidpError):
@@ -49,3 +49,7 @@ class Refused(AidpError):
 
 class GitError(AidpError):
     pass
+
+
+class InvalidRef(InvalidInput, GitError):
+    """A base branch that does not name exactly one commit: the user's input, so exit 2."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-from aidp.engine.errors import GitError, NotARepository
+from aidp.engine.errors import GitError, InvalidRef, NotARepository
 
 WORKTREES_DIR = ".worktrees"
 STATE_DIR = ".aidp"
+LISTED_MAX = 20  # paths listed in a refusal; the rest are counted
 
 
 async def git(cwd: Path, *args: str, check: bool = True) -> str:
@@ -24,35 +26,77 @@ async def git(cwd: Path, *args: str, check: bool = True) -> str:
     )
     out, err = await proc.communicate()
     if check and proc.returncode != 0:
-        raise GitError(f"git {' '.join(args)} failed: {err.decode(errors='replace').strip()}")
+        reason = err.decode(errors="replace").strip() or f"exit status {proc.returncode}, no message"
+        raise GitError(f"git {' '.join(args)} failed: {reason}")
     return out.decode(errors="replace")
 
 
-def find_root(start: Path) -> Path:
-    """The main repository's root, also from inside one of its worktrees (so `aidp` works from any
-    directory of the repository, including a workstream's own checkout)."""
+def _rev_parse(cwd: Path, *args: str) -> list[str] | None:
+    """`git rev-parse` lines with absolute paths, or None when git refuses (not a repository,
+    not a working tree)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
-            cwd=start,
+            ["git", "rev-parse", "--path-format=absolute", *args],
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             check=False,
         )
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise NotARepository(f"cannot look for a git repository at {start}: {exc}") from exc
-    if out.returncode != 0:
+        raise NotARepository(f"cannot look for a git repository at {cwd}: {exc}") from exc
+    return out.stdout.splitlines() if out.returncode == 0 else None
+
+
+def find_root(start: Path) -> Path:
+    """The main working tree's root, also from inside one of its linked worktrees (so `aidp` works
+    from any directory of the repository, including a workstream's own checkout). `.git` may be a
+    file (`git init --separate-git-dir`, a submodule checkout): its git dir is then elsewhere."""
+    found = _rev_parse(start, "--is-bare-repository", "--git-dir", "--git-common-dir")
+    if found is None:
         raise NotARepository(f"not inside a git repository: {start} (run 'git init' first, or cd into one)")
-    common = Path(out.stdout.strip())
-    if common.name != ".git":
+    bare, git_dir, common = found[0] == "true", Path(found[1]), Path(found[2])
+    if bare:
         raise NotARepository(f"{start} is in a bare repository; aidp needs a working tree")
-    return common.parent
+    top_lines = _rev_parse(start, "--show-toplevel")
+    top = Path(top_lines[0]) if top_lines else None
+    if top is not None and git_dir == common:
+        return top  # the main working tree itself
+    if common.name == ".git":
+        return common.parent
+    # A linked worktree of a repository whose git dir is elsewhere: git does not record where the
+    # main working tree is, except as a submodule's core.worktree; aidp's own worktrees sit in it.
+    candidates = [common / w for w in _config(common, "core.worktree")]
+    if top is not None and top.parent.name == WORKTREES_DIR:
+        candidates.append(top.parent.parent)
+    for candidate in candidates:
+        if _rev_parse(candidate, "--git-dir") == [str(common)]:
+            return candidate.resolve()
+    raise NotARepository(f"cannot find the main working tree of the repository around {start}; run aidp there")
+
+
+def _config(git_dir: Path, key: str) -> list[str]:
+    out = subprocess.run(
+        ["git", f"--git-dir={git_dir}", "config", "--get", key],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.splitlines()
+
+
+def common_dir(root: Path) -> Path:
+    """The repository's own git dir: `<root>/.git` unless `.git` is a file pointing elsewhere."""
+    found = _rev_parse(root, "--git-common-dir")
+    if found is None:
+        raise NotARepository(f"not inside a git repository: {root}")
+    return Path(found[0])
 
 
 def ensure_ignored(root: Path) -> None:
     """Keep aidp's own folders out of the user's `git status` without touching tracked files."""
-    exclude = root / ".git" / "info" / "exclude"
+    exclude = common_dir(root) / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     lines = exclude.read_text().splitlines() if exclude.exists() else []
     missing = [p for p in (f"/{WORKTREES_DIR}/", f"/{STATE_DIR}/") if p not in lines]
@@ -68,19 +112,49 @@ async def branch_exists(root: Path, branch: str) -> bool:
 
 
 async def resolve_commit(root: Path, ref: str) -> str:
+    """The commit `ref` names. Anything else (an option, a range like `main..HEAD`, a tree) is
+    refused here, before git could fail on it with a message that gives no reason."""
     if ref.startswith("-"):
-        raise GitError(f"invalid base branch {ref!r}")
+        raise InvalidRef(f"invalid base branch {ref!r}: it must not start with '-'")
     out = await git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False)
-    if not out.strip():
-        raise GitError(f"base branch {ref!r} does not exist (see 'git branch')")
-    return out.strip()
+    commit = out.strip()
+    if not commit:
+        raise InvalidRef(f"base branch {ref!r} does not exist or is not a commit (see 'git branch')")
+    if len(commit.split()) != 1:
+        raise InvalidRef(f"base branch {ref!r} names several commits; give one branch, tag or commit")
+    return commit
 
 
 async def has_commits(root: Path) -> bool:
     return bool((await git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False)).strip())
 
 
+@dataclass(frozen=True)
+class Worktree:
+    """One entry of `git worktree list`."""
+
+    path: Path
+    branch: str | None  # None when detached
+    locked: str | None  # the lock reason ("" when locked without one), None when not locked
+
+
+async def worktrees(root: Path) -> list[Worktree]:
+    found: list[Worktree] = []
+    for block in (await git(root, "worktree", "list", "--porcelain")).split("\n\n"):
+        fields = dict(line.partition(" ")[::2] for line in block.splitlines())
+        if "worktree" in fields:
+            branch = fields.get("branch", "").removeprefix("refs/heads/") or None
+            found.append(Worktree(Path(fields["worktree"]), branch, fields.get("locked")))
+    return found
+
+
+async def worktree_at(root: Path, path: Path) -> Worktree | None:
+    return next((w for w in await worktrees(root) if w.path == path), None)
+
+
 async def add_worktree(root: Path, path: Path, branch: str, base: str | None) -> None:
+    if not path.exists() and await worktree_at(root, path) is not None:
+        await git(root, "worktree", "prune")  # registered, but its folder is gone: forget it first
     if await branch_exists(root, branch):
         await git(root, "worktree", "add", "--", str(path), branch)
         return
@@ -91,9 +165,26 @@ async def add_worktree(root: Path, path: Path, branch: str, base: str | None) ->
 
 
 async def status_short(path: Path) -> str:
-    if not path.is_dir():
-        return ""
     return await git(path, "status", "--short")
+
+
+async def ignored_files(path: Path) -> list[str]:
+    """Ignored files and folders (`.env`, build output): git deletes them with the worktree."""
+    out = await git(path, "status", "--short", "--ignored")
+    return [line[3:] for line in out.splitlines() if line.startswith("!! ")]
+
+
+async def initialised_submodules(path: Path) -> list[str]:
+    """Submodules checked out in the worktree: their own git data goes with it."""
+    out = await git(path, "ls-files", "--stage", "-z")
+    entries = (entry.split("\t", 1) for entry in out.split("\0") if entry)
+    return [name for meta, name in entries if meta.startswith("160000 ") and (path / name / ".git").exists()]
+
+
+def listed(paths: list[str]) -> str:
+    """Paths one per line, at most LISTED_MAX of them, then how many more."""
+    more = [f"... and {len(paths) - LISTED_MAX} more"] if len(paths) > LISTED_MAX else []
+    return "\n".join(paths[:LISTED_MAX] + more)
 
 
 async def unmerged_commits(root: Path, branch: str, into: str) -> list[str]:
@@ -109,6 +200,7 @@ async def unmerged_commits(root: Path, branch: str, into: str) -> list[str]:
 
 
 async def remove_worktree(root: Path, path: Path, force: bool) -> None:
+    """Remove the worktree; `force` also removes one that is dirty, locked or holds submodules."""
     if path.exists():
         await git(root, "worktree", "remove", *(["--force", "--force"] if force else []), "--", str(path))
     await git(root, "worktree", "prune")

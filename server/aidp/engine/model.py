@@ -77,6 +77,8 @@ class Workstream(Record):
     created_at: str
     updated_at: str
     last_result: WorkstreamResult | None = None
+    # The worktree's folder is gone (an interrupted removal, or deleted by hand): `remove` cleans up.
+    worktree_missing: bool = False
 
 
 class RunSummary(Record):

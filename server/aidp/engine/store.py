@@ -80,13 +80,30 @@ MIGRATIONS: list[str] = [
     # them even when the harness dropped the environment marker (`env -i`) or left its group (`setsid`).
     "ALTER TABLE claims ADD COLUMN child_pid INTEGER; ALTER TABLE claims ADD COLUMN child_start INTEGER; "
     "ALTER TABLE claims ADD COLUMN cgroup TEXT;",
+    # 2: a workstream being created or removed is held like a run's claim, so a run, a second
+    # creation or a second removal from another process is refused until the git work is done.
+    "CREATE TABLE operations (slug TEXT PRIMARY KEY, op TEXT NOT NULL, token TEXT NOT NULL, "
+    "owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, started_at TEXT NOT NULL);",
 ]
+
+# What a held operation makes a workstream, in refusals.
+OPERATION_STATES = {"create": "being created", "remove": "being removed"}
 
 _WS_COLUMNS = (
     "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, "
     "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path"
 )
 _WS_QUERY = f"SELECT {_WS_COLUMNS} FROM workstreams w LEFT JOIN runs r ON r.run_id = w.last_run_id AND r.slug = w.slug"
+
+
+class Operation(msgspec.Struct, frozen=True):
+    """A creation or removal in progress, held by one process until its git work is done."""
+
+    slug: str
+    op: str
+    token: str
+    owner_pid: int
+    owner_start: int
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -170,8 +187,11 @@ class Store:
 
     # -- workstreams -------------------------------------------------------------------------
 
-    def insert(self, ws: Workstream) -> None:
+    def insert(self, ws: Workstream, token: str | None = None, message: str = "created") -> None:
+        """Add the workstream and end the creation that `token` held, in one transaction."""
         with self._tx() as db:
+            if token is not None:
+                db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (ws.slug, token))
             if db.execute("SELECT 1 FROM workstreams WHERE slug = ?", (ws.slug,)).fetchone():
                 raise AlreadyExists(f"workstream {ws.slug!r} already exists")
             db.execute(
@@ -189,7 +209,7 @@ class Store:
                     ws.updated_at,
                 ),
             )
-            self._event(ws.slug, None, ws.status, "created", ws.created_at)
+            self._event(ws.slug, None, ws.status, message, ws.created_at)
 
     def get(self, slug: str) -> Workstream | None:
         row = self._db.execute(f"{_WS_QUERY} WHERE w.slug = ?", (slug,)).fetchone()
@@ -198,10 +218,13 @@ class Store:
     def all(self) -> list[Workstream]:
         return [_workstream(row) for row in self._db.execute(f"{_WS_QUERY} ORDER BY w.created_at, w.slug")]
 
-    def delete(self, slug: str) -> None:
+    def delete(self, slug: str, token: str | None = None) -> None:
+        """Delete the workstream and end the removal that `token` held, in one transaction."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM claims WHERE slug = ?", (slug,)).fetchone():
                 raise Busy([slug], action="remove")
+            if token is not None:
+                db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (slug, token))
             db.execute("DELETE FROM workstreams WHERE slug = ?", (slug,))
             self._event(slug, None, Status.ACTIVE, "removed", utc_now())
 
@@ -250,6 +273,8 @@ class Store:
             held = [r[0] for r in db.execute(f"SELECT slug FROM claims WHERE slug IN ({marks})", slugs)]
             if held:
                 raise Busy(sorted(held))
+            if busy := db.execute(f"SELECT slug, op FROM operations WHERE slug IN ({marks})", slugs).fetchall():
+                raise Busy(sorted(slug for slug, _ in busy), state=OPERATION_STATES[busy[0][1]])
             db.executemany(
                 "INSERT INTO claims (slug, run_id, owner_pid, owner_start, claimed_at) VALUES (?, ?, ?, ?, ?)",
                 [(slug, run_id, owner[0], owner[1], now) for slug in slugs],
@@ -330,6 +355,46 @@ class Store:
                 return False
             result = WorkstreamResult(slug=claim.slug, status=Status.CANCELLED, finished_at=utc_now(), error=message)
             self._finish(claim.run_id, result, message)
+            return True
+
+    # -- operations: a creation or removal in progress -------------------------------------------
+
+    def hold(self, slug: str, op: str, token: str, owner: tuple[int, int]) -> None:
+        """Hold `slug` for a creation or removal; refused while it runs or another holds it."""
+        with self._tx() as db:
+            held = db.execute("SELECT op FROM operations WHERE slug = ?", (slug,)).fetchone()
+            if op == "create" and held:
+                raise AlreadyExists(f"workstream {slug!r} already exists: another aidp process is creating it")
+            if held:
+                raise Busy([slug], action=op, state=OPERATION_STATES[held[0]])
+            if db.execute("SELECT 1 FROM claims WHERE slug = ?", (slug,)).fetchone():
+                raise Busy([slug], action=op)
+            db.execute(
+                "INSERT INTO operations (slug, op, token, owner_pid, owner_start, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (slug, op, token, owner[0], owner[1], utc_now()),
+            )
+
+    def release(self, slug: str, token: str) -> None:
+        """End the operation `token` held, if `insert` or `delete` did not already."""
+        with self._tx() as db:
+            db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (slug, token))
+
+    def operations(self) -> list[Operation]:
+        rows = self._db.execute("SELECT slug, op, token, owner_pid, owner_start FROM operations").fetchall()
+        return [Operation(*row) for row in rows]
+
+    def release_stale_operation(self, held: Operation, message: str) -> bool:
+        """Release an operation whose owner died. No run status is recorded, since nothing ran;
+        the interrupted removal is noted in the workstream's events. False when another process
+        got there first."""
+        with self._tx() as db:
+            deleted = db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (held.slug, held.token))
+            if deleted.rowcount == 0:
+                return False
+            row = db.execute("SELECT status FROM workstreams WHERE slug = ?", (held.slug,)).fetchone()
+            if row:
+                self._event(held.slug, None, Status(row[0]), message, utc_now())
             return True
 
 
