@@ -84,6 +84,8 @@ export interface Workstream {
   createdAt: string;
   updatedAt: string;
   lastResult: WorkstreamResult | null;
+  /** Its folder is gone (an interrupted removal): wsRemove cleans up. */
+  worktreeMissing?: boolean;
 }
 
 export interface RunSummary {
