@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import flood, makespan, memory, overhead, startup
+from bench import containment, flood, makespan, memory, overhead, startup
 from bench.common import Params, Section
 from bench.report import machine_info, print_table, write_docs
 
@@ -31,6 +31,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "flood": flood.run,
     "memory": memory.run,
     "startup": startup.run,
+    "containment": containment.run,
 }
 
 

@@ -45,13 +45,18 @@ def _parent() -> Path | None:
     return parent if os.access(parent, os.W_OK) else None
 
 
-def create(name: str) -> Path | None:
-    """A fresh cgroup for one harness, or None where aidp cannot have one."""
-    global _disabled
+def place(run_id: str, slug: str) -> Path | None:
+    """Where this workstream run's cgroup goes, or None where aidp cannot have one. Known before
+    anything starts, so a claim records it and recovery finds the cgroup whenever aidp died."""
     parent = _parent()
-    if parent is None or _disabled:
+    return None if parent is None or _disabled else parent / f"aidp-{run_id}-{slug}"
+
+
+def create(path: Path | None) -> Path | None:
+    """Make the cgroup at `path` (from `place`); None where aidp cannot have one."""
+    global _disabled
+    if path is None or _disabled:
         return None
-    path = parent / name
     try:
         path.mkdir()
     except OSError as exc:

@@ -280,7 +280,7 @@ class Run:
         self, job: Job, argv: list[str], env: dict[str, str], log_fd: int
     ) -> tuple[asyncio.subprocess.Process, procs.Tree]:
         """Start the harness in a cgroup of its own where the system allows, else without."""
-        cgroup = cgroups.create(f"aidp-{self.run_id}-{job.ws.slug}")
+        cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug))
         try:
             proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroups.joiner(cgroup) if cgroup else None)
         except CgroupJoinError as exc:

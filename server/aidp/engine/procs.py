@@ -135,8 +135,10 @@ async def terminate(
         tree.signal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
+    wait = poll_s / 10  # most processes go at once on SIGTERM: look again soon, then less often
     while trees and loop.time() < deadline and not (hurry and hurry.is_set()):
-        await asyncio.sleep(poll_s)
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, poll_s)
         trees = [t for t in trees if t.alive()]
     for tree in trees:
         tree.signal(signal.SIGKILL)
