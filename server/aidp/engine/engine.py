@@ -229,9 +229,10 @@ class Engine:
         """Remove the worktree (and the branch if asked). Refuses to lose work unless `force`;
         returns what was discarded, so the caller can say it: nothing goes silently. The slug is
         held throughout, so no run starts in a worktree that is going away."""
-        ws = await self.get(slug)
-        path = Path(ws.path)
+        await self.get(slug)
         async with self._holding(slug, "remove") as token:
+            ws = await self.get(slug)  # as it is now that no other process can change it
+            path = Path(ws.path)
             problems = [] if ws.worktree_missing else await self._would_lose(path)
             base = ws.base_branch or "HEAD"
             unmerged = await gitrepo.unmerged_commits(self.root, ws.branch, base) if delete_branch else []
