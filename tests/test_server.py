@@ -243,6 +243,7 @@ async def test_pause_resume_notify_and_refuse_runs(client: AidpClient) -> None:
         "exitCode": None,
         "durationS": None,
         "error": None,
+        "startedAt": None,
     }
     err = await client.fails("aidp/wsRun", {"slugs": ["nap"]})
     assert err.code == -32602 and "paused" in err.message

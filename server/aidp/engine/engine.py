@@ -24,12 +24,15 @@ from aidp.engine.config import DEFAULT_GRACE_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import Run, RunOptions
+from aidp.engine.follow import Follower
 from aidp.engine.model import Event, RunSummary, Status, Workstream, utc_now, validate_slug
 from aidp.engine.store import AsyncStore, Store
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL_DEFAULT = 1024 * 1024
+# How often another process's logs are read for live output (its own runs read theirs ten times a second).
+FOLLOW_INTERVAL_S = 0.2
 _OP_COMMANDS = {"create": "new", "remove": "rm"}
 NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.QUEUED, Status.RUNNING)
 
@@ -381,15 +384,39 @@ class Engine:
     async def watch_others(self, interval_s: float = 1.0) -> None:
         """Until cancelled, for a long-lived engine (the server's): say `ListChanged` whenever
         another aidp process (a CLI run beside the server) changed the state, and correct what a
-        process that died left behind (it commits nothing, so only `recover` notices)."""
-        seen = await self.db.call(self.db.store.data_version)
-        while True:
-            await asyncio.sleep(interval_s)
-            await self.recover()
-            now = await self.db.call(self.db.store.data_version)
-            if now != seen:
-                seen = now
-                self.events.emit(ListChanged())
+        process that died left behind (it commits nothing, so only `recover` notices); and emit
+        the live output of their runs (`follow_others`)."""
+        follower = asyncio.create_task(self.follow_others(), name="aidp-follow-others")
+        try:
+            seen = await self.db.call(self.db.store.data_version)
+            while True:
+                await asyncio.sleep(interval_s)
+                await self.recover()
+                now = await self.db.call(self.db.store.data_version)
+                if now != seen:
+                    seen = now
+                    self.events.emit(ListChanged())
+        finally:
+            follower.cancel()
+            await asyncio.wait({follower})
+
+    async def follow_others(self, interval_s: float = FOLLOW_INTERVAL_S) -> None:
+        """Until cancelled: `OutputChunk`s of the runs other aidp processes execute, read from
+        their log files (see follow.py), as this process's own runs emit theirs."""
+        follower = Follower(self.db, self.events, self._owner)
+        said: str | None = None
+        try:
+            while True:
+                try:
+                    await follower.poll()
+                    said = None
+                except Exception as exc:  # one failed poll (a locked or replaced database) must not end it
+                    if str(exc) != said:  # said once, not five times a second
+                        said = str(exc)
+                        log.warning("cannot follow the output of other aidp processes: %s", exc)
+                await asyncio.sleep(interval_s)
+        finally:
+            follower.close()
 
     def active_runs(self) -> list[Run]:
         return [run for run, _ in self._runs.values()]

@@ -18,6 +18,8 @@ class StatusChanged(Record):
     exit_code: int | None = None
     duration_s: float | None = None
     error: str | None = None
+    # With `running`: when the harness started, so every viewer counts elapsed time from the same moment.
+    started_at: str | None = None
 
 
 class OutputChunk(Record):

@@ -66,6 +66,14 @@ class WorkstreamResult(Record):
     log_path: str | None = None
 
 
+class CurrentRun(Record):
+    """The run a workstream is queued or running in, whichever aidp process runs it: viewers that
+    join late (a list fetched mid-run, a restarted editor) count elapsed time from `started_at`."""
+
+    run_id: str
+    started_at: str | None = None  # None while queued
+
+
 class Workstream(Record):
     slug: str
     task: str
@@ -77,6 +85,7 @@ class Workstream(Record):
     created_at: str
     updated_at: str
     last_result: WorkstreamResult | None = None
+    current_run: CurrentRun | None = None
     # The worktree's folder is gone (an interrupted removal, or deleted by hand): `remove` cleans up.
     worktree_missing: bool = False
 

@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import msgspec
 
 from aidp.engine.errors import AlreadyExists, Busy
-from aidp.engine.model import FINAL_STATUSES, Event, Status, Workstream, WorkstreamResult, utc_now
+from aidp.engine.model import FINAL_STATUSES, CurrentRun, Event, Status, Workstream, WorkstreamResult, utc_now
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -91,9 +91,14 @@ OPERATION_STATES = {"create": "being created", "remove": "being removed"}
 
 _WS_COLUMNS = (
     "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, "
-    "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path"
+    "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path, "
+    "c.run_id, cr.started_at"
 )
-_WS_QUERY = f"SELECT {_WS_COLUMNS} FROM workstreams w LEFT JOIN runs r ON r.run_id = w.last_run_id AND r.slug = w.slug"
+# r: the last finished run; c and cr: the claim and run of the one in flight, if any.
+_WS_QUERY = (
+    f"SELECT {_WS_COLUMNS} FROM workstreams w LEFT JOIN runs r ON r.run_id = w.last_run_id AND r.slug = w.slug "
+    "LEFT JOIN claims c ON c.slug = w.slug LEFT JOIN runs cr ON cr.run_id = c.run_id AND cr.slug = w.slug"
+)
 
 
 class Operation(msgspec.Struct, frozen=True):
@@ -113,8 +118,16 @@ class Claim(msgspec.Struct, frozen=True):
     owner_start: int
 
 
+class RunInFlight(msgspec.Struct, frozen=True):
+    slug: str
+    run_id: str
+    owner_pid: int
+    owner_start: int
+    log_path: str | None
+
+
 def _workstream(row: tuple[Any, ...]) -> Workstream:
-    (slug, task, status, branch, path, base, command, created, updated, *last) = row
+    (slug, task, status, branch, path, base, command, created, updated, *last, current_run_id, current_start) = row
     result = None
     if last[0] is not None:
         r_slug, r_status, code, started, finished, duration, error, log_path = last
@@ -139,6 +152,7 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
         created_at=str(created),
         updated_at=str(updated),
         last_result=result,
+        current_run=CurrentRun(run_id=current_run_id, started_at=current_start) if current_run_id else None,
     )
 
 
@@ -396,6 +410,14 @@ class Store:
             if row:
                 self._event(held.slug, None, Status(row[0]), message, utc_now())
             return True
+
+    def runs_in_flight(self) -> list[RunInFlight]:
+        """Every claimed workstream's run, with its owner and, once its harness started, its log."""
+        rows = self._db.execute(
+            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path FROM claims c "
+            "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug"
+        ).fetchall()
+        return [RunInFlight(*row) for row in rows]
 
 
 class AsyncStore:

@@ -1,0 +1,73 @@
+"""Live output of the runs other aidp processes execute (a CLI run beside a server).
+
+Their harnesses write into log files as ours do, and the runs table says where. A `Follower` reads
+each such log with the executor's `LogTail` (bounded reads, skipped bytes counted) and emits the
+new text as `OutputChunk` events, so a server's clients see a terminal's run as they see their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aidp.engine.events import EventBus, OutputChunk
+from aidp.engine.executor import LogTail
+from aidp.engine.store import AsyncStore
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (run id, slug)
+
+
+class Follower:
+    """Follows every running workstream claimed by another process: polled by `Engine.follow_others`."""
+
+    def __init__(self, db: AsyncStore, bus: EventBus, owner: tuple[int, int]) -> None:
+        self._db = db
+        self._bus = bus
+        self._owner = owner
+        self._tails: dict[Key, LogTail] = {}
+        self._unreadable: set[Key] = set()  # said once, not retried while the run lasts
+
+    async def poll(self) -> None:
+        """Start following runs that began elsewhere, emit what their logs gained, and let go of
+        runs that ended once their last bytes are out (a run's claim goes only after its harness)."""
+        live = {
+            (r.run_id, r.slug): r.log_path
+            for r in await self._db.call(self._db.store.runs_in_flight)
+            if (r.owner_pid, r.owner_start) != self._owner and r.log_path is not None
+        }
+        for key, path in live.items():
+            if key not in self._tails and key not in self._unreadable:
+                self._open(key, Path(path))
+        for key, tail in list(self._tails.items()):
+            if not self._emit(key, tail) or key not in live:
+                self._close(key)
+        self._unreadable &= live.keys()
+
+    def close(self) -> None:
+        for key in list(self._tails):
+            self._close(key)
+
+    def _open(self, key: Key, path: Path) -> None:
+        try:
+            self._tails[key] = LogTail(path)
+        except OSError as exc:
+            self._unreadable.add(key)
+            log.warning("%s: cannot follow the log of run %s: %s", key[1], key[0], exc)
+
+    def _emit(self, key: Key, tail: LogTail) -> bool:
+        """Emit what the log gained; False when it cannot be read any more."""
+        run_id, slug = key
+        try:
+            skipped, text = tail.read()
+        except OSError as exc:
+            log.warning("%s: stopped following the log of run %s: %s", slug, run_id, exc)
+            self._unreadable.add(key)
+            return False
+        if skipped or text:
+            self._bus.emit(OutputChunk(run_id=run_id, slug=slug, text=text, skipped=skipped))
+        return True
+
+    def _close(self, key: Key) -> None:
+        self._tails.pop(key).close()
