@@ -180,6 +180,16 @@ def test_a_workstream_whose_worktree_is_gone_is_reported_and_removed(tmp_path: P
     assert (worktree / "README.md").exists()
 
 
+def test_new_over_a_registered_worktree_whose_folder_is_gone(tmp_path: Path) -> None:
+    """git still lists a worktree whose folder was deleted, and would refuse to add it again."""
+    repo = make_repo(tmp_path)
+    worktree = repo / ".worktrees" / "vanished"
+    git(repo, "worktree", "add", "-q", "-b", "aidp/vanished", str(worktree))
+    subprocess.run(["rm", "-rf", str(worktree)], check=True)
+    new_ws(repo, "vanished", "true")
+    assert git(worktree, "rev-parse", "--abbrev-ref", "HEAD").strip() == "aidp/vanished"
+
+
 # -- 15: what removal would lose -------------------------------------------------------------------
 
 
