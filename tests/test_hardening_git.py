@@ -7,6 +7,7 @@ while the test runs another, so the window is open for as long as the test needs
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cli_helpers import harness, new_ws, spawn_cli, workstreams
 from server_helpers import initialize_params, lsp_session, server_command
-from support import cli, git, make_repo, wait_until_sync
+from support import cli, git, make_repo, wait_until, wait_until_sync
 
 TOUCH = "import pathlib, sys\npathlib.Path(sys.argv[2]).touch()\n"
 
@@ -332,4 +333,24 @@ async def test_wire_reports_a_missing_worktree_and_refuses_a_range_as_base(tmp_p
         subprocess.run(["rm", "-rf", ws["path"]], check=True)
         assert (await client.workstreams())["gone"]["worktreeMissing"] is True
         assert await client.call("aidp/wsRemove", {"slug": "gone"}) == {}
+        assert await client.workstreams() == {}
+
+
+async def test_wire_refuses_a_run_while_another_process_removes_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    ran = tmp_path / "ran"
+    new_ws(repo, "leaving", touching(tmp_path, ran))
+    gate = GitGate(repo, tmp_path)
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        gate.arm()
+        rm = spawn_cli(repo, "ws", "rm", "leaving")
+        try:
+            await wait_until(gate.entered.exists, what="ws rm held inside git")
+            err = await client.fails("aidp/wsRun", {"slugs": ["leaving"]})
+            assert err.code == -32002 and "cannot run: being removed: leaving" in err.message
+        finally:
+            gate.open()
+            _, stderr = await asyncio.to_thread(rm.communicate, timeout=60)
+        assert rm.returncode == 0, stderr
+        assert not ran.exists()
         assert await client.workstreams() == {}
