@@ -52,14 +52,16 @@ def find_root(start: Path) -> Path:
     """The main working tree's root, also from inside one of its linked worktrees (so `aidp` works
     from any directory of the repository, including a workstream's own checkout). `.git` may be a
     file (`git init --separate-git-dir`, a submodule checkout): its git dir is then elsewhere."""
-    found = _rev_parse(start, "--is-bare-repository", "--git-dir", "--git-common-dir")
+    asked = ("--is-bare-repository", "--git-dir", "--git-common-dir")
+    # One git call in a working tree; outside one (a bare repository, inside a git dir) git
+    # refuses `--show-toplevel`, so ask again without it.
+    found = _rev_parse(start, *asked, "--show-toplevel") or _rev_parse(start, *asked)
     if found is None:
         raise NotARepository(f"not inside a git repository: {start} (run 'git init' first, or cd into one)")
     bare, git_dir, common = found[0] == "true", Path(found[1]), Path(found[2])
     if bare:
         raise NotARepository(f"{start} is in a bare repository; aidp needs a working tree")
-    top_lines = _rev_parse(start, "--show-toplevel")
-    top = Path(top_lines[0]) if top_lines else None
+    top = Path(found[3]) if len(found) > 3 else None
     if top is not None and git_dir == common:
         return top  # the main working tree itself
     if common.name == ".git":
