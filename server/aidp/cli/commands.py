@@ -33,17 +33,18 @@ CANCEL_EXTRA_WAIT_S = 10.0  # beyond the harness grace period, for the owning pr
 POLL_S = 0.2
 
 
-async def open_engine() -> Engine:
-    """The engine of the repository around the current directory (any directory inside it)."""
-    return await Engine.open(find_root(Path.cwd()))
+async def open_engine(create: bool = True, start_over: bool = False) -> Engine:
+    """The engine of the repository around the current directory (any directory inside it); see
+    `Engine.open` for `create` and `start_over`."""
+    return await Engine.open(find_root(Path.cwd()), create=create, start_over=start_over)
 
 
-def with_engine(handler: Handler, args: argparse.Namespace) -> int:
+def with_engine(handler: Handler, args: argparse.Namespace, create: bool = True, start_over: bool = False) -> int:
     """Run `handler` on the repository's engine; the engine is always closed (which cancels and
     records whatever this process still runs)."""
 
     async def run() -> int:
-        engine = await open_engine()
+        engine = await open_engine(create, start_over)
         try:
             return await handler(engine, args)
         finally:
@@ -53,7 +54,10 @@ def with_engine(handler: Handler, args: argparse.Namespace) -> int:
 
 
 def main_ws(args: argparse.Namespace) -> int:
-    return with_engine(args.handler, args)
+    """Only `ws new` makes `.aidp/` where there is none (and adopts what a lost state database
+    left); every other command in a repository aidp never touched finds nothing and writes nothing."""
+    creating = args.ws_command == "new"
+    return with_engine(args.handler, args, create=creating, start_over=creating)
 
 
 def main_serve(args: argparse.Namespace) -> int:

@@ -21,15 +21,25 @@ import msgspec
 
 from aidp.engine import gitrepo, procs
 from aidp.engine.config import DEFAULT_GRACE_S, Config, load_config
-from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, UnknownSlugs
+from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import Run, RunOptions
 from aidp.engine.follow import Follower
-from aidp.engine.model import Event, RunSummary, Status, Workstream, utc_now, validate_slug
-from aidp.engine.store import AsyncStore, Store
+from aidp.engine.model import (
+    MAX_ARG_STRLEN,
+    TASK_MAX_BYTES,
+    Event,
+    RunSummary,
+    Status,
+    Workstream,
+    utc_now,
+    validate_slug,
+)
+from aidp.engine.store import AsyncStore, Store, state_exists
 
 log = logging.getLogger(__name__)
 
+STATE_DB = "state.db"
 LOG_TAIL_DEFAULT = 1024 * 1024
 # How often another process's logs are read for live output (its own runs read theirs ten times a second).
 FOLLOW_INTERVAL_S = 0.2
@@ -70,11 +80,33 @@ class Engine:
         self._ended: weakref.WeakKeyDictionary[Run, RunSummary] = weakref.WeakKeyDictionary()
 
     @classmethod
-    async def open(cls, root: Path) -> Engine:
-        """Open the repository's state and correct what dead aidp processes left behind."""
+    async def open(cls, root: Path, *, create: bool = True, start_over: bool = False) -> Engine:
+        """Open the repository's state and correct what dead aidp processes left behind.
+
+        Without `create`, a repository with no state yet is left as it is (no `.aidp/`, no line in
+        `.git/info/exclude`) and reads as empty. A missing or emptied state database where aidp
+        worktrees exist is refused, since an empty one would orphan them, unless `start_over`
+        (`ws new`, which adopts them one by one): then it is said, not done silently."""
         root = root.resolve()
-        gitrepo.ensure_ignored(root)
-        db = AsyncStore(await asyncio.to_thread(Store, root / gitrepo.STATE_DIR / "state.db"))
+        path = root / gitrepo.STATE_DIR / STATE_DB
+        if not state_exists(path) and (leftovers := await _aidp_worktrees(root)):
+            names = ", ".join(w.path.name for w in leftovers)
+            if not start_over:
+                raise StateError(
+                    f"the state database {path} is missing or empty, but aidp worktrees exist ({names} in "
+                    f"{root / gitrepo.WORKTREES_DIR}): it was deleted or truncated, and an empty one would orphan "
+                    "them. Restore it from a backup if there is one; otherwise re-create each workstream with "
+                    "'aidp ws new <slug> <task>', which adopts its worktree and branch"
+                )
+            log.warning(
+                "the state database %s was missing or empty: starting a new one; the aidp worktrees %s are not "
+                "in it ('aidp ws new <slug> <task>' adopts each)",
+                path,
+                names,
+            )
+        if create or state_exists(path):
+            gitrepo.ensure_ignored(root)
+        db = AsyncStore(await asyncio.to_thread(Store, path, create))
         engine = cls(root, db)
         await engine.recover()
         return engine
@@ -100,6 +132,12 @@ class Engine:
         except ConfigError:
             return DEFAULT_GRACE_S
 
+    async def check_state(self) -> None:
+        """Refuse (`StateError`) when the state database was deleted, replaced or truncated since
+        it was opened. Every request checks first; a run already going records to the end into
+        what it has open, so its processes are still ended and nothing escapes."""
+        await self.db.call(self.db.store.verify)
+
     # -- workstreams -------------------------------------------------------------------------
 
     async def create(
@@ -119,8 +157,15 @@ class Engine:
             if not isinstance(text, str) or not _is_text(text):
                 # Checked before the worktree exists: the database or git would refuse it later.
                 raise InvalidInput(f"not valid UTF-8 text without NUL characters: {text!r}")
+        if (size := len(task.encode())) > TASK_MAX_BYTES:
+            raise InvalidInput(
+                f"the task is {size} bytes; the limit is {TASK_MAX_BYTES} bytes: every run passes it in the "
+                f"environment variable AIDP_TASK, and the kernel refuses a variable longer than {MAX_ARG_STRLEN} "
+                "bytes (MAX_ARG_STRLEN, with the name). Put long instructions in a file and name it in the task"
+            )
         if command is not None and (not command or not all(isinstance(a, str) and a for a in command)):
             raise InvalidInput("command must be a non-empty list of non-empty arguments")
+        await self.check_state()
         if await self.db.call(self.db.store.get, slug):
             raise AlreadyExists(f"workstream {slug!r} already exists")
         async with self._holding(slug, "create") as token:
@@ -187,6 +232,7 @@ class Engine:
         """Every workstream; what a dead aidp process left in flight is corrected first, so a
         long-lived server never shows, or refuses to run, a workstream nobody runs (`start`,
         `start_all` and `cancel` come through here too)."""
+        await self.check_state()
         await self.recover()
         return [_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)]
 
@@ -206,6 +252,7 @@ class Engine:
     async def get(self, slug: str) -> Workstream:
         """One workstream, corrected like `workstreams` (pause, remove and log come through here)."""
         validate_slug(slug)
+        await self.check_state()
         await self.recover()
         ws = await self.db.call(self.db.store.get, slug)
         if ws is None:
@@ -389,10 +436,19 @@ class Engine:
         follower = asyncio.create_task(self.follow_others(), name="aidp-follow-others")
         try:
             seen = await self.db.call(self.db.store.data_version)
+            broken: str | None = None
             while True:
                 await asyncio.sleep(interval_s)
-                await self.recover()
-                now = await self.db.call(self.db.store.data_version)
+                try:
+                    await self.check_state()
+                    await self.recover()
+                    now = await self.db.call(self.db.store.data_version)
+                except StateError as exc:
+                    if str(exc) != broken:  # said once; each request is refused with it too
+                        broken = str(exc)
+                        log.error("%s", exc)
+                        self.events.emit(ListChanged())
+                    continue
                 if now != seen:
                     seen = now
                     self.events.emit(ListChanged())
@@ -435,6 +491,7 @@ class Engine:
                 hit += run.cancel(slugs)
         if slugs is None and run_id is None:
             return hit  # "everything" means this process's runs, never other processes'
+        await self.check_state()
         claims = await self.db.call(self.db.store.request_cancel, slugs, run_id)
         return list(dict.fromkeys(hit + [c.slug for c in claims]))
 
@@ -480,6 +537,17 @@ class Engine:
 def _with_worktree_state(ws: Workstream) -> Workstream:
     """The record with `worktree_missing` set: a worktree's folder has its `.git` file."""
     return msgspec.structs.replace(ws, worktree_missing=not (Path(ws.path) / ".git").exists())
+
+
+async def _aidp_worktrees(root: Path) -> list[gitrepo.Worktree]:
+    """The worktrees aidp made: in `.worktrees/`, on an `aidp/*` branch, still on disk."""
+    if not (root / gitrepo.WORKTREES_DIR).is_dir():
+        return []
+    return [
+        w
+        for w in await gitrepo.worktrees(root)
+        if w.path.parent == root / gitrepo.WORKTREES_DIR and (w.branch or "").startswith("aidp/") and w.path.is_dir()
+    ]
 
 
 def _is_text(text: str) -> bool:

@@ -53,3 +53,8 @@ class GitError(AidpError):
 
 class InvalidRef(InvalidInput, GitError):
     """A base branch that does not name exactly one commit: the user's input, so exit 2."""
+
+
+class StateError(AidpError):
+    """The state database is missing, damaged, or was replaced under this process: aidp refuses
+    to go on (or to start an empty one over aidp's worktrees) and says how to recover."""

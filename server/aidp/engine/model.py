@@ -13,6 +13,10 @@ from aidp.engine.errors import InvalidSlug
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 SLUG_MAX = 64
+# Linux refuses to start a program when one argument or environment string is longer than this
+# (with its terminating NUL). Every run passes the task as `AIDP_TASK=<task>`, so that bounds it.
+MAX_ARG_STRLEN = 131072
+TASK_MAX_BYTES = MAX_ARG_STRLEN - len("AIDP_TASK=") - 1
 
 
 def validate_slug(slug: object) -> str:

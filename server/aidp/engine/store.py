@@ -5,6 +5,13 @@ repository see each other's changes and never half of one. A workstream is claim
 `claims`) from the moment it is queued until its run has ended; the claim names the owning process
 by pid and start time, so a claim left by a dead process can be told apart and reclaimed.
 
+Each workstream has its own `id`, kept on its runs and events: a slug removed and created again
+starts with no history or log of its predecessor.
+
+The file is checked, not trusted: a database that is damaged, or deleted, replaced or truncated
+under an open connection (which SQLite would go on using as if nothing happened), is refused with
+a `StateError` that says how to recover.
+
 The store is synchronous; the engine calls it from one worker thread so no event loop waits on it.
 """
 
@@ -12,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
-from aidp.engine.errors import AlreadyExists, Busy
+from aidp.engine.errors import AlreadyExists, Busy, StateError
 from aidp.engine.model import FINAL_STATUSES, CurrentRun, Event, Status, Workstream, WorkstreamResult, utc_now
 
 P = ParamSpec("P")
@@ -84,6 +93,17 @@ MIGRATIONS: list[str] = [
     # creation or a second removal from another process is refused until the git work is done.
     "CREATE TABLE operations (slug TEXT PRIMARY KEY, op TEXT NOT NULL, token TEXT NOT NULL, "
     "owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, started_at TEXT NOT NULL);",
+    # 3: each workstream's own identity, on its runs and events too. Older rows are matched by
+    # time: events at or after the current workstream's creation are its own, and so are the runs
+    # those events name; what a removed predecessor of the same slug left keeps no id.
+    "ALTER TABLE workstreams ADD COLUMN id TEXT; ALTER TABLE runs ADD COLUMN ws_id TEXT; "
+    "ALTER TABLE events ADD COLUMN ws_id TEXT; "
+    "UPDATE workstreams SET id = lower(hex(randomblob(8))); "
+    "UPDATE events SET ws_id = (SELECT w.id FROM workstreams w WHERE w.slug = events.slug "
+    "AND events.at >= w.created_at); "
+    "UPDATE runs SET ws_id = (SELECT e.ws_id FROM events e WHERE e.slug = runs.slug AND e.run_id = runs.run_id "
+    "AND e.ws_id IS NOT NULL); "
+    "CREATE INDEX events_by_ws ON events (ws_id, id); CREATE INDEX runs_by_ws ON runs (ws_id, started_at);",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -156,16 +176,94 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
     )
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+_RESTART = "stop every aidp process of this repository (servers, editors, CLIs), then run the command again"
+
+
+def state_exists(path: Path) -> bool:
+    """A database file with something in it. An empty one is what truncation leaves, and SQLite
+    would silently take it for a new database."""
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def damaged(path: Path, detail: str) -> StateError:
+    return StateError(
+        f"the state database {path} is damaged ({detail}); nothing was changed. Move it aside with its -wal "
+        f"and -shm files (mkdir {path.parent}/broken && mv {path}* {path.parent}/broken/), then restore it from "
+        "a backup, or re-create each workstream with 'aidp ws new <slug> <task>', which adopts its worktree"
+    )
+
+
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite's own word that the file is not (or no longer) a sound database."""
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, create: bool = True) -> None:
+        """Open (or with `create`, make) the database at `path`. Without `create` a missing or
+        empty one stays so: the store is then an empty one in memory and writes nothing to disk."""
+        self.path = path
+        # The file, held open for as long as the connection: `verify` compares its identity and
+        # first bytes with the path's. (Closing any descriptor of the file drops SQLite's locks.)
+        self._fd: int | None = None
+        exists = state_exists(path)
+        wal = path.with_name(path.name + "-wal")
+        if not exists and state_exists(wal):
+            raise StateError(
+                f"the state database {path} is missing or empty, but its write-ahead log {wal} is not: another "
+                f"aidp process may still have the deleted database open; {_RESTART} (if the log stays, move it "
+                "and the -shm file aside)"
+            )
+        on_disk = exists or create
+        if on_disk:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._identity = _identity(os.fstat(self._fd)) if self._fd is not None else None
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), one per transition.
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
-        self._migrate()
+        self._db = sqlite3.connect(
+            path if on_disk else ":memory:", timeout=30, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise damaged(path, "PRAGMA quick_check: " + "; ".join(problems))
+            self._db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if is_damage(exc):
+                raise damaged(path, str(exc)) from exc
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def verify(self) -> None:
+        """Refuse a file that was deleted, replaced or overwritten since it was opened. SQLite
+        would go on with what it has open (an unlinked file, or a WAL over a truncated one), so
+        this process and every other would each see a different state."""
+        if self._fd is None:
+            return  # in memory: nothing on disk to check
+        whose = f"while this aidp process (pid {os.getpid()}) had it open"
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            raise StateError(f"the state database {self.path} was deleted {whose}; {_RESTART}") from None
+        if _identity(now) != self._identity:
+            raise StateError(f"the state database {self.path} was replaced by another file {whose}; {_RESTART}")
+        if os.pread(self._fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
+            raise damaged(self.path, f"it was truncated or overwritten {whose}")
 
     def _migrate(self) -> None:
         with self._tx() as db:
@@ -177,6 +275,9 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        if self._fd is not None:
+            os.close(self._fd)  # only now: SQLite no longer holds locks on the file
+            self._fd = None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -189,9 +290,11 @@ class Store:
         self._db.execute("COMMIT")
 
     def _event(self, slug: str, run_id: str | None, status: Status, message: str | None, at: str) -> None:
+        """An event of the workstream that now has `slug` (call it before deleting the row)."""
         self._db.execute(
-            "INSERT INTO events (slug, run_id, status, message, at) VALUES (?, ?, ?, ?, ?)",
-            (slug, run_id, status, message, at),
+            "INSERT INTO events (slug, ws_id, run_id, status, message, at) "
+            "VALUES (?, (SELECT id FROM workstreams WHERE slug = ?), ?, ?, ?, ?)",
+            (slug, slug, run_id, status, message, at),
         )
 
     def _set_status(self, slug: str, status: Status, run_id: str | None, message: str | None) -> None:
@@ -209,9 +312,10 @@ class Store:
             if db.execute("SELECT 1 FROM workstreams WHERE slug = ?", (ws.slug,)).fetchone():
                 raise AlreadyExists(f"workstream {ws.slug!r} already exists")
             db.execute(
-                "INSERT INTO workstreams (slug, task, status, branch, path, base_branch, command, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO workstreams (id, slug, task, status, branch, path, base_branch, command, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
+                    secrets.token_hex(8),
                     ws.slug,
                     ws.task,
                     ws.status,
@@ -239,8 +343,8 @@ class Store:
                 raise Busy([slug], action="remove")
             if token is not None:
                 db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (slug, token))
-            db.execute("DELETE FROM workstreams WHERE slug = ?", (slug,))
             self._event(slug, None, Status.ACTIVE, "removed", utc_now())
+            db.execute("DELETE FROM workstreams WHERE slug = ?", (slug,))
 
     def set_paused(self, slug: str, paused: bool) -> Status:
         """Pause, or resume to the status of the last run (or `active`); refused while in flight."""
@@ -264,15 +368,19 @@ class Store:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     def events(self, slug: str, limit: int) -> list[Event]:
+        """The latest `limit` events of the workstream that now has `slug`, oldest first."""
         rows = self._db.execute(
-            "SELECT slug, run_id, status, message, at FROM events WHERE slug = ? ORDER BY id DESC LIMIT ?",
+            "SELECT slug, run_id, status, message, at FROM events "
+            "WHERE ws_id = (SELECT id FROM workstreams WHERE slug = ?) ORDER BY id DESC LIMIT ?",
             (slug, limit),
         ).fetchall()
         return [Event(slug=s, run_id=r, status=Status(st), message=m, at=a) for s, r, st, m, a in reversed(rows)]
 
     def latest_log_path(self, slug: str) -> str | None:
+        """The log of this workstream's latest run that started (never a predecessor's of the same slug)."""
         row = self._db.execute(
-            "SELECT log_path FROM runs WHERE slug = ? AND log_path IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+            "SELECT log_path FROM runs WHERE ws_id = (SELECT id FROM workstreams WHERE slug = ?) "
+            "AND log_path IS NOT NULL ORDER BY started_at DESC LIMIT 1",
             (slug,),
         ).fetchone()
         return str(row[0]) if row else None
@@ -294,8 +402,8 @@ class Store:
                 [(slug, run_id, owner[0], owner[1], now) for slug in slugs],
             )
             db.executemany(
-                "INSERT INTO runs (run_id, slug, status) VALUES (?, ?, ?)",
-                [(run_id, slug, Status.QUEUED) for slug in slugs],
+                "INSERT INTO runs (run_id, slug, ws_id, status) SELECT ?, slug, id, ? FROM workstreams WHERE slug = ?",
+                [(run_id, Status.QUEUED, slug) for slug in slugs],
             )
             for slug in slugs:
                 self._set_status(slug, Status.QUEUED, run_id, None)
@@ -429,7 +537,14 @@ class AsyncStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aidp-db")
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        """`fn(*args, **kwargs)` on the store's thread; SQLite's "malformed" or "not a database"
+        comes out as a `StateError` that says how to recover, not as a traceback."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.store.path, str(exc)) from exc
+            raise
 
     def close(self) -> None:
         self._pool.submit(self.store.close).result()
