@@ -149,6 +149,18 @@ def test_missing_or_emptied_database_with_worktrees_is_refused_not_started_over(
     assert list(workstreams(repo)) == ["charlie"]
 
 
+async def test_server_started_on_a_lost_database_refuses_and_starts_nothing(repo: Path, tmp_path: Path) -> None:
+    new_ws(repo, "alpha", say(tmp_path, "alpha"))
+    state_db(repo).unlink()
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        for method, params in (("aidp/wsList", {}), ("aidp/wsNew", {"slug": "bravo", "task": "another"})):
+            error = await client.fails(method, params)
+            assert error.code == -32803
+            assert "missing or empty" in error.message and "alpha" in error.message, error.message
+    assert not state_db(repo).exists()
+    assert not (repo / ".worktrees" / "bravo").exists()
+
+
 @pytest.mark.parametrize("damage", ["garbage", "broken page"])
 def test_damaged_database_is_refused_and_left_as_it_is(repo: Path, tmp_path: Path, damage: str) -> None:
     for slug in ("alpha", "bravo", "charlie"):
