@@ -572,9 +572,9 @@ async def test_run_options_reach_the_harness(client: AidpClient, markers: Path) 
     assert result["status"] == "failed" and "timed out" in result["error"]
 
 
-async def test_git_failure_is_32803_and_leaves_nothing(client: AidpClient, configured: Path) -> None:
+async def test_unknown_base_branch_is_32602_and_leaves_nothing(client: AidpClient, configured: Path) -> None:
     err = await client.fails("aidp/wsNew", {"slug": "based", "task": "t", "baseBranch": "no-such-branch"})
-    assert err.code == -32803 and "no-such-branch" in err.message
+    assert err.code == -32602 and "no-such-branch" in err.message
     assert not (configured / ".worktrees" / "based").exists()
     ws = await client.call("aidp/wsNew", {"slug": "based", "task": "t", "baseBranch": "main"})
     assert ws["baseBranch"] == "main"
