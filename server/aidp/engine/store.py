@@ -203,7 +203,7 @@ def damaged(path: Path, detail: str) -> StateError:
 
 def is_damage(exc: sqlite3.DatabaseError) -> bool:
     """SQLite's own word that the file is not (or no longer) a sound database."""
-    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 class Store:
@@ -306,6 +306,8 @@ class Store:
 
     def insert(self, ws: Workstream, token: str | None = None, message: str = "created") -> None:
         """Add the workstream and end the creation that `token` held, in one transaction."""
+        if self._fd is None:  # would be lost with the process: a bug of the caller, never silent
+            raise StateError(f"{self.path} does not exist and was opened without create: nothing can be added")
         with self._tx() as db:
             if token is not None:
                 db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (ws.slug, token))
