@@ -214,9 +214,12 @@ class Store:
         # The file, held open for as long as the connection: `verify` compares its identity and
         # first bytes with the path's. (Closing any descriptor of the file drops SQLite's locks.)
         self._fd: int | None = None
-        exists = state_exists(path)
         wal = path.with_name(path.name + "-wal")
-        if not exists and state_exists(wal):
+        # The log first: SQLite writes a new database's first page before anything to its log, so
+        # another process creating the database at this very moment is never taken for a stray log.
+        logged = state_exists(wal)
+        exists = state_exists(path)
+        if logged and not exists:
             raise StateError(
                 f"the state database {path} is missing or empty, but its write-ahead log {wal} is not: another "
                 f"aidp process may still have the deleted database open; {_RESTART} (if the log stays, move it "
