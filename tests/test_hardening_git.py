@@ -134,6 +134,10 @@ def test_a_leftover_worktree_is_reported_and_adopted(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert f"! left: worktree {worktree} (branch aidp/left) is no workstream" in listed.stdout
     assert "'aidp ws new left <task...>' adopts it" in listed.stdout
+    status = cli(repo, "ws", "status", "left")
+    assert status.returncode == 2
+    hint = f"(but {worktree} is a worktree: 'aidp ws new left <task...>' adopts it)"
+    assert f"unknown workstream: left {hint}" in status.stderr
 
     adopted = cli(repo, "ws", "new", "left", "finish", "it", "--command", "true")
     assert adopted.returncode == 0, adopted.stderr

@@ -256,6 +256,9 @@ class Engine:
         await self.recover()
         ws = await self.db.call(self.db.store.get, slug)
         if ws is None:
+            leftover = self.worktrees_dir / slug
+            if (leftover / ".git").exists():  # what an interrupted `create` or `remove` left
+                raise UnknownSlugs([slug], f"but {leftover} is a worktree: 'aidp ws new {slug} <task...>' adopts it")
             raise UnknownSlugs([slug])
         return _with_worktree_state(ws)
 

@@ -25,10 +25,10 @@ class ConfigError(AidpError):
 
 
 class UnknownSlugs(InvalidInput):
-    def __init__(self, unknown: list[str]) -> None:
+    def __init__(self, unknown: list[str], hint: str = "see 'aidp ws list'") -> None:
         self.unknown = unknown
         noun = "workstream" if len(unknown) == 1 else "workstreams"
-        super().__init__(f"unknown {noun}: {', '.join(unknown)} (see 'aidp ws list')")
+        super().__init__(f"unknown {noun}: {', '.join(unknown)} ({hint})")
 
 
 class AlreadyExists(InvalidInput):
