@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aidp.engine.executor import CHUNK_MAX, LogTail, _describe_exit
-from aidp.engine.harness import StartError, build_argv, build_env, spawn
+from aidp.engine.harness import CgroupJoinError, StartError, build_argv, build_env, spawn
 
 VALUES = {
     "slug": "s",
@@ -58,6 +58,16 @@ async def test_spawn_errors_say_what_to_fix(tmp_path: Path) -> None:
             await spawn([str(script)], tmp_path, dict(os.environ), fd)
     finally:
         os.close(fd)
+
+
+async def test_a_child_that_cannot_join_its_cgroup_never_runs_the_harness(tmp_path: Path) -> None:
+    def refuse() -> None:
+        raise OSError("cgroup.procs: permission denied")
+
+    marker = tmp_path / "ran"
+    with open(tmp_path / "log", "wb") as log, pytest.raises(CgroupJoinError):
+        await spawn(["touch", str(marker)], tmp_path, dict(os.environ), log.fileno(), refuse)
+    assert not marker.exists()
 
 
 def test_describe_exit() -> None:

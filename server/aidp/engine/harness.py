@@ -44,7 +44,7 @@ def build_env(extra: Mapping[str, str], values: Mapping[str, str], run_id: str) 
 
 
 async def spawn(
-    argv: list[str], cwd: Path, env: dict[str, str], log_fd: int, before_exec: Callable[[], None] | None
+    argv: list[str], cwd: Path, env: dict[str, str], log_fd: int, before_exec: Callable[[], None] | None = None
 ) -> asyncio.subprocess.Process:
     """Start the harness in its own session (so cancel reaches its whole tree). The child writes
     into the log file itself: every byte is kept, and a flood costs the engine nothing.
