@@ -11,6 +11,7 @@ from typing import Annotated
 
 import msgspec
 
+from aidp.engine.config import MIN_TIMEOUT_S
 from aidp.engine.events import StatusChanged
 from aidp.engine.model import Record, RunSummary, Workstream, WorkstreamResult
 
@@ -39,7 +40,7 @@ REQUEST_FAILED = -32803
 
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
 MaxConcurrent = Annotated[int, msgspec.Meta(ge=1, le=64)]
-Timeout = Annotated[float, msgspec.Meta(gt=0)]
+Timeout = Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)]
 
 
 class Params(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
+import signal
+import sqlite3
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,8 +22,8 @@ from typing import Any
 
 import msgspec
 
-from aidp.engine import gitrepo, procs
-from aidp.engine.config import DEFAULT_GRACE_S, Config, load_config
+from aidp.engine import cgroups, gitrepo, procs
+from aidp.engine.config import DEFAULT_GRACE_S, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import Run, RunOptions
@@ -32,10 +35,11 @@ from aidp.engine.model import (
     RunSummary,
     Status,
     Workstream,
+    WorkstreamResult,
     utc_now,
     validate_slug,
 )
-from aidp.engine.store import AsyncStore, Store, state_exists
+from aidp.engine.store import AsyncStore, Claim, Store, state_exists
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,11 @@ def _check_options(max_concurrent: int | None, mode: str, steps: list[str] | Non
     if steps is not None and not all(isinstance(s, str) and s and "," not in s for s in steps):
         raise InvalidInput(f"steps must be non-empty names without commas, got {steps!r}")
     if timeout_s is not None and (
-        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not MIN_TIMEOUT_S <= timeout_s < math.inf  # also refuses NaN
     ):
-        raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout_s!r}")
+        raise InvalidInput(f"timeout must be a number of seconds from {MIN_TIMEOUT_S:g}, got {timeout_s!r}")
 
 
 class Engine:
@@ -78,10 +84,16 @@ class Engine:
         self._runs: dict[str, tuple[Run, asyncio.Task[RunSummary]]] = {}
         # Summaries of ended runs, kept while the caller holds the Run: `wait` after the end.
         self._ended: weakref.WeakKeyDictionary[Run, RunSummary] = weakref.WeakKeyDictionary()
+        self._recovering = asyncio.Lock()
+        self._stopping: set[tuple[str, str]] = set()  # (slug, run id) of leftovers being stopped
+        self._stoppers: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[tuple[str, WorkstreamResult]] = []  # (run id, result) to record later
 
     @classmethod
-    async def open(cls, root: Path, *, create: bool = True, start_over: bool = False) -> Engine:
-        """Open the repository's state and correct what dead aidp processes left behind.
+    async def open(cls, root: Path, settle: bool = True, *, create: bool = True, start_over: bool = False) -> Engine:
+        """Open the repository's state and correct what dead aidp processes left behind; with
+        `settle`, also wait (one grace period at most, and saying so) for their leftover harnesses
+        to be stopped. A server does not: it answers at once and corrects in the background.
 
         Without `create`, a repository with no state yet is left as it is (no `.aidp/`, no line in
         `.git/info/exclude`) and reads as empty. A missing or emptied state database where aidp
@@ -109,15 +121,22 @@ class Engine:
         db = AsyncStore(await asyncio.to_thread(Store, path, create))
         engine = cls(root, db)
         await engine.recover()
+        if settle:
+            await engine.settled()
         return engine
 
     async def close(self) -> None:
-        """Cancel every run of this process, wait until each is ended and recorded, close the db."""
+        """Cancel every run of this process, wait until each is ended and recorded (and what
+        recovery is stopping), close the db."""
         for run, _ in list(self._runs.values()):
             run.cancel()
         tasks = [task for _, task in self._runs.values()]
         if tasks:
             await asyncio.wait(tasks)
+        await self.settled()
+        await self._record_unrecorded()
+        for _, result in self._unrecorded:
+            log.error("%s: its result (%s) could not be recorded; it stays claimed", result.slug, result.status)
         self.db.close()
 
     def config(self) -> Config:
@@ -249,6 +268,12 @@ class Engine:
             if w.path.parent == self.worktrees_dir and str(w.path) not in known and w.path.name not in held
         ]
 
+    async def _settled_workstreams(self) -> list[Workstream]:
+        """For a run: what a dead process left running is stopped first, so its workstreams can run."""
+        await self.recover()
+        await self.settled()
+        return await self.db.call(self.db.store.all)
+
     async def get(self, slug: str) -> Workstream:
         """One workstream, corrected like `workstreams` (pause, remove and log come through here)."""
         validate_slug(slug)
@@ -350,7 +375,7 @@ class Engine:
             validate_slug(slug)
         _check_options(max_concurrent, mode, steps, timeout_s)
         wanted = list(dict.fromkeys(slugs))
-        known = {ws.slug: ws for ws in await self.workstreams()}
+        known = {ws.slug: ws for ws in await self._settled_workstreams()}
         unknown = [s for s in wanted if s not in known]
         if unknown:
             raise UnknownSlugs(unknown)
@@ -368,7 +393,7 @@ class Engine:
     ) -> Run:
         """Every workstream that is not paused, completed or already in flight (maybe none)."""
         _check_options(max_concurrent, mode, steps, timeout_s)
-        todo = [ws for ws in await self.workstreams() if ws.status not in NOT_RUNNABLE_BY_RUN_ALL]
+        todo = [ws for ws in await self._settled_workstreams() if ws.status not in NOT_RUNNABLE_BY_RUN_ALL]
         return await self._start(todo, max_concurrent, mode, steps, timeout_s)
 
     async def _start(
@@ -392,7 +417,8 @@ class Engine:
         run_id = new_run_id()
         slugs = [ws.slug for ws in workstreams]
         if slugs:
-            await self.db.call(self.db.store.claim, slugs, run_id, self._owner)
+            places = {slug: cgroups.place(run_id, slug) for slug in slugs}
+            await self.db.call(self.db.store.claim, slugs, run_id, self._owner, places)
         run = Run(run_id, workstreams, options, self.db, self.events, self.logs_dir)
         for slug in slugs:
             self.events.emit(StatusChanged(run_id=run_id, slug=slug, status=Status.QUEUED))
@@ -405,6 +431,7 @@ class Engine:
             summary = await run.execute()
         finally:
             del self._runs[run.run_id]
+            self._unrecorded += [(run.run_id, result) for result in run.unrecorded]
         self._ended[run] = summary
         self.events.emit(RunFinished(summary=summary))
         return summary
@@ -517,24 +544,85 @@ class Engine:
 
     async def recover(self) -> list[str]:
         """Correct claims whose owning process died (crash, SIGKILL): end what is left of their
-        process groups and record the workstreams `cancelled`. Runs whenever an engine opens."""
-        await self._release_dead_operations()
-        grace = self.grace_s()
-        corrected = []
-        for claim in await self.db.call(self.db.store.claims):
-            owner = (claim.owner_pid, claim.owner_start)
-            if owner == self._owner or procs.is_alive(*owner):
-                continue
-            for pgid in await asyncio.to_thread(procs.marked_groups, claim.run_id, claim.slug):
-                await procs.terminate_group(pgid, grace)
-            message = f"interrupted: the aidp process (pid {claim.owner_pid}) that ran it is gone"
-            if await self.db.call(self.db.store.release_stale, claim, message):
-                log.warning("%s: %s", claim.slug, message)
-                self.events.emit(
-                    StatusChanged(run_id=claim.run_id, slug=claim.slug, status=Status.CANCELLED, error=message)
+        harnesses and record the workstreams `cancelled`; and record results this process could
+        not write earlier. Runs whenever workstreams are read.
+
+        Leftover harnesses get SIGTERM at once, all together. Those gone at once are corrected
+        before this returns; the others get one grace period in the background (`settled` waits
+        for it), so a list never waits on a harness that ignores SIGTERM. Their claims stay held
+        until they are gone: a workstream never runs twice at once."""
+        async with self._recovering:
+            await self._release_dead_operations()
+            await self._record_unrecorded()
+            stale = [
+                c
+                for c in await self.db.call(self.db.store.claims)
+                if (c.slug, c.run_id) not in self._stopping
+                and (c.owner_pid, c.owner_start) != self._owner
+                and not procs.is_alive(c.owner_pid, c.owner_start)
+            ]
+            if not stale:
+                return []
+            trees = {c: await asyncio.to_thread(_leftovers, c) for c in stale}
+            for tree in (t for ts in trees.values() for t in ts):
+                tree.signal(signal.SIGTERM)
+            done = [c for c in stale if not any(t.alive() for t in trees[c])]
+            left = [c for c in stale if c not in done]
+            if left:
+                self._stopping.update((c.slug, c.run_id) for c in left)
+                log.warning(
+                    "stopping what a dead aidp process left running (%s): SIGTERM sent, SIGKILL after %g s",
+                    ", ".join(c.slug for c in left),
+                    self.grace_s(),
                 )
-                corrected.append(claim.slug)
-        return corrected
+                stopper = asyncio.create_task(self._stop_leftovers({c: trees[c] for c in left}))
+                self._stoppers.add(stopper)
+                stopper.add_done_callback(self._stoppers.discard)
+            return [slug for c in done if (slug := await self._release(c))]
+
+    async def settled(self) -> None:
+        """Wait until what `recover` is stopping in the background has been stopped and recorded."""
+        while self._stoppers:
+            await asyncio.wait(set(self._stoppers))
+
+    async def _stop_leftovers(self, trees: dict[Claim, list[procs.Tree]]) -> None:
+        await procs.terminate([t for ts in trees.values() for t in ts], self.grace_s())
+        async with self._recovering:
+            for claim in trees:
+                self._stopping.discard((claim.slug, claim.run_id))
+                await self._release(claim)
+
+    async def _release(self, claim: Claim) -> str | None:
+        message = f"interrupted: the aidp process (pid {claim.owner_pid}) that ran it is gone"
+        if not await self.db.call(self.db.store.release_stale, claim, message):
+            return None  # another process got there first
+        log.warning("%s: %s", claim.slug, message)
+        self.events.emit(StatusChanged(run_id=claim.run_id, slug=claim.slug, status=Status.CANCELLED, error=message))
+        return claim.slug
+
+    async def _record_unrecorded(self) -> None:
+        """Results the database refused while a run ended (disk full): record them now."""
+        for run_id, result in list(self._unrecorded):
+            try:
+                await self.db.call(self.db.store.finish, run_id, result)
+            except sqlite3.Error as exc:
+                log.warning("%s: its result still cannot be recorded: %s", result.slug, exc)
+                return
+            self._unrecorded.remove((run_id, result))
+            self.events.emit(StatusChanged(run_id=run_id, slug=result.slug, status=result.status, error=result.error))
+
+
+def _leftovers(claim: Claim) -> list[procs.Tree]:
+    """Everything of a dead owner's harness that may still run: its cgroup, the group it led (by
+    its recorded identity, which `env -i` cannot drop) and groups carrying its environment marker."""
+    trees = [procs.Tree(pgid=g) for g in procs.marked_groups(claim.run_id, claim.slug)]
+    if claim.child_pid is not None and claim.child_start is not None:
+        pgid = procs.recorded_group(claim.child_pid, claim.child_start)
+        if pgid is not None:
+            trees.append(procs.Tree(pgid=pgid))
+    if claim.cgroup is not None:
+        trees.append(procs.Tree(cgroup=Path(claim.cgroup)))
+    return trees
 
 
 def _with_worktree_state(ws: Workstream) -> Workstream:

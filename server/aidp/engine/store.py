@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -136,6 +136,9 @@ class Claim(msgspec.Struct, frozen=True):
     run_id: str
     owner_pid: int
     owner_start: int
+    child_pid: int | None = None  # the harness, once started: where recovery looks for leftovers
+    child_start: int | None = None
+    cgroup: str | None = None
 
 
 class RunInFlight(msgspec.Struct, frozen=True):
@@ -204,6 +207,10 @@ def damaged(path: Path, detail: str) -> StateError:
 def is_damage(exc: sqlite3.DatabaseError) -> bool:
     """SQLite's own word that the file is not (or no longer) a sound database."""
     return (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _optional_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 class Store:
@@ -392,8 +399,9 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
 
-    def claim(self, slugs: list[str], run_id: str, owner: tuple[int, int]) -> None:
-        """Claim every slug and queue it, or none: a run starts whole or not at all."""
+    def claim(self, slugs: list[str], run_id: str, owner: tuple[int, int], cgroups: Mapping[str, Path | None]) -> None:
+        """Claim every slug and queue it, or none: a run starts whole or not at all. `cgroups`:
+        where each harness's cgroup will be, recorded before anything starts."""
         now = utc_now()
         with self._tx() as db:
             marks = ",".join("?" * len(slugs))
@@ -403,8 +411,9 @@ class Store:
             if busy := db.execute(f"SELECT slug, op FROM operations WHERE slug IN ({marks})", slugs).fetchall():
                 raise Busy(sorted(slug for slug, _ in busy), state=OPERATION_STATES[busy[0][1]])
             db.executemany(
-                "INSERT INTO claims (slug, run_id, owner_pid, owner_start, claimed_at) VALUES (?, ?, ?, ?, ?)",
-                [(slug, run_id, owner[0], owner[1], now) for slug in slugs],
+                "INSERT INTO claims (slug, run_id, owner_pid, owner_start, claimed_at, cgroup) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(slug, run_id, owner[0], owner[1], now, _optional_str(cgroups.get(slug))) for slug in slugs],
             )
             db.executemany(
                 "INSERT INTO runs (run_id, slug, ws_id, status) SELECT ?, slug, id, ? FROM workstreams WHERE slug = ?",
@@ -413,13 +422,21 @@ class Store:
             for slug in slugs:
                 self._set_status(slug, Status.QUEUED, run_id, None)
 
-    def mark_running(self, run_id: str, slug: str, child_pid: int, log_path: str, started_at: str) -> None:
+    def mark_running(
+        self, run_id: str, slug: str, child: tuple[int, int | None, Path | None], log_path: str, started_at: str
+    ) -> None:
+        """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery."""
+        pid, start, cgroup = child
         with self._tx() as db:
             db.execute(
                 "UPDATE runs SET status = ?, started_at = ?, log_path = ? WHERE run_id = ? AND slug = ?",
                 (Status.RUNNING, started_at, log_path, run_id, slug),
             )
-            self._set_status(slug, Status.RUNNING, run_id, f"pid {child_pid}")
+            db.execute(
+                "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ? WHERE slug = ? AND run_id = ?",
+                (pid, start, _optional_str(cgroup), slug, run_id),
+            )
+            self._set_status(slug, Status.RUNNING, run_id, f"pid {pid}")
 
     def finish(self, run_id: str, result: WorkstreamResult, message: str | None = None) -> None:
         """Record the result, set the resting status and release the claim, in one transaction."""
@@ -448,7 +465,9 @@ class Store:
         self._db.execute("DELETE FROM claims WHERE slug = ? AND run_id = ?", (result.slug, run_id))
 
     def claims(self) -> list[Claim]:
-        rows = self._db.execute("SELECT slug, run_id, owner_pid, owner_start FROM claims").fetchall()
+        rows = self._db.execute(
+            "SELECT slug, run_id, owner_pid, owner_start, child_pid, child_start, cgroup FROM claims"
+        ).fetchall()
         return [Claim(*row) for row in rows]
 
     def request_cancel(self, slugs: list[str] | None, run_id: str | None) -> list[Claim]:
@@ -483,6 +502,14 @@ class Store:
             result = WorkstreamResult(slug=claim.slug, status=Status.CANCELLED, finished_at=utc_now(), error=message)
             self._finish(claim.run_id, result, message)
             return True
+
+    def runs_in_flight(self) -> list[RunInFlight]:
+        """Every claimed workstream's run, with its owner and, once its harness started, its log."""
+        rows = self._db.execute(
+            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path FROM claims c "
+            "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug"
+        ).fetchall()
+        return [RunInFlight(*row) for row in rows]
 
     # -- operations: a creation or removal in progress -------------------------------------------
 
@@ -523,14 +550,6 @@ class Store:
             if row:
                 self._event(held.slug, None, Status(row[0]), message, utc_now())
             return True
-
-    def runs_in_flight(self) -> list[RunInFlight]:
-        """Every claimed workstream's run, with its owner and, once its harness started, its log."""
-        rows = self._db.execute(
-            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path FROM claims c "
-            "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug"
-        ).fetchall()
-        return [RunInFlight(*row) for row in rows]
 
 
 class AsyncStore:
