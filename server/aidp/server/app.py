@@ -193,7 +193,7 @@ class AidpServer(LanguageServer):
             start = Path(to_fs_path(params.root_uri) or ".")
         try:
             root = await asyncio.to_thread(find_root, start or Path.cwd())
-            self.engine = await Engine.open(root)
+            self.engine = await Engine.open(root, settle=False)
         except AidpError as exc:
             self.engine_error = str(exc)
             log.error("cannot serve: %s", exc)
