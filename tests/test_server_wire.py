@@ -178,7 +178,7 @@ async def test_requests_after_the_shutdown_reply_are_refused(repo: Path, markers
 # -- 13: pipelined requests are bounded, not dropped ------------------------------------------------
 
 PIPELINED = 10_000
-RSS_GROWTH_MAX = 40 * 1024 * 1024
+RSS_GROWTH_MAX = 20 * 1024 * 1024
 
 
 async def test_pipelined_requests_are_all_answered_in_bounded_memory(repo: Path, markers: Path) -> None:

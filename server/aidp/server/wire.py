@@ -108,7 +108,9 @@ class FrameReader:
 
     def _headers(self) -> int | None:
         """The body length once a whole header block has arrived (consumed), else None."""
-        blank = len(self._buf) - len(self._buf.lstrip(b"\r\n"))
+        blank = 0  # counted, not lstrip()ed: that would copy the whole buffer for every message
+        while blank < len(self._buf) and self._buf[blank] in b"\r\n":
+            blank += 1
         del self._buf[:blank]
         end = self._buf.find(_HEADERS_END)
         if end < 0:
