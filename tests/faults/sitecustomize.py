@@ -42,8 +42,8 @@ def _install() -> None:
             raise disk_full()
         mark_running(self, run_id, slug, *args, **kwargs)
 
-    Store.finish = faulty_finish
-    Store.mark_running = faulty_mark_running
+    Store.finish = faulty_finish  # type: ignore[method-assign]
+    Store.mark_running = faulty_mark_running  # type: ignore[method-assign]
 
 
 if any(os.environ.get(v) for v in ("AIDP_FAULT_FINISH", "AIDP_FAULT_FINISH_ALL", "AIDP_FAULT_RUNNING")):
