@@ -265,3 +265,21 @@ async def test_server_lists_while_leftovers_are_stopped_in_the_background(tmp_pa
             lambda: any(s["status"] == "cancelled" for s in client.statuses("stubborn")), what="cancelled status"
         )
         assert (await client.workstreams())["stubborn"]["status"] == "cancelled"
+
+
+# -- 18: a timeout too short to tell from a harness that ended on its own is refused ---------------
+
+
+async def test_a_vanishing_timeout_is_refused_on_every_face(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "quick", "true")
+    for value in ("1e-300", "0.01", "nan", "inf"):
+        refused = cli(repo, "ws", "run", "quick", "--timeout", value)
+        assert refused.returncode == 2, (value, refused.stderr)
+        assert "timeout must be a number of seconds from 0.1" in refused.stderr
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        error = await client.fails("aidp/wsRun", {"slugs": ["quick"], "timeoutS": 1e-300})
+        assert error.code == -32602
+    write_config(repo, "[harness]\ntimeout_s = 1e-300\n")
+    assert cli(repo, "ws", "run", "quick").returncode == 2
+    assert workstreams(repo)["quick"]["status"] == "active"  # nothing ran
