@@ -91,6 +91,25 @@ async def test_broken_framing_cancels_runs_and_exits(sleeper: Path, markers: Pat
     assert_cancelled_and_gone(sleeper)
 
 
+async def test_a_body_that_arrives_in_pieces_is_read_whole(repo: Path, markers: Path) -> None:
+    """Header and body in separate writes (as vscode-jsonrpc writes them), a body cut right after
+    an inner `}`, and a body larger than a pipe holds: all framed right, so all answered."""
+    small = request_body(1, "aidp/wsPause", {"slug": {"inner": {}}, "more": 1})
+    cut = small.index(b"{}}") + 3
+    large = request_body(2, "aidp/wsList", {"padding": "x" * 3_000_000})
+    async with raw_session(server_command(repo), markers) as raw:
+        await raw.initialize()
+        assert raw.proc.stdin is not None
+        for piece in (frame(small)[: -len(small)], small[:cut], small[cut:]):
+            raw.send_raw(piece)
+            await raw.proc.stdin.drain()
+            await asyncio.sleep(0.05)  # let each piece arrive on its own
+        assert (await raw.response(1))["error"]["code"] == -32602
+        raw.send_raw(frame(large))
+        assert (await raw.response(2))["error"]["code"] == -32602
+        assert raw.proc.returncode is None
+
+
 async def test_blank_lines_between_messages_are_tolerated(repo: Path, markers: Path) -> None:
     async with raw_session(server_command(repo), markers) as raw:
         await raw.initialize()
