@@ -7,18 +7,36 @@ Every incoming payload is validated with `msgspec.convert(params, <Params>)`, so
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
 from aidp.engine.config import MIN_TIMEOUT_S
 from aidp.engine.events import StatusChanged
-from aidp.engine.model import Record, RunSummary, Workstream, WorkstreamResult
+from aidp.engine.model import (
+    ConflictReport,
+    Diff,
+    LandResult,
+    Record,
+    RunSummary,
+    SyncResult,
+    Workstream,
+    WorkstreamResult,
+)
 
 # The status notification is the engine's own event, forwarded unchanged.
 WsStatusNotification = StatusChanged
 
-__all__ = ["RunSummary", "Workstream", "WorkstreamResult", "WsOutputNotification", "WsStatusNotification"]
+__all__ = [
+    "ConflictReport",
+    "Diff",
+    "RunSummary",
+    "SyncResult",
+    "Workstream",
+    "WorkstreamResult",
+    "WsOutputNotification",
+    "WsStatusNotification",
+]
 
 WS_RUN = "aidp/wsRun"
 WS_RUN_ALL = "aidp/wsRunAll"
@@ -29,6 +47,10 @@ WS_PAUSE = "aidp/wsPause"
 WS_RESUME = "aidp/wsResume"
 WS_CANCEL = "aidp/wsCancel"
 WS_LOG = "aidp/wsLog"
+WS_DIFF = "aidp/wsDiff"
+WS_CONFLICTS = "aidp/wsConflicts"
+WS_LAND = "aidp/wsLand"
+WS_SYNC = "aidp/wsSync"
 
 WS_STATUS = "aidp/wsStatus"
 WS_OUTPUT = "aidp/wsOutput"
@@ -37,6 +59,7 @@ WS_LIST_CHANGED = "aidp/wsListChanged"
 # JSON-RPC error codes beyond the standard ones.
 SERVER_BUSY = -32002
 REQUEST_FAILED = -32803
+CANNOT_LAND = -32010  # data: {slug, reason, files}; nothing was changed
 
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
 MaxConcurrent = Annotated[int, msgspec.Meta(ge=1, le=64)]
@@ -91,6 +114,32 @@ class WsCancelParams(Params):
 class WsLogParams(Params):
     slug: Slug
     tail_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class WsDiffParams(Params):
+    slug: Slug
+    base: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # default: the workstream's base branch
+    max_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None  # bound on each patch (default 1 MiB)
+
+
+class WsConflictsParams(Params):
+    slugs: list[Slug] | None = None  # default: every workstream not landed
+
+
+class WsLandParams(Params):
+    slugs: Annotated[list[Slug], msgspec.Meta(min_length=1)]
+    strategy: Literal["merge", "squash", "rebase"] = "merge"
+    into: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    rm: bool = False
+
+
+class WsSyncParams(Params):
+    slug: Slug
+    strategy: Literal["rebase", "merge"] = "rebase"
+
+
+class WsLandResult(Record):
+    landed: list[LandResult]
 
 
 class WsListResult(Record):

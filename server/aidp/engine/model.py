@@ -42,6 +42,7 @@ class Status(StrEnum):
     FAILED = "failed"
     ERROR = "error"
     CANCELLED = "cancelled"
+    LANDED = "landed"  # merged into its base branch by `land`; rests there, skipped by run-all
 
     @property
     def in_flight(self) -> bool:
@@ -78,6 +79,91 @@ class CurrentRun(Record):
     started_at: str | None = None  # None while queued
 
 
+class ChangeSummary(Record):
+    """What a workstream changed: its branch against the merge-base with its base branch, plus
+    whether its worktree has uncommitted work. `conflicts`: it would not merge cleanly into its base
+    branch as that branch is now (None where not computed)."""
+
+    base_branch: str
+    merge_base: str | None
+    ahead: int
+    behind: int
+    files: int
+    added: int
+    removed: int
+    dirty: bool
+    conflicts: bool | None = None
+
+
+class FileChange(Record):
+    """One changed file; `added`/`removed` are None for a binary file. `status`: git's letter (A, M,
+    D, R, C, T)."""
+
+    path: str
+    status: str
+    added: int | None
+    removed: int | None
+    old_path: str | None = None  # for a rename or copy
+
+
+class Diff(Record):
+    """A workstream's committed work against the merge-base, and its uncommitted work apart. The
+    patches are bounded: `truncated` says one was cut."""
+
+    slug: str
+    base_branch: str
+    merge_base: str | None
+    head: str
+    files: list[FileChange]
+    patch: str
+    uncommitted: list[FileChange]
+    uncommitted_patch: str
+    truncated: bool = False
+
+
+class BaseConflict(Record):
+    """Whether a workstream merges cleanly into its base branch as that branch is now."""
+
+    slug: str
+    base_branch: str
+    clean: bool
+    files: list[str]
+
+
+class PairConflict(Record):
+    """Two workstreams whose changes would conflict with each other, in these files."""
+
+    a: str
+    b: str
+    files: list[str]
+
+
+class ConflictReport(Record):
+    with_base: list[BaseConflict]
+    pairs: list[PairConflict]
+
+
+class LandResult(Record):
+    slug: str
+    into: str
+    strategy: str
+    commit: str  # the target branch's new head
+    removed: bool = False  # `--rm`: its worktree and branch are gone
+
+
+class SyncResult(Record):
+    slug: str
+    strategy: str
+    head: str  # the workstream branch's new head
+
+
+class PushResult(Record):
+    slug: str
+    remote: str
+    branch: str
+    pr_url: str | None = None
+
+
 class Workstream(Record):
     slug: str
     task: str
@@ -92,6 +178,8 @@ class Workstream(Record):
     current_run: CurrentRun | None = None
     # The worktree's folder is gone (an interrupted removal, or deleted by hand): `remove` cleans up.
     worktree_missing: bool = False
+    base_commit: str | None = None  # the commit the worktree started from (recorded at creation)
+    changes: ChangeSummary | None = None
 
 
 class RunSummary(Record):
