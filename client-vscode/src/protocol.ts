@@ -15,6 +15,10 @@ export const WS_PAUSE = "aidp/wsPause";
 export const WS_RESUME = "aidp/wsResume";
 export const WS_CANCEL = "aidp/wsCancel";
 export const WS_LOG = "aidp/wsLog";
+export const WS_DIFF = "aidp/wsDiff";
+export const WS_CONFLICTS = "aidp/wsConflicts";
+export const WS_LAND = "aidp/wsLand";
+export const WS_SYNC = "aidp/wsSync";
 
 // Notifications (server -> client).
 export const WS_STATUS = "aidp/wsStatus";
@@ -32,6 +36,8 @@ export const ErrorCodes = {
   MethodNotFound: -32601,
   /** The request was valid but failed (git error, bad config). */
   RequestFailed: -32803,
+  /** aidp/wsLand refused a workstream (data: CannotLandData); those before it in `slugs` landed. */
+  CannotLand: -32010,
 } as const;
 
 export const STATUSES = [
@@ -43,6 +49,7 @@ export const STATUSES = [
   "failed",
   "error",
   "cancelled",
+  "landed",
 ] as const;
 
 export type Status = (typeof STATUSES)[number];
@@ -86,6 +93,37 @@ export interface Workstream {
   lastResult: WorkstreamResult | null;
   /** Its folder is gone (an interrupted removal): wsRemove cleans up. */
   worktreeMissing?: boolean;
+  /** The commit the worktree started from (recorded at creation; null for older workstreams). */
+  baseCommit?: string | null;
+  /** What it changed against its base branch; null where it could not be computed. */
+  changes?: ChangeSummary | null;
+}
+
+/** A workstream's branch against the merge-base with its base branch, and its worktree. */
+export interface ChangeSummary {
+  baseBranch: string;
+  mergeBase: string | null;
+  /** Commits on the branch and not on the base branch, and the reverse. */
+  ahead: number;
+  behind: number;
+  files: number;
+  added: number;
+  removed: number;
+  /** The worktree has uncommitted changes. */
+  dirty: boolean;
+  /** It would not merge cleanly into its base branch as that is now; null where not computed. */
+  conflicts?: boolean | null;
+}
+
+export interface FileChange {
+  path: string;
+  /** git's letter: A, M, D, R, C or T. */
+  status: string;
+  /** null for a binary file. */
+  added: number | null;
+  removed: number | null;
+  /** The source of a rename or copy. */
+  oldPath?: string | null;
 }
 
 export interface RunSummary {
@@ -163,6 +201,93 @@ export interface WsLogResult {
   text: string;
 }
 
+export interface WsDiffParams {
+  slug: string;
+  /** Defaults to the workstream's base branch. */
+  base?: string;
+  /** Bound on each patch in bytes (≥ 0); defaults to 1 MiB. */
+  maxBytes?: number;
+}
+
+/** The committed work against the merge-base, and the uncommitted work apart. */
+export interface Diff {
+  slug: string;
+  baseBranch: string;
+  mergeBase: string | null;
+  head: string;
+  files: FileChange[];
+  patch: string;
+  uncommitted: FileChange[];
+  uncommittedPatch: string;
+  /** A patch was cut at maxBytes. */
+  truncated: boolean;
+}
+
+export interface WsConflictsParams {
+  /** Defaults to every workstream not landed. */
+  slugs?: string[];
+}
+
+export interface BaseConflict {
+  slug: string;
+  baseBranch: string;
+  clean: boolean;
+  files: string[];
+}
+
+export interface PairConflict {
+  a: string;
+  b: string;
+  files: string[];
+}
+
+export interface ConflictReport {
+  withBase: BaseConflict[];
+  /** Only the pairs that would conflict. */
+  pairs: PairConflict[];
+}
+
+export type LandStrategy = "merge" | "squash" | "rebase";
+
+export interface WsLandParams {
+  /** At least one; landed in this order, stopping at the first that cannot land. */
+  slugs: string[];
+  /** Defaults to "merge". */
+  strategy?: LandStrategy;
+  /** Defaults to each workstream's base branch. */
+  into?: string;
+  /** Remove each landed workstream's worktree and branch. */
+  rm?: boolean;
+}
+
+export interface LandResult {
+  slug: string;
+  into: string;
+  strategy: LandStrategy;
+  /** The target branch's new head. */
+  commit: string;
+  removed: boolean;
+}
+
+export interface WsLandResult {
+  landed: LandResult[];
+}
+
+export type SyncStrategy = "rebase" | "merge";
+
+export interface WsSyncParams {
+  slug: string;
+  /** Defaults to "rebase". */
+  strategy?: SyncStrategy;
+}
+
+export interface SyncResult {
+  slug: string;
+  strategy: SyncStrategy;
+  /** The workstream branch's new head. */
+  head: string;
+}
+
 export interface WsStatusNotification {
   runId: string | null;
   slug: string;
@@ -188,4 +313,13 @@ export interface UnknownSlugsData {
 /** Error data for -32002. */
 export interface RunningData {
   running: string[];
+}
+
+/** Error data for -32010: the workstream that could not land, why, and the files concerned. */
+export interface CannotLandData {
+  slug: string;
+  reason: string;
+  files: string[];
+  /** Those landed before it in the same request. */
+  landed: LandResult[];
 }
