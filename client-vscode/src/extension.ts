@@ -1,9 +1,10 @@
 /** Entry point: wires the server connection, the store, the tree, the status bar and the commands. */
 import * as fs from "node:fs";
+import * as path from "node:path";
 import * as vscode from "vscode";
 import { wsRunAllParams, wsRunParams, type RunSettings } from "./core/args";
 import { describeError, isCancelled, isDirtyRefusal } from "./core/errors";
-import { describe, failures, firstLine, formatDuration, formatExitCode, statusBarText, summaryMessage } from "./core/format";
+import { describe, failures, firstLine, formatDuration, formatOutcome, statusBarText, summaryMessage } from "./core/format";
 import { RunTracker } from "./core/runTracker";
 import { validateSlug } from "./core/slug";
 import { isRunAllCandidate } from "./core/state";
@@ -19,6 +20,7 @@ import {
   WS_RESUME,
   WS_RUN,
   WS_RUN_ALL,
+  type FinalStatus,
   type RunSummary,
   type Workstream,
   type WorkstreamResult,
@@ -32,6 +34,10 @@ import { AidpServer } from "./server";
 import { WorkstreamTreeProvider } from "./tree";
 
 const VIEW_ID = "aidp.workstreams";
+/** Logs open as read-only documents of this scheme, so the tab can name the workstream. */
+const LOG_SCHEME = "aidp-log";
+/** A log editor shows at most this much (the end); the file keeps every byte. */
+const LOG_VIEW_MAX = 16 * 1024 * 1024;
 
 /** What each command does, for "AIDP: cannot <action>: <reason>" messages. */
 const ACTIONS: Readonly<Record<string, string>> = {
@@ -60,6 +66,12 @@ class Extension implements vscode.Disposable {
   private readonly disposables: { dispose(): unknown }[] = [];
   private fetching: Promise<void> | undefined;
   private refetch = false;
+  /** Per output channel, the run whose header it shows last. */
+  private readonly announced = new Map<string, string>();
+  /** Slugs whose channel shows a run of another aidp process that has not ended yet. */
+  private readonly followed = new Set<string>();
+  private readonly logs = new LogDocuments();
+  private shuttingDown: Promise<void> | undefined;
 
   constructor() {
     const folder = vscode.workspace.workspaceFolders?.[0];
@@ -72,10 +84,15 @@ class Extension implements vscode.Disposable {
     const view = vscode.window.createTreeView(VIEW_ID, { treeDataProvider: tree, showCollapseAll: false });
     this.statusBar.name = "AIDP Workstreams";
     this.statusBar.command = "aidp.showWorkstreams";
-    this.disposables.push(tree, view, this.log, this.statusBar, this.server);
+    // The server and its log channel are not in this list: `shutdown` ends them last, in order.
+    this.disposables.push(tree, view, this.statusBar, this.logs);
+    this.disposables.push(vscode.workspace.registerTextDocumentContentProvider(LOG_SCHEME, this.logs));
     this.disposables.push({ dispose: this.store.onChange(() => this.onStoreChange()) });
     this.disposables.push(
       this.server.onDidChangeState((state) => {
+        // The list stays while the server restarts (no "No workstreams yet" flash); it goes only
+        // when the server cannot run, so the view can say so.
+        if (state === "failed") this.store.clear();
         this.updateStatusBar();
         if (state === "running") void this.fetchList();
       }),
@@ -105,20 +122,38 @@ class Extension implements vscode.Disposable {
     for (const entry of this.trackers) {
       if (entry.tracker.accept(n, owned)) entry.update();
     }
-    const channel = this.channels.get(n.slug);
-    if (n.status === "running") {
-      this.channel(n.slug).appendLine(`=== run ${n.runId ?? "?"} started ${new Date().toISOString()} ===`);
-    } else if (channel !== undefined && isFinalStatus(n.status)) {
-      const parts: string[] = [n.status];
-      if (n.exitCode !== null) parts.push(formatExitCode(n.exitCode));
-      if (n.durationS !== null) parts.push(formatDuration(n.durationS));
-      channel.appendLine(`=== ${parts.join(" · ")} ===`);
-      if (n.error) channel.appendLine(n.error.trimEnd());
+    if (n.status === "running" && n.runId !== null) {
+      this.followed.delete(n.slug);
+      this.announce(n.slug, n.runId, n.startedAt ?? new Date().toISOString(), "");
+    } else if (this.channels.has(n.slug) && isFinalStatus(n.status)) {
+      this.footer(n.slug, { ...n, status: n.status });
     }
   }
 
   private onOutput(n: WsOutputNotification): void {
+    if (this.announced.get(n.slug) !== n.runId) {
+      // No `running` status came first: another aidp process (a terminal) runs it, and the server
+      // follows its log. Its start and its end come with the list (see onStoreChange).
+      const view = this.store.state.items.get(n.slug);
+      const since = view?.runningSince;
+      this.announce(n.slug, n.runId, since ? new Date(since).toISOString() : "?", " by another aidp process");
+      if (view !== undefined && isLive(view.ws)) this.followed.add(n.slug);
+    }
     this.channel(n.slug).append(n.text);
+  }
+
+  /** The channel's last line for a run: "=== failed · exit 3 · 1.2s ===" and the error, if any. */
+  private footer(slug: string, r: { status: FinalStatus; exitCode: number | null; durationS: number | null; error: string | null }): void {
+    const channel = this.channel(slug);
+    const parts: string[] = [formatOutcome(r.status, r.exitCode)];
+    if (r.durationS !== null) parts.push(formatDuration(r.durationS));
+    channel.appendLine(`=== ${parts.join(" · ")} ===`);
+    if (r.error) channel.appendLine(r.error.trimEnd());
+  }
+
+  private announce(slug: string, runId: string, startedAt: string, where: string): void {
+    this.announced.set(slug, runId);
+    this.channel(slug).appendLine(`=== run ${runId} started ${startedAt}${where} ===`);
   }
 
   private channel(slug: string): vscode.OutputChannel {
@@ -132,6 +167,12 @@ class Extension implements vscode.Disposable {
   }
 
   private onStoreChange(): void {
+    for (const slug of this.followed) {
+      const ws = this.store.get(slug);
+      if (ws !== undefined && isLive(ws)) continue;
+      this.followed.delete(slug);
+      if (ws?.lastResult) this.footer(slug, ws.lastResult);
+    }
     const counts = this.store.counts();
     void vscode.commands.executeCommand("setContext", "aidp.hasWorkstreams", counts.total > 0);
     void vscode.commands.executeCommand("setContext", "aidp.hasRunnable", counts.runnable > 0);
@@ -144,7 +185,8 @@ class Extension implements vscode.Disposable {
       this.statusBar.text = "$(error) AIDP";
       this.statusBar.tooltip = "The aidp server is not running. Click to show the workstreams.";
     } else {
-      this.statusBar.text = statusBarText(counts);
+      // While this window's own progress notification shows, the item counts without spinning: one spinner.
+      this.statusBar.text = statusBarText(counts, this.trackers.size === 0);
       this.statusBar.tooltip = `AIDP: ${counts.running} running, ${counts.queued} queued, ${counts.total} workstreams. Click to show them.`;
     }
     this.statusBar.show();
@@ -163,7 +205,7 @@ class Extension implements vscode.Disposable {
           const result = await this.server.request<WsListResult>(WS_LIST, {});
           this.store.setList(result.workstreams);
         } catch (e) {
-          this.log.error(describeError("list workstreams", e));
+          if (this.shuttingDown === undefined) this.log.error(describeError("list workstreams", e));
           break;
         }
       } while (this.refetch);
@@ -224,7 +266,6 @@ class Extension implements vscode.Disposable {
     reg("aidp.refresh", () => this.fetchList());
     reg("aidp.showWorkstreams", () => vscode.commands.executeCommand(`${VIEW_ID}.focus`));
     reg("aidp.restartServer", async () => {
-      this.store.clear();
       if (await this.server.restart()) {
         void vscode.window.setStatusBarMessage("AIDP: server restarted", 3000);
       }
@@ -318,6 +359,7 @@ class Extension implements vscode.Disposable {
           },
         };
         this.trackers.add(entry);
+        this.updateStatusBar();
         progress.report({ message: tracker.message() });
         try {
           const summary = await this.server.request<RunSummary>(all ? WS_RUN_ALL : WS_RUN, params, token);
@@ -330,11 +372,18 @@ class Extension implements vscode.Disposable {
               `AIDP: run cancelled${finished > 0 ? ` (${finished} of ${tracker.total} had already finished)` : ""}.`,
             );
             void this.fetchList();
+          } else if (this.server.state !== "running" || this.shuttingDown !== undefined) {
+            // Restarted or stopped mid-run: the server cancels its runs as it stops (or, after a
+            // crash, the next server records them cancelled). A closing window has no one to tell.
+            if (this.shuttingDown === undefined) {
+              void vscode.window.showInformationMessage("AIDP: the run ended when the server stopped; its workstreams are cancelled.");
+            }
           } else {
             void vscode.window.showErrorMessage(describeError("run", e));
           }
         } finally {
           this.trackers.delete(entry);
+          this.updateStatusBar();
         }
       },
     );
@@ -354,9 +403,7 @@ class Extension implements vscode.Disposable {
   private async showFailures(failed: WorkstreamResult[]): Promise<void> {
     const items = failed.map((r) => ({
       label: r.slug,
-      description: [r.status, r.exitCode !== null ? formatExitCode(r.exitCode) : undefined]
-        .filter((x) => x !== undefined)
-        .join(" · "),
+      description: formatOutcome(r.status, r.exitCode),
       detail: r.error ? firstLine(r.error, 200) : undefined,
       result: r,
     }));
@@ -377,7 +424,7 @@ class Extension implements vscode.Disposable {
     }
     logPath ??= this.store.get(slug)?.lastResult?.logPath ?? null;
     if (logPath !== null && fs.existsSync(logPath)) {
-      const doc = await vscode.workspace.openTextDocument(vscode.Uri.file(logPath));
+      const doc = await vscode.workspace.openTextDocument(this.logs.uri(slug, logPath));
       await vscode.window.showTextDocument(doc, { preview: true });
       return;
     }
@@ -444,6 +491,8 @@ class Extension implements vscode.Disposable {
     }
     this.channels.get(slug)?.dispose();
     this.channels.delete(slug);
+    this.announced.delete(slug);
+    this.followed.delete(slug);
     await this.fetchList();
   }
 
@@ -469,14 +518,62 @@ class Extension implements vscode.Disposable {
     void vscode.window.setStatusBarMessage(`AIDP: created ${ws.slug} (${ws.branch})`, 5000);
   }
 
-  dispose(): void {
-    for (const d of this.disposables.splice(0).reverse()) {
+  /**
+   * Stops the server first and waits for it (bounded), then disposes the rest, the "AIDP Server"
+   * channel last: the server's last words (its exit, the client's stop) still have a channel to go to.
+   */
+  shutdown(): Promise<void> {
+    this.shuttingDown ??= (async () => {
       try {
-        d.dispose();
-      } catch {
-        // keep disposing the rest
+        await this.server.dispose();
+      } finally {
+        for (const d of [...this.disposables.splice(0).reverse(), this.log]) {
+          try {
+            d.dispose();
+          } catch {
+            // keep disposing the rest
+          }
+        }
       }
+    })();
+    return this.shuttingDown;
+  }
+
+  dispose(): void {
+    void this.shutdown();
+  }
+}
+
+/**
+ * Log files as read-only documents named after the workstream ("fix-login · <run id>.log" on the
+ * tab, where the file itself is only "<run id>.log"). Each open reads the file afresh.
+ */
+class LogDocuments implements vscode.TextDocumentContentProvider, vscode.Disposable {
+  private readonly changed = new vscode.EventEmitter<vscode.Uri>();
+  readonly onDidChange = this.changed.event;
+
+  uri(slug: string, logPath: string): vscode.Uri {
+    const uri = vscode.Uri.from({ scheme: LOG_SCHEME, path: `/${slug} · ${path.basename(logPath)}`, query: logPath });
+    this.changed.fire(uri); // an already open document shows the log as it is now
+    return uri;
+  }
+
+  async provideTextDocumentContent(uri: vscode.Uri): Promise<string> {
+    const file = uri.query;
+    const handle = await fs.promises.open(file, "r");
+    try {
+      const { size } = await handle.stat();
+      const start = Math.max(0, size - LOG_VIEW_MAX);
+      const { buffer, bytesRead } = await handle.read(Buffer.alloc(size - start), 0, size - start, start);
+      const text = buffer.subarray(0, bytesRead).toString("utf8");
+      return start > 0 ? `[aidp: the first ${start} bytes are left out here; ${file} has them all]\n${text}` : text;
+    } finally {
+      await handle.close();
     }
+  }
+
+  dispose(): void {
+    this.changed.dispose();
   }
 }
 
@@ -499,7 +596,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
 
 export async function deactivate(): Promise<void> {
   if (extension !== undefined) {
-    await extension.server.stop();
+    await extension.shutdown();
     extension = undefined;
   }
 }

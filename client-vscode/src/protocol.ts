@@ -97,6 +97,14 @@ export interface Workstream {
   baseCommit?: string | null;
   /** What it changed against its base branch; null where it could not be computed. */
   changes?: ChangeSummary | null;
+  /** The run it is queued or running in, in this server or another aidp process; null when at rest. */
+  currentRun?: CurrentRun | null;
+}
+
+export interface CurrentRun {
+  runId: string;
+  /** When the harness started; null while queued. */
+  startedAt: string | null;
 }
 
 /** A workstream's branch against the merge-base with its base branch, and its worktree. */
@@ -295,6 +303,8 @@ export interface WsStatusNotification {
   exitCode: number | null;
   durationS: number | null;
   error: string | null;
+  /** With `running`: when the harness started (elapsed time counts from it). */
+  startedAt?: string | null;
 }
 
 export interface WsOutputNotification {

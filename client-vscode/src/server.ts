@@ -8,6 +8,7 @@ import {
   LanguageClient,
   RevealOutputChannelOn,
   State,
+  type InitializeParams,
   type LanguageClientOptions,
 } from "vscode-languageclient/node";
 import {
@@ -50,6 +51,16 @@ class AidpLanguageClient extends LanguageClient {
   override error(message: string, data?: unknown, showNotification: boolean | "force" = true): void {
     super.error(message, data, this.quietStart ? false : showNotification);
   }
+
+  /**
+   * Declines server-created work-done progress: each run already shows the extension's own
+   * notification (with its "2/5 done, running: ..." and Cancel), and a second indicator for the
+   * same run would only repeat it with other words.
+   */
+  protected override fillInitializeParams(params: InitializeParams): void {
+    super.fillInitializeParams(params);
+    if (params.capabilities.window !== undefined) params.capabilities.window.workDoneProgress = false;
+  }
 }
 
 const MAX_RESTARTS = 3;
@@ -65,7 +76,10 @@ export class AidpServer implements vscode.Disposable {
   private readonly stateEmitter = new vscode.EventEmitter<ServerState>();
   /** Fires on every state change; "running" also after an automatic restart. */
   readonly onDidChangeState = this.stateEmitter.event;
+  /** The start (or restart) in progress: requests made meanwhile wait for it. */
   private startPromise: Promise<boolean> | undefined;
+  /** Set by dispose(): the output channel may close any moment, so late process events stay quiet. */
+  private disposed = false;
 
   constructor(
     private readonly folder: vscode.WorkspaceFolder | undefined,
@@ -108,7 +122,7 @@ export class AidpServer implements vscode.Disposable {
       this.stderrTail = appendTail(this.stderrTail, data.toString("utf8"));
     });
     child.on("exit", (code, signal) => {
-      this.log.info(`server process exited (code ${String(code)}, signal ${String(signal)})`);
+      if (!this.disposed) this.log.info(`server process exited (code ${String(code)}, signal ${String(signal)})`);
     });
     return new Promise((resolve, reject) => {
       child.once("spawn", () => {
@@ -123,10 +137,16 @@ export class AidpServer implements vscode.Disposable {
 
   /** Starts the server; shows an actionable error and returns false when it cannot start. */
   start(): Promise<boolean> {
-    this.startPromise ??= this.doStart().finally(() => {
-      this.startPromise = undefined;
+    return this.startPromise ?? this.track(this.doStart());
+  }
+
+  /** Makes `starting` the start that requests wait for, until it settles. */
+  private track(starting: Promise<boolean>): Promise<boolean> {
+    const tracked = starting.finally(() => {
+      if (this.startPromise === tracked) this.startPromise = undefined;
     });
-    return this.startPromise;
+    this.startPromise = tracked;
+    return tracked;
   }
 
   private async doStart(): Promise<boolean> {
@@ -234,7 +254,13 @@ export class AidpServer implements vscode.Disposable {
     return Promise.resolve(false);
   }
 
+  /** Stops the server and waits (boundedly) until its process has gone. */
   async stop(): Promise<void> {
+    await this.stopProcess();
+    this.setState("stopped");
+  }
+
+  private async stopProcess(): Promise<void> {
     const client = this.client;
     const child = this.child;
     this.client = undefined;
@@ -249,15 +275,29 @@ export class AidpServer implements vscode.Disposable {
     }
     if (child !== undefined && child.exitCode === null && child.signalCode === null) {
       await this.waitForExit(child, 3000);
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGTERM");
+        await this.waitForExit(child, 2000);
+      }
     }
-    this.setState("stopped");
   }
 
-  async restart(): Promise<boolean> {
+  /**
+   * Stops the server and starts it again. The state goes straight to "starting" (never "stopped"),
+   * and requests made meanwhile (a list fetch, a status that names a new slug) wait for the new
+   * server instead of failing.
+   */
+  restart(): Promise<boolean> {
     this.crashes = [];
-    await this.stop();
-    return this.start();
+    this.setState("starting");
+    const previous = this.startPromise;
+    return this.track(
+      (async () => {
+        await previous;
+        await this.stopProcess();
+        return this.doStart();
+      })(),
+    );
   }
 
   /** Sends a request; rejects with a ResponseError (code, message, data) when the server refuses. */
@@ -277,8 +317,10 @@ export class AidpServer implements vscode.Disposable {
     return this.command === undefined ? undefined : formatCommandLine(this.command);
   }
 
-  dispose(): void {
-    void this.stop();
+  /** Stops the server; after it, nothing is written to the output channel (its owner closes it next). */
+  async dispose(): Promise<void> {
+    await this.stop();
+    this.disposed = true;
     this.stateEmitter.dispose();
   }
 }

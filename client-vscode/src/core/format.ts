@@ -1,4 +1,5 @@
 /** How a workstream looks in the tree: description, icon, tooltip, context value. No `vscode` import. */
+import * as os from "node:os";
 import type { RunSummary, Status, Workstream, WorkstreamResult } from "../protocol";
 import type { WorkstreamView } from "./state";
 
@@ -17,6 +18,7 @@ export const STATUS_ICONS: Readonly<Record<Status, IconSpec>> = {
   failed: { id: "error", color: "testing.iconFailed" },
   error: { id: "warning", color: "problemsWarningIcon.foreground" },
   cancelled: { id: "circle-slash", color: "disabledForeground" },
+  landed: { id: "git-merge", color: "gitDecoration.addedResourceForeground" },
 };
 
 export function iconFor(status: Status): IconSpec {
@@ -39,9 +41,34 @@ export function formatDuration(seconds: number): string {
   return `${h}h ${String(m).padStart(2, "0")}m`;
 }
 
-/** "exit 3", or "signal 9" for a negative exit code. */
-export function formatExitCode(exitCode: number): string {
-  return exitCode < 0 ? `signal ${-exitCode}` : `exit ${exitCode}`;
+/** Signal names by number on this machine (the server runs here too): 15 -> "SIGTERM". First name wins (SIGABRT, not SIGIOT). */
+const SIGNAL_NAMES: ReadonlyMap<number, string> = (() => {
+  const names = new Map<number, string>();
+  for (const [name, n] of Object.entries(os.constants.signals)) if (!names.has(n)) names.set(n, name);
+  return names;
+})();
+
+/** 15 -> "SIGTERM"; a number this machine has no name for -> "signal 77". */
+export function signalName(signal: number): string {
+  return SIGNAL_NAMES.get(signal) ?? `signal ${signal}`;
+}
+
+/**
+ * "exit 3"; for a negative exit code, the signal as a person says it: "stopped by SIGTERM" when the
+ * workstream was cancelled (aidp stopped it), else "killed by SIGSEGV".
+ */
+export function formatExitCode(exitCode: number, status?: Status): string {
+  if (exitCode >= 0) return `exit ${exitCode}`;
+  return `${status === "cancelled" ? "stopped" : "killed"} by ${signalName(-exitCode)}`;
+}
+
+/**
+ * A finished status with its exit code: "failed · exit 3", "cancelled (stopped by SIGTERM)", "completed".
+ * A signal reads as the reason for the status; an exit code as a detail of it.
+ */
+export function formatOutcome(status: Status, exitCode: number | null): string {
+  if (exitCode === null || (exitCode === 0 && status === "completed")) return status;
+  return exitCode < 0 ? `${status} (${formatExitCode(exitCode, status)})` : `${status} · ${formatExitCode(exitCode)}`;
 }
 
 /**
@@ -58,19 +85,15 @@ export function describe(view: WorkstreamView, now: number): string {
     case "queued":
     case "active":
     case "paused":
+    case "landed":
       return ws.status;
     case "completed":
     case "failed":
     case "error":
     case "cancelled": {
-      const parts: string[] = [ws.status];
       const result = ws.lastResult;
-      if (result !== null) {
-        if (result.exitCode !== null && (result.exitCode !== 0 || ws.status !== "completed")) {
-          parts.push(formatExitCode(result.exitCode));
-        }
-        if (result.durationS !== null) parts.push(formatDuration(result.durationS));
-      }
+      const parts: string[] = [formatOutcome(ws.status, result?.exitCode ?? null)];
+      if (result !== null && result.durationS !== null) parts.push(formatDuration(result.durationS));
       return parts.join(" · ");
     }
   }
@@ -140,12 +163,15 @@ export function failures(summary: RunSummary): WorkstreamResult[] {
   return summary.results.filter((r) => r.status === "failed" || r.status === "error");
 }
 
-/** The status-bar text: how many running and queued. */
-export function statusBarText(counts: { running: number; queued: number; total: number }): string {
+/**
+ * The status-bar text: how many running and queued. `spin`: false while a progress notification
+ * already shows the run, so only one thing on screen spins for it.
+ */
+export function statusBarText(counts: { running: number; queued: number; total: number }, spin = true): string {
   if (counts.running === 0 && counts.queued === 0) {
     return `$(checklist) AIDP: ${counts.total === 0 ? "no workstreams" : "none running"}`;
   }
-  const parts = [`$(sync~spin) ${counts.running} running`];
+  const parts = [`$(${spin ? "sync~spin" : "sync"}) ${counts.running} running`];
   if (counts.queued > 0) parts.push(`${counts.queued} queued`);
   return parts.join(", ");
 }

@@ -17,7 +17,10 @@ export interface WorkstreamView {
   readonly ws: Workstream;
   /** The run this workstream is queued or running in, if known. */
   readonly runId: string | null;
-  /** Epoch ms when the client saw it start running (for a live elapsed time); null otherwise. */
+  /**
+   * Epoch ms when the run started (for a live elapsed time): the server's `startedAt`, or when the client
+   * first saw it running if the server did not say; null when not running.
+   */
   readonly runningSince: number | null;
 }
 
@@ -43,10 +46,11 @@ export function reduceList(prev: State, workstreams: readonly Workstream[], now:
   for (const ws of workstreams) {
     const old = prev.items.get(ws.slug);
     const live = ws.status === "running" || ws.status === "queued";
+    const current = live ? (ws.currentRun ?? null) : null;
     items.set(ws.slug, {
       ws,
-      runId: live ? (old?.runId ?? null) : null,
-      runningSince: ws.status === "running" ? (old?.runningSince ?? now) : null,
+      runId: live ? (current?.runId ?? old?.runId ?? null) : null,
+      runningSince: ws.status === "running" ? (epochMs(current?.startedAt) ?? old?.runningSince ?? now) : null,
     });
   }
   return { order: workstreams.map((ws) => ws.slug), items };
@@ -77,7 +81,7 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
       break;
     case "running":
       runId = n.runId;
-      runningSince = now;
+      runningSince = epochMs(raw.startedAt) ?? now;
       break;
     case "completed":
     case "failed":
@@ -107,6 +111,7 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
     }
     case "active":
     case "paused":
+    case "landed":
       runId = null;
       runningSince = null;
       break;
@@ -114,6 +119,13 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
   const items = new Map(prev.items);
   items.set(n.slug, { ws, runId, runningSince });
   return { state: { order: prev.order, items }, changed: [n.slug], unknown: false };
+}
+
+/** Epoch ms of an ISO time from the server; undefined when absent or unreadable. */
+function epochMs(iso: string | null | undefined): number | undefined {
+  if (iso === null || iso === undefined) return undefined;
+  const ms = Date.parse(iso);
+  return Number.isNaN(ms) ? undefined : ms;
 }
 
 /** Applies the results of a finished run (they carry the log paths and server timestamps). */
@@ -159,9 +171,11 @@ export function countStates(state: State): Counts {
   return counts;
 }
 
-/** The workstreams `aidp/wsRunAll` runs: every one not paused, not completed, not running (nor queued). */
+/** The workstreams `aidp/wsRunAll` runs: every one not paused, completed, landed, running (nor queued). */
 export function isRunAllCandidate(status: Status): boolean {
-  return status !== "paused" && status !== "completed" && status !== "running" && status !== "queued";
+  return (
+    status !== "paused" && status !== "completed" && status !== "landed" && status !== "running" && status !== "queued"
+  );
 }
 
 export function workstreams(state: State): Workstream[] {

@@ -240,12 +240,69 @@ class Workbench {
     }
   }
 
+  /** Spinning icons in the status bar: our status item while it spins, VS Code's own `$/progress` item. */
+  async statusBarSpinners(): Promise<number> {
+    return this.page.locator(".part.statusbar .codicon-modifier-spin, .part.statusbar [class*='~spin']").count();
+  }
+
+  /** The Workstreams view's welcome text, if it shows one (it does only when the tree is empty). */
+  async welcome(): Promise<string> {
+    const content = this.page.locator(".part.sidebar .welcome-view-content");
+    if ((await content.count().catch(() => 0)) === 0) return "";
+    return (await content.first().innerText().catch(() => "")).replace(/\s+/g, " ");
+  }
+
+  /** Opens the output channel `name` in the Output view. */
+  async showOutputChannel(name: string): Promise<void> {
+    await this.command("Output: Show Output Channels...");
+    await this.page.locator(".quick-input-widget input").first().fill(name);
+    await this.pickRow(name).click();
+  }
+
   /** The text of the editor in the panel (the Output view), with Monaco's non-breaking spaces made plain. */
   async outputText(): Promise<string> {
     const lines = this.page.locator(".part.panel .monaco-editor .view-lines").first();
     if ((await lines.count()) === 0) return "";
     return (await lines.innerText().catch(() => "")).replace(/\u00a0/g, " ");
   }
+}
+
+/** Lines of every log file under `dir` (VS Code's and the extension host's) that match `pattern`. */
+function logLines(dir: string, pattern: RegExp): string[] {
+  const found: string[] = [];
+  const walk = (d: string): void => {
+    for (const entry of fs.readdirSync(d, { withFileTypes: true })) {
+      const file = path.join(d, entry.name);
+      if (entry.isDirectory()) walk(file);
+      else if (entry.name.endsWith(".log")) {
+        for (const line of fs.readFileSync(file, "utf8").split("\n")) if (pattern.test(line)) found.push(`${entry.name}: ${line}`);
+      }
+    }
+  };
+  if (fs.existsSync(dir)) walk(dir);
+  return found;
+}
+
+/**
+ * Errors with `message` logged by the extension hosts under `dir` whose stack passes through the aidp
+ * extension (other extensions, such as VS Code's JSON support, have their own).
+ */
+function aidpErrors(dir: string, message: string): string[] {
+  const found: string[] = [];
+  const walk = (d: string): void => {
+    for (const entry of fs.readdirSync(d, { withFileTypes: true })) {
+      const file = path.join(d, entry.name);
+      if (entry.isDirectory()) walk(file);
+      else if (entry.name.endsWith("exthost.log")) {
+        // An entry: its timestamped line and the stack lines after it.
+        for (const logged of fs.readFileSync(file, "utf8").split(/\n(?=\d{4}-\d\d-\d\d )/)) {
+          if (logged.includes(message) && logged.includes("aidp.aidp-")) found.push(logged);
+        }
+      }
+    }
+  };
+  if (fs.existsSync(dir)) walk(dir);
+  return found;
 }
 
 function escapeRe(s: string): string {
@@ -403,7 +460,11 @@ async function main(): Promise<void> {
     await wb.waitStatus("slow-ws", "running");
     check(true, "slow-ws shows running");
     const progress = wb.toast("AIDP: running all workstreams");
-    await progress.waitFor({ state: "visible", timeout: 30_000 }).catch(() => undefined);
+    await progress.waitFor({ state: "visible", timeout: 30_000 });
+    check(
+      (await wb.statusBarSpinners()) === 0 && (await wb.label("slow-ws"))?.includes("running"),
+      "during the run, its progress notification is the one indicator (no spinner in the status bar, no $/progress)",
+    );
     const runningShot = await wb.shot("02-running");
     if (process.env.AIDP_E2E_UPDATE_DOCS === "1") {
       fs.copyFileSync(runningShot, path.join(REPO_ROOT, "docs", "vscode-workstreams.png"));
@@ -435,9 +496,12 @@ async function main(): Promise<void> {
       "Show Failures lists fail-ws only",
     );
     await failPick.click();
-    const logTab = page.locator(".tabs-container .tab", { hasText: ".log" }).first();
+    const logTab = page.locator(".tabs-container .tab", { hasText: /fail-ws · .*\.log/ }).first();
     await logTab.waitFor({ state: "visible", timeout: 30_000 });
-    check(true, "the failure's log file opened in an editor");
+    check(true, `the failure's log opened in an editor whose tab names the workstream ("${await logTab.innerText()}")`);
+    const logEditor = page.locator(".editor-instance .monaco-editor .view-lines").first();
+    await waitFor("the log's text in the editor", async () => (await logEditor.innerText()).replace(/\u00a0/g, " ").includes("something broke"), 30_000);
+    check(true, "the log editor shows the harness's output");
     await wb.shot("04-failure-log");
 
     // ---- Run one slow workstream and cancel it from the progress notification ----------------------
@@ -459,6 +523,10 @@ async function main(): Promise<void> {
     await cancelToast.locator(".monaco-button", { hasText: "Cancel" }).click();
     const cancelledLabel = await wb.waitStatus("slow-ws", "cancelled");
     check(true, `cancelling from the progress notification ends slow-ws cancelled ("${cancelledLabel}")`);
+    check(
+      !cancelledLabel.includes("signal") && (!cancelledLabel.includes("(") || /\(stopped by SIG[A-Z]+\)/.test(cancelledLabel)),
+      `the cancelled row says how it ended as a person would ("${cancelledLabel}")`,
+    );
     await wb.toast("run cancelled").waitFor({ state: "visible", timeout: 60_000 });
     check(true, "the extension reported the cancelled run");
     await wb.shot("06-cancelled");
@@ -618,6 +686,39 @@ async function main(): Promise<void> {
     await wb.shot("17-cancelled-from-palette");
     await wb.clearNotifications();
 
+    // ---- Restart Server during a run: the list stays on screen, the run ends cancelled, no errors -----
+    fs.rmSync(gate, { force: true });
+    await gateRow.hover();
+    await gateRow.locator('.action-label[aria-label="Run Workstream"]').click();
+    await wb.waitStatus("gate-ws", "running");
+    const welcomes = new Set<string>();
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const text = await wb.welcome();
+        if (text) welcomes.add(text);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    try {
+      // The stopping server cancels the run: it answers with the summary, or the connection closes first.
+      const ended = wb.toast(/the run ended when the server stopped|ran 1 workstream .*1 cancelled/);
+      const restarted = page.locator(".part.statusbar", { hasText: "server restarted" });
+      await wb.command("AIDP: Restart Server");
+      await Promise.all([ended.waitFor({ state: "visible", timeout: LONG }), restarted.waitFor({ timeout: LONG })]);
+      check(true, `the server restarted and the run's end is reported: "${(await ended.innerText()).replace(/\s+/g, " ")}"`);
+      await wb.waitStatus("gate-ws", "cancelled");
+      await wb.waitStatus("ok-ws", "completed");
+    } finally {
+      sampling = false;
+      await sampler;
+    }
+    check(welcomes.size === 0, `the tree stayed on screen through the restart (welcome texts seen: ${JSON.stringify([...welcomes])})`);
+    const listErrors = logLines(path.join(userData, "logs"), /cannot list workstreams/);
+    check(listErrors.length === 0, `a restart during a run logs no list errors (${JSON.stringify(listErrors)})`);
+    await wb.shot("17b-restarted-during-run");
+    await wb.clearNotifications();
+
     // ---- A run in another process (a terminal's `aidp ws run`) shows live, without a refresh ----------
     // The server watches the state for other processes' changes, so the tree follows the CLI's run and
     // never offers Run for a workstream that runs elsewhere.
@@ -627,6 +728,14 @@ async function main(): Promise<void> {
     try {
       await wb.waitStatus("gate-ws", "running");
       check(true, "the CLI's run of gate-ws shows as running in the tree, unasked");
+      await wb.showOutputChannel("AIDP: gate-ws");
+      await waitFor("the terminal's run in the output channel", async () => {
+        const text = (await wb?.outputText()) ?? "";
+        const header = text.lastIndexOf("by another aidp process");
+        return header >= 0 && text.indexOf("gate: waiting for the gate", header) > header;
+      });
+      check(true, "the terminal's run output reaches the 'AIDP: gate-ws' output channel while it runs");
+      await wb.shot("18a-terminal-output");
       await gateRow.hover();
       check(
         (await gateRow.locator('.action-label[aria-label="Run Workstream"]').count()) === 0,
@@ -668,6 +777,39 @@ async function main(): Promise<void> {
       (await page.locator(".notifications-toasts .notification-toast", { hasText: "cannot" }).count()) === 0,
       "Open Worktree showed no error",
     );
+
+    // ---- The window closes (and opens again): no "Channel has been closed" as the extension stops --------
+    // This window's servers: `aidp serve` processes working in the test's repository.
+    const serverPids = (): string[] =>
+      run("ps", ["-eo", "pid=,args="])
+        .split("\n")
+        .filter((l) => l.includes("-m aidp serve"))
+        .map((l) => l.trim().split(/\s+/)[0] ?? "")
+        .filter((pid) => {
+          try {
+            return fs.readlinkSync(`/proc/${pid}/cwd`) === repo;
+          } catch {
+            return false; // gone meanwhile
+          }
+        });
+    const oldServers = serverPids();
+    check(oldServers.length > 0, "the aidp server runs before the extension host stops");
+    // Reloading closes the window (its extension host deactivates the extension) and opens it again.
+    await wb.command("Developer: Reload Window");
+    await waitFor("the old aidp server to stop", () => Promise.resolve(!serverPids().some((p) => oldServers.includes(p))), LONG);
+    check(true, "closing the window stopped its aidp server");
+    await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: LONG });
+    await waitFor(
+      "the extension to come back",
+      async () =>
+        (await wb?.command("AIDP: Show Workstreams", 5000).then(
+          () => true,
+          () => false,
+        )) && (await wb?.label("ok-ws"))?.includes("completed"),
+      LONG,
+    );
+    const closed = aidpErrors(path.join(userData, "logs"), "Channel has been closed");
+    check(closed.length === 0, `stopping the extension raised no "Channel has been closed" (${JSON.stringify(closed.slice(0, 2))})`);
   } catch (e) {
     if (wb) await wb.shot("failure").catch(() => undefined);
     throw e;

@@ -7,6 +7,7 @@ import {
   failures,
   formatDuration,
   formatExitCode,
+  formatOutcome,
   iconFor,
   statusBarText,
   STATUS_ICONS,
@@ -34,7 +35,16 @@ describe("formatDuration", () => {
   });
   it("formats exit codes and signals", () => {
     assert.equal(formatExitCode(3), "exit 3");
-    assert.equal(formatExitCode(-15), "signal 15");
+    assert.equal(formatExitCode(-9), "killed by SIGKILL");
+    assert.equal(formatExitCode(-15, "cancelled"), "stopped by SIGTERM");
+    assert.equal(formatExitCode(-77), "killed by signal 77");
+  });
+  it("says a signal as the reason for the status, an exit code as a detail", () => {
+    assert.equal(formatOutcome("cancelled", -15), "cancelled (stopped by SIGTERM)");
+    assert.equal(formatOutcome("failed", -11), "failed (killed by SIGSEGV)");
+    assert.equal(formatOutcome("failed", 3), "failed · exit 3");
+    assert.equal(formatOutcome("completed", 0), "completed");
+    assert.equal(formatOutcome("error", null), "error");
   });
 });
 
@@ -51,7 +61,7 @@ describe("describe", () => {
     );
     assert.equal(
       describeItem(view("cancelled", {}, result("x", "cancelled", { exitCode: -15, durationS: 8 })), NOW),
-      "cancelled · signal 15 · 8.0s",
+      "cancelled (stopped by SIGTERM) · 8.0s",
     );
     assert.equal(describeItem(view("error", {}, null), NOW), "error");
   });
@@ -133,6 +143,8 @@ describe("summaries", () => {
     assert.equal(statusBarText({ running: 2, queued: 1, total: 5 }), "$(sync~spin) 2 running, 1 queued");
     assert.equal(statusBarText({ running: 0, queued: 0, total: 5 }), "$(checklist) AIDP: none running");
     assert.equal(statusBarText({ running: 0, queued: 2, total: 5 }), "$(sync~spin) 0 running, 2 queued");
+    // Beside a progress notification of the same run: counts, but no second spinner.
+    assert.equal(statusBarText({ running: 2, queued: 0, total: 5 }, false), "$(sync) 2 running");
   });
   it("state helpers are consistent", () => {
     assert.equal(reduceList(EMPTY_STATE, [], NOW).order.length, 0);

@@ -26,6 +26,17 @@ describe("reduceList", () => {
     assert.equal(again.items.get("a")?.runningSince, T0 + 1000);
   });
 
+  it("counts a run noticed late (another process's, or after a restart) from the server's startedAt", () => {
+    const started = "2026-11-25T19:59:50.000Z";
+    const s = reduceList(EMPTY_STATE, [ws("a", "running", { currentRun: { runId: "r7", startedAt: started } })], T0);
+    assert.equal(s.items.get("a")?.runningSince, Date.parse(started));
+    assert.equal(s.items.get("a")?.runId, "r7");
+    // Queued: the run is known, it has not started.
+    const q = reduceList(EMPTY_STATE, [ws("a", "queued", { currentRun: { runId: "r7", startedAt: null } })], T0);
+    assert.equal(q.items.get("a")?.runningSince, null);
+    assert.equal(q.items.get("a")?.runId, "r7");
+  });
+
   it("drops removed workstreams", () => {
     const s = reduceList(reduceList(EMPTY_STATE, [ws("a"), ws("b")], T0), [ws("b")], T0);
     assert.deepEqual(s.order, ["b"]);
@@ -48,6 +59,14 @@ describe("reduceStatus", () => {
     assert.equal(r.state.items.get("c"), base.items.get("c"));
     // The old state is untouched.
     assert.equal(base.items.get("b")?.ws.status, "active");
+  });
+
+  it("takes a running workstream's start from the notification's startedAt", () => {
+    const started = "2026-11-25T19:59:58.500Z";
+    const r = reduceStatus(base, status("a", "running", "r2", { startedAt: started }), T0);
+    assert.equal(r.state.items.get("a")?.runningSince, Date.parse(started));
+    // A server that does not say: from when the client saw it.
+    assert.equal(reduceStatus(base, status("a", "running", "r2"), T0).state.items.get("a")?.runningSince, T0);
   });
 
   it("reports an unknown slug without changing anything", () => {
