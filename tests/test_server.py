@@ -140,7 +140,7 @@ async def test_new_list_run_log(client: AidpClient, configured: Path) -> None:
     assert created["slug"] == "alpha"
     assert created["status"] == "active"
     assert created["branch"] == "aidp/alpha"
-    assert created["baseBranch"] is None and created["command"] is None
+    assert created["baseBranch"] == "main" and created["command"] is None  # the branch checked out at creation
     assert created["lastResult"] is None
     assert created["createdAt"].endswith("Z")
     await new(client, "bravo", ["sh", "-c", "echo about to fail; exit 3"])

@@ -15,6 +15,7 @@ import msgspec
 from aidp.cli.live import choose_view, watch_run
 from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
 from aidp.cli.render import (
+    change_summary,
     first_line,
     indented,
     missing_worktree,
@@ -93,7 +94,9 @@ async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
         f"slug:       {ws.slug}",
         f"status:     {ws.status}",
         f"task:       {ws.task}",
-        f"branch:     {ws.branch} (from {ws.base_branch or 'HEAD at creation'})",
+        f"branch:     {ws.branch} (from {ws.base_branch or 'HEAD at creation'}"
+        + (f" at {ws.base_commit[:12]})" if ws.base_commit else ")"),
+        f"changes:    {change_summary(ws.changes)}",
         f"worktree:   {ws.path}",
         f"command:    {command}",
         f"created:    {ws.created_at}",

@@ -9,13 +9,14 @@ import time
 
 from aidp.engine.events import StatusChanged
 from aidp.engine.gitrepo import Worktree
-from aidp.engine.model import RunSummary, Status, Workstream, WorkstreamResult
+from aidp.engine.model import ChangeSummary, RunSummary, Status, Workstream, WorkstreamResult
 
 EMOJI = {
     Status.COMPLETED: "✅",
     Status.FAILED: "❌",
     Status.ERROR: "💥",
     Status.CANCELLED: "🚫",
+    Status.LANDED: "🛬",
 }
 
 # Control characters (and ANSI sequences) in a harness's output would move our cursor around.
@@ -96,11 +97,33 @@ def last_run(ws: Workstream) -> str:
     return outcome(r.exit_code, r.duration_s) or str(r.status)
 
 
+def change_summary(changes: ChangeSummary | None) -> str:
+    """'+120 -8 · 5 files · 2 commits · dirty': what a workstream changed, compactly (a minus sign
+    before the removed lines, as git's stat shows them)."""
+    if changes is None:
+        return "-"
+    parts = [f"+{changes.added} −{changes.removed}", plural(changes.files, "file"), plural(changes.ahead, "commit")]
+    if changes.behind:
+        parts.append(f"{changes.behind} behind")
+    if changes.dirty:
+        parts.append("dirty")
+    if changes.conflicts:
+        parts.append("⚠ conflicts")
+    return " · ".join(parts)
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def workstream_table(workstreams: list[Workstream]) -> list[str]:
     if not workstreams:
         return ["no workstreams yet: create one with 'aidp ws new <slug> <task...>'"]
-    header = ("SLUG", "STATUS", "BRANCH", "LAST RUN", "TASK")
-    rows = [header] + [(w.slug, str(w.status), w.branch, last_run(w), first_line(w.task)) for w in workstreams]
+    header = ("SLUG", "STATUS", "BRANCH", "CHANGES", "LAST RUN", "TASK")
+    rows = [header] + [
+        (w.slug, str(w.status), w.branch, change_summary(w.changes), last_run(w), first_line(w.task))
+        for w in workstreams
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     widths[-1] = 0  # the task, last, is not padded
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -25,6 +25,8 @@ class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_GRACE_S
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=64)] = DEFAULT_MAX_CONCURRENT
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    # Commit what the harness left uncommitted: many agents never commit, and only commits land.
+    commit: Literal["never", "on-success", "always"] = "never"
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -48,7 +48,7 @@ LOG_TAIL_DEFAULT = 1024 * 1024
 # How often another process's logs are read for live output (its own runs read theirs ten times a second).
 FOLLOW_INTERVAL_S = 0.2
 _OP_COMMANDS = {"create": "new", "remove": "rm"}
-NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.QUEUED, Status.RUNNING)
+NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.LANDED, Status.QUEUED, Status.RUNNING)
 
 
 def new_run_id() -> str:
@@ -196,7 +196,10 @@ class Engine:
             note = await self._adoptable(path, branch)
             if note is None:
                 await gitrepo.add_worktree(self.root, path, branch, base_branch)
-            ws = self._new_record(slug, task, branch, path, base_branch, command)
+            # Recorded so review and landing know where the work started and where it goes.
+            base_branch = base_branch or await gitrepo.current_branch(self.root)
+            base_commit = await gitrepo.merge_base(self.root, branch, base_branch or "HEAD")
+            ws = self._new_record(slug, task, branch, path, base_branch, command, base_commit)
             await self.db.call(self.db.store.insert, ws, token, note or "created")
         self.events.emit(ListChanged())
         return ws, note
@@ -232,7 +235,13 @@ class Engine:
 
     @staticmethod
     def _new_record(
-        slug: str, task: str, branch: str, path: Path, base_branch: str | None, command: list[str] | None
+        slug: str,
+        task: str,
+        branch: str,
+        path: Path,
+        base_branch: str | None,
+        command: list[str] | None,
+        base_commit: str | None,
     ) -> Workstream:
         now = utc_now()
         return Workstream(
@@ -245,6 +254,7 @@ class Engine:
             command=command,
             created_at=now,
             updated_at=now,
+            base_commit=base_commit,
         )
 
     async def workstreams(self) -> list[Workstream]:
@@ -313,7 +323,9 @@ class Engine:
             path = Path(ws.path)
             problems = [] if ws.worktree_missing else await self._would_lose(path)
             base = ws.base_branch or "HEAD"
-            unmerged = await gitrepo.unmerged_commits(self.root, ws.branch, base) if delete_branch else []
+            # A landed branch's work is on its base even when squashed or rebased (other commits).
+            check = delete_branch and ws.status != Status.LANDED
+            unmerged = await gitrepo.unmerged_commits(self.root, ws.branch, base) if check else []
             if unmerged:
                 problems.append(f"branch {ws.branch} has {len(unmerged)} commit(s) not merged into {base}")
             if problems and not force:
@@ -413,6 +425,7 @@ class Engine:
             grace_s=harness.grace_s,
             env=harness.env,
             default_command=harness.command,
+            commit=harness.commit,
         )
         run_id = new_run_id()
         slugs = [ws.slug for ws in workstreams]

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import msgspec
 
-from aidp.engine import cgroups, procs
+from aidp.engine import cgroups, gitrepo, procs
+from aidp.engine.errors import GitError
 from aidp.engine.events import EventBus, OutputChunk, StatusChanged
 from aidp.engine.harness import CgroupJoinError, StartError, build_argv, build_env, spawn
 from aidp.engine.model import RunSummary, Status, Workstream, WorkstreamResult, utc_now
@@ -93,6 +94,7 @@ class RunOptions:
     grace_s: float
     env: dict[str, str]
     default_command: list[str] | None
+    commit: str = "never"  # [harness] commit: never | on-success | always
 
 
 @dataclass(eq=False)
@@ -274,7 +276,27 @@ class Run:
             why = f"aidp could not record its start: {exc}"
             await self._record(job, proc.returncode, Status.ERROR, why, started_at, t0, log_path)
             return
+        await self._auto_commit(job, status)
         await self._record(job, proc.returncode, status, why, started_at, t0, log_path)
+
+    async def _auto_commit(self, job: Job, status: Status) -> None:
+        """`[harness] commit`: commit what the harness left, as its own event. A failed commit is
+        said in the events and changes nothing else: the work stays in the worktree."""
+        if self.options.commit == "never" or (self.options.commit == "on-success" and status != Status.COMPLETED):
+            return
+        task = job.ws.task.strip().splitlines()[0][:100]
+        try:
+            commit = await gitrepo.commit_all(Path(job.ws.path), f"{job.ws.slug}: {task}")
+        except (GitError, OSError) as exc:
+            message = f"auto-commit failed: {exc}"
+        else:
+            if commit is None:
+                return
+            message = f"auto-committed {commit[:12]}"
+        try:
+            await self._db.call(self._db.store.note, job.ws.slug, self.run_id, Status.RUNNING, message)
+        except sqlite3.Error as exc:  # the commit is in git either way; the result must still be recorded
+            log.warning("%s: %s, but the event could not be recorded: %s", job.ws.slug, message, exc)
 
     async def _spawn(
         self, job: Job, argv: list[str], env: dict[str, str], log_fd: int

@@ -166,6 +166,32 @@ async def add_worktree(root: Path, path: Path, branch: str, base: str | None) ->
     await git(root, "worktree", "add", "-b", branch, "--", str(path), start)
 
 
+async def current_branch(root: Path) -> str | None:
+    """The branch checked out in the main worktree (None on a detached HEAD)."""
+    out = await git(root, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    return out.strip() or None
+
+
+async def merge_base(root: Path, a: str, b: str) -> str | None:
+    out = await git(root, "merge-base", "--end-of-options", a, b, check=False)
+    return out.strip() or None
+
+
+async def commit_all(worktree: Path, message: str) -> str | None:
+    """Commit everything in the worktree but aidp's own folders; the new commit, or None when there
+    was nothing to commit. Uses the user's git identity, or aidp's where none is configured."""
+    await git(worktree, "add", "-A")
+    # Ignored through info/exclude already; unstaged again in case a repository's rules let them in.
+    await git(worktree, "rm", "-r", "--cached", "--quiet", "--ignore-unmatch", "--", STATE_DIR, WORKTREES_DIR)
+    if not (await git(worktree, "diff", "--cached", "--name-only")).strip():
+        return None
+    identity: list[str] = []
+    if not (await git(worktree, "var", "GIT_COMMITTER_IDENT", check=False)).strip():
+        identity = ["-c", "user.name=aidp", "-c", "user.email=aidp@localhost"]
+    await git(worktree, *identity, "commit", "--quiet", "--no-verify", "-m", message)
+    return (await git(worktree, "rev-parse", "HEAD")).strip()
+
+
 async def status_short(path: Path) -> str:
     return await git(path, "status", "--short")
 

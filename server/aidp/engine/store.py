@@ -104,13 +104,15 @@ MIGRATIONS: list[str] = [
     "UPDATE runs SET ws_id = (SELECT e.ws_id FROM events e WHERE e.slug = runs.slug AND e.run_id = runs.run_id "
     "AND e.ws_id IS NOT NULL); "
     "CREATE INDEX events_by_ws ON events (ws_id, id); CREATE INDEX runs_by_ws ON runs (ws_id, started_at);",
+    # 4: the commit a workstream's worktree started from, to show what it changed since.
+    "ALTER TABLE workstreams ADD COLUMN base_commit TEXT;",
 ]
 
 # What a held operation makes a workstream, in refusals.
 OPERATION_STATES = {"create": "being created", "remove": "being removed"}
 
 _WS_COLUMNS = (
-    "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, "
+    "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, w.base_commit, "
     "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path, "
     "c.run_id, cr.started_at"
 )
@@ -150,7 +152,7 @@ class RunInFlight(msgspec.Struct, frozen=True):
 
 
 def _workstream(row: tuple[Any, ...]) -> Workstream:
-    (slug, task, status, branch, path, base, command, created, updated, *last, current_run_id, current_start) = row
+    (slug, task, status, branch, path, base, command, created, updated, base_commit, *last, run_id, run_start) = row
     result = None
     if last[0] is not None:
         r_slug, r_status, code, started, finished, duration, error, log_path = last
@@ -175,7 +177,8 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
         created_at=str(created),
         updated_at=str(updated),
         last_result=result,
-        current_run=CurrentRun(run_id=current_run_id, started_at=current_start) if current_run_id else None,
+        current_run=CurrentRun(run_id=run_id, started_at=run_start) if run_id else None,
+        base_commit=base_commit,
     )
 
 
@@ -325,7 +328,7 @@ class Store:
                 raise AlreadyExists(f"workstream {ws.slug!r} already exists")
             db.execute(
                 "INSERT INTO workstreams (id, slug, task, status, branch, path, base_branch, command, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, updated_at, base_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     secrets.token_hex(8),
                     ws.slug,
@@ -337,6 +340,7 @@ class Store:
                     json.dumps(ws.command) if ws.command else None,
                     ws.created_at,
                     ws.updated_at,
+                    ws.base_commit,
                 ),
             )
             self._event(ws.slug, None, ws.status, message, ws.created_at)
@@ -357,6 +361,18 @@ class Store:
                 db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (slug, token))
             self._event(slug, None, Status.ACTIVE, "removed", utc_now())
             db.execute("DELETE FROM workstreams WHERE slug = ?", (slug,))
+
+    def note(self, slug: str, run_id: str | None, status: Status, message: str) -> None:
+        """An event that changes no status (an auto-commit during a run)."""
+        with self._tx():
+            self._event(slug, run_id, status, message, utc_now())
+
+    def mark_landed(self, slug: str, commit: str, message: str) -> None:
+        """The workstream's work is on its target branch (as `commit`): it rests at `landed`."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM claims WHERE slug = ?", (slug,)).fetchone():
+                raise Busy([slug], action="land")
+            self._set_status(slug, Status.LANDED, None, f"{message} ({commit})")
 
     def set_paused(self, slug: str, paused: bool) -> Status:
         """Pause, or resume to the status of the last run (or `active`); refused while in flight."""
