@@ -116,10 +116,12 @@ class Tree:
         )
 
     def signal(self, sig: int) -> None:
-        if self.pgid is not None:
-            _signal_group(self.pgid, sig)
-        if self.cgroup is not None:
+        """Once per process: the cgroup holds the whole group, so a process never gets the signal
+        twice (a second SIGTERM means "now" to some programs)."""
+        if self.cgroup is not None and self.cgroup.is_dir():
             cgroups.signal_all(self.cgroup, sig)
+        elif self.pgid is not None:
+            _signal_group(self.pgid, sig)
 
 
 async def terminate(
