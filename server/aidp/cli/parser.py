@@ -74,7 +74,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
-    from aidp.cli import commands, demo, repl  # imported here: they import this module (the repl parses with it)
+    from aidp.cli import (
+        commands,
+        demo,
+        repl,
+        review,
+    )  # imported here: they import this module (the repl parses with it)
 
     parser = Parser(
         prog="aidp",
@@ -132,6 +137,40 @@ def build_parser() -> Parser:
     p.add_argument("slug")
     p.add_argument("-f", "--follow", action="store_true", help="follow the log while the workstream runs")
     p.set_defaults(handler=commands.ws_logs)
+
+    p = sub.add_parser(
+        "diff", help="what a workstream changed: its commits since the merge-base, then uncommitted work"
+    )
+    p.add_argument("slug")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--stat", action="store_true", help="files with lines added and removed")
+    shape.add_argument("--name-only", action="store_true", help="only the names of the changed files")
+    p.add_argument("--base", metavar="BRANCH", help="compare with BRANCH instead of the workstream's base branch")
+    p.set_defaults(handler=review.ws_diff)
+
+    p = sub.add_parser("conflicts", help="which workstreams conflict with their base branch or with each other")
+    p.add_argument("slugs", nargs="*", metavar="slug", help="default: every workstream not landed")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=review.ws_conflicts)
+
+    p = sub.add_parser("land", help="land workstreams on their base branch, in order, atomically, nothing checked out")
+    p.add_argument("slugs", nargs="+", metavar="slug")
+    p.add_argument("--strategy", choices=("merge", "squash", "rebase"), default="merge", help="default: merge")
+    p.add_argument("--into", metavar="BRANCH", help="land on BRANCH instead of each workstream's base branch")
+    p.add_argument("--rm", action="store_true", help="then remove each landed workstream's worktree and branch")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler=review.ws_land)
+
+    p = sub.add_parser("sync", help="bring a workstream's branch up to date with its base branch")
+    p.add_argument("slug")
+    p.add_argument("--strategy", choices=("rebase", "merge"), default="rebase", help="default: rebase")
+    p.set_defaults(handler=review.ws_sync)
+
+    p = sub.add_parser("push", help="push a workstream's branch; --pr also opens a pull request with 'gh'")
+    p.add_argument("slug")
+    p.add_argument("--remote", default="origin", metavar="R", help="default: origin")
+    p.add_argument("--pr", action="store_true", help="open a pull request with the GitHub CLI (gh)")
+    p.set_defaults(handler=review.ws_push)
 
     p = top.add_parser("repl", help="an interactive prompt; runs go on in the background")
     p.set_defaults(main=repl.main_repl)

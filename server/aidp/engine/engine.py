@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, procs
+from aidp.engine import cgroups, gitrepo, procs, review
 from aidp.engine.config import DEFAULT_GRACE_S, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
@@ -31,9 +31,15 @@ from aidp.engine.follow import Follower
 from aidp.engine.model import (
     MAX_ARG_STRLEN,
     TASK_MAX_BYTES,
+    ChangeSummary,
+    ConflictReport,
+    Diff,
     Event,
+    LandResult,
+    PushResult,
     RunSummary,
     Status,
+    SyncResult,
     Workstream,
     WorkstreamResult,
     utc_now,
@@ -257,13 +263,14 @@ class Engine:
             base_commit=base_commit,
         )
 
-    async def workstreams(self) -> list[Workstream]:
+    async def workstreams(self, changes: bool = True) -> list[Workstream]:
         """Every workstream; what a dead aidp process left in flight is corrected first, so a
         long-lived server never shows, or refuses to run, a workstream nobody runs (`start`,
-        `start_all` and `cancel` come through here too)."""
+        `start_all` and `cancel` come through here too). `changes`: with their change summaries."""
         await self.check_state()
         await self.recover()
-        return [_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)]
+        found = [_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)]
+        return await review.changes_of(self, found) if changes else found
 
     async def leftover_worktrees(self) -> list[gitrepo.Worktree]:
         """Worktrees in `.worktrees/` that are no workstream (an interrupted `create` or `remove`
@@ -284,8 +291,9 @@ class Engine:
         await self.settled()
         return await self.db.call(self.db.store.all)
 
-    async def get(self, slug: str) -> Workstream:
-        """One workstream, corrected like `workstreams` (pause, remove and log come through here)."""
+    async def get(self, slug: str, changes: bool = True) -> Workstream:
+        """One workstream, corrected like `workstreams` (pause, remove and log come through here);
+        `changes`: with its change summary (which costs a few git commands)."""
         validate_slug(slug)
         await self.check_state()
         await self.recover()
@@ -295,7 +303,36 @@ class Engine:
             if (leftover / ".git").exists():  # what an interrupted `create` or `remove` left
                 raise UnknownSlugs([slug], f"but {leftover} is a worktree: 'aidp ws new {slug} <task...>' adopts it")
             raise UnknownSlugs([slug])
-        return _with_worktree_state(ws)
+        found = _with_worktree_state(ws)
+        return (await review.changes_of(self, [found]))[0] if changes else found
+
+    # -- review and land (see review.py) ----------------------------------------------------------
+
+    async def changes(self, ws: Workstream) -> ChangeSummary:
+        """What `ws` changed against its base branch (raises when its branch or base is gone)."""
+        return await review.summary(self.root, ws)
+
+    async def diff(self, slug: str, base: str | None = None, max_bytes: int | None = None) -> Diff:
+        """Committed work against the merge-base with `base` (default: its base branch), and the
+        uncommitted work apart; each patch bounded by `max_bytes` (default 1 MiB)."""
+        return await review.diff(self, slug, base, max_bytes)
+
+    async def conflicts(self, slugs: list[str] | None = None) -> ConflictReport:
+        """Each workstream (default: every one not landed) against its base branch, and pairwise."""
+        return await review.conflicts(self, slugs)
+
+    async def land(
+        self, slugs: list[str], strategy: str = "merge", into: str | None = None, rm: bool = False
+    ) -> list[LandResult]:
+        """Land each in order into its base branch (or `into`); raises `CannotLand` at the first
+        that cannot, having changed nothing of it."""
+        return await review.land(self, slugs, strategy, into, rm)
+
+    async def sync(self, slug: str, strategy: str = "rebase") -> SyncResult:
+        return await review.sync(self, slug, strategy)
+
+    async def push(self, slug: str, remote: str = "origin", pr: bool = False) -> PushResult:
+        return await review.push(self, slug, remote, pr)
 
     async def history(self, slug: str, limit: int = 10) -> list[Event]:
         await self.get(slug)

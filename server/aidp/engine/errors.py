@@ -3,6 +3,13 @@ the adapters (CLI, server) map the classes to exit codes and JSON-RPC error code
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aidp.engine.model import LandResult
+
+FILES_SHOWN = 20  # files named in a refusal; the rest are counted
+
 
 class AidpError(Exception):
     """Base class: a refusal or a problem the user can fix."""
@@ -49,6 +56,24 @@ class Refused(AidpError):
 
 class GitError(AidpError):
     pass
+
+
+class CannotLand(Refused):
+    """A workstream could not land (conflicting files, uncommitted changes, running, a dirty
+    target worktree, a target branch moved meanwhile): nothing of it changed. `landed`: those of
+    the same call that landed before it."""
+
+    def __init__(
+        self, slug: str, reason: str, files: list[str] | None = None, landed: list[LandResult] | None = None
+    ) -> None:
+        self.slug, self.reason, self.files, self.landed = slug, reason, files or [], landed or []
+        more = [f"... and {len(self.files) - FILES_SHOWN} more"] if len(self.files) > FILES_SHOWN else []
+        lines = [f"cannot land {slug}: {reason}" + (":" if self.files else "")]
+        lines += [f"  {name}" for name in self.files[:FILES_SHOWN] + more]
+        if self.landed:
+            done = ", ".join(f"{r.slug} into {r.into} ({r.commit[:12]})" for r in self.landed)
+            lines.append(f"landed before it: {done}")
+        super().__init__("\n".join(lines))
 
 
 class InvalidRef(InvalidInput, GitError):
