@@ -30,6 +30,7 @@ import {
   type WsOutputNotification,
   type WsStatusNotification,
 } from "./protocol";
+import { Review } from "./review";
 import { AidpServer } from "./server";
 import { WorkstreamTreeProvider } from "./tree";
 
@@ -54,12 +55,17 @@ const ACTIONS: Readonly<Record<string, string>> = {
   "aidp.refresh": "refresh",
   "aidp.showWorkstreams": "show the workstreams",
   "aidp.restartServer": "restart the server",
+  "aidp.reviewChanges": "review the changes",
+  "aidp.openFileDiff": "open the changes",
+  "aidp.landWorkstream": "land",
+  "aidp.showConflicts": "show the conflicts",
 };
 
 class Extension implements vscode.Disposable {
   readonly store = new WorkstreamStore();
   readonly log = vscode.window.createOutputChannel("AIDP Server", { log: true });
   readonly server: AidpServer;
+  private readonly review: Review;
   private readonly channels = new Map<string, vscode.OutputChannel>();
   private readonly trackers = new Set<{ tracker: RunTracker; update: () => void }>();
   private readonly statusBar = vscode.window.createStatusBarItem("aidp.status", vscode.StatusBarAlignment.Left, 10);
@@ -80,12 +86,20 @@ class Extension implements vscode.Disposable {
       onOutput: (n) => this.onOutput(n),
       onListChanged: () => void this.fetchList(),
     });
-    const tree = new WorkstreamTreeProvider(this.store);
+    this.review = new Review({
+      server: this.server,
+      store: this.store,
+      repo: folder?.uri.fsPath ?? "",
+      pickOne: (placeHolder, filter) => this.pickOne(placeHolder, filter),
+      fetchList: () => this.fetchList(),
+      log: this.log,
+    });
+    const tree = new WorkstreamTreeProvider(this.store, this.review);
     const view = vscode.window.createTreeView(VIEW_ID, { treeDataProvider: tree, showCollapseAll: false });
     this.statusBar.name = "AIDP Workstreams";
     this.statusBar.command = "aidp.showWorkstreams";
     // The server and its log channel are not in this list: `shutdown` ends them last, in order.
-    this.disposables.push(tree, view, this.statusBar, this.logs);
+    this.disposables.push(this.review, tree, view, this.statusBar, this.logs);
     this.disposables.push(vscode.workspace.registerTextDocumentContentProvider(LOG_SCHEME, this.logs));
     this.disposables.push({ dispose: this.store.onChange(() => this.onStoreChange()) });
     this.disposables.push(
@@ -264,6 +278,10 @@ class Extension implements vscode.Disposable {
     });
     reg("aidp.removeWorkstream", (arg) => this.remove(slugArg(arg)));
     reg("aidp.refresh", () => this.fetchList());
+    reg("aidp.reviewChanges", (arg) => this.review.reviewChanges(slugArg(arg)));
+    reg("aidp.openFileDiff", (arg) => this.review.openFileDiff(arg));
+    reg("aidp.landWorkstream", (arg) => this.review.land(slugArg(arg)));
+    reg("aidp.showConflicts", () => this.review.showConflicts());
     reg("aidp.showWorkstreams", () => vscode.commands.executeCommand(`${VIEW_ID}.focus`));
     reg("aidp.restartServer", async () => {
       if (await this.server.restart()) {

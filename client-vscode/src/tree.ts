@@ -1,16 +1,23 @@
-/** The Workstreams tree view: a thin layer over WorkstreamStore and core/format. */
+/** The Workstreams tree view: a thin layer over WorkstreamStore, core/format and core/review. */
 import * as vscode from "vscode";
 import { ariaLabel, contextValue, describe, iconFor, tooltip } from "./core/format";
+import { changesSuffix, changesTooltip, fileDescription, fileNodeId, formatChanges, hasChangedFiles, reviewFlags, type FileNode } from "./core/review";
 import type { WorkstreamStore } from "./core/store";
+import { workstreamUri, type Review } from "./review";
 
-/** Tree elements are slugs. */
-export class WorkstreamTreeProvider implements vscode.TreeDataProvider<string>, vscode.Disposable {
-  private readonly emitter = new vscode.EventEmitter<string | string[] | undefined>();
+/** Tree elements: a workstream is its slug; under it, its changed files. */
+export type TreeElement = string | FileNode;
+
+export class WorkstreamTreeProvider implements vscode.TreeDataProvider<TreeElement>, vscode.Disposable {
+  private readonly emitter = new vscode.EventEmitter<TreeElement | TreeElement[] | undefined>();
   readonly onDidChangeTreeData = this.emitter.event;
   private readonly unsubscribe: () => void;
   private readonly ticker: ReturnType<typeof setInterval>;
 
-  constructor(private readonly store: WorkstreamStore) {
+  constructor(
+    private readonly store: WorkstreamStore,
+    private readonly review: Review,
+  ) {
     this.unsubscribe = store.onChange((change) => {
       // A status notification refreshes only the item it names.
       this.emitter.fire(change === "all" ? undefined : [...change]);
@@ -22,27 +29,38 @@ export class WorkstreamTreeProvider implements vscode.TreeDataProvider<string>, 
     }, 1000);
   }
 
-  getChildren(element?: string): string[] {
-    if (element !== undefined) return [];
-    return [...this.store.state.order];
+  async getChildren(element?: TreeElement): Promise<TreeElement[]> {
+    if (element === undefined) return [...this.store.state.order];
+    return typeof element === "string" ? this.review.files(element) : [];
   }
 
-  getParent(): undefined {
-    return undefined;
+  getParent(element: TreeElement): string | undefined {
+    return typeof element === "string" ? undefined : element.slug;
   }
 
-  getTreeItem(slug: string): vscode.TreeItem {
+  getTreeItem(element: TreeElement): vscode.TreeItem {
+    if (typeof element !== "string") {
+      const item = this.review.fileItem(element, fileDescription(element));
+      item.id = fileNodeId(element);
+      return item;
+    }
+    const slug = element;
     const view = this.store.state.items.get(slug);
     const item = new vscode.TreeItem(slug, vscode.TreeItemCollapsibleState.None);
     item.id = slug;
     if (view === undefined) return item;
     const now = Date.now();
     const icon = iconFor(view.ws.status);
-    item.description = describe(view, now);
+    const changes = formatChanges(view.ws.changes);
+    if (hasChangedFiles(view.ws)) item.collapsibleState = vscode.TreeItemCollapsibleState.Collapsed;
+    // The badge (conflict or uncommitted changes) comes from Review's decoration of this URI.
+    item.resourceUri = workstreamUri(slug);
+    item.description = changes ? `${describe(view, now)} · ${changes}` : describe(view, now);
     item.iconPath = new vscode.ThemeIcon(icon.id, icon.color ? new vscode.ThemeColor(icon.color) : undefined);
-    item.tooltip = tooltip(view, now);
-    item.contextValue = contextValue(view);
-    item.accessibilityInformation = { label: ariaLabel(view, now) };
+    const more = changesTooltip(view.ws);
+    item.tooltip = more.length > 0 ? `${tooltip(view, now)}\n\n${more.join("\n")}` : tooltip(view, now);
+    item.contextValue = [contextValue(view), ...reviewFlags(view.ws)].join(" ");
+    item.accessibilityInformation = { label: [ariaLabel(view, now), ...changesSuffix(view.ws)].join(", ") };
     return item;
   }
 

@@ -38,6 +38,9 @@ describe("package.json", () => {
       "aidp.resumeWorkstream",
       "aidp.removeWorkstream",
       "aidp.restartServer",
+      "aidp.reviewChanges",
+      "aidp.landWorkstream",
+      "aidp.showConflicts",
     ]) {
       assert.ok(commands.has(id), id);
     }
