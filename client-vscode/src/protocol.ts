@@ -213,7 +213,7 @@ export interface WsDiffParams {
   slug: string;
   /** Defaults to the workstream's base branch. */
   base?: string;
-  /** Bound on each patch in bytes (≥ 0); defaults to 1 MiB. */
+  /** Bound on each patch in bytes (≥ 1); defaults to 1 MiB. */
   maxBytes?: number;
 }
 

@@ -59,7 +59,7 @@ WS_LIST_CHANGED = "aidp/wsListChanged"
 # JSON-RPC error codes beyond the standard ones.
 SERVER_BUSY = -32002
 REQUEST_FAILED = -32803
-CANNOT_LAND = -32010  # data: {slug, reason, files}; nothing was changed
+CANNOT_LAND = -32010  # data: {slug, reason, files, landed}; nothing of that slug changed
 
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
 MaxConcurrent = Annotated[int, msgspec.Meta(ge=1, le=64)]
@@ -119,7 +119,7 @@ class WsLogParams(Params):
 class WsDiffParams(Params):
     slug: Slug
     base: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # default: the workstream's base branch
-    max_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None  # bound on each patch (default 1 MiB)
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None  # bound on each patch (default 1 MiB)
 
 
 class WsConflictsParams(Params):

@@ -31,7 +31,7 @@ from pygls.uris import to_fs_path
 import aidp
 from aidp import protocol as p
 from aidp.engine import Engine
-from aidp.engine.errors import AidpError, Busy, InvalidInput, Refused, UnknownSlugs
+from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, StatusChanged
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
@@ -81,6 +81,9 @@ def parse(params: Any, cls: type[P]) -> P:
 
 
 def to_jsonrpc(exc: AidpError) -> JsonRpcException:
+    if isinstance(exc, CannotLand):  # before the classes it may derive from: its data says what to fix
+        data = {"slug": exc.slug, "reason": exc.reason, "files": exc.files, "landed": msgspec.to_builtins(exc.landed)}
+        return JsonRpcException(str(exc), p.CANNOT_LAND, data=data)
     if isinstance(exc, UnknownSlugs):
         return JsonRpcInvalidParams(str(exc), data={"unknown": exc.unknown})
     if isinstance(exc, Busy):
@@ -444,6 +447,22 @@ def create_server(root: Path | None) -> AidpServer:
     async def ws_log(ls: AidpServer, engine: Engine, q: p.WsLogParams) -> p.WsLogResult:
         path, text = await engine.log(q.slug, q.tail_bytes)
         return p.WsLogResult(slug=q.slug, log_path=path, text=text)
+
+    @request(p.WS_DIFF, p.WsDiffParams)
+    async def ws_diff(ls: AidpServer, engine: Engine, q: p.WsDiffParams) -> p.Diff:
+        return await engine.diff(q.slug, q.base, q.max_bytes)
+
+    @request(p.WS_CONFLICTS, p.WsConflictsParams)
+    async def ws_conflicts(ls: AidpServer, engine: Engine, q: p.WsConflictsParams) -> p.ConflictReport:
+        return await engine.conflicts(q.slugs)
+
+    @request(p.WS_LAND, p.WsLandParams)
+    async def ws_land(ls: AidpServer, engine: Engine, q: p.WsLandParams) -> p.WsLandResult:
+        return p.WsLandResult(landed=await engine.land(q.slugs, q.strategy, q.into, q.rm))
+
+    @request(p.WS_SYNC, p.WsSyncParams)
+    async def ws_sync(ls: AidpServer, engine: Engine, q: p.WsSyncParams) -> p.SyncResult:
+        return await engine.sync(q.slug, q.strategy)
 
     return server
 
