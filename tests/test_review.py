@@ -390,3 +390,15 @@ def test_push_pr_without_gh_is_a_clear_error_and_pushes_nothing(matrix: Path, tm
     assert result.returncode == 1
     assert "--pr needs the GitHub CLI 'gh', which is not installed" in result.stderr
     assert git(bare, "for-each-ref") == ""
+
+
+def test_pairs_that_forked_elsewhere_or_collide_on_a_folder_are_found(matrix: Path) -> None:
+    """The pair filter never hides a conflict: a file against a folder of the same name, and a
+    workstream forked from a later commit of main (another merge-base) against one forked earlier."""
+    commit_file(new(matrix, "f"), "thing", "a file\n", "f adds the file thing")
+    commit_file(new(matrix, "g"), "thing/inner.txt", "in a folder\n", "g adds the folder thing")
+    commit_file(new(matrix, "h"), "README.md", "from h\n", "h, forked later, edits README")
+    result = cli(matrix, "ws", "conflicts", "--json", "a", "f", "g", "h")
+    pairs = {(p["a"], p["b"]): p["files"] for p in json.loads(result.stdout)["pairs"]}
+    assert set(pairs) == {("a", "h"), ("f", "g")}
+    assert pairs[("a", "h")] == ["README.md"] and pairs[("f", "g")][0].startswith("thing")

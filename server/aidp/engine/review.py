@@ -238,10 +238,69 @@ async def uncommitted(path: Path, max_bytes: int) -> Uncommitted:
     return Uncommitted(files, patch, cut)
 
 
-async def pair_conflict(root: Path, a: tuple[str, str], b: tuple[str, str]) -> PairConflict | None:
-    """Whether two workstreams' branches (slug, head) would conflict with each other."""
-    _, files = await merge_tree(root, a[1], b[1])
-    return PairConflict(a=a[0], b=b[0], files=files) if files else None
+@dataclass(frozen=True)
+class Footprint:
+    """What a workstream's branch did since it forked from its base branch, and whether that
+    merges into the base as it is now: enough to rule out most pairs without merging them."""
+
+    slug: str
+    base: BaseConflict
+    head: str
+    fork: str | None  # the merge-base with the base branch
+    commits: frozenset[str]  # fork..head
+    changed: frozenset[str]  # paths changed from fork to head (a rename as both of its paths)
+    reach: frozenset[str]  # those paths and every folder above them
+
+
+async def footprint(root: Path, ws: Workstream, base: str, base_commit: str, head: str) -> Footprint:
+    fork = await gitrepo.merge_base(root, base_commit, head)
+    files = [] if fork == base_commit else (await merge_tree(root, base_commit, head))[1]  # else a fast-forward
+    commits: list[str] = []
+    changed: list[str] = []
+    if fork is not None:  # every commit since the fork and the paths it touched (merges against each parent)
+        log_lines = await gitrepo.git(
+            root, "log", "-m", "--no-renames", "--name-only", "--format=%x00%H", f"{fork}..{head}"
+        )
+        for entry in log_lines.split("\0")[1:]:
+            commit, *paths = entry.split("\n")
+            commits.append(commit)
+            changed += [p for p in paths if p]
+    folders = {"/".join(parts[:i]) for p in changed for parts in [p.split("/")] for i in range(1, len(parts))}
+    return Footprint(
+        slug=ws.slug,
+        base=BaseConflict(slug=ws.slug, base_branch=base, clean=not files, files=files),
+        head=head,
+        fork=fork,
+        commits=frozenset(commits),
+        changed=frozenset(changed),
+        reach=frozenset(changed) | folders,
+    )
+
+
+async def branch_heads(root: Path) -> dict[str, str]:
+    """Every local branch's commit, in one git command."""
+    out = await gitrepo.git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+    return {
+        ref.removeprefix("refs/heads/"): commit for commit, ref in (line.split(" ", 1) for line in out.splitlines())
+    }
+
+
+def may_conflict(a: Footprint, b: Footprint) -> bool:
+    """False only when a merge of the two cannot conflict. When both forked from the same commit
+    and share no commit after it, that commit is their merge-base, so the merge sees exactly
+    their changes since it: a conflict needs a path both changed, or a path one changed that is
+    a folder of a path the other changed (a file/directory conflict)."""
+    if a.fork is None or a.fork != b.fork or a.commits & b.commits:
+        return True
+    return bool(a.changed & b.reach or b.changed & a.reach)
+
+
+async def pair_conflict(root: Path, a: Footprint, b: Footprint) -> PairConflict | None:
+    """Whether two workstreams' branches would conflict with each other (their heads merged)."""
+    if not may_conflict(a, b):
+        return None
+    _, files = await merge_tree(root, a.head, b.head)
+    return PairConflict(a=a.slug, b=b.slug, files=files) if files else None
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -420,18 +479,17 @@ async def conflicts(engine: Engine, slugs: list[str] | None) -> ConflictReport:
     else:
         chosen = [await engine.get(slug, changes=False) for slug in dict.fromkeys(slugs)]
     root = engine.root
-    heads = dict(zip((ws.slug for ws in chosen), await gather_bounded(head_of(root, ws) for ws in chosen), strict=True))
-
-    async def with_base(ws: Workstream) -> BaseConflict:
-        base = await base_of(root, ws)
-        _, files = await merge_tree(root, await gitrepo.resolve_commit(root, base), heads[ws.slug])
-        return BaseConflict(slug=ws.slug, base_branch=base, clean=not files, files=files)
-
-    pairs = [((a.slug, heads[a.slug]), (b.slug, heads[b.slug])) for i, a in enumerate(chosen) for b in chosen[i + 1 :]]
-    return ConflictReport(
-        with_base=await gather_bounded(with_base(ws) for ws in chosen),
-        pairs=[p for p in await gather_bounded(pair_conflict(root, a, b) for a, b in pairs) if p is not None],
+    heads = await branch_heads(root)
+    missing = [ws.branch for ws in chosen if ws.branch not in heads]
+    if missing:
+        raise Refused(f"these workstream branches no longer exist: {', '.join(missing)}")
+    bases = {ws.slug: await base_of(root, ws) for ws in chosen}
+    commits = {base: await gitrepo.resolve_commit(root, base) for base in set(bases.values())}
+    feet = await gather_bounded(
+        footprint(root, ws, bases[ws.slug], commits[bases[ws.slug]], heads[ws.branch]) for ws in chosen
     )
+    pairs = await gather_bounded(pair_conflict(engine.root, a, b) for i, a in enumerate(feet) for b in feet[i + 1 :])
+    return ConflictReport(with_base=[f.base for f in feet], pairs=[p for p in pairs if p is not None])
 
 
 async def land(engine: Engine, slugs: list[str], strategy: str, into: str | None, rm: bool) -> list[LandResult]:
