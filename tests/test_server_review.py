@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import toml_list, write_config
-from server_helpers import WS_LIST_CHANGED, AidpClient, initialize_params, lsp_session, server_command
+from server_helpers import WS_LIST_CHANGED, WS_STATUS, AidpClient, initialize_params, lsp_session, server_command
 from support import git, wait_until
 
 pytestmark = pytest.mark.timeout(150)
@@ -335,3 +335,23 @@ async def test_bad_params_are_32602_naming_the_field_and_unknown_slugs_with_data
         assert (err.code, err.data) == (INVALID_PARAMS, {"unknown": ["nope"]}), (method, params, err.message)
     assert snapshot(repo) == before
     assert (await client.workstreams())["x"]["status"] == "active"
+
+
+# -- a run changes what a workstream changed --------------------------------------------------------
+
+
+async def test_a_runs_end_announces_list_changed_and_wslist_shows_its_work(client: AidpClient, repo: Path) -> None:
+    harness = toml_list(["sh", "-c", "echo work > out.txt"])
+    write_config(repo, f'[harness]\ncommit = "on-success"\ncommand = {harness}\n')
+    await workstream(client, "agent")
+    assert (await changes(client, "agent"))["files"] == 0
+
+    await client.call("aidp/wsRun", {"slugs": ["agent"]})
+    final = next(i for i, (m, n) in enumerate(client.notes) if m == WS_STATUS and n["status"] == "completed")
+    await wait_until(
+        lambda: WS_LIST_CHANGED in [m for m, _ in client.notes[final + 1 :]], what="wsListChanged after the run"
+    )
+    summary = await changes(client, "agent")
+    assert (summary["ahead"], summary["files"], summary["added"], summary["dirty"]) == (1, 1, 1, False)
+    diff = await client.call("aidp/wsDiff", {"slug": "agent"})
+    assert [f["path"] for f in diff["files"]] == ["out.txt"] and "+work" in diff["patch"]

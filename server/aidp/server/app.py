@@ -283,6 +283,8 @@ class AidpServer(LanguageServer):
             self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
             if event.run_id in self._progress:
                 self._progress[event.run_id](event)
+            if final:  # its run (or its auto-commit) changed what it changed: `changes` is stale
+                self.protocol.notify(p.WS_LIST_CHANGED, {})
         elif isinstance(event, OutputChunk):
             self.send_output(event)
         elif isinstance(event, ListChanged):
