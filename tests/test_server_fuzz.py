@@ -16,6 +16,7 @@ from conftest import toml_list, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_helpers import WS_STATUS, RawClient, frame, server_command
+from support import git
 
 pytestmark = pytest.mark.timeout(170)
 
@@ -29,6 +30,10 @@ METHODS = [
     "aidp/wsResume",
     "aidp/wsCancel",
     "aidp/wsLog",
+    "aidp/wsDiff",
+    "aidp/wsConflicts",
+    "aidp/wsLand",
+    "aidp/wsSync",
 ]
 FIELDS = [
     "slug",
@@ -44,9 +49,15 @@ FIELDS = [
     "force",
     "runId",
     "tailBytes",
+    "base",
+    "maxBytes",
+    "strategy",
+    "into",
+    "rm",
 ]
-# Request codes an answer may carry: bad params, busy, failed (a git error). Never an internal error.
-EXPECTED_CODES = {-32602, -32002, -32803}
+# Request codes an answer may carry: bad params, busy, failed (a git error), cannot land. Never an
+# internal error.
+EXPECTED_CODES = {-32602, -32002, -32803, -32010}
 SLUG_POOL = ["target", "fz-a", "fz-b", "0", "a" * 64]
 ANSWER_TIMEOUT_S = 60.0
 
@@ -69,13 +80,14 @@ valid_slugs = (
     | st.from_regex(r"[a-z0-9]{1,6}(-[a-z0-9]{1,6}){0,2}", fullmatch=True)
 )
 slugs = valid_slugs | st.text(max_size=70)
+refs = st.sampled_from(["main", "HEAD", "-x", "nope", "main~1", "aidp/fz-a"]) | st.text(min_size=1, max_size=12)
 GOOD: dict[str, st.SearchStrategy[Any]] = {
     "slug": valid_slugs,
     "slugs": st.lists(valid_slugs, min_size=1, max_size=3),
     "task": st.text(min_size=1, max_size=40),
     "command": st.sampled_from([["true"], ["false"], ["sh", "-c", "echo hi; exit 3"]])
     | st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=3),
-    "baseBranch": st.sampled_from(["main", "HEAD", "-x", "nope", "main~1"]) | st.text(min_size=1, max_size=12),
+    "baseBranch": refs,
     "maxConcurrent": st.integers(min_value=1, max_value=64),
     "mode": st.text(min_size=1, max_size=12),
     "steps": st.lists(st.text(min_size=1, max_size=8), max_size=3),
@@ -84,6 +96,11 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "force": st.booleans(),
     "runId": st.text(max_size=20),
     "tailBytes": st.integers(min_value=0, max_value=2**70),
+    "base": refs,
+    "maxBytes": st.integers(min_value=1, max_value=2**70),
+    "strategy": st.sampled_from(["merge", "squash", "rebase"]),
+    "into": refs,
+    "rm": st.booleans(),
 }
 BAD: dict[str, st.SearchStrategy[Any]] = {
     "slug": st.text(max_size=70) | json_values,
@@ -91,6 +108,8 @@ BAD: dict[str, st.SearchStrategy[Any]] = {
     "maxConcurrent": st.sampled_from([0, 65, -1, "3", True, 2.5, 2**70, None]) | json_values,
     "timeoutS": st.sampled_from([0, -1, "5", 1e308, float("nan"), float("inf"), True]) | json_values,
     "tailBytes": st.integers(max_value=-1) | json_values,
+    "maxBytes": st.integers(max_value=0) | json_values,
+    "strategy": st.text(max_size=12) | json_values,
 }
 # Per method: required fields, optional fields.
 SHAPES: dict[str, tuple[list[str], list[str]]] = {
@@ -103,6 +122,10 @@ SHAPES: dict[str, tuple[list[str], list[str]]] = {
     "aidp/wsResume": (["slug"], []),
     "aidp/wsCancel": ([], ["slugs", "runId"]),
     "aidp/wsLog": (["slug"], ["tailBytes"]),
+    "aidp/wsDiff": (["slug"], ["base", "maxBytes"]),
+    "aidp/wsConflicts": ([], ["slugs"]),
+    "aidp/wsLand": (["slugs"], ["strategy", "into", "rm"]),
+    "aidp/wsSync": (["slug"], ["strategy"]),
 }
 
 
@@ -138,7 +161,11 @@ def fuzz_server(repo: Path, tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEv
     try:
         loop.run_until_complete(raw.initialize(progress=True))
         for slug in ("target", "fz-a"):
-            loop.run_until_complete(raw.result("aidp/wsNew", {"slug": slug, "task": "fuzz target"}))
+            ws = loop.run_until_complete(raw.result("aidp/wsNew", {"slug": slug, "task": "fuzz target"}))
+        # Work to diff, land and sync: a commit on fz-a.
+        Path(ws["path"], "fz-a.txt").write_text("fz-a\n")
+        git(Path(ws["path"]), "add", "fz-a.txt")
+        git(Path(ws["path"]), "commit", "-q", "-m", "fz-a: work")
         yield loop, raw
     finally:
         loop.run_until_complete(raw.close(timeout=60))
