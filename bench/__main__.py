@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import containment, flood, makespan, memory, overhead, startup
+from bench import conflicts, containment, flood, makespan, memory, overhead, startup
 from bench.common import Params, Section
 from bench.report import machine_info, print_table, write_docs
 
@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "memory": memory.run,
     "startup": startup.run,
     "containment": containment.run,
+    "conflicts": conflicts.run,
 }
 
 

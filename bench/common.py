@@ -32,6 +32,8 @@ class Params:
     memory_sleep_s: float = 4.0
     memory_reps: int = 3
     startup_reps: int = 10
+    conflicts_n: int = 20
+    conflicts_reps: int = 7
 
     @classmethod
     def for_mode(cls, quick: bool, work: Path) -> Params:
@@ -54,6 +56,7 @@ class Params:
             memory_sleep_s=2.0,
             memory_reps=1,
             startup_reps=3,
+            conflicts_reps=3,
         )
 
 

@@ -402,3 +402,22 @@ def test_pairs_that_forked_elsewhere_or_collide_on_a_folder_are_found(matrix: Pa
     pairs = {(p["a"], p["b"]): p["files"] for p in json.loads(result.stdout)["pairs"]}
     assert set(pairs) == {("a", "h"), ("f", "g")}
     assert pairs[("a", "h")] == ["README.md"] and pairs[("f", "g")][0].startswith("thing")
+
+
+async def test_renames_and_binary_files_in_the_diff_and_the_summary(matrix: Path) -> None:
+    tree = matrix / ".worktrees" / "c"
+    git(tree, "mv", "shared.txt", "moved.txt")
+    (tree / "blob.bin").write_bytes(b"\0\1\2binary")
+    git(tree, "add", "blob.bin")
+    git(tree, "commit", "-q", "-m", "c moves shared.txt and adds a binary file")
+    engine = await Engine.open(matrix)
+    try:
+        diff = await engine.diff("c")
+        changes = (await engine.get("c")).changes
+    finally:
+        await engine.close()
+    by_path = {f.path: f for f in diff.files}
+    assert set(by_path) == {"blob.bin", "c.txt", "moved.txt"}
+    assert (by_path["moved.txt"].status, by_path["moved.txt"].old_path) == ("R", "shared.txt")
+    assert (by_path["blob.bin"].added, by_path["blob.bin"].removed) == (None, None)
+    assert changes is not None and (changes.files, changes.added, changes.removed) == (3, 1, 0)

@@ -157,17 +157,14 @@ async def file_changes(cwd: Path, *spec: str, env: Mapping[str, str] | None = No
     """Changed files with line counts for `git diff <spec>` (renames detected)."""
     _, numstat, _ = await _checked(cwd, "diff", "-z", "-M", "--numstat", *spec, env=env)
     _, names, _ = await _checked(cwd, "diff", "-z", "-M", "--name-status", *spec, env=env)
-    counts = iter(numstat.split("\0"))
+    counts = iter(line_counts(numstat))
     fields = iter(names.split("\0"))
     changes = []
     for status in fields:
         if not status:
             break
         paths = [next(fields)] + ([next(fields)] if status[0] in "RC" else [])
-        stat = next(counts).split("\t")
-        if len(stat) == 3 and not stat[2]:  # a rename: "added\tremoved\t\0old\0new"
-            next(counts), next(counts)
-        added, removed = (None, None) if stat[0] == "-" else (int(stat[0]), int(stat[1]))
+        added, removed = next(counts)
         changes.append(
             FileChange(
                 path=paths[-1],
@@ -180,6 +177,20 @@ async def file_changes(cwd: Path, *spec: str, env: Mapping[str, str] | None = No
     return changes
 
 
+def line_counts(numstat: str) -> list[tuple[int | None, int | None]]:
+    """Lines added and removed per file from `git diff -z --numstat` (None for a binary file)."""
+    tokens = iter(numstat.split("\0"))
+    counts: list[tuple[int | None, int | None]] = []
+    for token in tokens:
+        if not token:
+            break
+        added, removed, path = token.split("\t", 2)
+        if not path:  # a rename or copy: "added\tremoved\t\0old\0new"
+            next(tokens), next(tokens)
+        counts.append((None, None) if added == "-" else (int(added), int(removed)))
+    return counts
+
+
 async def _checked(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     code, out, err = await run_git(cwd, *args, env=env)
     if code != 0:
@@ -187,16 +198,41 @@ async def _checked(cwd: Path, *args: str, env: Mapping[str, str] | None = None) 
     return code, out, err
 
 
-async def summary(root: Path, ws: Workstream) -> ChangeSummary:
+@dataclass(frozen=True)
+class Refs:
+    """Every local branch's commit and the main worktree's branch, read once for a whole list."""
+
+    heads: dict[str, str]
+    current: str | None
+
+    @classmethod
+    async def read(cls, root: Path) -> Refs:
+        return cls(await branch_heads(root), await gitrepo.current_branch(root))
+
+    async def commit(self, root: Path, ref: str) -> str:
+        return self.heads.get(ref) or await gitrepo.resolve_commit(root, ref)
+
+
+async def summary(root: Path, ws: Workstream, refs: Refs | None = None) -> ChangeSummary:
     """Commits ahead and behind the base branch, lines and files changed since the merge-base,
-    uncommitted work, and whether it would merge cleanly into the base branch as it is now."""
-    base = await base_of(root, ws)
-    base_commit = await gitrepo.resolve_commit(root, base)
-    head = await head_of(root, ws)
-    mb = await gitrepo.merge_base(root, base_commit, head)
-    _, counts, _ = await _checked(root, "rev-list", "--left-right", "--count", f"{base_commit}...{head}")
-    behind, ahead = (int(n) for n in counts.split())
-    files = await file_changes(root, mb or base_commit, head)
+    uncommitted work, and whether it would merge cleanly into the base branch as it is now. Runs
+    for every workstream of every list, so it skips each git command whose answer is known."""
+    refs = refs or await Refs.read(root)
+    base = ws.base_branch or refs.current
+    if base is None:
+        raise Refused(f"{ws.slug} has no base branch and HEAD is detached")
+    base_commit = await refs.commit(root, base)
+    head = refs.heads.get(ws.branch)
+    if head is None:
+        raise Refused(f"the branch {ws.branch} of {ws.slug} no longer exists")
+    mb: str | None = head
+    ahead = behind = 0
+    if head != base_commit:
+        mb = await gitrepo.merge_base(root, base_commit, head)
+        _, counts, _ = await _checked(root, "rev-list", "--left-right", "--count", f"{base_commit}...{head}")
+        behind, ahead = (int(n) for n in counts.split())
+    stats = (await gitrepo.git(root, "diff", "-z", "-M", "--numstat", mb or base_commit, head)) if ahead else ""
+    counted = line_counts(stats)
     dirty = (Path(ws.path) / ".git").exists() and bool(await gitrepo.status_short(Path(ws.path)))
     conflicts = (
         None if mb is None else ahead > 0 and behind > 0 and bool((await merge_tree(root, base_commit, head))[1])
@@ -206,9 +242,9 @@ async def summary(root: Path, ws: Workstream) -> ChangeSummary:
         merge_base=mb,
         ahead=ahead,
         behind=behind,
-        files=len(files),
-        added=sum(f.added or 0 for f in files),
-        removed=sum(f.removed or 0 for f in files),
+        files=len(counted),
+        added=sum(a or 0 for a, _ in counted),
+        removed=sum(r or 0 for _, r in counted),
         dirty=dirty,
         conflicts=conflicts,
     )
@@ -437,9 +473,11 @@ async def changes_of(engine: Engine, workstreams: list[Workstream]) -> list[Work
     """The records with `changes` filled, computed concurrently; a workstream whose branch or base
     is gone keeps `changes` None rather than failing the whole list."""
 
+    refs = await Refs.read(engine.root)
+
     async def one(ws: Workstream) -> Workstream:
         try:
-            return msgspec.structs.replace(ws, changes=await engine.changes(ws))
+            return msgspec.structs.replace(ws, changes=await summary(engine.root, ws, refs))
         except AidpError as exc:
             log.info("%s: no change summary: %s", ws.slug, exc)
             return ws
