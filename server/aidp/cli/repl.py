@@ -28,6 +28,7 @@ HELP = """\
 /ws run-all [...]                        runs go on in the background
 /ws cancel <slug...>
 /ws pause|resume|rm|logs ...             as on the command line ('/ws rm --help')
+/ws diff|conflicts|land|sync|push ...    review and land, as on the command line ('/ws land --help')
 /help                                    this text
 /quit                                    cancel running runs and leave (also Ctrl-D)"""
 
