@@ -106,8 +106,8 @@ export class Review implements vscode.TextDocumentContentProvider, vscode.FileDe
     const key = JSON.stringify([ws?.changes ?? null, ws?.status, ws?.updatedAt]);
     const cached = this.diffs.get(slug);
     if (cached !== undefined && cached.key === key) return cached.diff;
-    // Only the file lists are used here: the patch text stays on the server.
-    const diff = this.deps.server.request<Diff>(WS_DIFF, { slug, maxBytes: 0 });
+    // Only the file lists are used here (they are always whole): the patch text stays on the server.
+    const diff = this.deps.server.request<Diff>(WS_DIFF, { slug, maxBytes: 1 });
     this.diffs.set(slug, { key, diff });
     diff.catch(() => this.diffs.delete(slug));
     return diff;

@@ -185,10 +185,9 @@ export function gitShow(repo: string, rev: string, relPath: string): Promise<str
   });
 }
 
-/** The multi-diff editor's title: "fix-login: main…aidp/fix-login (5 files)". */
+/** The multi-diff editor's title: "fix-login: main…aidp/fix-login" (the editor adds "(5 files)"). */
 export function reviewTitle(diff: Diff, ws: Workstream): string {
-  const n = diff.files.length;
-  return `${diff.slug}: ${diff.baseBranch}…${ws.branch} (${n} file${n === 1 ? "" : "s"})`;
+  return `${diff.slug}: ${diff.baseBranch}…${ws.branch}`;
 }
 
 // ---- landing ---------------------------------------------------------------------------------------

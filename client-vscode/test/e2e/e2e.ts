@@ -252,6 +252,27 @@ class Workbench {
     return (await content.first().innerText().catch(() => "")).replace(/\s+/g, " ");
   }
 
+  /** The badges (file decorations) a tree row shows: the `::after` texts of its label's parts. */
+  async badges(row: Locator): Promise<string[]> {
+    // This file is compiled without the DOM library: describe the little of it used here.
+    interface Styled {
+      querySelectorAll(selector: string): ArrayLike<Styled>;
+      ownerDocument: { defaultView: { getComputedStyle(e: Styled, pseudo: string): { content: string } } };
+    }
+    return row.evaluate((root) => {
+      const el = root as unknown as Styled;
+      return [el, ...Array.from(el.querySelectorAll("*"))]
+        .map((e) => el.ownerDocument.defaultView.getComputedStyle(e, "::after").content)
+        .filter((c) => c !== "none" && c !== "normal" && c !== '""')
+        .map((c) => c.replace(/^"|"$/g, ""));
+    });
+  }
+
+  /** The text of the active editor area (every editor it shows), with Monaco's non-breaking spaces made plain. */
+  async editorText(): Promise<string> {
+    return (await this.page.locator(".part.editor").first().innerText().catch(() => "")).replace(/\u00a0/g, " ");
+  }
+
   /** Opens the output channel `name` in the Output view. */
   async showOutputChannel(name: string): Promise<void> {
     await this.command("Output: Show Output Channels...");
@@ -749,6 +770,100 @@ async function main(): Promise<void> {
     }
     await wb.waitStatus("gate-ws", "completed");
     check(true, "when the CLI's run ends, the tree shows gate-ws completed, unasked");
+    await wb.clearNotifications();
+
+    // ---- Review and land: two workstreams that change the same line (their agents committed) ----------
+    const commitIn = (slug: string, files: Record<string, string>): void => {
+      const worktree = path.join(repo, ".worktrees", slug);
+      for (const [name, text] of Object.entries(files)) fs.writeFileSync(path.join(worktree, name), text);
+      run("git", ["add", "-A"], { cwd: worktree });
+      run("git", ["commit", "-q", "-m", `${slug}: its work`], { cwd: worktree });
+    };
+    for (const slug of ["rev-a", "rev-b"]) {
+      run(PYTHON, ["-m", "aidp", "ws", "new", slug, "change", "the", "readme", "--command", `sh ${harness} ok`], { cwd: repo });
+    }
+    commitIn("rev-a", { "README.md": "# e2e fixture, landed by rev-a\n", "a.txt": "new file by rev-a\n" });
+    commitIn("rev-b", { "README.md": "# e2e fixture, changed by rev-b\n" });
+    await wb.waitStatus("rev-b", "active");
+    await wb.command("AIDP: Refresh Workstreams");
+    const revA = await wb.waitStatus("rev-a", "+2 −1 · 2 files");
+    const revB = await wb.waitStatus("rev-b", "+1 −1 · 1 file");
+    check(!revA.includes("conflicts") && !revB.includes("conflicts"), `each row shows its change summary ("${revA}", "${revB}")`);
+
+    // The changed files are the row's children; a click on one opens its diff.
+    await wb.row("rev-a").locator(".monaco-tl-twistie").click();
+    const fileRow = page.locator('.part.sidebar .monaco-list-row[aria-label^="a.txt,"]').first();
+    await fileRow.waitFor({ state: "visible", timeout: 60_000 });
+    check(
+      (await page.locator('.part.sidebar .monaco-list-row[aria-label^="README.md,"]').count()) === 1,
+      "rev-a's changed files (a.txt, README.md) are its children in the tree",
+    );
+    await fileRow.click();
+    await page.locator(".tabs-container .tab", { hasText: "a.txt (rev-a: merge-base ↔ branch)" }).waitFor({ state: "visible", timeout: 60_000 });
+    await waitFor("a.txt's new text in the diff editor", async () => (await wb?.editorText())?.includes("new file by rev-a"), 60_000);
+    check(true, "a click on a.txt opens its diff, merge-base against the branch");
+    await wb.shot("20-file-diff");
+
+    // AIDP: Review Changes: the multi-file diff editor, both sides read with git show.
+    await wb.command("AIDP: Review Changes");
+    await page.locator(".quick-input-widget input").first().fill("rev-a");
+    await wb.pickRow("rev-a").click();
+    // The editor adds the file count to the title.
+    await page.locator(".tabs-container .tab", { hasText: "rev-a: main…aidp/rev-a (2 files)" }).waitFor({ state: "visible", timeout: 60_000 });
+    await waitFor(
+      "both files' changes in the multi-diff editor",
+      async () => {
+        const text = (await wb?.editorText()) ?? "";
+        return text.includes("landed by rev-a") && text.includes("# e2e fixture") && text.includes("new file by rev-a");
+      },
+      60_000,
+    );
+    check(true, "AIDP: Review Changes opens the multi-file diff editor with rev-a's two files, old and new text");
+    await wb.shot("21-review-changes");
+
+    // AIDP: Show Conflicts lists the colliding pair and the file.
+    await wb.command("AIDP: Show Conflicts");
+    const pair = wb.pickRow("rev-a ↔ rev-b");
+    await pair.waitFor({ state: "visible", timeout: 60_000 });
+    check((await pair.innerText()).includes("README.md"), "AIDP: Show Conflicts lists rev-a ↔ rev-b colliding in README.md");
+    await wb.shot("22-conflicts");
+    await page.keyboard.press("Escape");
+
+    // AIDP: Land Workstream: strategy, confirmation, then the tree shows it landed.
+    await wb.command("AIDP: Land Workstream");
+    await page.locator(".quick-input-widget input").first().fill("rev-a");
+    await wb.pickRow("rev-a").click();
+    await wb.pickRow("Merge").click();
+    const confirmLand = page.locator(".monaco-dialog-box", { hasText: "Land 'rev-a' into main (merge)?" });
+    await confirmLand.waitFor({ state: "visible", timeout: 30_000 });
+    await wb.shot("23-land-confirm");
+    await confirmLand.getByRole("button", { name: "Land", exact: true }).click();
+    await wb.toast("landed rev-a into main (merge)").waitFor({ state: "visible", timeout: 60_000 });
+    const landed = await wb.waitStatus("rev-a", "landed");
+    check(
+      run("git", ["show", "main:README.md"], { cwd: repo }) === "# e2e fixture, landed by rev-a\n",
+      `rev-a landed: main has its README and the tree shows "${landed}"`,
+    );
+
+    // rev-b now conflicts with main: its row wears the badge, and landing it is refused with the reason.
+    const conflicted = await wb.waitStatus("rev-b", "conflicts with main");
+    const badges = await wb.badges(wb.row("rev-b"));
+    check(badges.includes("!"), `rev-b shows the conflict badge ("${conflicted}", badges ${JSON.stringify(badges)})`);
+    await wb.shot("24-landed-and-conflict");
+    const mainBefore = run("git", ["rev-parse", "main"], { cwd: repo });
+    await wb.command("AIDP: Land Workstream");
+    await page.locator(".quick-input-widget input").first().fill("rev-b");
+    await wb.pickRow("rev-b").click();
+    await wb.pickRow("Merge").click();
+    await page.locator(".monaco-dialog-box").getByRole("button", { name: "Land", exact: true }).click();
+    const refused = wb.toast("could not land 'rev-b'");
+    await refused.waitFor({ state: "visible", timeout: 60_000 });
+    const refusedText = (await refused.innerText()).replace(/\s+/g, " ");
+    check(
+      refusedText.includes("README.md") && run("git", ["rev-parse", "main"], { cwd: repo }) === mainBefore,
+      `landing rev-b is refused with the reason and file, and main did not move: "${refusedText.slice(0, 200)}"`,
+    );
+    await wb.shot("25-land-refused");
     await wb.clearNotifications();
 
     // ---- Open Worktree: code-server opens the worktree folder in a new browser window -----------------

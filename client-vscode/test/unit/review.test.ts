@@ -171,8 +171,8 @@ describe("diff sides", () => {
     assert.throws(() => revFromQuery("rev=--output%3D%2Ftmp%2Fx"), /not a commit id/);
     assert.throws(() => revFromQuery("rev=HEAD"), /not a commit id/);
   });
-  it("titles the multi-diff editor with the workstream, its base and the file count", () => {
-    assert.equal(reviewTitle(d, ws("x")), "x: main…aidp/x (4 files)");
+  it("titles the multi-diff editor with the workstream and its base", () => {
+    assert.equal(reviewTitle(d, ws("x")), "x: main…aidp/x");
   });
 });
 
