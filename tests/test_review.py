@@ -14,7 +14,7 @@ from support import cli, git, make_repo
 
 from aidp.engine import Engine, Status
 from aidp.engine import review as review_module
-from aidp.engine.errors import CannotLand, Refused
+from aidp.engine.errors import Busy, CannotLand, Refused
 
 
 def commit_file(path: Path, name: str, text: str, message: str, author: str | None = None) -> str:
@@ -421,3 +421,38 @@ async def test_renames_and_binary_files_in_the_diff_and_the_summary(matrix: Path
     assert (by_path["moved.txt"].status, by_path["moved.txt"].old_path) == ("R", "shared.txt")
     assert (by_path["blob.bin"].added, by_path["blob.bin"].removed) == (None, None)
     assert changes is not None and (changes.files, changes.added, changes.removed) == (3, 1, 0)
+
+
+async def test_a_workstream_being_landed_cannot_start_a_run(matrix: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Land holds the workstream as `ws rm` does: a run asked for meanwhile is refused, so nothing
+    commits on the branch while it lands and it never rests `landed` while running."""
+    build = review_module.build
+    refusals: list[str] = []
+    engine = await Engine.open(matrix)
+
+    async def build_while_someone_runs_it(*args: object, **kwargs: object) -> str:
+        with pytest.raises(Busy) as busy:
+            await engine.start(["c"])
+        refusals.append(str(busy.value))
+        return await build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(review_module, "build", build_while_someone_runs_it)
+    try:
+        [landed] = await engine.land(["c"])
+        assert refusals == ["cannot run: being landed: c"]
+        assert landed.commit == head(matrix, "main")
+        assert (await engine.get("c")).status == Status.LANDED
+    finally:
+        await engine.close()
+
+
+async def test_land_refuses_a_workstream_another_process_holds(matrix: Path) -> None:
+    engine = await Engine.open(matrix)
+    try:
+        await engine.db.call(engine.db.store.hold, "c", "remove", "remove-elsewhere", engine._owner)
+        before = snapshot(matrix)
+        with pytest.raises(CannotLand, match="being removed: c"):
+            await engine.land(["c"])
+        assert snapshot(matrix) == before
+    finally:
+        await engine.close()

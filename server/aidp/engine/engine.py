@@ -53,7 +53,7 @@ STATE_DB = "state.db"
 LOG_TAIL_DEFAULT = 1024 * 1024
 # How often another process's logs are read for live output (its own runs read theirs ten times a second).
 FOLLOW_INTERVAL_S = 0.2
-_OP_COMMANDS = {"create": "new", "remove": "rm"}
+_OP_COMMANDS = {"create": "new", "remove": "rm", "land": "land", "sync": "sync"}
 NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.LANDED, Status.QUEUED, Status.RUNNING)
 
 

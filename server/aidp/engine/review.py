@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 import msgspec
 
 from aidp.engine import gitrepo
-from aidp.engine.errors import AidpError, CannotLand, GitError, InvalidInput, Refused
+from aidp.engine.errors import AidpError, Busy, CannotLand, GitError, InvalidInput, Refused
 from aidp.engine.events import ListChanged
 from aidp.engine.model import (
     BaseConflict,
@@ -542,7 +542,12 @@ async def land(engine: Engine, slugs: list[str], strategy: str, into: str | None
     landed: list[LandResult] = []
     for slug in dict.fromkeys(slugs):
         try:
-            result = await _land_one(engine, await engine.get(slug, changes=False), strategy, target_name)
+            if (ws := await engine.get(slug, changes=False)).status.in_flight:
+                raise CannotLand(slug, f"it is {ws.status}; wait for it or cancel it")
+            async with engine._holding(slug, "land"):  # no run starts meanwhile, no other land or removal
+                result = await _land_one(engine, await engine.get(slug, changes=False), strategy, target_name)
+        except Busy as exc:
+            raise CannotLand(slug, str(exc), [], landed) from None
         except Conflict as exc:
             raise CannotLand(slug, exc.detail, exc.files, landed) from None
         except CannotLand as exc:
@@ -557,8 +562,6 @@ async def land(engine: Engine, slugs: list[str], strategy: str, into: str | None
 
 async def _land_one(engine: Engine, ws: Workstream, strategy: str, into: str | None) -> LandResult:
     root = engine.root
-    if ws.status.in_flight:
-        raise CannotLand(ws.slug, f"it is {ws.status}; wait for it or cancel it")
     if ws.worktree_missing:
         raise CannotLand(ws.slug, f"its worktree {ws.path} is missing")
     if dirty := await gitrepo.status_short(Path(ws.path)):
@@ -599,10 +602,16 @@ async def sync(engine: Engine, slug: str, strategy: str) -> SyncResult:
     """Bring the workstream's branch up to date with its base, inside its worktree; refuses (and
     changes nothing) while it runs, when it has uncommitted changes, or on a conflict."""
     check_strategy(strategy, SYNC_STRATEGIES)
-    ws = await engine.get(slug, changes=False)
-    root = engine.root
-    if ws.status.in_flight:
+    if (ws := await engine.get(slug, changes=False)).status.in_flight:
         raise Refused(f"cannot sync {slug}: it is {ws.status}")
+    async with engine._holding(slug, "sync"):  # no run starts meanwhile
+        result = await _sync_held(engine, await engine.get(slug, changes=False), strategy)
+    engine.events.emit(ListChanged())
+    return result
+
+
+async def _sync_held(engine: Engine, ws: Workstream, strategy: str) -> SyncResult:
+    slug, root = ws.slug, engine.root
     if ws.worktree_missing:
         raise Refused(f"cannot sync {slug}: its worktree {ws.path} is missing")
     if dirty := await gitrepo.status_short(Path(ws.path)):
@@ -624,7 +633,6 @@ async def sync(engine: Engine, slug: str, strategy: str) -> SyncResult:
         raise Refused(f"cannot sync {slug}: {exc.detail}:\n{gitrepo.listed(exc.files)}") from None
     if not await move_branch(root, ws.branch, head, new, f"aidp: sync {slug} ({strategy})", following):
         raise Refused(f"cannot sync {slug}: {ws.branch} moved meanwhile; nothing changed, try again")
-    engine.events.emit(ListChanged())
     return SyncResult(slug=slug, strategy=strategy, head=new)
 
 

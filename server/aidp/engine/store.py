@@ -109,7 +109,12 @@ MIGRATIONS: list[str] = [
 ]
 
 # What a held operation makes a workstream, in refusals.
-OPERATION_STATES = {"create": "being created", "remove": "being removed"}
+OPERATION_STATES = {
+    "create": "being created",
+    "remove": "being removed",
+    "land": "being landed",
+    "sync": "being synced",
+}
 
 _WS_COLUMNS = (
     "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, w.base_commit, "
@@ -530,7 +535,7 @@ class Store:
     # -- operations: a creation or removal in progress -------------------------------------------
 
     def hold(self, slug: str, op: str, token: str, owner: tuple[int, int]) -> None:
-        """Hold `slug` for a creation or removal; refused while it runs or another holds it."""
+        """Hold `slug` for a creation, removal, land or sync; refused while it runs or another holds it."""
         with self._tx() as db:
             held = db.execute("SELECT op FROM operations WHERE slug = ?", (slug,)).fetchone()
             if op == "create" and held:
