@@ -5,12 +5,15 @@ Facts only: refs, parents, trees, files, error codes and their data."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import toml_list, write_config
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException
 from server_helpers import WS_LIST_CHANGED, WS_STATUS, AidpClient, initialize_params, lsp_session, server_command
 from support import git, wait_until
 
@@ -64,9 +67,9 @@ def parents(repo: Path, rev: str) -> list[str]:
     return git(repo, "rev-list", "--parents", "-n", "1", rev).split()[1:]
 
 
-async def refused_land(client: AidpClient, slugs: list[str]) -> dict[str, Any]:
+async def refused_land(client: AidpClient, slugs: list[str], **params: Any) -> dict[str, Any]:
     """`aidp/wsLand` must answer -32010: its data."""
-    err = await client.fails("aidp/wsLand", {"slugs": slugs})
+    err = await client.fails("aidp/wsLand", {"slugs": slugs, **params})
     assert err.code == CANNOT_LAND, err
     assert isinstance(err.data, dict) and err.message.startswith(f"cannot land {err.data['slug']}")
     return err.data
@@ -264,6 +267,68 @@ async def test_wsland_refuses_a_running_workstream(client: AidpClient, repo: Pat
     assert snapshot(repo) == before
     gate.touch()
     assert (await run)["completed"] == 1
+
+
+async def test_racing_lands_queue_and_none_is_lost(client: AidpClient, repo: Path) -> None:
+    """Lands sent at once to one server, all for `main`: they go one at a time, so none refuses
+    another for moving the branch or for the main worktree caught mid-update. `p` twice: the
+    second has nothing left to land."""
+    tips = {slug: head(await workstream(client, slug, {f"{slug}.txt": f"{slug}\n"})) for slug in ("p", "q", "r")}
+    calls = [client.start_call("aidp/wsLand", {"slugs": [slug]}) for slug in ("p", "q", "r", "p")]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [a for a in answers if isinstance(a, JsonRpcException)]
+    assert len(refused) == 1 and refused[0].code == CANNOT_LAND, answers
+    data = refused[0].data
+    assert isinstance(data, dict) and data["slug"] == "p" and "nothing to land" in data["reason"]
+    landed = [a["landed"][0] for a in answers if isinstance(a, dict)]
+    assert sorted(r["slug"] for r in landed) == ["p", "q", "r"]
+    for result in landed:  # every commit is on main
+        git(repo, "merge-base", "--is-ancestor", result["commit"], "main")
+        git(repo, "merge-base", "--is-ancestor", tips[result["slug"]], "main")
+        assert (repo / f"{result['slug']}.txt").read_text() == f"{result['slug']}\n"
+    assert git(repo, "status", "--porcelain") == "" and head(repo) == head(repo, "main")
+    assert {ws["status"] for ws in (await client.workstreams()).values()} == {"landed"}
+
+
+async def test_a_land_cancelled_midway_completes_and_answers_its_result(
+    client: AidpClient, repo: Path, markers: Path
+) -> None:
+    """`$/cancelRequest` while `main` is being moved (a reference-transaction hook holds git
+    there): the land completes, its worktree follows and it is recorded, rather than leaving
+    `main` moved under a stale checkout."""
+    await workstream(client, "feat", {"feat.txt": "x\n"})
+    reached, gate = markers / "reached", markers / "gate"
+    hook = repo / ".git" / "hooks" / "reference-transaction"
+    hook.write_text(
+        f'#!/bin/sh\n[ "$1" = committed ] || exit 0\ngrep -q " refs/heads/main$" || exit 0\n'
+        f': > "{reached}"\nwhile [ ! -e "{gate}" ]; do sleep 0.05; done\n'
+    )
+    hook.chmod(0o755)
+    land = client.start_call("aidp/wsLand", {"slugs": ["feat"]}, msg_id="the-land")
+    await wait_until(reached.exists, what="the land moving main")
+    client.protocol.notify("$/cancelRequest", lsp.CancelParams(id="the-land"))
+    await client.workstreams()  # answered after the cancel was read
+    gate.touch()
+
+    result = await land
+    assert result["landed"][0]["commit"] == head(repo, "main")
+    assert git(repo, "status", "--porcelain") == "" and (repo / "feat.txt").read_text() == "x\n"
+    assert (await client.workstreams())["feat"]["status"] == "landed"
+
+
+async def test_wsland_into_another_branch_leaves_the_checked_out_one(client: AidpClient, repo: Path) -> None:
+    await workstream(client, "feat", {"feat.txt": "x\n"})
+    git(repo, "branch", "release")
+    main = head(repo, "main")
+    result = await client.call("aidp/wsLand", {"slugs": ["feat"], "into": "release", "strategy": "squash"})
+    assert result["landed"][0]["into"] == "release" and result["landed"][0]["commit"] == head(repo, "release")
+    assert parents(repo, "release") == [main]
+    assert head(repo, "main") == main and not (repo / "feat.txt").exists()
+
+    before = snapshot(repo)
+    data = await refused_land(client, ["feat"], into="nope")
+    assert data["slug"] == "feat" and "nope" in data["reason"]
+    assert snapshot(repo) == before
 
 
 async def test_wsland_rm_removes_worktree_and_branch(client: AidpClient, repo: Path) -> None:

@@ -51,6 +51,7 @@ MAX_UNANSWERED = 64
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 P = TypeVar("P", bound=msgspec.Struct)
+T = TypeVar("T")
 
 
 def _converter() -> Any:
@@ -178,6 +179,7 @@ class AidpServer(LanguageServer):
         self.out: PipeWriter | None = None
         self._dropped: dict[tuple[str, str], int] = {}
         self._progress: dict[str, Callable[[StatusChanged], None]] = {}
+        self._moving = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -213,6 +215,23 @@ class AidpServer(LanguageServer):
             reason = self.engine_error or "the server is not initialized yet (send 'initialize' first)"
             raise JsonRpcException(reason, p.SERVER_BUSY if self.engine_error is None else p.REQUEST_FAILED)
         return self.engine
+
+    async def moving(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a land or a sync: each moves a branch, then the worktrees that have it checked out.
+        One at a time in this server, so requests racing for a branch queue rather than refuse each
+        other (another process's are still caught by the compare-and-swap on the ref); and, once
+        started, never cut short by `$/cancelRequest`, which would leave the branch moved and its
+        worktree behind: the answer is then its result, as JSON-RPC allows."""
+        async with self._moving:
+            work = asyncio.ensure_future(op())
+            while True:
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if work.done() or task is None:  # the work itself was cancelled (the loop is closing)
+                        raise
+                    task.uncancel()
 
     def refuse_if_stopping(self) -> None:
         if self.stopping:
@@ -460,11 +479,11 @@ def create_server(root: Path | None) -> AidpServer:
 
     @request(p.WS_LAND, p.WsLandParams)
     async def ws_land(ls: AidpServer, engine: Engine, q: p.WsLandParams) -> p.WsLandResult:
-        return p.WsLandResult(landed=await engine.land(q.slugs, q.strategy, q.into, q.rm))
+        return p.WsLandResult(landed=await ls.moving(lambda: engine.land(q.slugs, q.strategy, q.into, q.rm)))
 
     @request(p.WS_SYNC, p.WsSyncParams)
     async def ws_sync(ls: AidpServer, engine: Engine, q: p.WsSyncParams) -> p.SyncResult:
-        return await engine.sync(q.slug, q.strategy)
+        return await ls.moving(lambda: engine.sync(q.slug, q.strategy))
 
     return server
 
