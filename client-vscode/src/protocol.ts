@@ -95,7 +95,7 @@ export interface Workstream {
   worktreeMissing?: boolean;
   /** The commit the worktree started from (recorded at creation; null for older workstreams). */
   baseCommit?: string | null;
-  /** What it changed against its base branch; null where it could not be computed. */
+  /** What it changed against its base branch; null in wsNew's result, and where its branch or base branch is gone. */
   changes?: ChangeSummary | null;
   /** The run it is queued or running in, in this server or another aidp process; null when at rest. */
   currentRun?: CurrentRun | null;
