@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from support import cli, git, make_repo
+from support import PYTHON, child_env, cli, git, make_repo
 
 from aidp.engine import Engine, Status
 from aidp.engine import review as review_module
@@ -131,6 +134,45 @@ async def test_diff_patch_is_cut_at_max_bytes(matrix: Path) -> None:
     assert not whole.truncated and len(whole.patch.encode()) > 1000
     assert cut.truncated and cut.patch == whole.patch.encode()[:1000].decode(errors="replace")
     assert [f.path for f in cut.files] == ["big.txt", "c.txt"]
+
+
+def diff_on_a_terminal(repo: Path, pager: str) -> str:
+    """`aidp ws diff c` with its stdout on a pseudo-terminal and `$PAGER` set; returns what it wrote
+    on the terminal itself."""
+    main, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [PYTHON, "-m", "aidp", "ws", "diff", "c"],
+            cwd=repo,
+            env={**child_env(), "PAGER": pager},
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        os.set_blocking(main, False)
+        written = b""
+        while True:
+            try:
+                written += os.read(main, 65536)
+            except BlockingIOError:
+                return written.decode()
+    finally:
+        os.close(terminal)
+        os.close(main)
+
+
+def test_diff_on_a_terminal_is_paged_with_the_pagers_own_arguments_never_a_shell(matrix: Path, tmp_path: Path) -> None:
+    paged = tmp_path / "paged.txt"
+    pager = tmp_path / "pager.py"
+    pager.write_text("import pathlib, sys\npathlib.Path(sys.argv[1]).write_text(sys.stdin.read())\n")
+    assert diff_on_a_terminal(matrix, shlex.join([PYTHON, str(pager), str(paged)])) == ""
+    assert "+++ b/c.txt" in paged.read_text()
+    marker = tmp_path / "shell-ran"
+    printed = diff_on_a_terminal(matrix, f"cat; touch {marker}")  # no program "cat;": printed as it is
+    assert "+++ b/c.txt" in printed and not marker.exists()
 
 
 # -- conflicts ----------------------------------------------------------------------------------------
