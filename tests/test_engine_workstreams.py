@@ -62,7 +62,7 @@ async def test_create_makes_a_worktree_on_a_new_branch(engine: Engine, repo: Pat
     assert git(Path(ws.path), "rev-parse", "--abbrev-ref", "HEAD").strip() == "aidp/feature-1"
     assert git(repo, "rev-parse", "aidp/feature-1") == git(repo, "rev-parse", "main")
     assert [w.slug for w in await engine.workstreams()] == ["feature-1"]
-    assert await engine.get("feature-1") == ws
+    assert await engine.get("feature-1", changes=False) == ws
     with pytest.raises(AlreadyExists):
         await engine.create("feature-1", "again")
 
