@@ -866,6 +866,22 @@ async function main(): Promise<void> {
     await wb.shot("25-land-refused");
     await wb.clearNotifications();
 
+    // An agent that left its work uncommitted: the dirty badge, and the file under the row, marked so.
+    fs.writeFileSync(path.join(repo, ".worktrees", "ok-ws", "scratch.txt"), "left uncommitted by ok-ws\n");
+    await wb.command("AIDP: Refresh Workstreams");
+    const dirtyLabel = await wb.waitStatus("ok-ws", "uncommitted changes");
+    const dirtyBadges = await wb.badges(wb.row("ok-ws"));
+    check(dirtyBadges.includes("M"), `ok-ws wears the dirty badge ("${dirtyLabel}", badges ${JSON.stringify(dirtyBadges)})`);
+    await wb.row("ok-ws").locator(".monaco-tl-twistie").click();
+    const scratchRow = page.locator('.part.sidebar .monaco-list-row[aria-label^="scratch.txt,"]').first();
+    await scratchRow.waitFor({ state: "visible", timeout: 60_000 });
+    check((await scratchRow.getAttribute("aria-label"))?.includes("uncommitted"), "the uncommitted file is under ok-ws, marked uncommitted");
+    await scratchRow.click();
+    await page.locator(".tabs-container .tab", { hasText: "scratch.txt (ok-ws: branch ↔ worktree)" }).waitFor({ state: "visible", timeout: 60_000 });
+    await waitFor("the worktree's text in the diff editor", async () => (await wb?.editorText())?.includes("left uncommitted by ok-ws"), 60_000);
+    check(true, "a click on it opens its diff, branch head against the file in the worktree");
+    await wb.shot("26-uncommitted");
+
     // ---- Open Worktree: code-server opens the worktree folder in a new browser window -----------------
     const popup = page.context().waitForEvent("page", { timeout: 60_000 });
     await wb.command("AIDP: Open Worktree");
