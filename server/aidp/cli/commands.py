@@ -163,7 +163,7 @@ async def ws_cancel(engine: Engine, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + engine.grace_s() + CANCEL_EXTRA_WAIT_S
     while True:
-        statuses = {slug: (await engine.get(slug)).status for slug in hit}
+        statuses = {slug: (await engine.get(slug, changes=False)).status for slug in hit}
         if not any(status.in_flight for status in statuses.values()) or loop.time() > deadline:
             break
         await asyncio.sleep(POLL_S)
@@ -189,7 +189,7 @@ async def follow_log(engine: Engine, slug: str) -> None:
     The status is read before each copy, so the copy after the last check has every byte."""
     path, offset = None, 0
     while True:
-        status = (await engine.get(slug)).status
+        status = (await engine.get(slug, changes=False)).status
         if status != Status.QUEUED:  # a queued run has no log yet: don't print the previous one
             latest, _ = await engine.log(slug, tail_bytes=0)
             if latest != path:

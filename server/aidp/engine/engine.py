@@ -335,16 +335,16 @@ class Engine:
         return await review.push(self, slug, remote, pr)
 
     async def history(self, slug: str, limit: int = 10) -> list[Event]:
-        await self.get(slug)
+        await self.get(slug, changes=False)
         return await self.db.call(self.db.store.events, slug, limit)
 
     async def git_status(self, slug: str) -> str | None:
         """`git status --short` of the worktree; None when the worktree is missing."""
-        ws = await self.get(slug)
+        ws = await self.get(slug, changes=False)
         return None if ws.worktree_missing else await gitrepo.status_short(Path(ws.path))
 
     async def set_paused(self, slug: str, paused: bool) -> Workstream:
-        await self.get(slug)
+        await self.get(slug, changes=False)
         status = await self.db.call(self.db.store.set_paused, slug, paused)
         self.events.emit(StatusChanged(run_id=None, slug=slug, status=status))
         self.events.emit(ListChanged())
@@ -354,9 +354,9 @@ class Engine:
         """Remove the worktree (and the branch if asked). Refuses to lose work unless `force`;
         returns what was discarded, so the caller can say it: nothing goes silently. The slug is
         held throughout, so no run starts in a worktree that is going away."""
-        await self.get(slug)
+        await self.get(slug, changes=False)
         async with self._holding(slug, "remove") as token:
-            ws = await self.get(slug)  # as it is now that no other process can change it
+            ws = await self.get(slug, changes=False)  # as it is now that no other process can change it
             path = Path(ws.path)
             problems = [] if ws.worktree_missing else await self._would_lose(path)
             base = ws.base_branch or "HEAD"
@@ -399,7 +399,7 @@ class Engine:
 
     async def log(self, slug: str, tail_bytes: int | None = None) -> tuple[str | None, str]:
         """The latest run's log: its path and (the tail of) its text."""
-        await self.get(slug)
+        await self.get(slug, changes=False)
         path = await self.db.call(self.db.store.latest_log_path, slug)
         if path is None:
             return None, ""
@@ -576,7 +576,7 @@ class Engine:
         return list(dict.fromkeys(hit + [c.slug for c in claims]))
 
     async def _require_known(self, slugs: list[str]) -> None:
-        known = {ws.slug for ws in await self.workstreams()}
+        known = {ws.slug for ws in await self.workstreams(changes=False)}
         unknown = [s for s in dict.fromkeys(slugs) if s not in known]
         if unknown:
             raise UnknownSlugs(unknown)
