@@ -18,6 +18,7 @@ from support import PYTHON, child_env, cli, git, make_repo
 from aidp.engine import Engine, Status
 from aidp.engine import review as review_module
 from aidp.engine.errors import Busy, CannotLand, Refused
+from aidp.engine.events import StatusChanged
 
 
 def commit_file(path: Path, name: str, text: str, message: str, author: str | None = None) -> str:
@@ -320,9 +321,10 @@ def test_land_into_a_branch_not_checked_out_and_then_rm(matrix: Path) -> None:
 
 
 def test_land_refuses_a_target_that_is_no_local_branch(matrix: Path) -> None:
+    git(matrix, "tag", "v1.0", "main")
     before = snapshot(matrix)
     result = cli(matrix, "ws", "land", "c", "--into", "v1.0")
-    assert result.returncode == 1 and "the target 'v1.0' is not a local branch" in result.stderr
+    assert result.returncode == 1 and "the target 'v1.0' is not a local branch (name one with --into)" in result.stderr
     assert snapshot(matrix) == before
 
 
@@ -479,9 +481,12 @@ async def test_a_workstream_being_landed_cannot_start_a_run(matrix: Path, monkey
         return await build(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(review_module, "build", build_while_someone_runs_it)
+    events: list[object] = []
+    engine.events.subscribe(events.append)
     try:
         [landed] = await engine.land(["c"])
         assert refusals == ["cannot run: being landed: c"]
+        assert StatusChanged(run_id=None, slug="c", status=Status.LANDED) in events
         assert landed.commit == head(matrix, "main")
         assert (await engine.get("c")).status == Status.LANDED
     finally:

@@ -25,7 +25,7 @@ import msgspec
 
 from aidp.engine import gitrepo
 from aidp.engine.errors import AidpError, Busy, CannotLand, GitError, InvalidInput, Refused
-from aidp.engine.events import ListChanged
+from aidp.engine.events import ListChanged, StatusChanged
 from aidp.engine.model import (
     BaseConflict,
     ChangeSummary,
@@ -473,7 +473,11 @@ async def changes_of(engine: Engine, workstreams: list[Workstream]) -> list[Work
     """The records with `changes` filled, computed concurrently; a workstream whose branch or base
     is gone keeps `changes` None rather than failing the whole list."""
 
-    refs = await Refs.read(engine.root)
+    try:
+        refs = await Refs.read(engine.root)
+    except AidpError as exc:
+        log.warning("no change summaries: %s", exc)
+        return workstreams
 
     async def one(ws: Workstream) -> Workstream:
         try:
@@ -552,6 +556,7 @@ async def land(engine: Engine, slugs: list[str], strategy: str, into: str | None
             raise CannotLand(slug, exc.detail, exc.files, landed) from None
         except CannotLand as exc:
             raise CannotLand(slug, exc.reason, exc.files, landed) from None
+        engine.events.emit(StatusChanged(run_id=None, slug=slug, status=Status.LANDED))
         engine.events.emit(ListChanged())
         if rm:
             await engine.remove(slug, delete_branch=True)
@@ -569,7 +574,7 @@ async def _land_one(engine: Engine, ws: Workstream, strategy: str, into: str | N
         raise CannotLand(ws.slug, "its worktree has uncommitted changes (commit or discard them first)", files)
     target = await base_of(root, ws, into)
     if not await gitrepo.branch_exists(root, target):
-        raise CannotLand(ws.slug, f"the target {target!r} is not a local branch")
+        raise CannotLand(ws.slug, f"the target {target!r} is not a local branch (name one with --into)")
     old = (await gitrepo.git(root, "rev-parse", f"refs/heads/{target}")).strip()
     head = await head_of(root, ws)
     if await is_ancestor(root, head, old):
