@@ -46,7 +46,7 @@ export interface ReviewDeps {
 export class Review implements vscode.TextDocumentContentProvider, vscode.FileDecorationProvider, vscode.Disposable {
   private readonly decorationsChanged = new vscode.EventEmitter<vscode.Uri[] | undefined>();
   readonly onDidChangeFileDecorations = this.decorationsChanged.event;
-  /** Per slug, the diff for the change summary it was fetched under (a new summary fetches anew). */
+  /** Per slug, the diff for the state it was fetched under (a new summary or status fetches anew). */
   private readonly diffs = new Map<string, { key: string; diff: Promise<Diff> }>();
   private readonly disposables: { dispose(): unknown }[] = [];
 
@@ -57,6 +57,9 @@ export class Review implements vscode.TextDocumentContentProvider, vscode.FileDe
       this.decorationsChanged,
       {
         dispose: deps.store.onChange((change) => {
+          // A fetched list (a refresh, another process's change) may come with new uncommitted files
+          // that no summary counts: the changed files are asked for again.
+          if (change === "all") this.diffs.clear();
           this.decorationsChanged.fire(change === "all" ? undefined : change.map((slug) => workstreamUri(slug)));
         }),
       },
