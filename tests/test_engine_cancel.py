@@ -316,6 +316,8 @@ async def test_an_engine_already_open_corrects_what_a_sigkilled_owner_left(
         await asyncio.to_thread(proc.wait, 30)
 
         if first == "list":
+            await engine.workstreams()
+            await engine.settled()  # a harness slow to end is stopped in the background
             listed = {ws.slug: ws.status for ws in await engine.workstreams()}
             assert listed["a"] == Status.CANCELLED
         else:  # pausing is not refused as "already running"

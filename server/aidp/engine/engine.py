@@ -54,6 +54,7 @@ LOG_TAIL_DEFAULT = 1024 * 1024
 # How often another process's logs are read for live output (its own runs read theirs ten times a second).
 FOLLOW_INTERVAL_S = 0.2
 _OP_COMMANDS = {"create": "new", "remove": "rm", "land": "land", "sync": "sync"}
+PROMPT_EXIT_S = 0.5  # recovery waits this long for leftovers to end on SIGTERM before going on in the background
 NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.LANDED, Status.QUEUED, Status.RUNNING)
 
 
@@ -616,8 +617,8 @@ class Engine:
             trees = {c: await asyncio.to_thread(_leftovers, c) for c in stale}
             for tree in (t for ts in trees.values() for t in ts):
                 tree.signal(signal.SIGTERM)
-            done = [c for c in stale if not any(t.alive() for t in trees[c])]
-            left = [c for c in stale if c not in done]
+            left = await _still_alive(stale, trees, min(self.grace_s(), PROMPT_EXIT_S))
+            done = [c for c in stale if c not in left]
             if left:
                 self._stopping.update((c.slug, c.run_id) for c in left)
                 log.warning(
@@ -660,6 +661,17 @@ class Engine:
                 return
             self._unrecorded.remove((run_id, result))
             self.events.emit(StatusChanged(run_id=run_id, slug=result.slug, status=result.status, error=result.error))
+
+
+async def _still_alive(claims: list[Claim], trees: dict[Claim, list[procs.Tree]], wait_s: float) -> list[Claim]:
+    """The claims whose harnesses still run after up to `wait_s`: most end at once on SIGTERM."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        left = [c for c in claims if any(t.alive() for t in trees[c])]
+        if not left or loop.time() >= deadline:
+            return left
+        await asyncio.sleep(0.02)
 
 
 def _leftovers(claim: Claim) -> list[procs.Tree]:
