@@ -17,6 +17,8 @@ from pygls.exceptions import JsonRpcException
 from server_helpers import WS_LIST_CHANGED, WS_STATUS, AidpClient, initialize_params, lsp_session, server_command
 from support import git, wait_until
 
+from aidp.server.coalesce import Coalesced
+
 pytestmark = pytest.mark.timeout(150)
 
 CANNOT_LAND = -32010
@@ -420,3 +422,43 @@ async def test_a_runs_end_announces_list_changed_and_wslist_shows_its_work(clien
     assert (summary["ahead"], summary["files"], summary["added"], summary["dirty"]) == (1, 1, 1, False)
     diff = await client.call("aidp/wsDiff", {"slug": "agent"})
     assert [f["path"] for f in diff["files"]] == ["out.txt"] and "+work" in diff["patch"]
+
+
+# -- wsList, coalesced ------------------------------------------------------------------------------
+
+
+async def test_pipelined_lists_share_computations_but_never_answer_older_than_asked(client: AidpClient) -> None:
+    """Change summaries make a list cost git commands per workstream, so lists asked while one is
+    computed share the next one. A list asked after a change was answered still shows it."""
+    await workstream(client, "first", {"first.txt": "1\n"})
+    burst = [client.start_call("aidp/wsList", {}) for _ in range(200)]
+    created = client.start_call("aidp/wsNew", {"slug": "second", "task": "asked mid-burst"})
+    await created
+    after = await client.workstreams()
+    assert sorted(after) == ["first", "second"] and after["first"]["changes"]["files"] == 1
+    for answer in await asyncio.gather(*burst):
+        assert {ws["slug"] for ws in answer["workstreams"]} <= {"first", "second"}
+
+
+async def test_coalesced_answers_come_from_a_computation_started_after_the_call() -> None:
+    coalesced: Coalesced[int] = Coalesced()
+    state = {"version": 0}
+    computed: list[int] = []
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def compute() -> int:
+        """The version it saw when it started."""
+        seen = state["version"]
+        computed.append(seen)
+        entered.set()
+        await release.wait()
+        return seen
+
+    first = asyncio.ensure_future(coalesced.get(compute))
+    await entered.wait()
+    state["version"] = 1  # changed while the first computation runs: later calls must see it
+    later = [asyncio.ensure_future(coalesced.get(compute)) for _ in range(5)]
+    release.set()
+    assert await first == 0
+    assert [await call for call in later] == [1] * 5
+    assert computed == [0, 1]  # the five shared one computation

@@ -35,8 +35,9 @@ from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refuse
 from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, StatusChanged
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
-from aidp.engine.model import FINAL_STATUSES, RunSummary
+from aidp.engine.model import FINAL_STATUSES, RunSummary, Workstream
 from aidp.server import wire
+from aidp.server.coalesce import Coalesced
 from aidp.server.stdio import PipeWriter, detach_stdout, open_pipes
 
 log = logging.getLogger("aidp.server")
@@ -180,6 +181,7 @@ class AidpServer(LanguageServer):
         self._dropped: dict[tuple[str, str], int] = {}
         self._progress: dict[str, Callable[[StatusChanged], None]] = {}
         self._moving = asyncio.Lock()
+        self.lists: Coalesced[list[Workstream]] = Coalesced()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -440,7 +442,7 @@ def create_server(root: Path | None) -> AidpServer:
 
     @request(p.WS_LIST, p.EmptyParams)
     async def ws_list(ls: AidpServer, engine: Engine, q: p.EmptyParams) -> p.WsListResult:
-        return p.WsListResult(workstreams=await engine.workstreams())
+        return p.WsListResult(workstreams=await ls.lists.get(engine.workstreams))
 
     @request(p.WS_NEW, p.WsNewParams)
     async def ws_new(ls: AidpServer, engine: Engine, q: p.WsNewParams) -> p.Workstream:
