@@ -210,6 +210,7 @@ async def test_wsland_moves_the_ref_and_rests_landed(client: AidpClient, repo: P
 
     assert (await client.workstreams())["feat"]["status"] == "landed"
     await wait_until(lambda: len(client.of(WS_LIST_CHANGED)) > changed, what="wsListChanged after land")
+    assert [(n["runId"], n["status"]) for n in client.statuses("feat")] == [(None, "landed")]
     report = await client.call("aidp/wsConflicts", {})
     assert [r["slug"] for r in report["withBase"]] == []  # landed ones are left out
 
