@@ -21,13 +21,13 @@ from aidp.engine.errors import Busy, CannotLand, Refused
 from aidp.engine.events import StatusChanged
 
 
-def commit_file(path: Path, name: str, text: str, message: str, author: str | None = None) -> str:
-    """Write `name` in the worktree `path`, commit it (as `author`, "Name <email>", if given);
-    returns the new head."""
+def commit_file(path: Path, name: str, text: str, message: str, *options: str) -> str:
+    """Write `name` in the worktree `path` and commit it (with `git commit` `options`); returns the
+    new head."""
     (path / name).parent.mkdir(parents=True, exist_ok=True)
     (path / name).write_text(text)
     git(path, "add", "--", name)
-    git(path, "commit", "-q", "-m", message, *([f"--author={author}"] if author else []))
+    git(path, "commit", "-q", "-m", message, *options)
     return head(path)
 
 
@@ -238,7 +238,14 @@ def test_land_squash_makes_one_commit_with_the_workstreams_tree(matrix: Path) ->
 
 def test_land_rebase_replays_each_commit_keeping_authors_and_messages(matrix: Path) -> None:
     tree = matrix / ".worktrees" / "c"
-    commit_file(tree, "c2.txt", "c2\n", "second of c\n\nwith a body", author="Ada <ada@example.org>")
+    commit_file(
+        tree,
+        "c2.txt",
+        "c2\n",
+        "second of c\n\nwith a body",
+        "--author=Ada <ada@example.org>",
+        "--date=2001-02-03T04:05:06+0100",
+    )
     old = head(matrix, "main")
     result = cli(matrix, "ws", "land", "c", "--strategy", "rebase")
     assert result.returncode == 0, result.stderr
@@ -246,10 +253,10 @@ def test_land_rebase_replays_each_commit_keeping_authors_and_messages(matrix: Pa
     replayed = git(matrix, "rev-list", "--reverse", f"{old}..{new}").split()
     assert len(replayed) == 2
     assert parents(matrix, replayed[0]) == [old] and parents(matrix, replayed[1]) == [replayed[0]]
-    fmt = "--format=%an <%ae>|%B"
+    fmt = "--format=%an <%ae> %ad|%B"
     original = git(matrix, "log", fmt, "main~1..aidp/c", "--reverse").strip()
     assert git(matrix, "log", fmt, f"{old}..{new}", "--reverse").strip() == original
-    assert "Ada <ada@example.org>|second of c\n\nwith a body" in original
+    assert "Ada <ada@example.org> Sat Feb 3 04:05:06 2001 +0100|second of c\n\nwith a body" in original
     assert git(matrix, "diff", "--name-only", old, new).split() == ["c.txt", "c2.txt"]
     assert (matrix / "c2.txt").read_text() == "c2\n" and git(matrix, "status", "--porcelain") == ""
 

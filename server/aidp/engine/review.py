@@ -74,6 +74,7 @@ async def run_git(
 async def run_process(
     cwd: Path, *argv: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None
 ) -> tuple[int, str, str]:
+    """A program's exit status, stdout and stderr (an argument list, never a shell)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
