@@ -149,7 +149,7 @@ async def merge_tree(root: Path, ours: str, theirs: str) -> tuple[str, list[str]
         root, "merge-tree", "--write-tree", "-z", "--name-only", "--no-messages", ours, theirs
     )
     if code not in (0, 1):
-        raise GitError(f"git merge-tree {ours} {theirs} failed: {err or f'exit status {code}'}")
+        raise GitError(f"git merge-tree {ours} {theirs} failed (review and land need git 2.38 or later): {err or code}")
     tree, *files = [f for f in out.split("\0") if f]
     return tree, files if code == 1 else []
 
