@@ -217,7 +217,8 @@ class Refs:
 async def summary(root: Path, ws: Workstream, refs: Refs | None = None) -> ChangeSummary:
     """Commits ahead and behind the base branch, lines and files changed since the merge-base,
     uncommitted work, and whether it would merge cleanly into the base branch as it is now. Runs
-    for every workstream of every list, so it skips each git command whose answer is known."""
+    for every workstream of every list, so what depends on commits alone is computed once per pair
+    of commits (`_committed`); only the worktree's status is asked each time."""
     refs = refs or await Refs.read(root)
     base = ws.base_branch or refs.current
     if base is None:
@@ -226,6 +227,22 @@ async def summary(root: Path, ws: Workstream, refs: Refs | None = None) -> Chang
     head = refs.heads.get(ws.branch)
     if head is None:
         raise Refused(f"the branch {ws.branch} of {ws.slug} no longer exists")
+    committed = await _committed(root, base_commit, head)
+    dirty = (Path(ws.path) / ".git").exists() and bool(await gitrepo.status_short(Path(ws.path)))
+    return msgspec.structs.replace(committed, base_branch=base, dirty=dirty)
+
+
+# Commits never change, so what two commits give is kept (bounded; the oldest goes first).
+_COMMITTED: dict[tuple[str, str], ChangeSummary] = {}
+COMMITTED_MAX = 4096
+
+
+async def _committed(root: Path, base_commit: str, head: str) -> ChangeSummary:
+    """The part of a summary that depends on the two commits alone (`base_branch` and `dirty` are
+    filled by the caller)."""
+    key = (base_commit, head)
+    if (known := _COMMITTED.get(key)) is not None:
+        return known
     mb: str | None = head
     ahead = behind = 0
     if head != base_commit:
@@ -234,21 +251,24 @@ async def summary(root: Path, ws: Workstream, refs: Refs | None = None) -> Chang
         behind, ahead = (int(n) for n in counts.split())
     stats = (await gitrepo.git(root, "diff", "-z", "-M", "--numstat", mb or base_commit, head)) if ahead else ""
     counted = line_counts(stats)
-    dirty = (Path(ws.path) / ".git").exists() and bool(await gitrepo.status_short(Path(ws.path)))
     conflicts = (
         None if mb is None else ahead > 0 and behind > 0 and bool((await merge_tree(root, base_commit, head))[1])
     )
-    return ChangeSummary(
-        base_branch=base,
+    result = ChangeSummary(
+        base_branch="",
         merge_base=mb,
         ahead=ahead,
         behind=behind,
         files=len(counted),
         added=sum(a or 0 for a, _ in counted),
         removed=sum(r or 0 for _, r in counted),
-        dirty=dirty,
+        dirty=False,
         conflicts=conflicts,
     )
+    if len(_COMMITTED) >= COMMITTED_MAX:
+        del _COMMITTED[next(iter(_COMMITTED))]
+    _COMMITTED[key] = result
+    return result
 
 
 @dataclass(frozen=True)
