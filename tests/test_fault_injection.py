@@ -50,10 +50,12 @@ LINE = re.compile(r"^(\d+) (\d+)$")
 @pytest.fixture(scope="module", autouse=True)
 def _report(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
+    figures = ", ".join(f"{COUNTS[k]} {k}" for k in ("rounds", "kills", "orphans", "stuck", "logs checked"))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        figures = ", ".join(f"{COUNTS[k]} {k}" for k in ("rounds", "kills", "orphans", "stuck", "logs checked"))
-        reporter.write_line(f"fault injection: {figures}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # printed even when the tests pass
+            reporter.write_line(f"\nfault injection: {figures}")
 
 
 def rng(name: str) -> random.Random:
