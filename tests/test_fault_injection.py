@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import random
 import re
 import shlex
@@ -28,7 +29,7 @@ from support import cli, make_repo, pid_alive, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(300)
 
-SEED = 8
+SEED = int(os.environ.get("AIDP_FAULT_SEED", "8"))
 COUNTS: collections.Counter[str] = collections.Counter()
 
 # Every process of a harness appends its pid to <board>/<slug>.pids, then prints numbered lines
