@@ -34,6 +34,11 @@ def results(completed: subprocess.CompletedProcess[str]) -> dict[str, dict[str, 
     return {r["slug"]: r for r in json.loads(completed.stdout)["results"]}
 
 
+def written(path: Path) -> bool:
+    """A pid file a harness wrote whole (`echo $$ > f` creates it empty first)."""
+    return path.exists() and path.read_text().endswith("\n")
+
+
 def read_pids(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()]
 
@@ -229,7 +234,7 @@ def test_recovery_signals_every_leftover_before_waiting(tmp_path: Path) -> None:
     for slug in slugs:
         new_ws(repo, slug, shlex.join(["sh", "-c", STUBBORN.format(dir=board)]))
     owner = spawn_cli(repo, "ws", "run", *slugs)
-    wait_until_sync(lambda: len(list(board.glob("*.pid"))) == 4, what="four stubborn harnesses")
+    wait_until_sync(lambda: all(written(board / f"{s}.pid") for s in slugs), what="four stubborn harnesses")
     harnesses = [int((board / f"{s}.pid").read_text()) for s in slugs]
     owner.kill()
     owner.wait(30)
@@ -250,7 +255,7 @@ async def test_server_lists_while_leftovers_are_stopped_in_the_background(tmp_pa
     write_config(repo, "[harness]\ngrace_s = 10\n")
     new_ws(repo, "stubborn", shlex.join(["sh", "-c", STUBBORN.format(dir=board)]))
     owner = spawn_cli(repo, "ws", "run", "stubborn")
-    wait_until_sync(lambda: (board / "stubborn.pid").exists(), what="the stubborn harness")
+    wait_until_sync(lambda: written(board / "stubborn.pid"), what="the stubborn harness")
     harness = int((board / "stubborn.pid").read_text())
     owner.kill()
     owner.wait(30)
