@@ -150,7 +150,7 @@ class Extension implements vscode.Disposable {
       // follows its log. Its start and its end come with the list (see onStoreChange).
       const view = this.store.state.items.get(n.slug);
       const since = view?.runningSince;
-      this.announce(n.slug, n.runId, since ? new Date(since).toISOString() : "?", " by another aidp process");
+      this.announce(n.slug, n.runId, since ? new Date(since).toISOString() : null, " by another aidp process");
       if (view !== undefined && isLive(view.ws)) this.followed.add(n.slug);
     }
     this.channel(n.slug).append(n.text);
@@ -165,9 +165,10 @@ class Extension implements vscode.Disposable {
     if (r.error) channel.appendLine(r.error.trimEnd());
   }
 
-  private announce(slug: string, runId: string, startedAt: string, where: string): void {
+  /** The channel's first line for a run; `startedAt` is null when the list has not said it yet. */
+  private announce(slug: string, runId: string, startedAt: string | null, where: string): void {
     this.announced.set(slug, runId);
-    this.channel(slug).appendLine(`=== run ${runId} started ${startedAt}${where} ===`);
+    this.channel(slug).appendLine(`=== run ${runId} started${startedAt ? ` ${startedAt}` : ""}${where} ===`);
   }
 
   private channel(slug: string): vscode.OutputChannel {
