@@ -53,8 +53,8 @@ async def run(p: Params) -> list[Section]:
     section.notes.append(
         "`true` is the cost on the common path; the second harness starts `setsid sleep 30` and exits 0, and "
         "aidp must end the sleeper before it records the workstream. With cgroups the child moves itself "
-        "into `aidp-<run>-<slug>` between fork and exec (a `preexec_fn`, so Python forks instead of "
-        "vforking) and the leftover is found and killed through the cgroup; without, the leftover is "
+        "into `aidp-<run>-<slug>` before the harness starts (a constant `sh -c` that joins, then execs "
+        "the harness) and the leftover is found and killed through the cgroup; without, the leftover is "
         "found by scanning /proc for the `AIDP_RUN_ID` marker. "
         f"Whole CLI processes, {p.overhead_reps} repetitions, order rotated, medians; ratio against the "
         "same harness with `AIDP_CGROUPS=0`."

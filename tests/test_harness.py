@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aidp.engine.executor import CHUNK_MAX, LogTail, _describe_exit
-from aidp.engine.harness import CgroupJoinError, StartError, build_argv, build_env, spawn
+from aidp.engine.harness import StartError, build_argv, build_env, spawn
 
 VALUES = {
     "slug": "s",
@@ -60,14 +60,32 @@ async def test_spawn_errors_say_what_to_fix(tmp_path: Path) -> None:
         os.close(fd)
 
 
-async def test_a_child_that_cannot_join_its_cgroup_never_runs_the_harness(tmp_path: Path) -> None:
-    def refuse() -> None:
-        raise OSError("cgroup.procs: permission denied")
+@pytest.mark.parametrize("cgroup", [None, "in a cgroup"])
+async def test_spawn_errors_say_what_to_fix_also_through_the_cgroup_launcher(
+    tmp_path: Path, cgroup: str | None
+) -> None:
+    """Through the launcher that joins a cgroup, a bad program is still refused before anything
+    runs, with the same message (here the cgroup folder is a stand-in: exec never happens)."""
+    place = tmp_path / "cg" if cgroup else None
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(StartError, match="'aidp-no-such-program-xyz': no such program"):
+            await spawn(["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), fd, place)
+        script = tmp_path / "script"
+        script.write_text("#!/bin/sh\n")
+        with pytest.raises(StartError, match="permission denied"):
+            await spawn(["./script"], tmp_path, dict(os.environ), fd, place)
+    finally:
+        os.close(fd)
 
+
+async def test_a_harness_that_cannot_join_its_cgroup_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    with open(tmp_path / "log", "wb") as log, pytest.raises(CgroupJoinError):
-        await spawn(["touch", str(marker)], tmp_path, dict(os.environ), log.fileno(), refuse)
+    with open(tmp_path / "log", "wb") as log:
+        proc = await spawn(["touch", str(marker)], tmp_path, dict(os.environ), log.fileno(), tmp_path / "no-cgroup")
+        assert await proc.wait() != 0
     assert not marker.exists()
+    assert "cgroup.procs" in (tmp_path / "log").read_text()
 
 
 def test_describe_exit() -> None:

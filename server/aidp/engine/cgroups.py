@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -64,29 +63,6 @@ def create(path: Path | None) -> Path | None:
         _disabled = True
         return None
     return path
-
-
-def disable(path: Path, reason: object) -> None:
-    """The harness could not join `path`: stop trying cgroups in this process."""
-    global _disabled
-    log.warning("cannot use cgroup %s (%s); falling back to process groups", path, reason)
-    _disabled = True
-    remove(path)
-
-
-def joiner(path: Path) -> Callable[[], None]:
-    """Run in the child between fork and exec: it moves itself into the cgroup before the
-    harness's first instruction, so nothing it starts is ever outside."""
-    procs = str(path / "cgroup.procs")
-
-    def join() -> None:
-        fd = os.open(procs, os.O_WRONLY)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-
-    return join
 
 
 def members(path: Path) -> list[int]:

@@ -28,7 +28,7 @@ import msgspec
 from aidp.engine import cgroups, gitrepo, procs
 from aidp.engine.errors import GitError
 from aidp.engine.events import EventBus, OutputChunk, StatusChanged
-from aidp.engine.harness import CgroupJoinError, StartError, build_argv, build_env, spawn
+from aidp.engine.harness import StartError, build_argv, build_env, spawn
 from aidp.engine.model import RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.store import AsyncStore
 
@@ -304,12 +304,7 @@ class Run:
         """Start the harness in a cgroup of its own where the system allows, else without."""
         cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug))
         try:
-            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroups.joiner(cgroup) if cgroup else None)
-        except CgroupJoinError as exc:
-            assert cgroup is not None
-            cgroups.disable(cgroup, exc)
-            cgroup = None
-            proc = await spawn(argv, Path(job.ws.path), env, log_fd, None)
+            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroup)
         except StartError:
             if cgroup is not None:
                 cgroups.remove(cgroup)
