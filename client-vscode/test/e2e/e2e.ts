@@ -253,6 +253,18 @@ class Workbench {
   }
 
   /** The badges (file decorations) a tree row shows: the `::after` texts of its label's parts. */
+  /** The row's badges once `badge` is among them (a decoration is drawn after the label), or what it
+   * has when the wait runs out. */
+  async waitBadge(row: Locator, badge: string, timeoutMs = 30_000): Promise<string[]> {
+    const deadline = Date.now() + timeoutMs;
+    let found = await this.badges(row);
+    while (!found.includes(badge) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      found = await this.badges(row);
+    }
+    return found;
+  }
+
   async badges(row: Locator): Promise<string[]> {
     // This file is compiled without the DOM library: describe the little of it used here.
     interface Styled {
@@ -847,7 +859,7 @@ async function main(): Promise<void> {
 
     // rev-b now conflicts with main: its row wears the badge, and landing it is refused with the reason.
     const conflicted = await wb.waitStatus("rev-b", "conflicts with main");
-    const badges = await wb.badges(wb.row("rev-b"));
+    const badges = await wb.waitBadge(wb.row("rev-b"), "!");
     check(badges.includes("!"), `rev-b shows the conflict badge ("${conflicted}", badges ${JSON.stringify(badges)})`);
     await wb.shot("24-landed-and-conflict");
     const mainBefore = run("git", ["rev-parse", "main"], { cwd: repo });
@@ -870,7 +882,7 @@ async function main(): Promise<void> {
     fs.writeFileSync(path.join(repo, ".worktrees", "ok-ws", "scratch.txt"), "left uncommitted by ok-ws\n");
     await wb.command("AIDP: Refresh Workstreams");
     const dirtyLabel = await wb.waitStatus("ok-ws", "uncommitted changes");
-    const dirtyBadges = await wb.badges(wb.row("ok-ws"));
+    const dirtyBadges = await wb.waitBadge(wb.row("ok-ws"), "M");
     check(dirtyBadges.includes("M"), `ok-ws wears the dirty badge ("${dirtyLabel}", badges ${JSON.stringify(dirtyBadges)})`);
     await wb.row("ok-ws").locator(".monaco-tl-twistie").click();
     const scratchRow = page.locator('.part.sidebar .monaco-list-row[aria-label^="scratch.txt,"]').first();
