@@ -331,16 +331,16 @@ class Run:
             status, why = Status.CANCELLED, "cancelled"
         else:
             status, why = Status.FAILED, f"timed out after {self.options.timeout_s:g} s"
-        await procs.terminate([tree, *self._escaped(job, tree)], self.options.grace_s, self._hurry)
+        await procs.terminate([tree, *await self._escaped(job, tree)], self.options.grace_s, self._hurry)
         await exited
         return status, why
 
-    def _escaped(self, job: Job, tree: procs.Tree) -> list[procs.Tree]:
+    async def _escaped(self, job: Job, tree: procs.Tree) -> list[procs.Tree]:
         """Without a cgroup, what left the harness's group (`setsid`) is found by the environment
-        marker it inherited (a /proc scan, so only then)."""
+        marker it inherited (a /proc scan, so only then, and off the event loop)."""
         if tree.cgroup is not None:
             return []
-        groups = procs.marked_groups(self.run_id, job.ws.slug) - {tree.pgid}
+        groups = await asyncio.to_thread(procs.marked_groups, self.run_id, job.ws.slug) - {tree.pgid}
         return [procs.Tree(pgid=g) for g in groups]
 
     async def _record(
