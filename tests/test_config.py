@@ -16,9 +16,11 @@ def _load(tmp_path: Path, text: str) -> object:
 
 
 def test_defaults_without_a_file(tmp_path: Path) -> None:
-    harness = load_config(tmp_path).harness
+    config = load_config(tmp_path)
+    harness = config.harness
     assert harness.command is None and harness.timeout_s is None and harness.env == {}
-    assert (harness.max_concurrent, harness.grace_s) == (DEFAULT_MAX_CONCURRENT, DEFAULT_GRACE_S)
+    assert (config.max_concurrent, harness.grace_s) == (DEFAULT_MAX_CONCURRENT, DEFAULT_GRACE_S)
+    assert (harness.retries, harness.halt, config.scheduler.base_from_deps) == (0, "never", False)
 
 
 def test_values(tmp_path: Path) -> None:
@@ -34,7 +36,7 @@ def test_values(tmp_path: Path) -> None:
 
 def test_empty_file_is_defaults(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("")
-    assert load_config(tmp_path).harness.max_concurrent == DEFAULT_MAX_CONCURRENT
+    assert load_config(tmp_path).max_concurrent == DEFAULT_MAX_CONCURRENT
 
 
 @pytest.mark.parametrize(

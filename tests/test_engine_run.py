@@ -73,7 +73,7 @@ async def test_concurrency_bound_from_childrens_own_stamps(
             await engine.create(slug, f"task {slug}")
         summary = await engine.run(slugs)
     else:
-        write_config(repo, "[harness]\nmax_concurrent = 1\n")  # the option wins over the config
+        write_config(repo, "[scheduler]\nmax_concurrent = 5\n")  # the bound; the option lowers its share
         for slug in slugs:
             await engine.create(slug, f"task {slug}", command=command)
         summary = await engine.run(slugs, max_concurrent=3)

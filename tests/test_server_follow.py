@@ -54,7 +54,7 @@ async def test_a_terminals_run_reaches_the_client_live_with_its_start_time(
     assert cli.returncode == 0, stderr
     result = json.loads(stdout)["results"][0]
     # The client was told the run's own start, not when it noticed the run.
-    assert current == {"runId": json.loads(stdout)["runId"], "startedAt": result["startedAt"]}
+    assert (current["runId"], current["startedAt"]) == (json.loads(stdout)["runId"], result["startedAt"])
 
     # Every byte of the log, once, in order, under the run's id: nothing lost after the run ended.
     log = Path(result["logPath"]).read_text()

@@ -44,11 +44,23 @@ def _parent() -> Path | None:
     return parent if os.access(parent, os.W_OK) else None
 
 
-def place(run_id: str, slug: str) -> Path | None:
+def place(run_id: str, slug: str, attempt: int = 1) -> Path | None:
     """Where this workstream run's cgroup goes, or None where aidp cannot have one. Known before
-    anything starts, so a claim records it and recovery finds the cgroup whenever aidp died."""
+    anything starts, so a claim records it and recovery finds the cgroup whenever aidp died. A
+    retried attempt gets its own (the last one's may still be emptying)."""
     parent = _parent()
-    return None if parent is None or _disabled else parent / f"aidp-{run_id}-{slug}"
+    name = f"aidp-{run_id}-{slug}" + (f".{attempt}" if attempt > 1 else "")  # slugs have no dots
+    return None if parent is None or _disabled else parent / name
+
+
+def cpu_s(path: Path) -> float | None:
+    """CPU time used by everything that ever ran in the cgroup (the kernel counts the dead too)."""
+    try:
+        stat = (path / "cpu.stat").read_text()
+    except OSError:
+        return None
+    usec = next((int(line.split()[1]) for line in stat.splitlines() if line.startswith("usage_usec ")), None)
+    return None if usec is None else usec / 1e6
 
 
 def create(path: Path | None) -> Path | None:

@@ -3,6 +3,7 @@ naming the field rather than a surprise in the middle of a run."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,18 +20,56 @@ MIN_TIMEOUT_S = 0.1  # a shorter timeout cannot be told from a harness that ende
 PLACEHOLDERS = ("slug", "task", "mode", "steps", "branch", "worktree")
 
 
+Bound = Annotated[int, msgspec.Meta(ge=1, le=64)]
+ExitCode = Annotated[int, msgspec.Meta(ge=1, le=255)]
+Halt = Literal["never", "soon", "now"]
+HALTS = ("never", "soon", "now")
+
+
 class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
     timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] | None = None
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_GRACE_S
-    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=64)] = DEFAULT_MAX_CONCURRENT
+    # The older place of `[scheduler] max_concurrent`, still read when that is not set.
+    max_concurrent: Bound | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
     # Commit what the harness left uncommitted: many agents never commit, and only commits land.
     commit: Literal["never", "on-success", "always"] = "never"
+    # Failure policy: how often a failed attempt is tried again, on which exit codes (empty: any
+    # non-zero), after an exponential back-off with jitter starting at `retry_backoff_s`.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 0
+    retry_on_exit: list[ExitCode] = msgspec.field(default_factory=list)
+    retry_on_timeout: bool = False
+    retry_backoff_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    # An attempt that ends with one of these codes, or whose output matches the pattern, hit a rate
+    # limit: it is retried after a back-off (not counted against `retries`) and the run slows down.
+    rate_limit_exit: list[ExitCode] = msgspec.field(default_factory=list)
+    rate_limit_pattern: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    rate_limit_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+    # On the first failure: `soon` starts nothing new, `now` also cancels what runs (GNU parallel's --halt).
+    halt: Halt = "never"
+
+
+class Scheduler(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # The repository's bound: how many harnesses run at once across every aidp process; "auto"
+    # chooses it from the cores, the memory available and the peak memory recorded for past runs.
+    max_concurrent: Bound | Literal["auto"] | None = None
+    # Start a dependent's branch from its dependencies' work (their branches, merged if several).
+    base_from_deps: bool = False
+    # Expected durations come from this many of a workstream's (or a command's) latest runs.
+    history_runs: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    # After a rate limit halved a run's concurrency, each calm stretch this long raises it by one.
+    rate_limit_recover_s: Annotated[float, msgspec.Meta(ge=0.1)] = 60.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     harness: Harness = msgspec.field(default_factory=Harness)
+    scheduler: Scheduler = msgspec.field(default_factory=Scheduler)
+
+    @property
+    def max_concurrent(self) -> int | Literal["auto"]:
+        """The repository's bound: `[scheduler]`, else the older `[harness]` key, else the default."""
+        return self.scheduler.max_concurrent or self.harness.max_concurrent or DEFAULT_MAX_CONCURRENT
 
 
 def load_config(state_dir: Path) -> Config:
@@ -50,4 +89,9 @@ def load_config(state_dir: Path) -> Config:
     for key in config.harness.env:
         if not key or "=" in key or "\0" in key:
             raise ConfigError(f"{path}: invalid environment variable name {key!r} in [harness] env")
+    if config.harness.rate_limit_pattern is not None:
+        try:
+            re.compile(config.harness.rate_limit_pattern)
+        except re.error as exc:
+            raise ConfigError(f"{path}: [harness] rate_limit_pattern is not a valid regular expression: {exc}") from exc
     return config

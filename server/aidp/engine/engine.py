@@ -8,8 +8,11 @@ so no adapter can let a bad slug through by forgetting to.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import os
+import re
 import secrets
 import signal
 import sqlite3
@@ -22,13 +25,14 @@ from typing import Any
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, procs, review
-from aidp.engine.config import DEFAULT_GRACE_S, MIN_TIMEOUT_S, Config, load_config
+from aidp.engine import cgroups, gitrepo, procs, review, scheduling
+from aidp.engine.config import DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
-from aidp.engine.executor import Run, RunOptions
+from aidp.engine.executor import FailurePolicy, Run, RunOptions
 from aidp.engine.follow import Follower
 from aidp.engine.model import (
+    DONE_STATUSES,
     MAX_ARG_STRLEN,
     TASK_MAX_BYTES,
     ChangeSummary,
@@ -42,10 +46,11 @@ from aidp.engine.model import (
     SyncResult,
     Workstream,
     WorkstreamResult,
+    parse_priority,
     utc_now,
     validate_slug,
 )
-from aidp.engine.store import AsyncStore, Claim, Store, state_exists
+from aidp.engine.store import AsyncStore, Claim, History, Store, state_exists
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,11 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
-def _check_options(max_concurrent: int | None, mode: str, steps: list[str] | None, timeout_s: float | None) -> None:
+def _check_options(
+    max_concurrent: int | None, mode: str, steps: list[str] | None, timeout_s: float | None, halt: str | None = None
+) -> None:
+    if halt is not None and halt not in HALTS:
+        raise InvalidInput(f"halt must be one of {', '.join(HALTS)}, got {halt!r}")
     if max_concurrent is not None and (
         isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or not 1 <= max_concurrent <= 64
     ):
@@ -167,16 +176,35 @@ class Engine:
     # -- workstreams -------------------------------------------------------------------------
 
     async def create(
-        self, slug: str, task: str, base_branch: str | None = None, command: list[str] | None = None
+        self,
+        slug: str,
+        task: str,
+        base_branch: str | None = None,
+        command: list[str] | None = None,
+        *,
+        priority: int | str = 0,
+        after: list[str] | None = None,
     ) -> Workstream:
-        return (await self.create_or_adopt(slug, task, base_branch, command))[0]
+        return (await self.create_or_adopt(slug, task, base_branch, command, priority=priority, after=after))[0]
 
     async def create_or_adopt(
-        self, slug: str, task: str, base_branch: str | None = None, command: list[str] | None = None
+        self,
+        slug: str,
+        task: str,
+        base_branch: str | None = None,
+        command: list[str] | None = None,
+        *,
+        priority: int | str = 0,
+        after: list[str] | None = None,
     ) -> tuple[Workstream, str | None]:
         """Create the workstream, or adopt the worktree and branch `aidp/<slug>` that an
-        interrupted `create` or `remove` left behind. Returns it and, when adopted, a note saying so."""
+        interrupted `create` or `remove` left behind. Returns it and, when adopted, a note saying so.
+        `priority`: a name (high, normal, low) or an integer; `after`: the slugs it runs after."""
         validate_slug(slug)
+        level = parse_priority(priority)
+        deps = _check_after(after or [])
+        if slug in deps:
+            raise InvalidInput(f"{slug} cannot run after itself")
         if not isinstance(task, str) or not task.strip():
             raise InvalidInput("the task must be a non-empty text")
         for text in (task, base_branch or ""):
@@ -194,6 +222,10 @@ class Engine:
         await self.check_state()
         if await self.db.call(self.db.store.get, slug):
             raise AlreadyExists(f"workstream {slug!r} already exists")
+        if deps:  # checked again when stored, in the same transaction
+            known = {ws.slug for ws in await self.db.call(self.db.store.all)}
+            if unknown := [d for d in deps if d not in known]:
+                raise UnknownSlugs(unknown, f"named as a dependency of {slug!r}")
         async with self._holding(slug, "create") as token:
             if await self.db.call(self.db.store.get, slug):  # created by another process meanwhile
                 raise AlreadyExists(f"workstream {slug!r} already exists")
@@ -207,6 +239,7 @@ class Engine:
             base_branch = base_branch or await gitrepo.current_branch(self.root)
             base_commit = await gitrepo.merge_base(self.root, branch, base_branch or "HEAD")
             ws = self._new_record(slug, task, branch, path, base_branch, command, base_commit)
+            ws = msgspec.structs.replace(ws, priority=level, after=deps)
             await self.db.call(self.db.store.insert, ws, token, note or "created")
         self.events.emit(ListChanged())
         return ws, note
@@ -351,6 +384,24 @@ class Engine:
         self.events.emit(ListChanged())
         return await self.get(slug)
 
+    async def set_schedule(
+        self, slug: str, priority: int | str | None = None, after: list[str] | None = None
+    ) -> Workstream:
+        """Change a workstream's priority and/or dependencies (None: unchanged; `after=[]` drops
+        them). A run going on reads priorities when it picks what starts next; dependencies count
+        from the next run. A cycle or an unknown slug is refused, and nothing is changed."""
+        validate_slug(slug)
+        level = None if priority is None else parse_priority(priority)
+        deps = None if after is None else _check_after(after)
+        if level is None and deps is None:
+            raise InvalidInput("nothing to set: give a priority and/or dependencies")
+        await self.get(slug, changes=False)
+        await self.db.call(self.db.store.set_schedule, slug, level, deps)
+        for run in self.active_runs():
+            run.reprioritized()
+        self.events.emit(ListChanged())
+        return await self.get(slug)
+
     async def remove(self, slug: str, delete_branch: bool = False, force: bool = False) -> list[str]:
         """Remove the worktree (and the branch if asked). Refuses to lose work unless `force`;
         returns what was discarded, so the caller can say it: nothing goes silently. The slug is
@@ -379,7 +430,9 @@ class Engine:
                 notes.append(f"deleted branch {ws.branch}")
             else:
                 notes.append(f"kept branch {ws.branch}")
-            await self.db.call(self.db.store.delete, slug, token)
+            dependents = await self.db.call(self.db.store.delete, slug, token)
+            if dependents:
+                notes.append(f"{', '.join(dependents)} no longer run after {slug}")
         self.events.emit(ListChanged())
         return notes
 
@@ -416,14 +469,19 @@ class Engine:
         mode: str = "execute",
         steps: list[str] | None = None,
         timeout_s: float | None = None,
+        *,
+        halt: str | None = None,
+        no_deps: bool = False,
+        base_from_deps: bool | None = None,
     ) -> Run:
         """Validate everything, claim every workstream, and start the run in the background.
-        Any error raises before anything was claimed or started."""
+        Dependencies not done yet are pulled into the run (`run.pulled_in` names them), or with
+        `no_deps` refused. Any error raises before anything was claimed or started."""
         if not slugs:
             raise InvalidInput("name at least one workstream to run")
         for slug in slugs:
             validate_slug(slug)
-        _check_options(max_concurrent, mode, steps, timeout_s)
+        _check_options(max_concurrent, mode, steps, timeout_s, halt)
         wanted = list(dict.fromkeys(slugs))
         known = {ws.slug: ws for ws in await self._settled_workstreams()}
         unknown = [s for s in wanted if s not in known]
@@ -432,7 +490,17 @@ class Engine:
         paused = [s for s in wanted if known[s].status == Status.PAUSED]
         if paused:
             raise Refused(f"paused: {', '.join(paused)} (resume first: 'aidp ws resume <slug>')")
-        return await self._start([known[s] for s in wanted], max_concurrent, mode, steps, timeout_s)
+        pulled = _unmet_dependencies(known, wanted)
+        if pulled and no_deps:
+            raise Refused(
+                f"not done yet, and named as dependencies: {', '.join(pulled)} (run them first, or leave out "
+                "--no-deps to run them in this run, before the workstreams that wait for them)"
+            )
+        run = await self._start(
+            [known[s] for s in [*pulled, *wanted]], known, max_concurrent, mode, steps, timeout_s, halt, base_from_deps
+        )
+        run.pulled_in = pulled
+        return run
 
     async def start_all(
         self,
@@ -440,23 +508,36 @@ class Engine:
         mode: str = "execute",
         steps: list[str] | None = None,
         timeout_s: float | None = None,
+        *,
+        halt: str | None = None,
+        base_from_deps: bool | None = None,
     ) -> Run:
         """Every workstream that is not paused, completed or already in flight (maybe none)."""
-        _check_options(max_concurrent, mode, steps, timeout_s)
-        todo = [ws for ws in await self._settled_workstreams() if ws.status not in NOT_RUNNABLE_BY_RUN_ALL]
-        return await self._start(todo, max_concurrent, mode, steps, timeout_s)
+        _check_options(max_concurrent, mode, steps, timeout_s, halt)
+        known = {ws.slug: ws for ws in await self._settled_workstreams()}
+        todo = [ws for ws in known.values() if ws.status not in NOT_RUNNABLE_BY_RUN_ALL]
+        return await self._start(todo, known, max_concurrent, mode, steps, timeout_s, halt, base_from_deps)
 
     async def _start(
         self,
         workstreams: list[Workstream],
+        known: dict[str, Workstream],
         max_concurrent: int | None,
         mode: str,
         steps: list[str] | None,
         timeout_s: float | None,
+        halt: str | None,
+        base_from_deps: bool | None,
     ) -> Run:
-        harness = self.config().harness
+        config = self.config()
+        harness = config.harness
+        history = await self._history(workstreams, harness.command, config.scheduler.history_runs)
+        bound, note = _bound(config.max_concurrent, [h.peak_rss_kb for h in history.values()])
+        share = min(max_concurrent or bound, bound)
+        if max_concurrent is not None and max_concurrent > bound:
+            note = f"--max-concurrent {max_concurrent} lowered to the repository's bound {bound}"
         options = RunOptions(
-            max_concurrent=max_concurrent or harness.max_concurrent,
+            max_concurrent=share,
             mode=mode,
             steps=steps,
             timeout_s=timeout_s or harness.timeout_s,
@@ -464,18 +545,39 @@ class Engine:
             env=harness.env,
             default_command=harness.command,
             commit=harness.commit,
+            repo_bound=bound,
+            policy=FailurePolicy(
+                retries=harness.retries,
+                retry_on_exit=tuple(harness.retry_on_exit),
+                retry_on_timeout=harness.retry_on_timeout,
+                backoff_s=harness.retry_backoff_s,
+                rate_limit_exit=tuple(harness.rate_limit_exit),
+                rate_limit_pattern=re.compile(harness.rate_limit_pattern) if harness.rate_limit_pattern else None,
+                rate_limit_retries=harness.rate_limit_retries,
+                recover_s=config.scheduler.rate_limit_recover_s,
+                halt=halt or harness.halt,
+            ),
+            base_from_deps=config.scheduler.base_from_deps if base_from_deps is None else base_from_deps,
+            expected={slug: h.expected_s for slug, h in history.items()},
+            concurrency_note=note,
         )
         run_id = new_run_id()
         slugs = [ws.slug for ws in workstreams]
         if slugs:
             places = {slug: cgroups.place(run_id, slug) for slug in slugs}
-            await self.db.call(self.db.store.claim, slugs, run_id, self._owner, places)
-        run = Run(run_id, workstreams, options, self.db, self.events, self.logs_dir)
+            await self.db.call(self.db.store.claim, slugs, run_id, self._owner, places, harness.retries + 1)
+        outside = {d: known[d] for ws in workstreams for d in ws.after if d in known and d not in slugs}
+        run = Run(run_id, workstreams, options, self.db, self.events, self.logs_dir, self.recover, self.root, outside)
         for slug in slugs:
             self.events.emit(StatusChanged(run_id=run_id, slug=slug, status=Status.QUEUED))
         task = asyncio.create_task(self._execute(run), name=f"aidp-run-{run_id}")
         self._runs[run_id] = (run, task)
         return run
+
+    async def _history(self, workstreams: list[Workstream], default: list[str] | None, n: int) -> dict[str, History]:
+        """What recorded runs say of each workstream (matched by its harness command too)."""
+        commands = {ws.slug: json.dumps(ws.command or default) for ws in workstreams}
+        return await self.db.call(self.db.store.history, commands, n) if commands else {}
 
     async def _execute(self, run: Run) -> RunSummary:
         try:
@@ -686,6 +788,49 @@ def _leftovers(claim: Claim) -> list[procs.Tree]:
         if pgid is not None:
             trees.append(procs.Tree(pgid=pgid))
     return trees
+
+
+def _check_after(after: object) -> list[str]:
+    if not isinstance(after, list):
+        raise InvalidInput(f"dependencies must be a list of slugs, got {after!r}")
+    return list(dict.fromkeys(validate_slug(slug) for slug in after))
+
+
+def _unmet_dependencies(known: dict[str, Workstream], wanted: list[str]) -> list[str]:
+    """What `wanted` waits for, transitively, that is not done and could run now (not paused, not in
+    another run, which the run waits for instead): pulled into the run, dependencies first."""
+    pulled: dict[str, None] = {}
+
+    def visit(slug: str) -> None:
+        for dep in known[slug].after:
+            ws = known.get(dep)
+            if dep in pulled or dep in wanted or ws is None:
+                continue
+            if ws.status in DONE_STATUSES or ws.status == Status.PAUSED or ws.status.in_flight:
+                continue
+            visit(dep)
+            pulled[dep] = None
+
+    for slug in wanted:
+        visit(slug)
+    return list(pulled)
+
+
+def _bound(configured: int | str, peaks: list[int | None]) -> tuple[int, str | None]:
+    """The repository's bound: as configured, or for "auto" from the cores, the memory available
+    and the highest peak memory recorded for the workstreams about to run."""
+    if isinstance(configured, int):
+        return configured, None
+    recorded = [p for p in peaks if p is not None]
+    return scheduling.auto_bound(os.cpu_count() or 1, _available_kb(), max(recorded) if recorded else None)
+
+
+def _available_kb() -> int | None:
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
 
 
 def _with_worktree_state(ws: Workstream) -> Workstream:

@@ -20,6 +20,11 @@ class StatusChanged(Record):
     error: str | None = None
     # With `running`: when the harness started, so every viewer counts elapsed time from the same moment.
     started_at: str | None = None
+    # With retries (`[harness] retries`): which attempt this is, of how many at most.
+    attempt: int | None = None
+    max_attempts: int | None = None
+    # With `queued`: what it waits for (a dependency, a slot another aidp process holds, a back-off).
+    waiting: str | None = None
 
 
 class OutputChunk(Record):
@@ -45,11 +50,25 @@ class RunFinished(Record):
     summary: RunSummary
 
 
+class RunProgress(Record):
+    """How far a run is, sent whenever that changes: `done` of `total` ended, and the forecast of
+    the time left (`eta_s`) from the expected durations and the bound (None: no history yet).
+    `concurrency` is the bound in force now (lowered while rate limits come), `note` says why it changed."""
+
+    run_id: str
+    total: int
+    done: int
+    running: int
+    eta_s: float | None = None
+    concurrency: int | None = None
+    note: str | None = None
+
+
 class ListChanged(Record):
     pass
 
 
-EngineEvent = StatusChanged | OutputChunk | RunFinished | ListChanged
+EngineEvent = StatusChanged | OutputChunk | RunFinished | RunProgress | ListChanged
 Listener = Callable[[EngineEvent], None]
 
 

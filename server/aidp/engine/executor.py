@@ -1,9 +1,11 @@
-"""One run: a set of claimed workstreams executed by a bounded pool of workers.
+"""One run: a set of claimed workstreams, started in the order the scheduler picks.
 
-Workers pull jobs from a queue, so the bound is the number of workers. Priorities and dependencies
-slot in at `JobQueue.next()`: a priority order, or "skip jobs whose dependencies have not ended",
-without touching the workers. Each job spawns its harness in its own process group, waits for it
-(or for cancel/timeout, which end the whole group), and records one result.
+A dispatcher loop starts the jobs whose dependencies are done, highest priority and longest
+critical path first (`scheduling`), while the run's share of the bound (lowered while rate limits
+come) and the repository's slots (leases in the database, shared by every aidp process) allow.
+Each attempt spawns its harness in its own process group (and cgroup), waits for it (or for
+cancel/timeout, which end the whole tree), and then either records the result or, by the failure
+policy, queues another attempt after a back-off. A failure can halt the run (`--halt`).
 
 Output is never piped through Python: the child writes into its log file, and a ticker reads the
 new bytes ten times a second as a bounded live view (`LogTail`).
@@ -15,28 +17,35 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import math
 import os
+import re
 import signal
 import sqlite3
 import time
-from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, procs
-from aidp.engine.errors import GitError
-from aidp.engine.events import EventBus, OutputChunk, StatusChanged
+from aidp.engine import cgroups, gitrepo, procs, review, scheduling
+from aidp.engine.errors import AidpError, GitError
+from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
 from aidp.engine.harness import StartError, build_argv, build_env, spawn
-from aidp.engine.model import RunSummary, Status, Workstream, WorkstreamResult, utc_now
+from aidp.engine.model import DONE_STATUSES, RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.store import AsyncStore
 
 TICK_S = 0.1
-CANCEL_POLL_TICKS = 5
+CANCEL_POLL_TICKS = 5  # also how often (in ticks) the harnesses' memory and CPU are sampled
 CHUNK_MAX = 64 * 1024
 TAIL_LINES = 8
 RECORD_RETRY_S = (0.1, 0.5, 1.0)  # then the result is recorded `error`, or kept for later
+STATE_TTL_S = 0.2  # statuses and priorities of other workstreams are read at most this often
+ETA_EVERY_S = 0.5  # the forecast is recomputed at most this often
+RATE_LIMIT_RECOVER_S = 60.0
+RATE_LIMIT_SCAN = 64 * 1024  # how much of an attempt's last output `rate_limit_pattern` is matched on
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +95,23 @@ def _describe_exit(code: int | None) -> str:
 
 
 @dataclass(frozen=True)
+class FailurePolicy:
+    """What happens after an attempt fails (`[harness]` retries, rate limits and halt)."""
+
+    retries: int = 0
+    retry_on_exit: tuple[int, ...] = ()  # empty: any non-zero exit
+    retry_on_timeout: bool = False
+    backoff_s: float = 1.0
+    rate_limit_exit: tuple[int, ...] = ()
+    rate_limit_pattern: re.Pattern[str] | None = None
+    rate_limit_retries: int = 10
+    recover_s: float = RATE_LIMIT_RECOVER_S  # a clean stretch this long raises the bound by one again
+    halt: str = "never"  # never | soon | now
+
+
+@dataclass(frozen=True)
 class RunOptions:
-    max_concurrent: int
+    max_concurrent: int  # this run's share: at most the repository's bound
     mode: str
     steps: list[str] | None
     timeout_s: float | None
@@ -95,6 +119,17 @@ class RunOptions:
     env: dict[str, str]
     default_command: list[str] | None
     commit: str = "never"  # [harness] commit: never | on-success | always
+    repo_bound: int | None = None  # across every aidp process of the repository (None: this run's share)
+    policy: FailurePolicy = field(default_factory=FailurePolicy)
+    base_from_deps: bool = False
+    expected: dict[str, float | None] = field(default_factory=dict)  # slug -> seconds, from history
+    concurrency_note: str | None = None  # how the bound was chosen, for the summary
+
+
+class State(Enum):
+    PENDING = "pending"  # waiting to start (first attempt or a retry)
+    RUNNING = "running"
+    DONE = "done"
 
 
 @dataclass(eq=False)
@@ -103,19 +138,27 @@ class Job:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     tail: LogTail | None = None
     result: WorkstreamResult | None = None
-
-
-class JobQueue:
-    """FIFO today; the one place that decides what runs next."""
-
-    def __init__(self, jobs: list[Job]) -> None:
-        self._pending = deque(jobs)
-
-    def next(self) -> Job | None:
-        return self._pending.popleft() if self._pending else None
+    state: State = State.PENDING
+    attempt: int = 1
+    max_attempts: int = 1
+    rate_limited: int = 0  # attempts that hit a rate limit (retried without counting against `retries`)
+    not_before: float = 0.0  # monotonic time before which a retry must not start
+    waiting: str | None = None  # what it waits for, as last recorded
+    slot_reason: str | None = None  # slots held by other aidp processes
+    backoff_reason: str | None = None  # a retry's back-off
+    started: float = 0.0  # monotonic start of the current attempt
+    why_cancelled: str = "cancelled"
+    timed_out: bool = False
+    tree: procs.Tree | None = None
+    peak_rss_kb: int | None = None
+    cpu_s: float | None = None
 
 
 class Run:
+    """The scheduler of one run: it starts the jobs whose dependencies are done, in priority and
+    critical-path order, while this run's share and the repository's slots allow, and decides what
+    follows each attempt (a retry after a back-off, a slower pace after a rate limit, a halt)."""
+
     def __init__(
         self,
         run_id: str,
@@ -124,64 +167,309 @@ class Run:
         db: AsyncStore,
         bus: EventBus,
         logs_dir: Path,
+        reclaim: Callable[[], Awaitable[object]] | None = None,
+        root: Path | None = None,
+        outside: Mapping[str, Workstream] | None = None,
     ) -> None:
+        """`reclaim` frees the slots of dead aidp processes (the engine's `recover`); `root` and
+        `outside` (dependencies not in this run) are what `base_from_deps` starts from."""
         self.run_id = run_id
-        self.jobs = {ws.slug: Job(ws) for ws in workstreams}
+        self.jobs = {ws.slug: Job(ws, max_attempts=options.policy.retries + 1) for ws in workstreams}
         self.options = options
         self._db = db
         self._bus = bus
         self._logs_dir = logs_dir
+        self._reclaim = reclaim
+        self._root = root
+        self._outside = dict(outside or {})
         self._hurry = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._index = {slug: i for i, slug in enumerate(self.jobs)}
+        self._graph = {ws.slug: list(ws.after) for ws in workstreams}
+        self._has_history = any(options.expected.get(slug) is not None for slug in self.jobs)
+        self._expected = scheduling.with_fallback({slug: options.expected.get(slug) for slug in self.jobs})
+        self._levels = scheduling.bottom_levels(self._graph, self._expected)
+        self.limit = options.max_concurrent  # lowered while rate limits come, raised again after
+        self._calm_since = time.monotonic()
+        self._halted: str | None = None  # why nothing more starts
+        self._known: dict[str, tuple[Status, int]] = {}  # status and priority, read at most every STATE_TTL_S
+        self._known_at = -math.inf
+        self._progress: tuple[object, ...] = ()
+        self._progress_at = -math.inf
+        self.note: str | None = None
+        self.pulled_in: list[str] = []  # dependencies the engine added to the run (to say so)
         self.unrecorded: list[WorkstreamResult] = []  # results the database refused (see _store_result)
 
-    def cancel(self, slugs: list[str] | None = None, hard: bool = False) -> list[str]:
+    def cancel(self, slugs: list[str] | None = None, hard: bool = False, why: str = "cancelled") -> list[str]:
         """Cancel some or all workstreams of this run; returns those that had not yet ended.
         `hard`: SIGKILL now, without waiting out the grace period (a second Ctrl-C)."""
         targets = [j for s, j in self.jobs.items() if slugs is None or s in slugs]
         hit = [j.ws.slug for j in targets if j.result is None and not j.cancel.is_set()]
         for job in targets:
+            if not job.cancel.is_set():
+                job.why_cancelled = why
             job.cancel.set()
         if hard:
             self._hurry.set()
+        self._wake.set()
         return hit
+
+    def reprioritized(self) -> None:
+        """Priorities or statuses changed in this process: read them afresh at the next pick."""
+        self._known_at = -math.inf
+        self._wake.set()
 
     async def execute(self) -> RunSummary:
         """Run every job; if this task is cancelled, cancel the jobs, wait until each has been
         ended and recorded, and only then let the cancellation through."""
         started = time.monotonic()
-        queue = JobQueue(list(self.jobs.values()))
-        workers = [
-            asyncio.create_task(self._worker(queue), name=f"aidp-worker-{self.run_id}-{i}")
-            for i in range(min(self.options.max_concurrent, len(self.jobs)))
-        ]
+        forecast = self._forecast()
         ticker = asyncio.create_task(self._tick(), name=f"aidp-ticker-{self.run_id}")
         try:
-            if workers:  # asyncio.wait refuses an empty set: a run-all with nothing to run
-                await asyncio.wait(workers)
+            await self._dispatch()
         except asyncio.CancelledError:
             self.cancel()
-            await asyncio.wait(workers)
+            await self._drain()
             raise
         finally:
             ticker.cancel()
-        for w in workers:
-            w.result()  # a worker's unexpected exception is a bug: surface it, don't hide it
         results = [job.result for job in self.jobs.values() if job.result is not None]
-        return RunSummary.of(self.run_id, results, time.monotonic() - started)
+        return RunSummary.of(
+            self.run_id,
+            results,
+            time.monotonic() - started,
+            concurrency=self.options.max_concurrent,
+            concurrency_note=self.options.concurrency_note,
+            forecast_s=None if forecast is None else round(forecast, 1),
+        )
 
-    async def _worker(self, queue: JobQueue) -> None:
-        while (job := queue.next()) is not None:
-            try:
-                await self._run_job(job)
-            except Exception as exc:  # a fault of one job (a bug, I/O) must not end the run
-                log.exception("%s: aidp failed while running it", job.ws.slug)
-                if job.result is None:
-                    error = f"aidp failed while running it: {type(exc).__name__}: {exc}"
-                    await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=Status.ERROR, error=error))
+    async def _drain(self) -> None:
+        """After a cancel: record what never started, wait for what runs to be ended and recorded."""
+        while any(job.result is None for job in self.jobs.values()):
+            await self._conclude_unstartable()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks.values()))
+
+    # -- choosing what starts ----------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            self._wake.clear()  # before looking: what happens from here on wakes the wait below
+            await self._conclude_unstartable()
+            pending = [j for j in self.jobs.values() if j.state is State.PENDING]
+            if not pending and not self._tasks:
+                return
+            now = time.monotonic()
+            self._recover_pace(now)
+            poll = await self._start_ready(pending, now)
+            await self._report_waiting(pending)
+            self._report_progress()
+            backoffs = [j.not_before - now for j in pending if j.not_before > now]
+            timeouts = [*backoffs, *([TICK_S] if poll else []), *([self._pace_left(now)] if self._slowed else [])]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, min(timeouts)) if timeouts else None)
+
+    async def _read_known(self, pending: list[Job]) -> None:
+        """Statuses and priorities as they are now (other processes change them too), read at most
+        every STATE_TTL_S: a priority set while a run goes takes effect at its next pick."""
+        if time.monotonic() - self._known_at < STATE_TTL_S:
+            return
+        outside = {d for j in pending for d in j.ws.after if d not in self.jobs}
+        self._known = await self._db.call(self._db.store.schedule_state, [*(j.ws.slug for j in pending), *outside])
+        self._known_at = time.monotonic()
+
+    def _deps_waiting(self, job: Job) -> list[str]:
+        """The dependencies not done yet (in this run, or elsewhere: another run, an earlier one)."""
+        waiting = []
+        for dep in job.ws.after:
+            inside = self.jobs.get(dep)
+            if inside is not None:
+                done = inside.result is not None and inside.result.status == Status.COMPLETED
+            else:
+                done = dep in self._known and self._known[dep][0] in DONE_STATUSES
+            if not done:
+                waiting.append(dep)
+        return waiting
+
+    def _blocker(self, job: Job) -> str | None:
+        """Why `job` can never start in this run: a dependency that ended otherwise than done."""
+        for dep in job.ws.after:
+            inside = self.jobs.get(dep)
+            if inside is not None and inside.result is not None and inside.result.status != Status.COMPLETED:
+                return f"blocked: its dependency {dep} {inside.result.status}"
+            if inside is None and dep in self._known:
+                status = self._known[dep][0]
+                if status not in DONE_STATUSES and not status.in_flight:
+                    return f"blocked: its dependency {dep} is {status} (not in this run)"
+            if inside is None and dep not in self._known and self._known_at > -math.inf:
+                return f"blocked: its dependency {dep} no longer exists"
+        return None
+
+    async def _conclude_unstartable(self) -> None:
+        """End the pending jobs that will never start: cancelled, halted, or blocked."""
+        for job in [j for j in self.jobs.values() if j.state is State.PENDING]:
+            if job.cancel.is_set():
+                why = (
+                    "cancelled before it started"
+                    if job.attempt == 1
+                    else f"{job.why_cancelled} before attempt {job.attempt}"
+                )
+                await self._end(job, Status.CANCELLED, why)
+            elif self._halted is not None:
+                await self._end(job, Status.CANCELLED, f"not started: {self._halted}")
+            elif (blocker := self._blocker(job)) is not None:
+                await self._end(job, Status.BLOCKED, blocker)
+
+    async def _end(self, job: Job, status: Status, why: str) -> None:
+        job.state = State.DONE
+        await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=status, error=why, attempt=job.attempt))
+
+    def _key(self, slug: str) -> tuple[int, float, int]:
+        priority = self._known.get(slug, (Status.QUEUED, self.jobs[slug].ws.priority))[1]
+        return scheduling.order_key(priority, self._levels.get(slug, 0.0), self._index[slug])
+
+    async def _start_ready(self, pending: list[Job], now: float) -> bool:
+        """Start what may start now; True when something waits on other processes (poll again soon)."""
+        free = self.limit - len(self._tasks)
+        if not pending or free <= 0:
+            return False
+        await self._read_known(pending)
+        ready = [j for j in pending if j.not_before <= now and not self._deps_waiting(j)]
+        outside = any(d not in self.jobs for j in pending for d in self._deps_waiting(j))
+        if not ready:
+            return outside
+        ready.sort(key=lambda j: self._key(j.ws.slug))
+        wanted = [j.ws.slug for j in ready[:free]]
+        taken = await self._take_slots(wanted)
+        for slug in taken:
+            self._launch(self.jobs[slug])
+        if len(taken) < len(wanted):
+            await self._say_slots_held([j for j in ready if j.ws.slug not in taken])
+            return True
+        return outside
+
+    async def _take_slots(self, slugs: list[str]) -> list[str]:
+        """Slots of the repository's bound, for as many of `slugs` (in order) as are free."""
+        bound = self.options.repo_bound
+        if bound is None:
+            return slugs
+        taken = await self._db.call(self._db.store.take_slots, self.run_id, slugs, bound)
+        if len(taken) < len(slugs) and self._reclaim is not None:
+            await self._reclaim()  # a dead process's slots come back once its claims are corrected
+            taken += await self._db.call(self._db.store.take_slots, self.run_id, slugs[len(taken) :], bound)
+        return taken
+
+    async def _say_slots_held(self, jobs: list[Job]) -> None:
+        holders = await self._db.call(self._db.store.slot_holders)
+        others = [h for h in holders if h.run_id != self.run_id]
+        if not others:
+            return
+        pids = ", ".join(sorted({str(h.owner_pid) for h in others}))
+        why = (
+            f"waiting for a slot: {len(holders)} of the repository's {self.options.repo_bound} are taken, "
+            f"{len(others)} by other aidp processes (pid {pids})"
+        )
+        for job in jobs:
+            job.slot_reason = why
+
+    def _launch(self, job: Job) -> None:
+        job.state = State.RUNNING
+        job.slot_reason = None
+        task = asyncio.create_task(self._attempt(job), name=f"aidp-{self.run_id}-{job.ws.slug}-{job.attempt}")
+        self._tasks[job.ws.slug] = task
+        task.add_done_callback(lambda _: self._attempt_ended(job))
+
+    def _attempt_ended(self, job: Job) -> None:
+        self._tasks.pop(job.ws.slug, None)
+        self._wake.set()
+
+    async def _report_waiting(self, pending: list[Job]) -> None:
+        """Record and announce what queued jobs wait for, when that changed (a few writes per job)."""
+        changed = {}
+        for job in pending:
+            if job.state is not State.PENDING:
+                continue
+            deps = self._deps_waiting(job)
+            why = job.slot_reason or (f"waiting for {', '.join(deps)}" if deps else job.backoff_reason)
+            if why != job.waiting:
+                job.waiting = changed[job.ws.slug] = why
+        if not changed:
+            return
+        await self._db.call(self._db.store.set_waiting, self.run_id, changed)
+        for slug, why in changed.items():
+            job = self.jobs[slug]
+            self._bus.emit(
+                StatusChanged(
+                    run_id=self.run_id,
+                    slug=slug,
+                    status=Status.QUEUED,
+                    waiting=why,
+                    attempt=job.attempt,
+                    max_attempts=job.max_attempts,
+                )
+            )
+
+    # -- pace: rate limits lower it, a calm stretch raises it again ----------------------------
+
+    @property
+    def _slowed(self) -> bool:
+        return self.limit < self.options.max_concurrent
+
+    def _pace_left(self, now: float) -> float:
+        return self.options.policy.recover_s - (now - self._calm_since)
+
+    def _slow_down(self, slug: str) -> None:
+        old, self.limit = self.limit, max(1, self.limit // 2)
+        self._calm_since = time.monotonic()
+        self.note = f"rate limited ({slug}): concurrency {old} -> {self.limit}"
+        log.warning("%s", self.note)
+
+    def _recover_pace(self, now: float) -> None:
+        if self._slowed and self._pace_left(now) <= 0:
+            self.limit += 1
+            self._calm_since = now
+            self.note = f"no rate limit for {self.options.policy.recover_s:g} s: concurrency back up to {self.limit}"
+            log.info("%s", self.note)
+
+    # -- how far it is ---------------------------------------------------------------------------
+
+    def _forecast(self) -> float | None:
+        """Seconds until the run ends if each job takes its expected time (None without history)."""
+        if not self._has_history:
+            return None
+        now = time.monotonic()
+        pending = {s: self._expected[s] for s, j in self.jobs.items() if j.state is State.PENDING}
+        running = [max(0.0, self._expected[s] - (now - self.jobs[s].started)) for s in self._tasks]
+        return scheduling.forecast(pending, running, self._graph, max(1, self.limit), self._key)
+
+    def _report_progress(self) -> None:
+        """A `RunProgress` when the counts, the pace or (at most every ETA_EVERY_S) the forecast changed."""
+        done = sum(1 for j in self.jobs.values() if j.result is not None)
+        counts = (done, len(self._tasks), self.limit, self.note)
+        now = time.monotonic()
+        if counts == self._progress and now - self._progress_at < ETA_EVERY_S:
+            return
+        self._progress, self._progress_at = counts, now
+        eta = self._forecast()
+        self._bus.emit(
+            RunProgress(
+                run_id=self.run_id,
+                total=len(self.jobs),
+                done=done,
+                running=len(self._tasks),
+                eta_s=None if eta is None else round(eta, 1),
+                concurrency=self.limit,
+                note=self.note,
+            )
+        )
+
+    # -- the ticker --------------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        """Live output for every running job, and cancel requests made by other processes. One
-        job's fault (a vanished log, a busy database) must never stop this for the others."""
+        """Live output for every running job, cancel requests made by other processes, and what
+        the harnesses use (sampled from /proc). One job's fault (a vanished log, a busy database)
+        must never stop this for the others."""
         ticks = 0
         while True:
             await asyncio.sleep(TICK_S)
@@ -196,6 +484,18 @@ class Run:
                     self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
                 except sqlite3.Error as exc:
                     log.warning("cannot read cancel requests (will retry): %s", exc)
+                await self._sample()
+                if self._tasks:
+                    self._report_progress()
+
+    async def _sample(self) -> None:
+        running = [(j, j.tree) for j in self.jobs.values() if j.tree is not None]
+        if not running:
+            return
+        usages = await asyncio.to_thread(lambda: [procs.usage(tree) for _, tree in running])
+        for (job, _), (rss_kb, cpu_s) in zip(running, usages, strict=True):
+            job.peak_rss_kb = max(job.peak_rss_kb or 0, rss_kb) or None
+            job.cpu_s = max(job.cpu_s or 0.0, cpu_s)
 
     def _flush_output(self, job: Job) -> None:
         if job.tail is None:
@@ -204,18 +504,31 @@ class Run:
         if skipped or text:
             self._bus.emit(OutputChunk(run_id=self.run_id, slug=job.ws.slug, text=text, skipped=skipped))
 
-    async def _run_job(self, job: Job) -> None:
+    async def _attempt(self, job: Job) -> None:
+        """One attempt of one job; what follows it (a retry, a halt) is decided in `_conclude`.
+        A fault of aidp's own (a bug, I/O) ends only this workstream, `error`, saying so."""
+        try:
+            await self._run_attempt(job)
+        except Exception as exc:
+            log.exception("%s: aidp failed while running it", job.ws.slug)
+            if job.result is None:
+                job.state = State.DONE
+                error = f"aidp failed while running it: {type(exc).__name__}: {exc}"
+                await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=Status.ERROR, error=error))
+
+    async def _run_attempt(self, job: Job) -> None:
         ws = job.ws
-        if job.cancel.is_set():
-            await self._finish(
-                job,
-                WorkstreamResult(slug=ws.slug, status=Status.CANCELLED, error="cancelled before it started"),
-            )
-            return
+        job.started, job.timed_out, job.peak_rss_kb, job.cpu_s = time.monotonic(), False, None, None
         template = ws.command or self.options.default_command
         if not template:
-            await self._finish(job, WorkstreamResult(slug=ws.slug, status=Status.ERROR, error=NO_COMMAND))
+            await self._conclude(job, self._result(job, Status.ERROR, NO_COMMAND))
             return
+        if job.attempt == 1 and self.options.base_from_deps and ws.after:
+            try:
+                await self._start_from_deps(job)
+            except (AidpError, OSError) as exc:
+                await self._conclude(job, self._result(job, Status.ERROR, str(exc)))
+                return
         steps = ",".join(self.options.steps or [])
         values = {
             "slug": ws.slug,
@@ -225,16 +538,15 @@ class Run:
             "branch": ws.branch,
             "worktree": ws.path,
         }
-        log_path = self._logs_dir / ws.slug / f"{self.run_id}.log"
+        name = f"{self.run_id}.log" if job.attempt == 1 else f"{self.run_id}.{job.attempt}.log"
+        log_path = self._logs_dir / ws.slug / name
         started_at, t0 = utc_now(), time.monotonic()
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             error = f"cannot write its log {log_path}: {exc.strerror or exc}"
-            await self._finish(
-                job, WorkstreamResult(slug=ws.slug, status=Status.ERROR, started_at=started_at, error=error)
-            )
+            await self._conclude(job, self._result(job, Status.ERROR, error, started_at))
             return
         try:
             proc, tree = await self._spawn(
@@ -243,16 +555,13 @@ class Run:
         except StartError as exc:
             with contextlib.suppress(OSError):
                 os.write(log_fd, f"[aidp] {exc}\n".encode())
-            await self._finish(
-                job,
-                WorkstreamResult(slug=ws.slug, status=Status.ERROR, started_at=started_at, error=str(exc)),
-                log_path,
-            )
+            await self._conclude(job, self._result(job, Status.ERROR, str(exc), started_at), log_path)
             return
         finally:
             os.close(log_fd)
         try:
             job.tail = LogTail(log_path)
+            job.tree = tree
             await self._db.call(
                 self._db.store.mark_running,
                 self.run_id,
@@ -260,9 +569,18 @@ class Run:
                 (proc.pid, procs.start_time(proc.pid), tree.cgroup),
                 str(log_path),
                 started_at,
+                job.attempt,
+                template,
             )
             self._bus.emit(
-                StatusChanged(run_id=self.run_id, slug=ws.slug, status=Status.RUNNING, started_at=started_at)
+                StatusChanged(
+                    run_id=self.run_id,
+                    slug=ws.slug,
+                    status=Status.RUNNING,
+                    started_at=started_at,
+                    attempt=job.attempt,
+                    max_attempts=job.max_attempts,
+                )
             )
             status, why = await self._wait(job, proc, tree)
         except asyncio.CancelledError:
@@ -278,6 +596,27 @@ class Run:
             return
         await self._auto_commit(job, status)
         await self._record(job, proc.returncode, status, why, started_at, t0, log_path)
+
+    async def _start_from_deps(self, job: Job) -> None:
+        """`--base-from-deps`: the worktree starts from its completed dependencies' work (a landed
+        one's work is on the base branch already)."""
+        deps = [self.jobs[d].ws if d in self.jobs else self._outside.get(d) for d in job.ws.after]
+        found = [d for d in deps if d is not None and self._status_of(d.slug) == Status.COMPLETED]
+        if found and self._root is not None:
+            message = await review.start_from(self._root, job.ws, found)
+            await self._db.call(self._db.store.note, job.ws.slug, self.run_id, Status.QUEUED, message)
+
+    def _status_of(self, slug: str) -> Status | None:
+        job = self.jobs.get(slug)
+        if job is not None:
+            return job.result.status if job.result is not None else None
+        return self._known[slug][0] if slug in self._known else None
+
+    @staticmethod
+    def _result(job: Job, status: Status, error: str | None, started_at: str | None = None) -> WorkstreamResult:
+        return WorkstreamResult(
+            slug=job.ws.slug, status=status, error=error, attempt=job.attempt, started_at=started_at
+        )
 
     async def _auto_commit(self, job: Job, status: Status) -> None:
         """`[harness] commit`: commit what the harness left, as its own event. A failed commit is
@@ -302,7 +641,7 @@ class Run:
         self, job: Job, argv: list[str], env: dict[str, str], log_fd: int
     ) -> tuple[asyncio.subprocess.Process, procs.Tree]:
         """Start the harness in a cgroup of its own where the system allows, else without."""
-        cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug))
+        cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug, job.attempt))
         try:
             proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroup)
         except StartError:
@@ -328,9 +667,12 @@ class Run:
         if exited.done():
             status, why = (Status.COMPLETED, None) if proc.returncode == 0 else (Status.FAILED, None)
         elif job.cancel.is_set():
-            status, why = Status.CANCELLED, "cancelled"
+            status, why = Status.CANCELLED, job.why_cancelled
         else:
+            job.timed_out = True
             status, why = Status.FAILED, f"timed out after {self.options.timeout_s:g} s"
+        if tree.cgroup is not None:  # the kernel's count, read before the cgroup goes
+            job.cpu_s = cgroups.cpu_s(tree.cgroup) or job.cpu_s
         await procs.terminate([tree, *await self._escaped(job, tree)], self.options.grace_s, self._hurry)
         await exited
         return status, why
@@ -364,6 +706,7 @@ class Run:
         if job.tail is not None:
             job.tail.close()
             job.tail = None  # the ticker must never read a closed (and maybe reused) descriptor
+        job.tree = None
         result = WorkstreamResult(
             slug=job.ws.slug,
             status=status,
@@ -372,13 +715,86 @@ class Run:
             finished_at=utc_now(),
             duration_s=round(time.monotonic() - t0, 3),
             error=why,
+            attempt=job.attempt,
+            cpu_s=None if job.cpu_s is None else round(job.cpu_s, 3),
+            peak_rss_kb=job.peak_rss_kb,
         )
-        await self._finish(job, result, log_path)
+        await self._conclude(job, result, log_path)
 
-    async def _finish(self, job: Job, result: WorkstreamResult, log_path: Path | None = None) -> None:
-        """Record the result (durable before anyone is told), release the claim, announce it."""
+    # -- after an attempt: a retry, or the end (and maybe a halt) -------------------------------
+
+    async def _conclude(self, job: Job, result: WorkstreamResult, log_path: Path | None = None) -> None:
         if log_path is not None:
             result.log_path = str(log_path)
+        kind = self._retry_kind(job, result, log_path)
+        if kind is not None and await self._queue_retry(job, result, kind):
+            return
+        job.state = State.DONE
+        await self._finish(job, result)
+        policy = self.options.policy
+        if result.status in (Status.FAILED, Status.ERROR) and policy.halt != "never" and self._halted is None:
+            self._halted = self.note = f"halted after {job.ws.slug} {result.status} (--halt {policy.halt})"
+            log.warning("%s", self._halted)
+            if policy.halt == "now":
+                self.cancel(list(self._tasks), why=f"cancelled: {self._halted}")
+
+    def _retry_kind(self, job: Job, result: WorkstreamResult, log_path: Path | None) -> str | None:
+        """Why this failed attempt is tried again ("rate limit", "timeout", "retry"), or None."""
+        policy = self.options.policy
+        if result.status != Status.FAILED or job.cancel.is_set():
+            return None
+        tries_left = job.attempt - job.rate_limited <= policy.retries
+        if job.timed_out:
+            return "timeout" if policy.retry_on_timeout and tries_left else None
+        code = result.exit_code
+        limited = code in policy.rate_limit_exit or self._says_rate_limited(log_path)
+        if limited and job.rate_limited < policy.rate_limit_retries:
+            return "rate limit"
+        if tries_left and (not policy.retry_on_exit or code in policy.retry_on_exit):
+            return "retry"
+        return None
+
+    def _says_rate_limited(self, log_path: Path | None) -> bool:
+        """`rate_limit_pattern` found in the attempt's last RATE_LIMIT_SCAN bytes of output."""
+        pattern = self.options.policy.rate_limit_pattern
+        if pattern is None or log_path is None:
+            return False
+        return pattern.search(_read_tail(log_path, RATE_LIMIT_SCAN)) is not None
+
+    async def _queue_retry(self, job: Job, result: WorkstreamResult, kind: str) -> bool:
+        """Record the failed attempt and queue the next after a back-off (the claim stays, the slot
+        goes back). False when the database refuses: the attempt's result then stands."""
+        if kind == "rate limit":
+            job.rate_limited += 1
+            job.max_attempts += 1
+            self._slow_down(job.ws.slug)
+        delay = scheduling.backoff(job.attempt, self.options.policy.backoff_s)
+        waiting = f"attempt {job.attempt + 1}/{job.max_attempts} after a {delay:.1f} s back-off ({kind})"
+        try:
+            await self._db.call(self._db.store.retry, self.run_id, result, waiting)
+        except sqlite3.Error as exc:
+            log.warning("%s: cannot record attempt %d to retry it: %s", job.ws.slug, job.attempt, exc)
+            return False
+        job.attempt += 1
+        job.not_before = time.monotonic() + delay
+        job.state, job.waiting, job.backoff_reason = State.PENDING, waiting, waiting
+        self._bus.emit(
+            StatusChanged(
+                run_id=self.run_id,
+                slug=job.ws.slug,
+                status=Status.QUEUED,
+                exit_code=result.exit_code,
+                duration_s=result.duration_s,
+                error=result.error,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                waiting=waiting,
+            )
+        )
+        return True
+
+    async def _finish(self, job: Job, result: WorkstreamResult) -> None:
+        """Record the result (durable before anyone is told), release the claim, announce it."""
         if result.finished_at is None:
             result.finished_at = utc_now()
         result = await self._store_result(result)
@@ -391,6 +807,8 @@ class Run:
                 exit_code=result.exit_code,
                 duration_s=result.duration_s,
                 error=result.error,
+                attempt=result.attempt,
+                max_attempts=job.max_attempts,
             )
         )
 
@@ -415,3 +833,13 @@ class Run:
         except sqlite3.Error:
             self.unrecorded.append(result)
         return result
+
+
+def _read_tail(path: Path, limit: int) -> str:
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""

@@ -16,7 +16,7 @@ from aidp.engine.store import AsyncStore
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (run id, slug)
+Key = tuple[str, str, str]  # (run id, slug, log path): each attempt of a retried run has its own log
 
 
 class Follower:
@@ -33,17 +33,17 @@ class Follower:
         """Start following runs that began elsewhere, emit what their logs gained, and let go of
         runs that ended once their last bytes are out (a run's claim goes only after its harness)."""
         live = {
-            (r.run_id, r.slug): r.log_path
+            (r.run_id, r.slug, r.log_path)
             for r in await self._db.call(self._db.store.runs_in_flight)
             if (r.owner_pid, r.owner_start) != self._owner and r.log_path is not None
         }
-        for key, path in live.items():
+        for key in live:
             if key not in self._tails and key not in self._unreadable:
-                self._open(key, Path(path))
+                self._open(key, Path(key[2]))
         for key, tail in list(self._tails.items()):
             if not self._emit(key, tail) or key not in live:
                 self._close(key)
-        self._unreadable &= live.keys()
+        self._unreadable &= live
 
     def close(self) -> None:
         for key in list(self._tails):
@@ -58,7 +58,7 @@ class Follower:
 
     def _emit(self, key: Key, tail: LogTail) -> bool:
         """Emit what the log gained; False when it cannot be read any more."""
-        run_id, slug = key
+        run_id, slug, _ = key
         try:
             skipped, text = tail.read()
         except OSError as exc:

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 import msgspec
 
-from aidp.engine.errors import InvalidSlug
+from aidp.engine.errors import InvalidInput, InvalidSlug
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 SLUG_MAX = 64
@@ -43,13 +43,42 @@ class Status(StrEnum):
     ERROR = "error"
     CANCELLED = "cancelled"
     LANDED = "landed"  # merged into its base branch by `land`; rests there, skipped by run-all
+    BLOCKED = "blocked"  # not run: a dependency failed, errored or was cancelled (a later run retries)
 
     @property
     def in_flight(self) -> bool:
         return self in (Status.QUEUED, Status.RUNNING)
 
 
-FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.ERROR, Status.CANCELLED)
+FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.ERROR, Status.CANCELLED, Status.BLOCKED)
+# What a dependency must have reached (in this run or an earlier one) before its dependents start.
+DONE_STATUSES = (Status.COMPLETED, Status.LANDED)
+
+# Priorities are integers so finer levels can come later; these names are what people type.
+PRIORITIES = {"high": 10, "normal": 0, "low": -10}
+PRIORITY_RANGE = (-100, 100)
+
+
+def parse_priority(value: object) -> int:
+    """A priority name or an integer (as a number or text) in PRIORITY_RANGE."""
+    if isinstance(value, str) and value.strip().lower() in PRIORITIES:
+        return PRIORITIES[value.strip().lower()]
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    low, high = PRIORITY_RANGE
+    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        names = ", ".join(PRIORITIES)
+        raise InvalidInput(f"invalid priority {value!r}: use {names}, or an integer from {low} to {high}")
+    return number
+
+
+def priority_name(priority: int) -> str:
+    """The name for a named level, else the number: what tables and trees show."""
+    return next((name for name, value in PRIORITIES.items() if value == priority), str(priority))
 
 
 def utc_now() -> str:
@@ -69,6 +98,10 @@ class WorkstreamResult(Record):
     duration_s: float | None = None
     error: str | None = None
     log_path: str | None = None
+    attempt: int = 1  # with retries, each attempt is its own record; this says which one
+    # What the harness's process tree used, sampled from /proc (None where it never started).
+    cpu_s: float | None = None
+    peak_rss_kb: int | None = None
 
 
 class CurrentRun(Record):
@@ -77,6 +110,9 @@ class CurrentRun(Record):
 
     run_id: str
     started_at: str | None = None  # None while queued
+    attempt: int = 1
+    max_attempts: int = 1
+    waiting: str | None = None  # while queued: what it waits for (a dependency, a slot, a retry's back-off)
 
 
 class ChangeSummary(Record):
@@ -180,6 +216,9 @@ class Workstream(Record):
     worktree_missing: bool = False
     base_commit: str | None = None  # the commit the worktree started from (recorded at creation)
     changes: ChangeSummary | None = None
+    priority: int = 0  # higher starts first among those ready (see PRIORITIES)
+    after: list[str] = msgspec.field(default_factory=list)  # dependencies: slugs that must be done first
+    expected_s: float | None = None  # expected run time, from recorded history (None: unknown)
 
 
 class RunSummary(Record):
@@ -191,9 +230,21 @@ class RunSummary(Record):
     errored: int
     cancelled: int
     wall_s: float
+    blocked: int = 0
+    concurrency: int | None = None  # the bound this run used
+    concurrency_note: str | None = None  # why, when chosen by `auto`
+    forecast_s: float | None = None  # the makespan forecast at the start, from history (None: unknown)
 
     @classmethod
-    def of(cls, run_id: str, results: list[WorkstreamResult], wall_s: float) -> RunSummary:
+    def of(
+        cls,
+        run_id: str,
+        results: list[WorkstreamResult],
+        wall_s: float,
+        concurrency: int | None = None,
+        concurrency_note: str | None = None,
+        forecast_s: float | None = None,
+    ) -> RunSummary:
         def count(status: Status) -> int:
             return sum(1 for r in results if r.status == status)
 
@@ -205,7 +256,11 @@ class RunSummary(Record):
             failed=count(Status.FAILED),
             errored=count(Status.ERROR),
             cancelled=count(Status.CANCELLED),
+            blocked=count(Status.BLOCKED),
             wall_s=round(wall_s, 3),
+            concurrency=concurrency,
+            concurrency_note=concurrency_note,
+            forecast_s=forecast_s,
         )
 
     @property

@@ -67,6 +67,29 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def usage(tree: Tree) -> tuple[int, float]:
+    """What the tree's live processes use now: resident memory (KiB, summed) and CPU seconds."""
+    if tree.cgroup is not None:
+        pids = cgroups.members(tree.cgroup)
+    else:
+        pids = group_members(tree.pgid) if tree.pgid is not None else []
+    rss_kb, cpu_s = 0, 0.0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        try:
+            resident = int((PROC / str(pid) / "statm").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+            continue
+        if fields:
+            rss_kb += resident * PAGE_KB
+            cpu_s += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return rss_kb, cpu_s
+
+
 def marked_groups(run_id: str, slug: str) -> set[int]:
     """Process groups holding a process started for this workstream run, found by the
     environment the harness inherited (so a reused pid or pgid is never mistaken for ours)."""

@@ -466,6 +466,35 @@ async def move_branch(root: Path, branch: str, old: str, new: str, reason: str, 
     return True
 
 
+async def start_from(root: Path, ws: Workstream, deps: list[Workstream]) -> str:
+    """`--base-from-deps`: bring the dependencies' work into `ws`'s branch before it runs (a
+    fast-forward where it has nothing of its own, else a merge per dependency), so chained work
+    builds on earlier work. Returns what it started from, for its events; refuses (`Refused`) with
+    the conflicting files, having changed nothing."""
+    head = await head_of(root, ws)
+    new, named = head, []
+    try:
+        for dep in deps:
+            dep_head = await head_of(root, dep)
+            named.append(f"{dep.branch} at {dep_head[:12]}")
+            if await is_ancestor(root, dep_head, new):
+                continue
+            if await is_ancestor(root, new, dep_head):
+                new = dep_head
+            else:
+                new = await merged(root, new, dep_head, f"Merge {dep.branch} into {ws.branch}\n", dep.branch)
+        following = await check_holders(root, ws.branch, head, new) if new != head else []
+    except Conflict as exc:
+        raise Refused(
+            f"cannot start {ws.slug} from its dependencies: {exc.detail}:\n{gitrepo.listed(exc.files)}"
+        ) from None
+    if new != head and not await move_branch(
+        root, ws.branch, head, new, f"aidp: {ws.slug} from its dependencies", following
+    ):
+        raise Refused(f"cannot start {ws.slug} from its dependencies: {ws.branch} moved meanwhile; nothing changed")
+    return f"started from {', '.join(named)}: {ws.branch} at {new[:12]}"
+
+
 def check_strategy(strategy: object, allowed: tuple[str, ...]) -> str:
     if not isinstance(strategy, str) or strategy not in allowed:
         raise InvalidInput(f"strategy must be one of {', '.join(allowed)}, got {strategy!r}")

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import sqlite3
+import statistics
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,8 +32,18 @@ from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
-from aidp.engine.errors import AlreadyExists, Busy, StateError
-from aidp.engine.model import FINAL_STATUSES, CurrentRun, Event, Status, Workstream, WorkstreamResult, utc_now
+from aidp.engine import scheduling
+from aidp.engine.errors import AlreadyExists, Busy, InvalidInput, StateError, UnknownSlugs
+from aidp.engine.model import (
+    FINAL_STATUSES,
+    CurrentRun,
+    Event,
+    Status,
+    Workstream,
+    WorkstreamResult,
+    priority_name,
+    utc_now,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -106,6 +117,25 @@ MIGRATIONS: list[str] = [
     "CREATE INDEX events_by_ws ON events (ws_id, id); CREATE INDEX runs_by_ws ON runs (ws_id, started_at);",
     # 4: the commit a workstream's worktree started from, to show what it changed since.
     "ALTER TABLE workstreams ADD COLUMN base_commit TEXT;",
+    # 5: scheduling. A workstream's priority and dependencies (a JSON list of slugs); each attempt
+    # of a retried run is its own run record (so `runs` is rebuilt with `attempt` in its key), with
+    # the command it ran and what its processes used; a claim knows its attempt, whether it holds
+    # one of the repository's slots, and what it waits for while queued.
+    "ALTER TABLE workstreams ADD COLUMN priority INTEGER NOT NULL DEFAULT 0; "
+    "ALTER TABLE workstreams ADD COLUMN after TEXT; "
+    "ALTER TABLE workstreams ADD COLUMN last_attempt INTEGER NOT NULL DEFAULT 1; "
+    "ALTER TABLE claims ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1; "
+    "ALTER TABLE claims ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 1; "
+    "ALTER TABLE claims ADD COLUMN slot INTEGER NOT NULL DEFAULT 0; "
+    "ALTER TABLE claims ADD COLUMN waiting TEXT; "
+    "CREATE TABLE runs_v5 (run_id TEXT NOT NULL, slug TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 1, "
+    "ws_id TEXT, status TEXT NOT NULL, exit_code INTEGER, started_at TEXT, finished_at TEXT, duration_s REAL, "
+    "error TEXT, log_path TEXT, command TEXT, cpu_s REAL, peak_rss_kb INTEGER, PRIMARY KEY (run_id, slug, attempt)); "
+    "INSERT INTO runs_v5 (run_id, slug, ws_id, status, exit_code, started_at, finished_at, duration_s, error, "
+    "log_path) SELECT run_id, slug, ws_id, status, exit_code, started_at, finished_at, duration_s, error, log_path "
+    "FROM runs; "
+    "DROP TABLE runs; ALTER TABLE runs_v5 RENAME TO runs; "
+    "CREATE INDEX runs_by_slug ON runs (slug); CREATE INDEX runs_by_ws ON runs (ws_id, started_at);",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -118,13 +148,17 @@ OPERATION_STATES = {
 
 _WS_COLUMNS = (
     "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, w.base_commit, "
-    "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path, "
-    "c.run_id, cr.started_at"
+    "w.priority, w.after, "
+    "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path, r.attempt, "
+    "r.cpu_s, r.peak_rss_kb, "
+    "c.run_id, cr.started_at, c.attempt, c.max_attempts, c.waiting"
 )
-# r: the last finished run; c and cr: the claim and run of the one in flight, if any.
+# r: the last finished run (attempt); c and cr: the claim and run (attempt) of the one in flight, if any.
 _WS_QUERY = (
-    f"SELECT {_WS_COLUMNS} FROM workstreams w LEFT JOIN runs r ON r.run_id = w.last_run_id AND r.slug = w.slug "
-    "LEFT JOIN claims c ON c.slug = w.slug LEFT JOIN runs cr ON cr.run_id = c.run_id AND cr.slug = w.slug"
+    f"SELECT {_WS_COLUMNS} FROM workstreams w "
+    "LEFT JOIN runs r ON r.run_id = w.last_run_id AND r.slug = w.slug AND r.attempt = w.last_attempt "
+    "LEFT JOIN claims c ON c.slug = w.slug "
+    "LEFT JOIN runs cr ON cr.run_id = c.run_id AND cr.slug = w.slug AND cr.attempt = c.attempt"
 )
 
 
@@ -146,6 +180,23 @@ class Claim(msgspec.Struct, frozen=True):
     child_pid: int | None = None  # the harness, once started: where recovery looks for leftovers
     child_start: int | None = None
     cgroup: str | None = None
+    attempt: int = 1
+
+
+class SlotHolder(msgspec.Struct, frozen=True):
+    """A workstream holding one of the repository's slots, and the process that runs it."""
+
+    slug: str
+    run_id: str
+    owner_pid: int
+    owner_start: int
+
+
+class History(msgspec.Struct, frozen=True):
+    """What recorded runs say of a workstream: its expected duration and peak memory (None: no record)."""
+
+    expected_s: float | None
+    peak_rss_kb: int | None
 
 
 class RunInFlight(msgspec.Struct, frozen=True):
@@ -157,10 +208,11 @@ class RunInFlight(msgspec.Struct, frozen=True):
 
 
 def _workstream(row: tuple[Any, ...]) -> Workstream:
-    (slug, task, status, branch, path, base, command, created, updated, base_commit, *last, run_id, run_start) = row
+    (slug, task, status, branch, path, base, command, created, updated, base_commit, priority, after, *rest) = row
+    last, (run_id, run_start, attempt, max_attempts, waiting) = rest[:11], rest[11:]
     result = None
     if last[0] is not None:
-        r_slug, r_status, code, started, finished, duration, error, log_path = last
+        r_slug, r_status, code, started, finished, duration, error, log_path, r_attempt, cpu_s, peak_rss_kb = last
         result = WorkstreamResult(
             slug=str(r_slug),
             status=Status(r_status),
@@ -170,6 +222,9 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
             duration_s=duration,
             error=error,
             log_path=log_path,
+            attempt=r_attempt,
+            cpu_s=cpu_s,
+            peak_rss_kb=peak_rss_kb,
         )
     return Workstream(
         slug=str(slug),
@@ -182,8 +237,14 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
         created_at=str(created),
         updated_at=str(updated),
         last_result=result,
-        current_run=CurrentRun(run_id=run_id, started_at=run_start) if run_id else None,
+        current_run=(
+            CurrentRun(run_id=run_id, started_at=run_start, attempt=attempt, max_attempts=max_attempts, waiting=waiting)
+            if run_id
+            else None
+        ),
         base_commit=base_commit,
+        priority=int(priority),
+        after=json.loads(str(after)) if after else [],
     )
 
 
@@ -333,7 +394,7 @@ class Store:
                 raise AlreadyExists(f"workstream {ws.slug!r} already exists")
             db.execute(
                 "INSERT INTO workstreams (id, slug, task, status, branch, path, base_branch, command, "
-                "created_at, updated_at, base_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, updated_at, base_commit, priority, after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     secrets.token_hex(8),
                     ws.slug,
@@ -346,8 +407,11 @@ class Store:
                     ws.created_at,
                     ws.updated_at,
                     ws.base_commit,
+                    ws.priority,
+                    json.dumps(ws.after) if ws.after else None,
                 ),
             )
+            self._check_acyclic(db)
             self._event(ws.slug, None, ws.status, message, ws.created_at)
 
     def get(self, slug: str) -> Workstream | None:
@@ -357,8 +421,9 @@ class Store:
     def all(self) -> list[Workstream]:
         return [_workstream(row) for row in self._db.execute(f"{_WS_QUERY} ORDER BY w.created_at, w.slug")]
 
-    def delete(self, slug: str, token: str | None = None) -> None:
-        """Delete the workstream and end the removal that `token` held, in one transaction."""
+    def delete(self, slug: str, token: str | None = None) -> list[str]:
+        """Delete the workstream and end the removal that `token` held, in one transaction. Its
+        dependents stop waiting for it (said in their events); returns them."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM claims WHERE slug = ?", (slug,)).fetchone():
                 raise Busy([slug], action="remove")
@@ -366,6 +431,87 @@ class Store:
                 db.execute("DELETE FROM operations WHERE slug = ? AND token = ?", (slug, token))
             self._event(slug, None, Status.ACTIVE, "removed", utc_now())
             db.execute("DELETE FROM workstreams WHERE slug = ?", (slug,))
+            dependents = [other for other, after in self._dependencies(db).items() if slug in after]
+            for other in dependents:
+                self._write_schedule(other, None, [s for s in self._dependencies(db)[other] if s != slug])
+                status = Status(db.execute("SELECT status FROM workstreams WHERE slug = ?", (other,)).fetchone()[0])
+                self._event(other, None, status, f"no longer after {slug}: {slug} was removed", utc_now())
+            return dependents
+
+    # -- scheduling: priorities and dependencies -------------------------------------------------
+
+    @staticmethod
+    def _dependencies(db: sqlite3.Connection) -> dict[str, list[str]]:
+        rows = db.execute("SELECT slug, after FROM workstreams").fetchall()
+        return {slug: json.loads(after) if after else [] for slug, after in rows}
+
+    def _check_acyclic(self, db: sqlite3.Connection) -> None:
+        """Refuse (rolling back the caller's transaction) dependencies on unknown slugs or in a cycle."""
+        graph = self._dependencies(db)
+        for slug, after in graph.items():
+            if unknown := [s for s in after if s not in graph]:
+                raise UnknownSlugs(unknown, f"named as a dependency of {slug!r}")
+        if cycle := scheduling.find_cycle(graph):
+            raise InvalidInput(f"dependencies would form a cycle: {' -> '.join(cycle)}; nothing was changed")
+
+    def _write_schedule(self, slug: str, priority: int | None, after: list[str] | None) -> None:
+        if priority is not None:
+            self._db.execute("UPDATE workstreams SET priority = ? WHERE slug = ?", (priority, slug))
+        if after is not None:
+            self._db.execute(
+                "UPDATE workstreams SET after = ? WHERE slug = ?", (json.dumps(after) if after else None, slug)
+            )
+
+    def set_schedule(self, slug: str, priority: int | None, after: list[str] | None) -> None:
+        """Change a workstream's priority and/or dependencies (None: unchanged), as an event.
+        Allowed while it is queued: a run reads priorities each time it picks what starts next."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM workstreams WHERE slug = ?", (slug,)).fetchone()
+            if row is None:
+                raise UnknownSlugs([slug])
+            self._write_schedule(slug, priority, after)
+            self._check_acyclic(db)
+            said = []
+            if priority is not None:
+                said.append(f"priority {priority_name(priority)}")
+            if after is not None:
+                said.append(f"after {', '.join(after)}" if after else "no dependencies")
+            self._event(slug, None, Status(row[0]), "set " + "; ".join(said), utc_now())
+
+    def schedule_state(self, slugs: list[str]) -> dict[str, tuple[Status, int]]:
+        """Each workstream's status and priority as they are now (a run picks by them)."""
+        marks = ",".join("?" * len(slugs))
+        rows = self._db.execute(f"SELECT slug, status, priority FROM workstreams WHERE slug IN ({marks})", slugs)
+        return {slug: (Status(status), int(priority)) for slug, status, priority in rows}
+
+    def history(self, commands: Mapping[str, str], n: int) -> dict[str, History]:
+        """For each slug in `commands` (slug -> its harness command as JSON): the median duration of
+        its own latest `n` completed runs, else of the latest `n` completed runs of that command by
+        any workstream; and the highest peak memory among those same runs."""
+        own: dict[str, list[tuple[float, int | None]]] = {}
+        by_command: dict[str, list[tuple[float, int | None]]] = {}
+        rows = self._db.execute(
+            "SELECT w.slug, r.command, r.duration_s, r.peak_rss_kb, "
+            "ROW_NUMBER() OVER (PARTITION BY r.ws_id ORDER BY r.finished_at DESC), "
+            "ROW_NUMBER() OVER (PARTITION BY r.command ORDER BY r.finished_at DESC) "
+            "FROM runs r LEFT JOIN workstreams w ON w.id = r.ws_id "
+            "WHERE r.status = ? AND r.duration_s IS NOT NULL AND r.command IS NOT NULL",
+            (Status.COMPLETED,),
+        )
+        for slug, command, duration, peak, nth_own, nth_command in rows:
+            if slug is not None and nth_own <= n:
+                own.setdefault(slug, []).append((duration, peak))
+            if nth_command <= n:
+                by_command.setdefault(command, []).append((duration, peak))
+        found = {}
+        for slug, command in commands.items():
+            runs = own.get(slug) or by_command.get(command) or []
+            peaks = [peak for _, peak in runs if peak is not None]
+            found[slug] = History(
+                expected_s=statistics.median(d for d, _ in runs) if runs else None,
+                peak_rss_kb=max(peaks) if peaks else None,
+            )
+        return found
 
     def note(self, slug: str, run_id: str | None, status: Status, message: str) -> None:
         """An event that changes no status (an auto-commit during a run)."""
@@ -420,7 +566,14 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
 
-    def claim(self, slugs: list[str], run_id: str, owner: tuple[int, int], cgroups: Mapping[str, Path | None]) -> None:
+    def claim(
+        self,
+        slugs: list[str],
+        run_id: str,
+        owner: tuple[int, int],
+        cgroups: Mapping[str, Path | None],
+        max_attempts: int = 1,
+    ) -> None:
         """Claim every slug and queue it, or none: a run starts whole or not at all. `cgroups`:
         where each harness's cgroup will be, recorded before anything starts."""
         now = utc_now()
@@ -432,9 +585,12 @@ class Store:
             if busy := db.execute(f"SELECT slug, op FROM operations WHERE slug IN ({marks})", slugs).fetchall():
                 raise Busy(sorted(slug for slug, _ in busy), state=OPERATION_STATES[busy[0][1]])
             db.executemany(
-                "INSERT INTO claims (slug, run_id, owner_pid, owner_start, claimed_at, cgroup) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(slug, run_id, owner[0], owner[1], now, _optional_str(cgroups.get(slug))) for slug in slugs],
+                "INSERT INTO claims (slug, run_id, owner_pid, owner_start, claimed_at, cgroup, max_attempts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (slug, run_id, owner[0], owner[1], now, _optional_str(cgroups.get(slug)), max_attempts)
+                    for slug in slugs
+                ],
             )
             db.executemany(
                 "INSERT INTO runs (run_id, slug, ws_id, status) SELECT ?, slug, id, ? FROM workstreams WHERE slug = ?",
@@ -443,32 +599,68 @@ class Store:
             for slug in slugs:
                 self._set_status(slug, Status.QUEUED, run_id, None)
 
+    def take_slots(self, run_id: str, slugs: list[str], bound: int) -> list[str]:
+        """Take slots of the repository's `bound` for these claimed workstreams (in order), as many
+        as are free; returns those that got one. Slots are held on claims, so the slots of a dead
+        process come back when recovery releases its claims."""
+        with self._tx() as db:
+            free = bound - int(db.execute("SELECT COUNT(*) FROM claims WHERE slot = 1").fetchone()[0])
+            taken = slugs[: max(0, free)]
+            db.executemany(
+                "UPDATE claims SET slot = 1, waiting = NULL WHERE slug = ? AND run_id = ?",
+                [(slug, run_id) for slug in taken],
+            )
+            return taken
+
+    def slot_holders(self) -> list[SlotHolder]:
+        rows = self._db.execute("SELECT slug, run_id, owner_pid, owner_start FROM claims WHERE slot = 1")
+        return [SlotHolder(*row) for row in rows]
+
+    def set_waiting(self, run_id: str, waiting: Mapping[str, str | None]) -> None:
+        """What queued workstreams wait for, so every viewer (other processes too) can say it."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE claims SET waiting = ? WHERE slug = ? AND run_id = ?",
+                [(why, slug, run_id) for slug, why in waiting.items()],
+            )
+
     def mark_running(
-        self, run_id: str, slug: str, child: tuple[int, int | None, Path | None], log_path: str, started_at: str
+        self,
+        run_id: str,
+        slug: str,
+        child: tuple[int, int | None, Path | None],
+        log_path: str,
+        started_at: str,
+        attempt: int = 1,
+        command: list[str] | None = None,
     ) -> None:
-        """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery."""
+        """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery.
+        `command`: the harness command (before placeholders), which history is matched by."""
         pid, start, cgroup = child
         with self._tx() as db:
             db.execute(
-                "UPDATE runs SET status = ?, started_at = ?, log_path = ? WHERE run_id = ? AND slug = ?",
-                (Status.RUNNING, started_at, log_path, run_id, slug),
+                "UPDATE runs SET status = ?, started_at = ?, log_path = ?, command = ? "
+                "WHERE run_id = ? AND slug = ? AND attempt = ?",
+                (Status.RUNNING, started_at, log_path, json.dumps(command) if command else None, run_id, slug, attempt),
             )
             db.execute(
-                "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ? WHERE slug = ? AND run_id = ?",
+                "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ?, waiting = NULL "
+                "WHERE slug = ? AND run_id = ?",
                 (pid, start, _optional_str(cgroup), slug, run_id),
             )
-            self._set_status(slug, Status.RUNNING, run_id, f"pid {pid}")
+            message = f"pid {pid}" if attempt == 1 else f"pid {pid}, attempt {attempt}"
+            self._set_status(slug, Status.RUNNING, run_id, message)
 
     def finish(self, run_id: str, result: WorkstreamResult, message: str | None = None) -> None:
         """Record the result, set the resting status and release the claim, in one transaction."""
         with self._tx():
             self._finish(run_id, result, message)
 
-    def _finish(self, run_id: str, result: WorkstreamResult, message: str | None) -> None:
-        assert result.status in FINAL_STATUSES
+    def _record_attempt(self, run_id: str, result: WorkstreamResult) -> None:
         self._db.execute(
             "UPDATE runs SET status = ?, exit_code = ?, started_at = COALESCE(?, started_at), finished_at = ?, "
-            "duration_s = ?, error = ?, log_path = COALESCE(?, log_path) WHERE run_id = ? AND slug = ?",
+            "duration_s = ?, error = ?, log_path = COALESCE(?, log_path), cpu_s = ?, peak_rss_kb = ? "
+            "WHERE run_id = ? AND slug = ? AND attempt = ?",
             (
                 result.status,
                 result.exit_code,
@@ -477,17 +669,47 @@ class Store:
                 result.duration_s,
                 result.error,
                 result.log_path,
+                result.cpu_s,
+                result.peak_rss_kb,
                 run_id,
                 result.slug,
+                result.attempt,
             ),
         )
-        self._db.execute("UPDATE workstreams SET last_run_id = ? WHERE slug = ?", (run_id, result.slug))
+        self._db.execute(
+            "UPDATE workstreams SET last_run_id = ?, last_attempt = ? WHERE slug = ?",
+            (run_id, result.attempt, result.slug),
+        )
+
+    def _finish(self, run_id: str, result: WorkstreamResult, message: str | None) -> None:
+        assert result.status in FINAL_STATUSES
+        self._record_attempt(run_id, result)
         self._set_status(result.slug, result.status, run_id, message or result.error)
         self._db.execute("DELETE FROM claims WHERE slug = ? AND run_id = ?", (result.slug, run_id))
 
+    def retry(self, run_id: str, result: WorkstreamResult, waiting: str) -> None:
+        """Record a failed attempt and queue the next one in the same run: the claim stays held
+        (nothing else can start the workstream meanwhile) but its slot is given back."""
+        assert result.status in FINAL_STATUSES
+        with self._tx() as db:
+            self._record_attempt(run_id, result)
+            attempt = result.attempt + 1
+            db.execute(
+                "UPDATE claims SET attempt = ?, slot = 0, waiting = ?, child_pid = NULL, child_start = NULL "
+                "WHERE slug = ? AND run_id = ?",
+                (attempt, waiting, result.slug, run_id),
+            )
+            db.execute(
+                "INSERT INTO runs (run_id, slug, attempt, ws_id, status) "
+                "SELECT ?, slug, ?, id, ? FROM workstreams WHERE slug = ?",
+                (run_id, attempt, Status.QUEUED, result.slug),
+            )
+            why = result.error.splitlines()[0] if result.error else result.status
+            self._set_status(result.slug, Status.QUEUED, run_id, f"attempt {result.attempt} {why}; {waiting}")
+
     def claims(self) -> list[Claim]:
         rows = self._db.execute(
-            "SELECT slug, run_id, owner_pid, owner_start, child_pid, child_start, cgroup FROM claims"
+            "SELECT slug, run_id, owner_pid, owner_start, child_pid, child_start, cgroup, attempt FROM claims"
         ).fetchall()
         return [Claim(*row) for row in rows]
 
@@ -520,7 +742,9 @@ class Store:
             ).fetchone()
             if not still_held:
                 return False
-            result = WorkstreamResult(slug=claim.slug, status=Status.CANCELLED, finished_at=utc_now(), error=message)
+            result = WorkstreamResult(
+                slug=claim.slug, status=Status.CANCELLED, finished_at=utc_now(), error=message, attempt=claim.attempt
+            )
             self._finish(claim.run_id, result, message)
             return True
 
@@ -528,7 +752,7 @@ class Store:
         """Every claimed workstream's run, with its owner and, once its harness started, its log."""
         rows = self._db.execute(
             "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path FROM claims c "
-            "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug"
+            "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug AND r.attempt = c.attempt"
         ).fetchall()
         return [RunInFlight(*row) for row in rows]
 
