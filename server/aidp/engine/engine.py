@@ -303,7 +303,7 @@ class Engine:
         `start_all` and `cancel` come through here too). `changes`: with their change summaries."""
         await self.check_state()
         await self.recover()
-        found = [_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)]
+        found = await self._with_expected([_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)])
         return await review.changes_of(self, found) if changes else found
 
     async def leftover_worktrees(self) -> list[gitrepo.Worktree]:
@@ -337,8 +337,17 @@ class Engine:
             if (leftover / ".git").exists():  # what an interrupted `create` or `remove` left
                 raise UnknownSlugs([slug], f"but {leftover} is a worktree: 'aidp ws new {slug} <task...>' adopts it")
             raise UnknownSlugs([slug])
-        found = _with_worktree_state(ws)
+        found = (await self._with_expected([_with_worktree_state(ws)]))[0]
         return (await review.changes_of(self, [found]))[0] if changes else found
+
+    async def _with_expected(self, workstreams: list[Workstream]) -> list[Workstream]:
+        """The records with `expected_s`, what their recorded history says a run takes."""
+        try:
+            config = self.config()
+        except ConfigError:  # a list must not fail on a typo in the config: no forecast then
+            return workstreams
+        history = await self._history(workstreams, config.harness.command, config.scheduler.history_runs)
+        return [msgspec.structs.replace(ws, expected_s=history[ws.slug].expected_s) for ws in workstreams]
 
     # -- review and land (see review.py) ----------------------------------------------------------
 

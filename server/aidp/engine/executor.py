@@ -242,6 +242,7 @@ class Run:
             concurrency=self.options.max_concurrent,
             concurrency_note=self.options.concurrency_note,
             forecast_s=None if forecast is None else round(forecast, 1),
+            pulled_in=self.pulled_in,
         )
 
     async def _drain(self) -> None:

@@ -234,6 +234,7 @@ class RunSummary(Record):
     concurrency: int | None = None  # the bound this run used
     concurrency_note: str | None = None  # why, when chosen by `auto`
     forecast_s: float | None = None  # the makespan forecast at the start, from history (None: unknown)
+    pulled_in: list[str] = msgspec.field(default_factory=list)  # dependencies added to the run, not named
 
     @classmethod
     def of(
@@ -244,6 +245,7 @@ class RunSummary(Record):
         concurrency: int | None = None,
         concurrency_note: str | None = None,
         forecast_s: float | None = None,
+        pulled_in: list[str] | None = None,
     ) -> RunSummary:
         def count(status: Status) -> int:
             return sum(1 for r in results if r.status == status)
@@ -261,6 +263,7 @@ class RunSummary(Record):
             concurrency=concurrency,
             concurrency_note=concurrency_note,
             forecast_s=forecast_s,
+            pulled_in=pulled_in or [],
         )
 
     @property
