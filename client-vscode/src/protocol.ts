@@ -19,11 +19,13 @@ export const WS_DIFF = "aidp/wsDiff";
 export const WS_CONFLICTS = "aidp/wsConflicts";
 export const WS_LAND = "aidp/wsLand";
 export const WS_SYNC = "aidp/wsSync";
+export const WS_SET = "aidp/wsSet";
 
 // Notifications (server -> client).
 export const WS_STATUS = "aidp/wsStatus";
 export const WS_OUTPUT = "aidp/wsOutput";
 export const WS_LIST_CHANGED = "aidp/wsListChanged";
+export const RUN_PROGRESS = "aidp/runProgress";
 
 // JSON-RPC error codes used by the server.
 export const ErrorCodes = {
@@ -50,17 +52,30 @@ export const STATUSES = [
   "error",
   "cancelled",
   "landed",
+  "blocked",
 ] as const;
 
 export type Status = (typeof STATUSES)[number];
 
-export type FinalStatus = "completed" | "failed" | "error" | "cancelled";
+/** `blocked`: not run, because a dependency failed, errored, was cancelled or was blocked (the reason is in `error`). */
+export type FinalStatus = "completed" | "failed" | "error" | "cancelled" | "blocked";
 
-export const FINAL_STATUSES: readonly FinalStatus[] = ["completed", "failed", "error", "cancelled"];
+export const FINAL_STATUSES: readonly FinalStatus[] = ["completed", "failed", "error", "cancelled", "blocked"];
 
 export function isFinalStatus(status: Status): status is FinalStatus {
   return (FINAL_STATUSES as readonly string[]).includes(status);
 }
+
+/** The named priority levels; a priority is stored as an integer from -100 to 100. */
+export const PRIORITIES = { high: 10, normal: 0, low: -10 } as const;
+
+export type PriorityName = keyof typeof PRIORITIES;
+
+/** What requests accept: a name, or an integer from -100 to 100 (higher starts first). */
+export type Priority = PriorityName | number;
+
+/** On the first failure: `soon` starts nothing new and lets running ones finish, `now` cancels them too. */
+export type Halt = "never" | "soon" | "now";
 
 export interface WorkstreamResult {
   slug: string;
@@ -73,6 +88,12 @@ export interface WorkstreamResult {
   /** For a failure: exit code or signal, and the last lines of output. */
   error: string | null;
   logPath: string | null;
+  /** Which attempt this result is (with `[harness] retries`, each attempt is its own record); 1 without retries. */
+  attempt?: number;
+  /** CPU seconds of the harness's process tree; null where it never started. */
+  cpuS?: number | null;
+  /** Peak resident memory of the harness's process tree, in KiB; null where it never started. */
+  peakRssKb?: number | null;
 }
 
 export interface Workstream {
@@ -99,12 +120,23 @@ export interface Workstream {
   changes?: ChangeSummary | null;
   /** The run it is queued or running in, in this server or another aidp process; null when at rest. */
   currentRun?: CurrentRun | null;
+  /** Higher starts first among those ready; 10 high, 0 normal, -10 low (see PRIORITIES). */
+  priority?: number;
+  /** Its dependencies: the slugs that must be completed or landed before it starts. */
+  after?: string[];
+  /** Expected run time in seconds, from recorded history; null when unknown. */
+  expectedS?: number | null;
 }
 
 export interface CurrentRun {
   runId: string;
   /** When the harness started; null while queued. */
   startedAt: string | null;
+  /** Which attempt, of at most maxAttempts (1 of 1 without retries). */
+  attempt?: number;
+  maxAttempts?: number;
+  /** While queued: what it waits for (dependencies, a slot, a retry's back-off); null otherwise. */
+  waiting?: string | null;
 }
 
 /** A workstream's branch against the merge-base with its base branch, and its worktree. */
@@ -145,21 +177,37 @@ export interface RunSummary {
   cancelled: number;
   /** Wall-clock seconds of the whole run. */
   wallS: number;
+  /** Not run because a dependency did not complete. */
+  blocked?: number;
+  /** The bound on concurrent workstreams this run used. */
+  concurrency?: number | null;
+  /** Why that bound (e.g. "auto: 2 (2 cores, ...)", or a --max-concurrent lowered to the repository's bound). */
+  concurrencyNote?: string | null;
+  /** The makespan forecast at the start, in seconds, from history; null without history. */
+  forecastS?: number | null;
+  /** Dependencies the server added to the run (not named in the request). */
+  pulledIn?: string[];
 }
 
 export interface RunOptions {
-  /** 1..64; defaults to [harness] max_concurrent (else 3). */
+  /** 1..64; can only lower the repository's bound ([scheduler] max_concurrent). */
   maxConcurrent?: number;
   /** Defaults to "execute". */
   mode?: string;
   steps?: string[];
   /** > 0; defaults to [harness] timeout_s (else none). */
   timeoutS?: number;
+  /** Defaults to [harness] halt (else "never"). */
+  halt?: Halt;
+  /** A dependent's worktree starts from its dependencies' branches; defaults to [scheduler] base_from_deps. */
+  baseFromDeps?: boolean;
 }
 
 export interface WsRunParams extends RunOptions {
-  /** At least one. */
+  /** At least one. Dependencies not done yet are pulled into the run (RunSummary.pulledIn). */
   slugs: string[];
+  /** Refuse (-32602, naming them) instead of pulling in dependencies not done yet. */
+  noDeps?: boolean;
 }
 
 export type WsRunAllParams = RunOptions;
@@ -175,6 +223,17 @@ export interface WsNewParams {
   task: string;
   baseBranch?: string;
   command?: string[];
+  /** Defaults to "normal". */
+  priority?: Priority;
+  /** Slugs it runs after; an unknown slug or a cycle is refused (-32602) and nothing is created. */
+  after?: string[];
+}
+
+/** At least one of priority and after; `after: []` drops every dependency. Result: the Workstream. */
+export interface WsSetParams {
+  slug: string;
+  priority?: Priority;
+  after?: string[];
 }
 
 export interface WsRemoveParams {
@@ -305,6 +364,26 @@ export interface WsStatusNotification {
   error: string | null;
   /** With `running`: when the harness started (elapsed time counts from it). */
   startedAt?: string | null;
+  /** With retries: which attempt this is, of at most maxAttempts. */
+  attempt?: number | null;
+  maxAttempts?: number | null;
+  /** With `queued`: what it waits for (dependencies, a slot another aidp process holds, a retry's back-off). */
+  waiting?: string | null;
+}
+
+/** How far a run is: sent when the counts or the pace change, and at most every 0.5 s while jobs run. */
+export interface RunProgressNotification {
+  runId: string;
+  total: number;
+  /** Ended, whatever the status (blocked included). */
+  done: number;
+  running: number;
+  /** Seconds left, from history and the bound; null while unknown. */
+  etaS: number | null;
+  /** The bound in force now (lowered while rate limits come). */
+  concurrency: number | null;
+  /** Why the pace changed or the run halted, e.g. "rate limited (x): concurrency 4 -> 2". */
+  note: string | null;
 }
 
 export interface WsOutputNotification {
