@@ -195,6 +195,7 @@ class Run:
         self._halted: str | None = None  # why nothing more starts
         self._known: dict[str, tuple[Status, int]] = {}  # status and priority, read at most every STATE_TTL_S
         self._known_at = -math.inf
+        self._changes = -1  # `schedule_changes` when they were read
         self._progress: tuple[object, ...] = ()
         self._progress_at = -math.inf
         self.note: str | None = None
@@ -271,14 +272,21 @@ class Run:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, min(timeouts)) if timeouts else None)
 
-    async def _read_known(self, pending: list[Job]) -> None:
+    async def _read_known(self, pending: list[Job], order_matters: bool = False) -> None:
         """Statuses and priorities as they are now (other processes change them too), read at most
-        every STATE_TTL_S: a priority set while a run goes takes effect at its next pick."""
-        if time.monotonic() - self._known_at < STATE_TTL_S:
-            return
+        every STATE_TTL_S; and when the order matters (more are ready than may start), whenever a
+        priority was set since: a priority set while a run goes counts at its next pick."""
+        now = time.monotonic()
+        if now - self._known_at < STATE_TTL_S:
+            if not order_matters:
+                return
+            changes = await self._db.call(self._db.store.schedule_changes)
+            if changes == self._changes:
+                return
         outside = {d for j in pending for d in j.ws.after if d not in self.jobs}
+        self._changes = await self._db.call(self._db.store.schedule_changes)
         self._known = await self._db.call(self._db.store.schedule_state, [*(j.ws.slug for j in pending), *outside])
-        self._known_at = time.monotonic()
+        self._known_at = now
 
     def _deps_waiting(self, job: Job) -> list[str]:
         """The dependencies not done yet (in this run, or elsewhere: another run, an earlier one)."""
@@ -337,10 +345,14 @@ class Run:
             return False
         await self._read_known(pending)
         ready = [j for j in pending if j.not_before <= now and not self._deps_waiting(j)]
+        if len(ready) > free:
+            await self._read_known(pending, order_matters=True)
         outside = any(d not in self.jobs for j in pending for d in self._deps_waiting(j))
         if not ready:
             return outside
         ready.sort(key=lambda j: self._key(j.ws.slug))
+        for job in pending:
+            job.slot_reason = None  # said again below while other processes still hold the slots
         wanted = [j.ws.slug for j in ready[:free]]
         taken = await self._take_slots(wanted)
         for slug in taken:

@@ -135,7 +135,9 @@ MIGRATIONS: list[str] = [
     "log_path) SELECT run_id, slug, ws_id, status, exit_code, started_at, finished_at, duration_s, error, log_path "
     "FROM runs; "
     "DROP TABLE runs; ALTER TABLE runs_v5 RENAME TO runs; "
-    "CREATE INDEX runs_by_slug ON runs (slug); CREATE INDEX runs_by_ws ON runs (ws_id, started_at);",
+    "CREATE INDEX runs_by_slug ON runs (slug); CREATE INDEX runs_by_ws ON runs (ws_id, started_at); "
+    # Counts changes of priorities and dependencies: a run re-reads them when this moved.
+    "CREATE TABLE schedule_changes (n INTEGER NOT NULL); INSERT INTO schedule_changes VALUES (0);",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -471,12 +473,17 @@ class Store:
                 raise UnknownSlugs([slug])
             self._write_schedule(slug, priority, after)
             self._check_acyclic(db)
+            db.execute("UPDATE schedule_changes SET n = n + 1")
             said = []
             if priority is not None:
                 said.append(f"priority {priority_name(priority)}")
             if after is not None:
                 said.append(f"after {', '.join(after)}" if after else "no dependencies")
             self._event(slug, None, Status(row[0]), "set " + "; ".join(said), utc_now())
+
+    def schedule_changes(self) -> int:
+        """A number that moves whenever a priority or dependency is set (by any process)."""
+        return int(self._db.execute("SELECT n FROM schedule_changes").fetchone()[0])
 
     def schedule_state(self, slugs: list[str]) -> dict[str, tuple[Status, int]]:
         """Each workstream's status and priority as they are now (a run picks by them)."""

@@ -1,0 +1,431 @@
+"""The scheduler end to end: priorities, dependencies, blocked dependents, retries, rate limits,
+halt, the repository-wide bound across processes and the order learnt from history. Real git, real
+harness processes; every ordering is read from the stamps the children write themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cli_helpers import spawn_cli, workstreams
+from conftest import toml_list, write_config, write_script
+from support import PYTHON, cli, git, pid_alive, wait_until, wait_until_sync
+
+from aidp.engine import Engine, Status
+from aidp.engine.errors import InvalidInput, Refused, UnknownSlugs
+from aidp.engine.events import EngineEvent, RunProgress, StatusChanged
+
+pytestmark = pytest.mark.timeout(180)
+
+# start/end stamps (monotonic, machine-wide) of each harness, written by the harness itself.
+STAMP = """
+    import os, sys, time
+    stamps, slug, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+    def note(kind):
+        fd = os.open(stamps, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, f"{kind} {slug} {time.monotonic()!r}\\n".encode())
+        os.close(fd)
+
+    note("start")
+    gate = os.environ.get("GATE")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.02)
+    time.sleep(seconds)
+    note("end")
+    sys.exit(int(os.environ.get("EXIT_" + slug.replace("-", "_").upper(), "0")))
+"""
+
+
+def stamp_command(scripts: Path, stamps: Path, seconds: float = 0.05) -> list[str]:
+    script = write_script(scripts, "stamp.py", STAMP)
+    return [PYTHON, str(script), str(stamps), "{slug}", str(seconds)]
+
+
+def read_stamps(stamps: Path) -> tuple[list[str], dict[str, float], dict[str, float]]:
+    """The order the harnesses started in, and each one's start and end."""
+    order, starts, ends = [], {}, {}
+    for line in stamps.read_text().splitlines():
+        kind, slug, stamp = line.split()
+        if kind == "start":
+            order.append(slug)
+            starts[slug] = float(stamp)
+        else:
+            ends[slug] = float(stamp)
+    return order, starts, ends
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    best = current = 0
+    for _, delta in points:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+async def test_higher_priority_starts_first(engine: Engine, repo: Path, scripts: Path, tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    write_config(
+        repo, f"[scheduler]\nmax_concurrent = 1\n[harness]\ncommand = {toml_list(stamp_command(scripts, stamps))}\n"
+    )
+    for slug, priority in (("low-one", "low"), ("plain-a", "normal"), ("urgent", "high"), ("plain-b", 0)):
+        await engine.create(slug, f"task {slug}", priority=priority)
+    summary = await engine.run_all()
+    assert summary.ok, summary
+    assert read_stamps(stamps)[0] == ["urgent", "plain-a", "plain-b", "low-one"]
+    assert [ws.priority for ws in await engine.workstreams(changes=False)] == [-10, 0, 10, 0]
+
+
+async def test_a_priority_set_by_another_process_counts_at_the_next_free_slot(
+    repo: Path, scripts: Path, tmp_path: Path
+) -> None:
+    stamps, gate = tmp_path / "stamps", tmp_path / "gate"
+    write_config(
+        repo, f"[scheduler]\nmax_concurrent = 1\n[harness]\ncommand = {toml_list(stamp_command(scripts, stamps))}\n"
+    )
+    engine = await Engine.open(repo)
+    try:
+        await engine.create("first", "holds the only slot", priority="high")
+        for slug in ("x", "y", "z"):
+            await engine.create(slug, f"task {slug}")
+    finally:
+        await engine.close()
+    run = spawn_cli(repo, "ws", "run-all", "--json", env={**os.environ, "GATE": str(gate)})
+    try:
+        await wait_until(lambda: stamps.exists() and "first" in stamps.read_text(), what="first started")
+        other = await Engine.open(repo)  # this test's process: not the one running the run
+        try:
+            await other.set_schedule("z", priority="high")
+        finally:
+            await other.close()
+        gate.touch()
+        _, stderr = await asyncio.to_thread(run.communicate, timeout=120)
+    finally:
+        gate.touch()
+    assert run.returncode == 0, stderr
+    assert read_stamps(stamps)[0] == ["first", "z", "x", "y"]
+
+
+async def test_a_dag_runs_in_order_and_in_parallel(engine: Engine, repo: Path, scripts: Path, tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    write_config(
+        repo,
+        f"[scheduler]\nmax_concurrent = 3\n[harness]\ncommand = {toml_list(stamp_command(scripts, stamps, 0.5))}\n",
+    )
+    await engine.create("base", "the migration")
+    await engine.create("left", "one endpoint", after=["base"])
+    await engine.create("right", "another endpoint", after=["base"])
+    await engine.create("top", "the client", after=["left", "right"])
+    summary = await engine.run(["top"])  # the rest is pulled in
+    assert summary.ok and sorted(summary.pulled_in) == ["base", "left", "right"], summary
+    _, starts, ends = read_stamps(stamps)
+    assert starts["left"] >= ends["base"] and starts["right"] >= ends["base"]
+    assert starts["top"] >= max(ends["left"], ends["right"])
+    # Independent work is not serialised: left and right ran at the same time.
+    assert max_overlap([(starts[s], ends[s]) for s in ("left", "right")]) == 2
+
+
+async def test_no_deps_refuses_and_names_them(engine: Engine, repo: Path) -> None:
+    write_config(repo, '[harness]\ncommand = ["true"]\n')
+    await engine.create("a", "first")
+    await engine.create("b", "second", after=["a"])
+    with pytest.raises(Refused, match=r"not done yet, and named as dependencies: a"):
+        await engine.start(["b"], no_deps=True)
+    assert {ws.slug: ws.status for ws in await engine.workstreams(changes=False)} == {
+        "a": Status.ACTIVE,
+        "b": Status.ACTIVE,
+    }
+
+
+async def test_dependents_of_a_failure_are_blocked_then_run_later(
+    engine: Engine, repo: Path, scripts: Path, tmp_path: Path
+) -> None:
+    stamps = tmp_path / "stamps"
+    write_config(repo, f"[harness]\ncommand = {toml_list(stamp_command(scripts, stamps))}\n")
+    await engine.create("migrate", "the migration", command=["false"])
+    await engine.create("api", "the endpoints", after=["migrate"])
+    await engine.create("ui", "the screens", after=["api"])
+    await engine.create("docs", "independent")
+    summary = await engine.run_all()
+    assert (summary.failed, summary.blocked, summary.completed) == (1, 2, 1), summary
+    found = {ws.slug: ws for ws in await engine.workstreams(changes=False)}
+    assert found["api"].status == found["ui"].status == Status.BLOCKED
+    assert found["api"].last_result is not None and found["api"].last_result.error == (
+        "blocked: its dependency migrate failed"
+    )
+    assert found["ui"].last_result is not None and found["ui"].last_result.error == (
+        "blocked: its dependency api blocked"
+    )
+    assert read_stamps(stamps)[0] == ["docs"]  # nothing blocked ever started
+
+    # The dependency fixed and done: a later run runs what it blocked.
+    await engine.remove("migrate", delete_branch=True)
+    await engine.create("migrate", "the migration, fixed")
+    await engine.set_schedule("api", after=["migrate"])
+    summary = await engine.run_all()
+    assert summary.ok and summary.total == 3, summary
+    assert read_stamps(stamps)[0] == ["docs", "migrate", "api", "ui"]
+
+
+async def test_cycles_and_unknown_dependencies_are_refused_and_nothing_is_stored(engine: Engine, repo: Path) -> None:
+    await engine.create("a", "first")
+    await engine.create("b", "second", after=["a"])
+    await engine.create("c", "third", after=["b"])
+    with pytest.raises(InvalidInput, match=r"cycle: a -> c -> b -> a"):
+        await engine.set_schedule("a", after=["c"])
+    with pytest.raises(InvalidInput, match="cannot run after itself"):
+        await engine.create("d", "fourth", after=["d"])
+    with pytest.raises(UnknownSlugs, match="unknown workstream: nope"):
+        await engine.create("e", "fifth", after=["nope"])
+    with pytest.raises(UnknownSlugs, match="nope"):
+        await engine.set_schedule("a", after=["nope"], priority="high")
+    found = {ws.slug: (ws.after, ws.priority) for ws in await engine.workstreams(changes=False)}
+    assert found == {"a": ([], 0), "b": (["a"], 0), "c": (["b"], 0)}
+    with pytest.raises(InvalidInput, match="invalid priority 'urgent'"):
+        await engine.set_schedule("a", priority="urgent")
+
+
+async def test_removing_a_dependency_frees_its_dependents(engine: Engine, repo: Path) -> None:
+    await engine.create("a", "first")
+    await engine.create("b", "second", after=["a"])
+    notes = await engine.remove("a")
+    assert "b no longer run after a" in notes
+    assert (await engine.get("b", changes=False)).after == []
+    assert (await engine.history("b"))[-1].message == "no longer after a: a was removed"
+
+
+FLAKY = """
+    import os, sys
+    count = os.path.join(sys.argv[1], os.environ["AIDP_SLUG"])
+    n = int(open(count).read()) + 1 if os.path.exists(count) else 1
+    open(count, "w").write(str(n))
+    print(f"attempt {n} of {os.environ['AIDP_SLUG']}")
+    sys.exit(0 if n > int(sys.argv[2]) else int(sys.argv[3]))
+"""
+
+
+async def test_retries_each_attempt_its_own_record_and_log(
+    engine: Engine, repo: Path, scripts: Path, markers: Path
+) -> None:
+    flaky = write_script(scripts, "flaky.py", FLAKY)
+    write_config(repo, "[harness]\nretries = 3\nretry_backoff_s = 0.05\nretry_on_exit = [3]\n")
+    await engine.create("twice-failing", "flaky", command=[PYTHON, str(flaky), str(markers), "2", "3"])
+    await engine.create("wrong-code", "not retried", command=[PYTHON, str(flaky), str(markers), "5", "4"])
+    events: list[EngineEvent] = []
+    engine.events.subscribe(events.append)
+    summary = await engine.run_all()
+    results = {r.slug: r for r in summary.results}
+    assert (results["twice-failing"].status, results["twice-failing"].attempt) == (Status.COMPLETED, 3)
+    assert (results["wrong-code"].status, results["wrong-code"].attempt) == (Status.FAILED, 1)
+    assert (markers / "twice-failing").read_text() == "3"
+    retried = [
+        (e.attempt, e.max_attempts, e.waiting)
+        for e in events
+        if isinstance(e, StatusChanged) and e.slug == "twice-failing" and e.status == Status.QUEUED and e.attempt
+    ]
+    assert [(a, m) for a, m, _ in retried[:2]] == [(2, 4), (3, 4)]
+    assert all(w and "back-off (retry)" in w for _, _, w in retried[:2])
+    with sqlite3.connect(repo / ".aidp" / "state.db") as db:
+        rows = db.execute(
+            "SELECT attempt, status, log_path FROM runs WHERE slug = 'twice-failing' ORDER BY attempt"
+        ).fetchall()
+    assert [(a, s) for a, s, _ in rows] == [(1, "failed"), (2, "failed"), (3, "completed")]
+    logs = [Path(p).read_text() for _, _, p in rows]
+    assert logs == [f"attempt {n} of twice-failing\n" for n in (1, 2, 3)]
+
+
+async def test_a_timeout_is_not_retried_unless_asked(engine: Engine, repo: Path) -> None:
+    write_config(repo, "[harness]\nretries = 2\nretry_backoff_s = 0.05\n")
+    await engine.create("slow", "sleeps", command=["sleep", "30"])
+    summary = await engine.run(["slow"], timeout_s=0.3)
+    assert (summary.results[0].status, summary.results[0].attempt) == (Status.FAILED, 1)
+    write_config(repo, "[harness]\nretries = 1\nretry_backoff_s = 0.05\nretry_on_timeout = true\n")
+    summary = await engine.run(["slow"], timeout_s=0.3)
+    assert (summary.results[0].status, summary.results[0].attempt) == (Status.FAILED, 2)
+    assert summary.results[0].error is not None and summary.results[0].error.startswith("timed out after 0.3 s")
+
+
+async def test_rate_limits_lower_the_pace_and_calm_restores_it(
+    engine: Engine, repo: Path, scripts: Path, markers: Path, tmp_path: Path
+) -> None:
+    flaky = write_script(scripts, "flaky.py", FLAKY)
+    stamps = tmp_path / "stamps"
+    write_config(
+        repo,
+        f"""
+        [scheduler]
+        max_concurrent = 4
+        rate_limit_recover_s = 0.5
+        [harness]
+        command = {toml_list(stamp_command(scripts, stamps, 0.4))}
+        rate_limit_pattern = "(?i)rate limit"
+        retry_backoff_s = 0.05
+        """,
+    )
+    # Its first attempt says it hit a rate limit; the retry succeeds.
+    limited = write_script(
+        scripts, "limited.sh", f'{PYTHON} {flaky} {markers} 1 1 && exit 0; echo "Rate limit hit"; exit 1\n'
+    )
+    await engine.create("limited", "hits a limit once", command=["sh", str(limited)], priority="high")
+    for i in range(10):
+        await engine.create(f"job-{i}", "steady work")
+    progress: list[RunProgress] = []
+    engine.events.subscribe(lambda e: progress.append(e) if isinstance(e, RunProgress) else None)
+    summary = await engine.run_all()
+    assert summary.ok, summary
+    paces = [p.concurrency for p in progress]
+    assert paces[0] == 4
+    assert 2 in paces and paces.index(2) < len(paces) - 1
+    assert max(paces[paces.index(2) :]) > 2  # raised again after a calm stretch
+    notes = [p.note for p in progress if p.note]
+    assert any(n.startswith("rate limited (limited): concurrency 4 -> 2") for n in notes)
+    assert any(n.startswith("no rate limit for 0.5 s: concurrency back up to 3") for n in notes)
+    limited_result = next(r for r in summary.results if r.slug == "limited")
+    assert limited_result.attempt == 2
+
+
+async def test_halt_soon_and_now(engine: Engine, repo: Path, scripts: Path, tmp_path: Path) -> None:
+    stamps, gate = tmp_path / "stamps", tmp_path / "gate"
+    write_config(
+        repo,
+        f"""
+        [scheduler]
+        max_concurrent = 2
+        [harness]
+        command = {toml_list(stamp_command(scripts, stamps, 0.1))}
+        env = {{GATE = "{gate}"}}
+        """,
+    )
+    await engine.create("long", "waits for the gate", priority="high")
+    await engine.create("bad", "fails at once", command=["false"], priority="high")
+    await engine.create("later", "queued behind")
+    run = await engine.start_all(halt="now")
+    summary = await engine.wait(run)
+    results = {r.slug: r for r in summary.results}
+    assert results["bad"].status == Status.FAILED
+    assert results["long"].status == Status.CANCELLED
+    assert results["long"].error == "cancelled: halted after bad failed (--halt now)"
+    assert (results["later"].status, results["later"].error) == (
+        Status.CANCELLED,
+        "not started: halted after bad failed (--halt now)",
+    )
+    gate.touch()
+    summary = await engine.run(["long", "bad", "later"], halt="soon")
+    results = {r.slug: r for r in summary.results}
+    assert (results["long"].status, results["bad"].status, results["later"].status) == (
+        Status.COMPLETED,
+        Status.FAILED,
+        Status.CANCELLED,
+    )
+
+
+def test_the_repository_bound_holds_across_processes(repo: Path, scripts: Path, tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    write_config(
+        repo,
+        f"[scheduler]\nmax_concurrent = 2\n[harness]\ncommand = {toml_list(stamp_command(scripts, stamps, 0.6))}\n",
+    )
+    groups = [[f"p{p}-{i}" for i in range(3)] for p in range(3)]
+    for slug in (s for group in groups for s in group):
+        cli(repo, "ws", "new", slug, "work")
+    runs = [spawn_cli(repo, "ws", "run", *group, "--json") for group in groups]
+    waiting: set[str] = set()
+
+    def someone_waits_for_a_slot() -> bool:
+        listed = json.loads(cli(repo, "ws", "list", "--json").stdout)
+        waiting.update(ws["currentRun"]["waiting"] for ws in listed if ws["currentRun"] and ws["currentRun"]["waiting"])
+        return any(w.startswith("waiting for a slot") for w in waiting) or all(r.poll() is not None for r in runs)
+
+    wait_until_sync(someone_waits_for_a_slot, what="a queued workstream says it waits for a slot")
+    for run in runs:
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == 0, stderr
+    _, starts, ends = read_stamps(stamps)
+    assert len(starts) == 9
+    assert max_overlap([(starts[s], ends[s]) for s in starts]) == 2
+    assert any(w.startswith("waiting for a slot") and "by other aidp processes (pid" in w for w in waiting), waiting
+
+
+def test_a_killed_processs_slots_come_back(repo: Path, markers: Path) -> None:
+    write_config(repo, "[scheduler]\nmax_concurrent = 1\n")
+    pid_file = markers / "pid"
+    cli(repo, "ws", "new", "hog", "holds the slot", "--command", f"sh -c 'echo $$ > {pid_file}; exec sleep 300'")
+    cli(repo, "ws", "new", "next", "runs after", "--command", "true")
+    owner = spawn_cli(repo, "ws", "run", "hog")
+    try:
+        wait_until_sync(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="hog started")
+        harness_pid = int(pid_file.read_text())
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+        done = cli(repo, "ws", "run", "next", "--json")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    assert json.loads(done.stdout)["completed"] == 1
+    assert not pid_alive(harness_pid)
+    assert workstreams(repo)["hog"]["status"] == "cancelled"
+
+
+async def test_history_puts_the_longest_first(engine: Engine, repo: Path, scripts: Path, tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    script = write_script(scripts, "stamp.py", STAMP)
+    write_config(repo, "[scheduler]\nmax_concurrent = 1\n")
+    durations = {"short": 0.05, "medium": 0.3, "long": 0.6}
+    for slug, seconds in durations.items():
+        await engine.create(slug, slug, command=[PYTHON, str(script), str(stamps), "{slug}", str(seconds)])
+    assert (await engine.run(list(durations))).ok
+    expected = {ws.slug: ws.expected_s for ws in await engine.workstreams(changes=False)}
+    assert all((e := expected[s]) is not None and e >= durations[s] for s in durations), expected
+    stamps.unlink()
+    summary = await engine.run(list(durations))
+    assert summary.ok and summary.forecast_s is not None and summary.forecast_s >= sum(durations.values())
+    assert read_stamps(stamps)[0] == ["long", "medium", "short"]
+
+
+async def test_base_from_deps_builds_on_the_dependencies_work(engine: Engine, repo: Path, scripts: Path) -> None:
+    writes = write_script(scripts, "writes.sh", 'echo "$AIDP_SLUG" > "$AIDP_SLUG.txt"; ls > "seen-$AIDP_SLUG.txt"\n')
+    write_config(repo, f'[harness]\ncommand = ["sh", "{writes}"]\ncommit = "on-success"\n')
+    await engine.create("schema", "the schema")
+    await engine.create("models", "the models")
+    await engine.create("api", "the endpoints", after=["schema", "models"])
+    summary = await engine.run(["api"], base_from_deps=True)
+    assert summary.ok, summary
+    worktree = repo / ".worktrees" / "api"
+    assert {"schema.txt", "models.txt"} <= set((worktree / "seen-api.txt").read_text().split())
+    started = [e.message for e in await engine.history("api") if e.message and e.message.startswith("started from")]
+    assert len(started) == 1 and "aidp/schema at" in started[0] and "aidp/models at" in started[0]
+
+    # Dependencies that do not merge: refused with the conflicting file, the branch left as it was.
+    await engine.create("one", "writes x")
+    await engine.create("two", "writes x too")
+    await engine.create("both", "needs both", after=["one", "two"])
+    write_config(repo, '[harness]\ncommand = ["sh", "-c", "echo $AIDP_SLUG > x.txt"]\ncommit = "on-success"\n')
+    before = git(repo, "rev-parse", "aidp/both")
+    summary = await engine.run(["both"], base_from_deps=True)
+    result = next(r for r in summary.results if r.slug == "both")
+    assert result.status == Status.ERROR and result.error is not None
+    assert "cannot start both from its dependencies" in result.error and "x.txt" in result.error
+    assert git(repo, "rev-parse", "aidp/both") == before
+
+
+async def test_auto_bound_says_what_it_chose(engine: Engine, repo: Path) -> None:
+    write_config(repo, '[scheduler]\nmax_concurrent = "auto"\n[harness]\ncommand = ["true"]\n')
+    await engine.create("a", "first")
+    summary = await engine.run(["a"])
+    assert summary.concurrency is not None and 1 <= summary.concurrency <= (os.cpu_count() or 1)
+    assert summary.concurrency_note is not None
+    assert summary.concurrency_note.startswith(f"auto: {summary.concurrency} ({os.cpu_count()} cores")
+
+
+async def test_a_share_above_the_repository_bound_is_lowered_and_said(engine: Engine, repo: Path) -> None:
+    write_config(repo, '[scheduler]\nmax_concurrent = 2\n[harness]\ncommand = ["true"]\n')
+    await engine.create("a", "first")
+    summary = await engine.run(["a"], max_concurrent=8)
+    assert summary.concurrency == 2
+    assert summary.concurrency_note == "--max-concurrent 8 lowered to the repository's bound 2"
