@@ -279,7 +279,7 @@ async def test_rate_limits_lower_the_pace_and_calm_restores_it(
     engine.events.subscribe(lambda e: progress.append(e) if isinstance(e, RunProgress) else None)
     summary = await engine.run_all()
     assert summary.ok, summary
-    paces = [p.concurrency for p in progress]
+    paces = [p.concurrency or 0 for p in progress]
     assert paces[0] == 4
     assert 2 in paces and paces.index(2) < len(paces) - 1
     assert max(paces[paces.index(2) :]) > 2  # raised again after a calm stretch
