@@ -19,6 +19,7 @@ from support import PYTHON, cli, git, pid_alive, wait_until, wait_until_sync
 from aidp.engine import Engine, Status
 from aidp.engine.errors import InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EngineEvent, RunProgress, StatusChanged
+from aidp.engine.store import MIGRATIONS, SCHEMA
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -429,3 +430,40 @@ async def test_a_share_above_the_repository_bound_is_lowered_and_said(engine: En
     summary = await engine.run(["a"], max_concurrent=8)
     assert summary.concurrency == 2
     assert summary.concurrency_note == "--max-concurrent 8 lowered to the repository's bound 2"
+
+
+def test_a_database_from_before_scheduling_is_upgraded_with_its_runs(repo: Path) -> None:
+    """Migration 5 rebuilds `runs` (attempts are part of its key): a run recorded before it is
+    still the workstream's last result, and the workstream runs again as attempt 1 of a new run."""
+    scheduling = next(i for i, script in enumerate(MIGRATIONS) if "runs_v5" in script)
+    path = repo / ".aidp" / "state.db"
+    path.parent.mkdir()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(SCHEMA)
+    for script in MIGRATIONS[:scheduling]:
+        db.executescript(script)
+    db.execute(f"PRAGMA user_version = {scheduling}")
+    git(repo, "worktree", "add", "-q", "-b", "aidp/x", str(repo / ".worktrees" / "x"))
+    db.execute(
+        "INSERT INTO workstreams (id, slug, task, status, branch, path, created_at, updated_at, last_run_id, command) "
+        "VALUES ('abc', 'x', 'old work', 'failed', 'aidp/x', ?, '2026-01-01T00:00:00.000Z', "
+        "'2026-01-01T00:00:02.000Z', 'run-1', '[\"true\"]')",
+        (str(repo / ".worktrees" / "x"),),
+    )
+    db.execute(
+        "INSERT INTO runs (run_id, slug, ws_id, status, exit_code, started_at, finished_at, duration_s) "
+        "VALUES ('run-1', 'x', 'abc', 'failed', 3, '2026-01-01T00:00:01.000Z', '2026-01-01T00:00:02.000Z', 1.0)"
+    )
+    db.close()
+
+    (listed,) = json.loads(cli(repo, "ws", "list", "--json").stdout)
+    assert (listed["priority"], listed["after"]) == (0, [])
+    assert listed["lastResult"]["exitCode"] == 3 and listed["lastResult"]["attempt"] == 1
+    ran = json.loads(cli(repo, "ws", "run", "x", "--json").stdout)
+    assert ran["completed"] == 1 and ran["results"][0]["attempt"] == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("SELECT run_id, status FROM runs ORDER BY started_at").fetchall() == [
+            ("run-1", "failed"),
+            (ran["runId"], "completed"),
+        ]
