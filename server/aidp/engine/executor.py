@@ -261,6 +261,7 @@ class Run:
             await self._conclude_unstartable()
             pending = [j for j in self.jobs.values() if j.state is State.PENDING]
             if not pending and not self._tasks:
+                self._report_progress()  # the last word: every job done (viewers wait for done == total)
                 return
             now = time.monotonic()
             self._recover_pace(now)
