@@ -6,6 +6,7 @@ import { wsRunAllParams, wsRunParams, type RunSettings } from "./core/args";
 import { describeError, isCancelled, isDirtyRefusal } from "./core/errors";
 import { describe, failures, firstLine, formatDuration, formatOutcome, statusBarText, summaryMessage } from "./core/format";
 import { RunTracker } from "./core/runTracker";
+import { parsePriority, priorityChoices, priorityError, priorityName, RunProgressBoard } from "./core/schedule";
 import { validateSlug } from "./core/slug";
 import { isRunAllCandidate } from "./core/state";
 import { WorkstreamStore } from "./core/store";
@@ -20,7 +21,9 @@ import {
   WS_RESUME,
   WS_RUN,
   WS_RUN_ALL,
+  WS_SET,
   type FinalStatus,
+  type RunProgressNotification,
   type RunSummary,
   type Workstream,
   type WorkstreamResult,
@@ -28,6 +31,7 @@ import {
   type WsListResult,
   type WsLogResult,
   type WsOutputNotification,
+  type WsSetParams,
   type WsStatusNotification,
 } from "./protocol";
 import { Review } from "./review";
@@ -59,6 +63,8 @@ const ACTIONS: Readonly<Record<string, string>> = {
   "aidp.openFileDiff": "open the changes",
   "aidp.landWorkstream": "land",
   "aidp.showConflicts": "show the conflicts",
+  "aidp.setPriority": "set the priority",
+  "aidp.setDependencies": "set the dependencies",
 };
 
 class Extension implements vscode.Disposable {
@@ -69,6 +75,9 @@ class Extension implements vscode.Disposable {
   private readonly channels = new Map<string, vscode.OutputChannel>();
   private readonly trackers = new Set<{ tracker: RunTracker; update: () => void }>();
   private readonly statusBar = vscode.window.createStatusBarItem("aidp.status", vscode.StatusBarAlignment.Left, 10);
+  /** The runs' progress and time left, from aidp/runProgress; shown only while a run goes. */
+  private readonly progressBar = vscode.window.createStatusBarItem("aidp.progress", vscode.StatusBarAlignment.Left, 9);
+  private readonly progress = new RunProgressBoard();
   private readonly disposables: { dispose(): unknown }[] = [];
   private fetching: Promise<void> | undefined;
   private refetch = false;
@@ -85,6 +94,7 @@ class Extension implements vscode.Disposable {
       onStatus: (n) => this.onStatus(n),
       onOutput: (n) => this.onOutput(n),
       onListChanged: () => void this.fetchList(),
+      onProgress: (n) => this.onProgress(n),
     });
     this.review = new Review({
       server: this.server,
@@ -98,8 +108,10 @@ class Extension implements vscode.Disposable {
     const view = vscode.window.createTreeView(VIEW_ID, { treeDataProvider: tree, showCollapseAll: false });
     this.statusBar.name = "AIDP Workstreams";
     this.statusBar.command = "aidp.showWorkstreams";
+    this.progressBar.name = "AIDP Run Progress";
+    this.progressBar.command = "aidp.showWorkstreams";
     // The server and its log channel are not in this list: `shutdown` ends them last, in order.
-    this.disposables.push(this.review, tree, view, this.statusBar, this.logs);
+    this.disposables.push(this.review, tree, view, this.statusBar, this.progressBar, this.logs);
     this.disposables.push(vscode.workspace.registerTextDocumentContentProvider(LOG_SCHEME, this.logs));
     this.disposables.push({ dispose: this.store.onChange(() => this.onStoreChange()) });
     this.disposables.push(
@@ -107,6 +119,8 @@ class Extension implements vscode.Disposable {
         // The list stays while the server restarts (no "No workstreams yet" flash); it goes only
         // when the server cannot run, so the view can say so.
         if (state === "failed") this.store.clear();
+        // A stopping server ends its runs: their progress goes with them.
+        if (state !== "running") this.endProgress();
         this.updateStatusBar();
         if (state === "running") void this.fetchList();
       }),
@@ -142,6 +156,29 @@ class Extension implements vscode.Disposable {
     } else if (this.channels.has(n.slug) && isFinalStatus(n.status)) {
       this.footer(n.slug, { ...n, status: n.status });
     }
+  }
+
+  private onProgress(n: RunProgressNotification): void {
+    this.progress.apply(n);
+    this.updateProgressBar();
+  }
+
+  /** Ends the progress shown for `runId`, or for every run. */
+  private endProgress(runId?: string | null): void {
+    if (runId === undefined) this.progress.clear();
+    else if (runId !== null) this.progress.end(runId);
+    this.updateProgressBar();
+  }
+
+  private updateProgressBar(): void {
+    const text = this.progress.text();
+    if (text === undefined) {
+      this.progressBar.hide();
+      return;
+    }
+    this.progressBar.text = text;
+    this.progressBar.tooltip = `${this.progress.tooltip()}\nClick to show the workstreams.`;
+    this.progressBar.show();
   }
 
   private onOutput(n: WsOutputNotification): void {
@@ -189,6 +226,8 @@ class Extension implements vscode.Disposable {
       if (ws?.lastResult) this.footer(slug, ws.lastResult);
     }
     const counts = this.store.counts();
+    // Nothing queued or running: no run goes, whatever progress its last notification gave.
+    if (counts.running === 0 && counts.queued === 0) this.endProgress();
     void vscode.commands.executeCommand("setContext", "aidp.hasWorkstreams", counts.total > 0);
     void vscode.commands.executeCommand("setContext", "aidp.hasRunnable", counts.runnable > 0);
     this.updateStatusBar();
@@ -283,6 +322,8 @@ class Extension implements vscode.Disposable {
     reg("aidp.openFileDiff", (arg) => this.review.openFileDiff(arg));
     reg("aidp.landWorkstream", (arg) => this.review.land(slugArg(arg)));
     reg("aidp.showConflicts", () => this.review.showConflicts());
+    reg("aidp.setPriority", (arg) => this.setPriority(slugArg(arg)));
+    reg("aidp.setDependencies", (arg) => this.setDependencies(slugArg(arg)));
     reg("aidp.showWorkstreams", () => vscode.commands.executeCommand(`${VIEW_ID}.focus`));
     reg("aidp.restartServer", async () => {
       if (await this.server.restart()) {
@@ -361,7 +402,7 @@ class Extension implements vscode.Disposable {
           return ws !== undefined && isRunAllCandidate(ws.status);
         })
       : [...new Set(slugs)];
-    const tracker = new RunTracker(expected, all);
+    const tracker = new RunTracker(expected);
     const title = all
       ? "AIDP: running all workstreams"
       : `AIDP: running ${expected.length <= 3 ? expected.join(", ") : `${expected.length} workstreams`}`;
@@ -402,6 +443,7 @@ class Extension implements vscode.Disposable {
           }
         } finally {
           this.trackers.delete(entry);
+          this.endProgress(tracker.runId);
           this.updateStatusBar();
         }
       },
@@ -513,6 +555,58 @@ class Extension implements vscode.Disposable {
     this.announced.delete(slug);
     this.followed.delete(slug);
     await this.fetchList();
+  }
+
+  private async setPriority(arg: string | undefined): Promise<void> {
+    const slug = arg ?? (await this.pickOne("Set the priority of which workstream?", () => true));
+    if (!slug) return;
+    const current = this.store.get(slug)?.priority ?? 0;
+    const pick = await vscode.window.showQuickPick(priorityChoices(current), {
+      title: `Priority of '${slug}'`,
+      placeHolder: "Among the workstreams ready to start, a higher priority starts first.",
+    });
+    if (pick === undefined) return;
+    let priority = pick.priority;
+    if (priority === undefined) {
+      const text = await vscode.window.showInputBox({
+        title: `Priority of '${slug}'`,
+        prompt: "A whole number from -100 to 100 (high is 10, normal 0, low -10); higher starts first.",
+        value: String(current),
+        validateInput: priorityError,
+      });
+      if (text === undefined) return;
+      priority = parsePriority(text);
+      if (priority === undefined) return;
+    }
+    const params: WsSetParams = { slug, priority };
+    await this.server.request<Workstream>(WS_SET, params);
+    await this.fetchList();
+    void vscode.window.setStatusBarMessage(`AIDP: ${slug} has priority ${priorityName(priority)}`, 5000);
+  }
+
+  private async setDependencies(arg: string | undefined): Promise<void> {
+    const slug = arg ?? (await this.pickOne("Set the dependencies of which workstream?", () => true));
+    if (!slug) return;
+    const current = new Set(this.store.get(slug)?.after ?? []);
+    const items = this.items((ws) => ws.slug !== slug).map((item) => ({ ...item, picked: current.has(item.label) }));
+    if (items.length === 0) {
+      void vscode.window.showInformationMessage(`AIDP: there is no other workstream for '${slug}' to run after.`);
+      return;
+    }
+    const picks = await vscode.window.showQuickPick(items, {
+      canPickMany: true,
+      title: `'${slug}' runs after...`,
+      placeHolder: "It starts only once those it runs after have completed. None picked: it waits for none.",
+      matchOnDescription: true,
+      matchOnDetail: true,
+    });
+    if (picks === undefined) return;
+    const after = picks.map((p) => p.label);
+    const params: WsSetParams = { slug, after };
+    await this.server.request<Workstream>(WS_SET, params);
+    await this.fetchList();
+    const message = after.length > 0 ? `runs after ${after.join(", ")}` : "waits for no other workstream";
+    void vscode.window.setStatusBarMessage(`AIDP: ${slug} ${message}`, 5000);
   }
 
   private async newWorkstream(): Promise<void> {

@@ -12,9 +12,11 @@ import {
   type LanguageClientOptions,
 } from "vscode-languageclient/node";
 import {
+  RUN_PROGRESS,
   WS_LIST_CHANGED,
   WS_OUTPUT,
   WS_STATUS,
+  type RunProgressNotification,
   type WsOutputNotification,
   type WsStatusNotification,
 } from "./protocol";
@@ -33,6 +35,7 @@ export interface NotificationHandlers {
   onStatus(n: WsStatusNotification): void;
   onOutput(n: WsOutputNotification): void;
   onListChanged(): void;
+  onProgress(n: RunProgressNotification): void;
 }
 
 class SpawnError extends Error {
@@ -196,6 +199,7 @@ export class AidpServer implements vscode.Disposable {
     client.onNotification(WS_STATUS, (n: WsStatusNotification) => this.handlers.onStatus(n));
     client.onNotification(WS_OUTPUT, (n: WsOutputNotification) => this.handlers.onOutput(n));
     client.onNotification(WS_LIST_CHANGED, () => this.handlers.onListChanged());
+    client.onNotification(RUN_PROGRESS, (n: RunProgressNotification) => this.handlers.onProgress(n));
     client.onDidChangeState((e) => {
       if (e.newState === State.Running && this.client === client) this.setState("running");
     });

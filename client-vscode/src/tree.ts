@@ -2,6 +2,7 @@
 import * as vscode from "vscode";
 import { ariaLabel, contextValue, describe, iconFor, tooltip } from "./core/format";
 import { changesSuffix, changesTooltip, fileDescription, fileNodeId, formatChanges, hasChangedFiles, reviewFlags, type FileNode } from "./core/review";
+import { scheduleParts, scheduleTooltip } from "./core/schedule";
 import type { WorkstreamStore } from "./core/store";
 import { workstreamUri, type Review } from "./review";
 
@@ -52,15 +53,17 @@ export class WorkstreamTreeProvider implements vscode.TreeDataProvider<TreeEleme
     const now = Date.now();
     const icon = iconFor(view.ws.status);
     const changes = formatChanges(view.ws.changes);
+    const schedule = scheduleParts(view.ws);
     if (hasChangedFiles(view.ws)) item.collapsibleState = vscode.TreeItemCollapsibleState.Collapsed;
     // The badge (conflict or uncommitted changes) comes from Review's decoration of this URI.
     item.resourceUri = workstreamUri(slug);
-    item.description = changes ? `${describe(view, now)} · ${changes}` : describe(view, now);
+    item.description = [describe(view, now), ...schedule, ...(changes ? [changes] : [])].join(" · ");
     item.iconPath = new vscode.ThemeIcon(icon.id, icon.color ? new vscode.ThemeColor(icon.color) : undefined);
-    const more = changesTooltip(view.ws);
-    item.tooltip = more.length > 0 ? `${tooltip(view, now)}\n\n${more.join("\n")}` : tooltip(view, now);
+    item.tooltip = [tooltip(view, now), scheduleTooltip(view.ws).join("\n"), changesTooltip(view.ws).join("\n")]
+      .filter((part) => part.length > 0)
+      .join("\n\n");
     item.contextValue = [contextValue(view), ...reviewFlags(view.ws)].join(" ");
-    item.accessibilityInformation = { label: [ariaLabel(view, now), ...changesSuffix(view.ws)].join(", ") };
+    item.accessibilityInformation = { label: [ariaLabel(view, now), ...schedule, ...changesSuffix(view.ws)].join(", ") };
     return item;
   }
 

@@ -19,6 +19,7 @@ export const STATUS_ICONS: Readonly<Record<Status, IconSpec>> = {
   error: { id: "warning", color: "problemsWarningIcon.foreground" },
   cancelled: { id: "circle-slash", color: "disabledForeground" },
   landed: { id: "git-merge", color: "gitDecoration.addedResourceForeground" },
+  blocked: { id: "debug-disconnect", color: "charts.orange" },
 };
 
 export function iconFor(status: Status): IconSpec {
@@ -79,10 +80,17 @@ export function describe(view: WorkstreamView, now: number): string {
   const { ws } = view;
   switch (ws.status) {
     case "running": {
-      if (view.runningSince === null) return "running";
-      return `running ${formatDuration(Math.max(0, (now - view.runningSince) / 1000))}`;
+      const running =
+        view.runningSince === null ? "running" : `running ${formatDuration(Math.max(0, (now - view.runningSince) / 1000))}`;
+      const attempt = attemptLabel(ws);
+      return attempt === undefined ? running : `${running} · ${attempt}`;
     }
-    case "queued":
+    case "queued": {
+      const waiting = waitingLabel(ws);
+      return waiting === undefined ? "queued" : `queued · ${waiting}`;
+    }
+    case "blocked":
+      return `blocked · ${blockedReason(ws)}`;
     case "active":
     case "paused":
     case "landed":
@@ -97,6 +105,23 @@ export function describe(view: WorkstreamView, now: number): string {
       return parts.join(" · ");
     }
   }
+}
+
+/** "attempt 2/3" while a retry runs or waits; undefined for a first attempt. */
+export function attemptLabel(ws: Workstream): string | undefined {
+  const attempt = ws.currentRun?.attempt ?? 1;
+  return attempt > 1 ? `attempt ${attempt}/${ws.currentRun?.maxAttempts ?? attempt}` : undefined;
+}
+
+/** What a queued workstream waits for ("waiting for a, b"); undefined when the server did not say. */
+export function waitingLabel(ws: Workstream): string | undefined {
+  const waiting = ws.status === "queued" ? ws.currentRun?.waiting : undefined;
+  return waiting !== null && waiting !== undefined && waiting.length > 0 ? waiting : undefined;
+}
+
+/** Why a blocked workstream did not run, without the "blocked:" the server's reason starts with. */
+export function blockedReason(ws: Workstream): string {
+  return firstLine(ws.lastResult?.error ?? "").replace(/^blocked:\s*/i, "") || "a dependency did not complete";
 }
 
 /** The first line of an error, shortened for one-line places. */
@@ -114,7 +139,7 @@ export function tooltip(view: WorkstreamView, now: number): string {
   if (ws.command !== null) lines.push(`Command: ${ws.command.join(" ")}`);
   const error = ws.lastResult?.error;
   if (error !== null && error !== undefined && error.length > 0) {
-    lines.push("", "Last error:", error.trimEnd());
+    lines.push("", ws.status === "blocked" ? "Blocked:" : "Last error:", error.trimEnd());
   }
   return lines.join("\n");
 }
@@ -142,12 +167,15 @@ export function contextValue(view: WorkstreamView): string {
 }
 
 /** "2 completed, 1 failed" (zero counts left out). */
-export function summaryCounts(summary: Pick<RunSummary, "completed" | "failed" | "errored" | "cancelled">): string {
+export function summaryCounts(
+  summary: Pick<RunSummary, "completed" | "failed" | "errored" | "cancelled" | "blocked">,
+): string {
   const parts: string[] = [];
   if (summary.completed > 0) parts.push(`${summary.completed} completed`);
   if (summary.failed > 0) parts.push(`${summary.failed} failed`);
   if (summary.errored > 0) parts.push(`${summary.errored} error${summary.errored === 1 ? "" : "s"}`);
   if (summary.cancelled > 0) parts.push(`${summary.cancelled} cancelled`);
+  if ((summary.blocked ?? 0) > 0) parts.push(`${summary.blocked} blocked`);
   return parts.length > 0 ? parts.join(", ") : "nothing ran";
 }
 

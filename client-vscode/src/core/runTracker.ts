@@ -4,6 +4,7 @@
  *
  * The request's runId is only known when it answers, so a tracker starts with the slugs it expects and
  * adopts the runId of the first `queued`/`running` notification for one of them that no other run owns.
+ * It grows with that run: a run of all workstreams, or one that pulls in dependencies, includes others.
  */
 import { isFinalStatus, type WsStatusNotification } from "../protocol";
 
@@ -13,14 +14,8 @@ export class RunTracker {
   private readonly running = new Set<string>();
   runId: string | null = null;
 
-  /**
-   * @param slugs the workstreams the run is expected to include
-   * @param open true when the run may include others (run all): adopt slugs the adopted run queues
-   */
-  constructor(
-    slugs: Iterable<string>,
-    private readonly open = false,
-  ) {
+  /** @param slugs the workstreams the run is expected to include (it may include more) */
+  constructor(slugs: Iterable<string>) {
     this.expected = new Set(slugs);
   }
 
@@ -41,10 +36,7 @@ export class RunTracker {
       this.runId = n.runId;
     }
     if (n.runId !== this.runId) return false;
-    if (!this.expected.has(n.slug)) {
-      if (!this.open) return false;
-      this.expected.add(n.slug);
-    }
+    this.expected.add(n.slug);
     if (n.status === "running") this.running.add(n.slug);
     if (isFinalStatus(n.status)) {
       this.running.delete(n.slug);

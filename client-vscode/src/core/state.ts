@@ -6,6 +6,7 @@
  */
 import {
   isFinalStatus,
+  type CurrentRun,
   type RunSummary,
   type Status,
   type Workstream,
@@ -78,15 +79,18 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
     case "queued":
       runId = n.runId;
       runningSince = null;
+      ws = { ...ws, currentRun: currentRun(n, null) };
       break;
     case "running":
       runId = n.runId;
       runningSince = epochMs(raw.startedAt) ?? now;
+      ws = { ...ws, currentRun: currentRun(n, new Date(runningSince).toISOString()) };
       break;
     case "completed":
     case "failed":
     case "error":
-    case "cancelled": {
+    case "cancelled":
+    case "blocked": {
       const startedAt =
         old.runningSince !== null
           ? new Date(old.runningSince).toISOString()
@@ -104,7 +108,7 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
         // The new run's log path arrives with the run summary (or wsList / wsLog).
         logPath: null,
       };
-      ws = { ...ws, lastResult: result };
+      ws = { ...ws, lastResult: result, currentRun: null };
       runId = null;
       runningSince = null;
       break;
@@ -114,11 +118,18 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
     case "landed":
       runId = null;
       runningSince = null;
+      ws = { ...ws, currentRun: null };
       break;
   }
   const items = new Map(prev.items);
   items.set(n.slug, { ws, runId, runningSince });
   return { state: { order: prev.order, items }, changed: [n.slug], unknown: false };
+}
+
+/** The run a `queued`/`running` notification tells of: which attempt, and what a queued one waits for. */
+function currentRun(n: WsStatusNotification, startedAt: string | null): CurrentRun | null {
+  if (n.runId === null) return null;
+  return { runId: n.runId, startedAt, attempt: n.attempt ?? 1, maxAttempts: n.maxAttempts ?? 1, waiting: n.waiting ?? null };
 }
 
 /** Epoch ms of an ISO time from the server; undefined when absent or unreadable. */
@@ -142,10 +153,11 @@ export function reduceSummary(prev: State, summary: RunSummary): Reduction {
     // A later run may already have started this workstream again; then keep the live status.
     const live = old.ws.status === "queued" || old.ws.status === "running";
     const status: Status = live && old.runId !== summary.runId ? old.ws.status : result.status;
+    const ended = status === result.status;
     items.set(result.slug, {
-      ws: { ...old.ws, status, lastResult: result },
-      runId: status === result.status ? null : old.runId,
-      runningSince: status === result.status ? null : old.runningSince,
+      ws: { ...old.ws, status, lastResult: result, currentRun: ended ? null : old.ws.currentRun },
+      runId: ended ? null : old.runId,
+      runningSince: ended ? null : old.runningSince,
     });
     changed.push(result.slug);
   }

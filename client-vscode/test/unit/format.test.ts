@@ -70,6 +70,17 @@ describe("describe", () => {
     assert.equal(describeItem(view("paused"), NOW), "paused");
     assert.equal(describeItem(view("active"), NOW), "active");
   });
+  it("says what a queued one waits for, a retry's attempt, and why a blocked one did not run", () => {
+    const queued = ws("x", "queued", { currentRun: { runId: "r", startedAt: null, waiting: "waiting for a, b" } });
+    assert.equal(describeItem({ ws: queued, runId: "r", runningSince: null }, NOW), "queued · waiting for a, b");
+    const retry = ws("x", "running", { currentRun: { runId: "r", startedAt: null, attempt: 2, maxAttempts: 3 } });
+    assert.equal(describeItem({ ws: retry, runId: "r", runningSince: NOW - 5000 }, NOW), "running 5.0s · attempt 2/3");
+    const first = ws("x", "running", { currentRun: { runId: "r", startedAt: null, attempt: 1, maxAttempts: 3 } });
+    assert.equal(describeItem({ ws: first, runId: "r", runningSince: null }, NOW), "running");
+    const blocked = view("blocked", {}, result("x", "blocked", { exitCode: null, error: "blocked: its dependency a failed" }));
+    assert.equal(describeItem(blocked, NOW), "blocked · its dependency a failed");
+    assert.equal(describeItem(view("blocked", {}, null), NOW), "blocked · a dependency did not complete");
+  });
 });
 
 describe("icons", () => {
@@ -118,6 +129,13 @@ describe("tooltip and aria label", () => {
     assert.match(t, /Last error:\nexit code 3\nlast line/);
     assert.equal(ariaLabel(v, NOW), "x, failed · exit 1 · 1.0s");
   });
+  it("names a blocked one's reason as such, not as an error", () => {
+    const v = view("blocked", {}, result("x", "blocked", { exitCode: null, error: "blocked: its dependency a failed" }));
+    const t = tooltip(v, NOW);
+    assert.match(t, /^x — blocked · its dependency a failed/);
+    assert.match(t, /Blocked:\nblocked: its dependency a failed/);
+    assert.doesNotMatch(t, /Last error/);
+  });
 });
 
 describe("summaries", () => {
@@ -138,6 +156,10 @@ describe("summaries", () => {
       ["b", "c"],
     );
     assert.match(summaryMessage({ ...summary, results: [], total: 0 }), /nothing to run/);
+  });
+  it("counts blocked workstreams", () => {
+    const withBlocked: RunSummary = { ...summary, total: 2, completed: 0, failed: 1, errored: 0, cancelled: 0, blocked: 1 };
+    assert.equal(summaryMessage(withBlocked), "AIDP: ran 2 workstreams in 9.5s: 1 failed, 1 blocked.");
   });
   it("status bar shows running and queued", () => {
     assert.equal(statusBarText({ running: 2, queued: 1, total: 5 }), "$(sync~spin) 2 running, 1 queued");

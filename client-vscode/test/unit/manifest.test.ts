@@ -41,6 +41,8 @@ describe("package.json", () => {
       "aidp.reviewChanges",
       "aidp.landWorkstream",
       "aidp.showConflicts",
+      "aidp.setPriority",
+      "aidp.setDependencies",
     ]) {
       assert.ok(commands.has(id), id);
     }

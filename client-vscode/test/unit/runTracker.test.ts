@@ -31,15 +31,16 @@ describe("RunTracker", () => {
     );
     assert.equal(t.runId, null);
   });
-  it("grows with the run when open (run all)", () => {
-    const t = new RunTracker(["a"], true);
-    t.accept(status("a", "queued", "r1"));
-    t.accept(status("z", "queued", "r1"));
+  it("grows with its run (run all, or dependencies pulled in), never with another run", () => {
+    const t = new RunTracker(["b"]);
+    t.accept(status("b", "queued", "r1"));
+    assert.equal(t.accept(status("a", "queued", "r1")), true, "a dependency pulled into the run");
+    assert.equal(t.accept(status("z", "queued", "r2")), false);
+    t.accept(status("a", "failed", "r1", { exitCode: 3 }));
+    t.accept(status("b", "blocked", "r1", { error: "blocked: its dependency a failed" }));
     assert.equal(t.total, 2);
-    const closed = new RunTracker(["a"]);
-    closed.accept(status("a", "queued", "r1"));
-    assert.equal(closed.accept(status("z", "queued", "r1")), false);
-    assert.equal(closed.total, 1);
+    assert.equal(t.message(), "2/2 done");
+    assert.equal(t.count("blocked"), 1);
   });
 });
 

@@ -37,6 +37,25 @@ describe("reduceList", () => {
     assert.equal(q.items.get("a")?.runId, "r7");
   });
 
+  it("follows the attempt and what a queued one waits for from the notifications, and forgets them at the end", () => {
+    let s = reduceList(EMPTY_STATE, [ws("a")], T0);
+    s = reduceStatus(s, status("a", "queued", "r1", { waiting: "waiting for b" }), T0).state;
+    assert.deepEqual(s.items.get("a")?.ws.currentRun, { runId: "r1", startedAt: null, attempt: 1, maxAttempts: 1, waiting: "waiting for b" });
+    s = reduceStatus(s, status("a", "running", "r1", { attempt: 2, maxAttempts: 3, startedAt: "2026-11-25T20:00:01.000Z" }), T0 + 2000).state;
+    assert.deepEqual(s.items.get("a")?.ws.currentRun, {
+      runId: "r1",
+      startedAt: "2026-11-25T20:00:01.000Z",
+      attempt: 2,
+      maxAttempts: 3,
+      waiting: null,
+    });
+    s = reduceStatus(s, status("a", "blocked", "r1", { error: "blocked: its dependency b failed" }), T0 + 3000).state;
+    const a = s.items.get("a")?.ws;
+    assert.equal(a?.currentRun, null);
+    assert.equal(a?.status, "blocked");
+    assert.equal(a?.lastResult?.error, "blocked: its dependency b failed");
+  });
+
   it("drops removed workstreams", () => {
     const s = reduceList(reduceList(EMPTY_STATE, [ws("a"), ws("b")], T0), [ws("b")], T0);
     assert.deepEqual(s.order, ["b"]);
