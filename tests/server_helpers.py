@@ -32,7 +32,8 @@ REQUEST_TIMEOUT_S = 60.0
 WS_STATUS = "aidp/wsStatus"
 WS_OUTPUT = "aidp/wsOutput"
 WS_LIST_CHANGED = "aidp/wsListChanged"
-AIDP_NOTIFICATIONS = (WS_STATUS, WS_OUTPUT, WS_LIST_CHANGED)
+RUN_PROGRESS = "aidp/runProgress"
+AIDP_NOTIFICATIONS = (WS_STATUS, WS_OUTPUT, WS_LIST_CHANGED, RUN_PROGRESS)
 
 # -- the server command -------------------------------------------------------------------------
 

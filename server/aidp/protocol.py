@@ -12,8 +12,9 @@ from typing import Annotated, Literal
 import msgspec
 
 from aidp.engine.config import MIN_TIMEOUT_S
-from aidp.engine.events import StatusChanged
+from aidp.engine.events import RunProgress, StatusChanged
 from aidp.engine.model import (
+    PRIORITY_RANGE,
     ConflictReport,
     Diff,
     LandResult,
@@ -24,12 +25,14 @@ from aidp.engine.model import (
     WorkstreamResult,
 )
 
-# The status notification is the engine's own event, forwarded unchanged.
+# The status and progress notifications are the engine's own events, forwarded unchanged.
 WsStatusNotification = StatusChanged
+RunProgressNotification = RunProgress
 
 __all__ = [
     "ConflictReport",
     "Diff",
+    "RunProgressNotification",
     "RunSummary",
     "SyncResult",
     "Workstream",
@@ -51,10 +54,12 @@ WS_DIFF = "aidp/wsDiff"
 WS_CONFLICTS = "aidp/wsConflicts"
 WS_LAND = "aidp/wsLand"
 WS_SYNC = "aidp/wsSync"
+WS_SET = "aidp/wsSet"
 
 WS_STATUS = "aidp/wsStatus"
 WS_OUTPUT = "aidp/wsOutput"
 WS_LIST_CHANGED = "aidp/wsListChanged"
+RUN_PROGRESS = "aidp/runProgress"
 
 # JSON-RPC error codes beyond the standard ones.
 SERVER_BUSY = -32002
@@ -64,6 +69,9 @@ CANNOT_LAND = -32010  # data: {slug, reason, files, landed}; nothing of that slu
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
 MaxConcurrent = Annotated[int, msgspec.Meta(ge=1, le=64)]
 Timeout = Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)]
+# A level's name or an integer; the engine stores the integer (`aidp.engine.model.PRIORITIES`).
+Priority = Literal["high", "normal", "low"] | Annotated[int, msgspec.Meta(ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])]
+Halt = Literal["never", "soon", "now"]
 
 
 class Params(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
@@ -75,10 +83,13 @@ class RunOptions(Params):
     mode: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "execute"
     steps: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
     timeout_s: Timeout | None = None
+    halt: Halt | None = None  # default: [harness] halt
+    base_from_deps: bool | None = None  # default: [scheduler] base_from_deps
 
 
 class WsRunParams(RunOptions, kw_only=True):
     slugs: Annotated[list[Slug], msgspec.Meta(min_length=1)]
+    no_deps: bool = False  # refuse, rather than pull in, dependencies that are not done
 
 
 class WsRunAllParams(RunOptions):
@@ -94,6 +105,16 @@ class WsNewParams(Params):
     task: Annotated[str, msgspec.Meta(min_length=1)]
     base_branch: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     command: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    priority: Priority = "normal"
+    after: list[Slug] | None = None
+
+
+class WsSetParams(Params):
+    """None leaves a field as it is; `after: []` drops every dependency."""
+
+    slug: Slug
+    priority: Priority | None = None
+    after: list[Slug] | None = None
 
 
 class WsRemoveParams(Params):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import sys
 import uuid
@@ -32,7 +33,7 @@ import aidp
 from aidp import protocol as p
 from aidp.engine import Engine
 from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refused, UnknownSlugs
-from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, StatusChanged
+from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, RunProgress, StatusChanged
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
 from aidp.engine.model import FINAL_STATUSES, RunSummary, Workstream
@@ -179,7 +180,7 @@ class AidpServer(LanguageServer):
         self._watch: asyncio.Task[None] | None = None
         self.out: PipeWriter | None = None
         self._dropped: dict[tuple[str, str], int] = {}
-        self._progress: dict[str, Callable[[StatusChanged], None]] = {}
+        self._progress: dict[str, ProgressReport] = {}  # the `$/progress` of each run followed, by run id
         self._moving = asyncio.Lock()
         self.lists: Coalesced[list[Workstream]] = Coalesced()
 
@@ -302,12 +303,16 @@ class AidpServer(LanguageServer):
             if final and (dropped := self._dropped.pop((event.run_id or "", event.slug), 0)):
                 self._notify_output(OutputChunk(run_id=event.run_id or "", slug=event.slug, text="", skipped=dropped))
             self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
-            if event.run_id in self._progress:
-                self._progress[event.run_id](event)
+            if final and event.run_id in self._progress:
+                self._progress[event.run_id].ended(event.slug)
             if final:  # its run (or its auto-commit) changed what it changed: `changes` is stale
                 self.protocol.notify(p.WS_LIST_CHANGED, {})
         elif isinstance(event, OutputChunk):
             self.send_output(event)
+        elif isinstance(event, RunProgress):
+            self.protocol.notify(p.RUN_PROGRESS, msgspec.to_builtins(event))
+            if event.run_id in self._progress:
+                self._progress[event.run_id].paced(event)
         elif isinstance(event, ListChanged):
             self.protocol.notify(p.WS_LIST_CHANGED, {})
 
@@ -354,6 +359,7 @@ class AidpServer(LanguageServer):
                     (summary.failed, "failed"),
                     (summary.errored, "errored"),
                     (summary.cancelled, "cancelled"),
+                    (summary.blocked, "blocked"),
                 )
                 if n
             ]
@@ -371,27 +377,62 @@ class AidpServer(LanguageServer):
             log.warning("client refused progress token: %s", exc)
             return None
         total = len(run.jobs)
-        done: set[str] = set()
-
-        def report(event: StatusChanged) -> None:
-            if event.status in FINAL_STATUSES:
-                done.add(event.slug)
-                self.work_done_progress.report(
-                    token,
-                    lsp.WorkDoneProgressReport(
-                        message=f"{len(done)}/{total} done", percentage=int(100 * len(done) / total)
-                    ),
-                )
-
-        self._progress[run.run_id] = report
         noun = "workstream" if total == 1 else "workstreams"
         self.work_done_progress.begin(
             token, lsp.WorkDoneProgressBegin(title=f"Running {total} {noun}", percentage=0, cancellable=True)
         )
+        report = ProgressReport(total, lambda r: self.work_done_progress.report(token, r))
+        self._progress[run.run_id] = report
         for slug, job in run.jobs.items():  # ended while the client was accepting the token
             if job.result is not None:
-                report(StatusChanged(run_id=run.run_id, slug=slug, status=job.result.status))
+                report.ended(slug)
         return token
+
+
+class ProgressReport:
+    """The `$/progress` reports of one run: '3/10 done, about 1m 20s left; <note>'. The count is of
+    the final statuses (each end is reported); the ETA and the note (a pace change, a halt) come
+    from the engine's latest `RunProgress`. A report goes out only when its text changes."""
+
+    def __init__(self, total: int, send: Callable[[lsp.WorkDoneProgressReport], None]) -> None:
+        self._total = total
+        self._send = send
+        self._done: set[str] = set()
+        self._eta_s: float | None = None
+        self._note: str | None = None
+        self._last = self._message()  # what the begin implies: none done, nothing known yet
+
+    def ended(self, slug: str) -> None:
+        self._done.add(slug)
+        self._report()
+
+    def paced(self, event: RunProgress) -> None:
+        self._eta_s, self._note = event.eta_s, event.note
+        self._report()
+
+    def _message(self) -> str:
+        done = len(self._done)
+        message = f"{done}/{self._total} done"
+        if self._eta_s is not None and done < self._total:
+            message += f", about {rough_duration(self._eta_s)} left"
+        return f"{message}; {self._note}" if self._note else message
+
+    def _report(self) -> None:
+        message = self._message()
+        if message != self._last:
+            self._last = message
+            percentage = int(100 * len(self._done) / self._total) if self._total else 100
+            self._send(lsp.WorkDoneProgressReport(message=message, percentage=percentage))
+
+
+def rough_duration(seconds: float) -> str:
+    """'45s', '1m 20s', '2h 5m': a forecast is no more precise than that."""
+    whole = max(1, math.ceil(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 def create_server(root: Path | None) -> AidpServer:
@@ -431,13 +472,24 @@ def create_server(root: Path | None) -> AidpServer:
     @request(p.WS_RUN, p.WsRunParams)
     async def ws_run(ls: AidpServer, engine: Engine, q: p.WsRunParams) -> RunSummary:
         ls.refuse_if_stopping()
-        run = await engine.start(q.slugs, q.max_concurrent, q.mode, q.steps, q.timeout_s)
+        run = await engine.start(
+            q.slugs,
+            q.max_concurrent,
+            q.mode,
+            q.steps,
+            q.timeout_s,
+            halt=q.halt,
+            no_deps=q.no_deps,
+            base_from_deps=q.base_from_deps,
+        )
         return await ls.follow(run)
 
     @request(p.WS_RUN_ALL, p.WsRunAllParams)
     async def ws_run_all(ls: AidpServer, engine: Engine, q: p.WsRunAllParams) -> RunSummary:
         ls.refuse_if_stopping()
-        run = await engine.start_all(q.max_concurrent, q.mode, q.steps, q.timeout_s)
+        run = await engine.start_all(
+            q.max_concurrent, q.mode, q.steps, q.timeout_s, halt=q.halt, base_from_deps=q.base_from_deps
+        )
         return await ls.follow(run)
 
     @request(p.WS_LIST, p.EmptyParams)
@@ -446,7 +498,11 @@ def create_server(root: Path | None) -> AidpServer:
 
     @request(p.WS_NEW, p.WsNewParams)
     async def ws_new(ls: AidpServer, engine: Engine, q: p.WsNewParams) -> p.Workstream:
-        return await engine.create(q.slug, q.task, q.base_branch, q.command)
+        return await engine.create(q.slug, q.task, q.base_branch, q.command, priority=q.priority, after=q.after)
+
+    @request(p.WS_SET, p.WsSetParams)
+    async def ws_set(ls: AidpServer, engine: Engine, q: p.WsSetParams) -> p.Workstream:
+        return await engine.set_schedule(q.slug, q.priority, q.after)
 
     @request(p.WS_REMOVE, p.WsRemoveParams)
     async def ws_remove(ls: AidpServer, engine: Engine, q: p.WsRemoveParams) -> dict[str, Any]:
