@@ -467,3 +467,20 @@ def test_a_database_from_before_scheduling_is_upgraded_with_its_runs(repo: Path)
             ("run-1", "failed"),
             (ran["runId"], "completed"),
         ]
+
+
+async def test_a_cancel_during_a_back_off_ends_it_at_once(engine: Engine, repo: Path) -> None:
+    write_config(repo, '[harness]\ncommand = ["false"]\nretries = 2\nretry_backoff_s = 600\n')
+    await engine.create("flaky", "fails")
+    run = await engine.start(["flaky"])
+    await wait_until(
+        lambda: run.jobs["flaky"].attempt == 2, what="the first attempt failed and the retry waits its back-off"
+    )
+    listed = await engine.get("flaky", changes=False)
+    assert listed.status == Status.QUEUED and listed.current_run is not None
+    assert listed.current_run.attempt == 2 and (listed.current_run.waiting or "").startswith("attempt 2/3 after a")
+    assert await engine.cancel(["flaky"]) == ["flaky"]
+    summary = await engine.wait(run)
+    (result,) = summary.results
+    assert (result.status, result.attempt, result.error) == (Status.CANCELLED, 2, "cancelled before attempt 2")
+    assert (await engine.get("flaky", changes=False)).current_run is None
