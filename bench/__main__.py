@@ -2,6 +2,7 @@
 
 The full run writes the docs (and its plots); `--quick` is a smoke run with fewer workstreams and
 repetitions that only prints, unless `--docs` is given, so it never overwrites the real figures.
+`--only A,B --docs` (full sizes) replaces just those scenarios' sections in the existing page.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import conflicts, containment, flood, makespan, memory, overhead, startup
+from bench import conflicts, containment, flood, makespan, memory, order, overhead, startup
 from bench.common import Params, Section
-from bench.report import machine_info, print_table, write_docs
+from bench.report import machine_info, merge_docs, print_table, write_docs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -33,6 +34,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "startup": startup.run,
     "containment": containment.run,
     "conflicts": conflicts.run,
+    "order": order.run,
 }
 
 
@@ -40,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer workstreams and repetitions")
     parser.add_argument("--only", metavar="A,B", help=f"run only these scenarios ({', '.join(SCENARIOS)})")
-    parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md even with --quick or --only")
+    parser.add_argument("--docs", action="store_true", help="write docs with --quick (all), --only (merged)")
     parser.add_argument("--no-docs", action="store_true", help="never write docs/benchmarks.md")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (repos, logs)")
@@ -77,7 +79,12 @@ def main() -> int:
         saved = {"machine": machine, "quick": args.quick, "sections": [dataclasses.asdict(s) for s in sections]}
         args.json.write_text(json.dumps(saved, indent=1))
     complete = not args.quick and not args.only
-    if not args.no_docs and (args.docs or complete):
+    if args.no_docs or not (args.docs or complete):
+        return 0
+    if args.only and not args.quick and DOCS.exists():
+        merge_docs(DOCS, sections, machine)
+        print(f"updated {', '.join(chosen)} in {DOCS}", file=sys.stderr)
+    else:
         write_docs(DOCS, sections, machine, quick=args.quick)
         print(f"wrote {DOCS}", file=sys.stderr)
     return 0

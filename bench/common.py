@@ -34,6 +34,7 @@ class Params:
     startup_reps: int = 10
     conflicts_n: int = 20
     conflicts_reps: int = 7
+    order_reps: int = 5
 
     @classmethod
     def for_mode(cls, quick: bool, work: Path) -> Params:
@@ -57,6 +58,7 @@ class Params:
             memory_reps=1,
             startup_reps=3,
             conflicts_reps=3,
+            order_reps=1,
         )
 
 

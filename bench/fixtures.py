@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -69,13 +69,18 @@ def make_repo(path: Path, command: list[str], max_concurrent: int = 8) -> Path:
 
 
 async def create_workstreams(
-    root: Path, slugs: Sequence[str], commands: Sequence[list[str] | None] | None = None
+    root: Path,
+    slugs: Sequence[str],
+    commands: Sequence[list[str] | None] | None = None,
+    after: Mapping[str, list[str]] | None = None,
 ) -> None:
-    """Create workstreams through the engine API in this process (setup, not what is measured)."""
+    """Create workstreams through the engine API in this process (setup, not what is measured);
+    `after`: the dependencies of some of them (created earlier in `slugs`)."""
     engine = await Engine.open(root)
     try:
         for i, slug in enumerate(slugs):
-            await engine.create(slug, f"bench task {slug}", command=commands[i] if commands else None)
+            command = commands[i] if commands else None
+            await engine.create(slug, f"bench task {slug}", command=command, after=(after or {}).get(slug))
     finally:
         await engine.close()
 
