@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import toml_list, write_config
+from conftest import toml_list, write_config, write_script
 from lsprotocol import types as lsp
 from server_helpers import RUN_PROGRESS, AidpClient, initialize_params, lsp_session, server_command
 from support import git, wait_until
@@ -239,3 +239,24 @@ async def test_priority_orders_starts_and_ws_set_reorders_a_run_going_on(
     order, starts, ends = read_stamps(stamps)
     assert order == ["first", "late-riser", "plain", "low-one"]
     assert ends["late-riser"] <= starts["plain"] and ends["plain"] <= starts["low-one"]
+
+
+async def test_ws_run_all_with_base_from_deps_and_the_repository_bound(
+    repo: Path, scripts: Path, tmp_path: Path
+) -> None:
+    writes = write_script(scripts, "writes.sh", 'echo "$AIDP_SLUG" > "$AIDP_SLUG.txt"; ls > "seen-$AIDP_SLUG.txt"\n')
+    write_config(
+        repo,
+        f'[scheduler]\nmax_concurrent = 2\n[harness]\ncommand = ["sh", "{writes}"]\ncommit = "on-success"\n',
+    )
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        await new(client, "schema")
+        await new(client, "api", after=["schema"])
+        params = {"baseFromDeps": True, "halt": "soon", "maxConcurrent": 8}
+        summary = await client.call("aidp/wsRunAll", params)
+        assert (summary["completed"], summary["pulledIn"]) == (2, [])
+        assert summary["concurrency"] == 2
+        assert "8" in summary["concurrencyNote"] and "2" in summary["concurrencyNote"]
+        assert "schema.txt" in (repo / ".worktrees" / "api" / "seen-api.txt").read_text().split()
+        err = await client.fails("aidp/wsRunAll", {"baseFromDeps": "yes"})
+        assert err.code == INVALID_PARAMS and "$.baseFromDeps" in err.message, err
