@@ -236,12 +236,12 @@ def _order_headline(figures: dict[str, Any]) -> str:
         f = figures[key]
         runs = {name: median([r["makespan_s"] for r in reps]) / f["lower_bound_s"] for name, reps in f["runs"].items()}
         fifo = f["ideals_s"]["FIFO (creation order)"] / f["lower_bound_s"]
-        return ", ".join(f"{name} {ratio:.2f}x" for name, ratio in runs.items()) + f" (ideal FIFO {fifo:.2f}x)"
+        return ", ".join(f"{name} {ratio:.2f}x" for name, ratio in runs.items()) + f" (an ideal FIFO: {fifo:.2f}x)"
 
     return (
         "**Scheduling order** (target: history-aware within 5% of the lower bound where FIFO is not; "
-        f"makespans by the children's stamps): (a) 20 short + 2 long sleeps, 4 at a time: {ratios('skewed')} "
-        f"the lower bound; (b) 12 sleeps + a chain of 3, 3 at a time: {ratios('dag')} the critical-path bound."
+        "makespans by the children's stamps, against the lower bound): (a) 20 short + 2 long sleeps, 4 at a "
+        f"time: {ratios('skewed')}; (b) 12 sleeps + a chain of 3, 3 at a time: {ratios('dag')}."
     )
 
 
