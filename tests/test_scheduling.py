@@ -129,38 +129,38 @@ def as_given(slug: str) -> tuple[int, float, int]:
 
 
 def test_forecast_of_nothing_pending_is_the_longest_running() -> None:
-    assert forecast({}, [2.0, 5.0], {}, 2, as_given) == 5.0
-    assert forecast({}, [], {}, 2, as_given) == 0.0
+    assert forecast({}, {"r": 2.0, "q": 5.0}, {}, 2, as_given) == 5.0
+    assert forecast({}, {}, {}, 2, as_given) == 0.0
 
 
 def test_forecast_is_the_list_schedule_on_the_bound() -> None:
     pending = {"a": 3.0, "b": 2.0, "c": 2.0, "d": 1.0}
     # longest first on 2 slots: a 0-3, b 0-2, c 2-4, d 3-4
-    assert forecast(pending, [], {}, 2, lambda s: order_key(0, pending[s], 0)) == 4.0
-    assert forecast(pending, [], {}, 1, lambda s: order_key(0, pending[s], 0)) == 8.0
-    assert forecast(pending, [], {}, 8, lambda s: order_key(0, pending[s], 0)) == 3.0
+    assert forecast(pending, {}, {}, 2, lambda s: order_key(0, pending[s], 0)) == 4.0
+    assert forecast(pending, {}, {}, 1, lambda s: order_key(0, pending[s], 0)) == 8.0
+    assert forecast(pending, {}, {}, 8, lambda s: order_key(0, pending[s], 0)) == 3.0
 
 
 def test_forecast_follows_the_given_order() -> None:
     """The order changes the result: shortest first on 2 slots leaves the longest job for last."""
     pending = {"a": 3.0, "b": 1.0, "c": 1.0}
-    longest_first = forecast(pending, [], {}, 2, lambda s: order_key(0, pending[s], 0))
-    shortest_first = forecast(pending, [], {}, 2, lambda s: order_key(0, -pending[s], 0))
+    longest_first = forecast(pending, {}, {}, 2, lambda s: order_key(0, pending[s], 0))
+    shortest_first = forecast(pending, {}, {}, 2, lambda s: order_key(0, -pending[s], 0))
     assert (longest_first, shortest_first) == (3.0, 4.0)
 
 
 def test_forecast_waits_for_the_running_jobs_slots() -> None:
     # 2 slots, one busy for 1.5 s more: a starts at 0 on the free one, b when the other frees
-    assert forecast({"a": 2.0, "b": 2.0}, [1.5], {}, 2, as_given) == 3.5
+    assert forecast({"a": 2.0, "b": 2.0}, {"r": 1.5}, {}, 2, as_given) == 3.5
     # every slot busy: the first to free takes the job
-    assert forecast({"a": 1.0}, [3.0, 2.0], {}, 2, as_given) == 3.0
+    assert forecast({"a": 1.0}, {"r": 3.0, "q": 2.0}, {}, 2, as_given) == 3.0
 
 
 def test_forecast_with_more_running_than_the_bound() -> None:
     """The bound was lowered (a rate limit) while 3 ran: with room for 2, the next job starts
     when fewer than 2 are left running, after the second end (at 4), not the first (at 1)."""
-    assert forecast({"a": 3.0}, [1.0, 4.0, 5.0], {}, 2, as_given) == 7.0
-    assert forecast({"a": 3.0}, [1.0, 4.0, 5.0], {}, 1, as_given) == 8.0
+    assert forecast({"a": 3.0}, {"r": 1.0, "q": 4.0, "p": 5.0}, {}, 2, as_given) == 7.0
+    assert forecast({"a": 3.0}, {"r": 1.0, "q": 4.0, "p": 5.0}, {}, 1, as_given) == 8.0
 
 
 def test_forecast_starts_a_job_after_its_dependencies() -> None:
@@ -168,9 +168,23 @@ def test_forecast_starts_a_job_after_its_dependencies() -> None:
     graph = {"b": ["a"], "c": ["b"]}
     levels = bottom_levels(graph, pending)
     # a free slot does not help a chain: 1 + 1 + 2
-    assert forecast(pending, [], graph, 3, lambda s: order_key(0, levels[s], 0)) == 4.0
+    assert forecast(pending, {}, graph, 3, lambda s: order_key(0, levels[s], 0)) == 4.0
     # a dependency outside the pending ones (done, or not in the run) is not waited for
-    assert forecast({"b": 1.0}, [], {"b": ["gone"]}, 1, as_given) == 1.0
+    assert forecast({"b": 1.0}, {}, {"b": ["gone"]}, 1, as_given) == 1.0
+
+
+def test_forecast_never_holds_a_slot_for_a_job_not_ready() -> None:
+    """A chain of three 1 s jobs beside twelve 0.5 s ones on 3 slots: the chain's next step waits
+    for its dependency while the free slots run short jobs, as the executor does: 3 s, not 4."""
+    pending = {"c1": 1.0, "c2": 1.0, "c3": 1.0, **{f"s{i}": 0.5 for i in range(12)}}
+    graph = {"c2": ["c1"], "c3": ["c2"]}
+    levels = bottom_levels(graph, pending)
+    assert forecast(pending, {}, graph, 3, lambda s: order_key(0, levels[s], 0)) == 3.0
+
+
+def test_forecast_waits_for_a_running_dependency() -> None:
+    # the chain's head runs for 1 s more; its two 1 s steps follow it: 3 s, not 2
+    assert forecast({"b": 1.0, "c": 1.0}, {"a": 1.0}, {"b": ["a"], "c": ["b"]}, 2, as_given) == 3.0
 
 
 # -- back-off and the automatic bound ---------------------------------------------------------------

@@ -197,7 +197,8 @@ class Run:
         self._known_at = -math.inf
         self._changes = -1  # `schedule_changes` when they were read
         self._progress: tuple[object, ...] = ()
-        self._progress_at = -math.inf
+        self._eta: float | None = None  # the last forecast, made at most every ETA_EVERY_S
+        self._eta_at = -math.inf
         self.note: str | None = None
         self.pulled_in: list[str] = []  # dependencies the engine added to the run (to say so)
         self.unrecorded: list[WorkstreamResult] = []  # results the database refused (see _store_result)
@@ -454,7 +455,7 @@ class Run:
             return None
         now = time.monotonic()
         pending = {s: self._expected[s] for s, j in self.jobs.items() if j.state is State.PENDING}
-        running = [max(0.0, self._expected[s] - (now - self.jobs[s].started)) for s in self._tasks]
+        running = {s: max(0.0, self._expected[s] - (now - self.jobs[s].started)) for s in self._tasks}
         return scheduling.forecast(pending, running, self._graph, max(1, self.limit), self._key)
 
     def _report_progress(self) -> None:
@@ -462,10 +463,13 @@ class Run:
         done = sum(1 for j in self.jobs.values() if j.result is not None)
         counts = (done, len(self._tasks), self.limit, self.note)
         now = time.monotonic()
-        if counts == self._progress and now - self._progress_at < ETA_EVERY_S:
+        stale = now - self._eta_at >= ETA_EVERY_S or done == len(self.jobs)
+        if counts == self._progress and not stale:
             return
-        self._progress, self._progress_at = counts, now
-        eta = self._forecast()
+        self._progress = counts
+        if stale:
+            self._eta, self._eta_at = self._forecast(), now
+        eta = self._eta
         self._bus.emit(
             RunProgress(
                 run_id=self.run_id,

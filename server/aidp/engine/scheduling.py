@@ -97,29 +97,53 @@ def order_key(priority: int, level: float, index: int) -> tuple[int, float, int]
 
 def forecast(
     pending: Mapping[str, float],
-    running_left: Sequence[float],
+    running: Mapping[str, float],
     graph: Graph,
     bound: int,
     key: Callable[[str], tuple[int, float, int]],
 ) -> float:
-    """The time until every job has ended, if each takes its expected duration: a list schedule of
-    `pending` (slug -> expected seconds) on `bound` slots that are busy for `running_left` first,
-    each job starting once its dependencies among `pending` have ended."""
-    busy = sorted(running_left)
-    # When more run than the bound (it was lowered), a slot frees only as the surplus ends.
+    """The time until every job has ended if each takes its expected duration, as the executor
+    would schedule them: whenever a slot frees, the first job in `key` order whose dependencies
+    have ended starts there (a slot stays idle only while no job is ready). `pending`: slug ->
+    expected seconds; `running`: slug -> seconds left of the jobs already running, which hold
+    their slots (all of them, when more run than `bound` after it was lowered) and end on time.
+    A dependency in neither is done. O((jobs + dependencies) log jobs)."""
+    ends: dict[str, float] = dict(running)
+    busy = sorted(running.values())
+    # When more run than the bound, a slot frees only as the surplus ends.
     slots = busy[-bound:] if len(busy) >= bound else [0.0] * (bound - len(busy)) + busy
     heapq.heapify(slots)
-    ends: dict[str, float] = {}
-    todo = dict(pending)
-    makespan = max(running_left, default=0.0)
-    while todo:
-        ready = [s for s in todo if all(d not in todo for d in graph.get(s, ()))]
-        slug = min(ready, key=key)
-        free_at = heapq.heappop(slots)
-        start = max([free_at, *(ends[d] for d in graph.get(slug, ()) if d in ends)])
-        ends[slug] = start + todo.pop(slug)
-        heapq.heappush(slots, ends[slug])
+    waiting_on = {s: {d for d in graph.get(s, ()) if d in pending} for s in pending}
+    dependents: dict[str, list[str]] = {}
+    for slug, deps in waiting_on.items():
+        for dep in deps:
+            dependents.setdefault(dep, []).append(slug)
+
+    def available(slug: str) -> float:
+        return max((ends[d] for d in graph.get(slug, ()) if d in ends), default=0.0)
+
+    later = [(available(s), key(s), s) for s, deps in waiting_on.items() if not deps]  # by when they can start
+    heapq.heapify(later)
+    ready: list[tuple[tuple[int, float, int], str]] = []  # can start now, by key
+    makespan = max(busy, default=0.0)
+    left = len(pending)
+    while left:
+        now = heapq.heappop(slots)
+        while later and later[0][0] <= now:
+            _, k, slug = heapq.heappop(later)
+            heapq.heappush(ready, (k, slug))
+        if not ready:
+            heapq.heappush(slots, later[0][0])  # idle until the next job can start
+            continue
+        _, slug = heapq.heappop(ready)
+        ends[slug] = now + pending[slug]
         makespan = max(makespan, ends[slug])
+        heapq.heappush(slots, ends[slug])
+        left -= 1
+        for dependent in dependents.get(slug, ()):
+            waiting_on[dependent].discard(slug)
+            if not waiting_on[dependent]:
+                heapq.heappush(later, (available(dependent), key(dependent), dependent))
     return makespan
 
 
