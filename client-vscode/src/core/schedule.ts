@@ -64,7 +64,7 @@ export function afterLabel(after: readonly string[] | undefined): string | undef
 /** "~1m 20s expected" for a workstream about to run (or running) whose history says how long it takes. */
 export function expectedLabel(ws: Workstream): string | undefined {
   const upcoming = ws.status === "active" || ws.status === "paused" || ws.status === "queued" || ws.status === "running";
-  return upcoming && ws.expectedS !== null && ws.expectedS !== undefined ? `~${formatDuration(ws.expectedS)} expected` : undefined;
+  return upcoming && ws.expectedS !== null && ws.expectedS !== undefined ? `${roughly(ws.expectedS)} expected` : undefined;
 }
 
 /** The description's scheduling parts after the status: priority, dependencies, expected time. */
@@ -79,7 +79,7 @@ export function scheduleTooltip(ws: Workstream): string[] {
   lines.push(`Priority: ${priorityName(priority)}${priorityName(priority) === String(priority) ? "" : ` (${priority})`}`);
   if (ws.after !== undefined && ws.after.length > 0) lines.push(`Runs after: ${ws.after.join(", ")}`);
   if (ws.expectedS !== null && ws.expectedS !== undefined) {
-    lines.push(`Expected run time: ~${formatDuration(ws.expectedS)} (from its past runs)`);
+    lines.push(`Expected run time: ${roughly(ws.expectedS)} (from its past runs)`);
   }
   const run = ws.currentRun;
   if (run !== null && run !== undefined && (ws.status === "queued" || ws.status === "running") && (run.maxAttempts ?? 1) > 1) {
@@ -93,7 +93,12 @@ export function scheduleTooltip(ws: Workstream): string[] {
 /** "~1m 20s left", "< 1s left"; undefined when the server has no forecast (no history yet). */
 export function etaLabel(etaS: number | null | undefined): string | undefined {
   if (etaS === null || etaS === undefined || !Number.isFinite(etaS)) return undefined;
-  return etaS < 1 ? "< 1s left" : `~${formatDuration(Math.round(etaS))} left`;
+  return `${roughly(etaS)} left`;
+}
+
+/** A forecast, no finer than the history it comes from: "~1m 20s", "~2.1s", and "< 1s" below a second. */
+function roughly(seconds: number): string {
+  return seconds < 1 ? "< 1s" : `~${formatDuration(seconds)}`;
 }
 
 /**

@@ -784,6 +784,101 @@ async function main(): Promise<void> {
     check(true, "when the CLI's run ends, the tree shows gate-ws completed, unasked");
     await wb.clearNotifications();
 
+    // ---- Scheduling: priority and dependencies from the commands, a blocked dependent, the ETA --------
+    const newWs = (slug: string, mode: string): string =>
+      run(PYTHON, ["-m", "aidp", "ws", "new", slug, "scheduling", "check", "--command", `sh ${harness} ${mode}`], { cwd: repo });
+    newWs("dep-a", "fail");
+    newWs("dep-b", "ok");
+    await wb.waitStatus("dep-b", "active");
+    const quickInput = page.locator(".quick-input-widget input").first();
+
+    // AIDP: Set Priority from the palette: a named level.
+    await wb.command("AIDP: Set Priority");
+    await quickInput.fill("dep-b");
+    await wb.pickRow("dep-b").click();
+    await wb.pickRow("high").click();
+    check((await wb.waitStatus("dep-b", "↑ high")).length > 0, "AIDP: Set Priority → high shows '↑ high' on dep-b's row");
+
+    // ... and any number, checked as it is typed.
+    await wb.command("AIDP: Set Priority");
+    await quickInput.fill("dep-a");
+    await wb.pickRow("dep-a").click();
+    await wb.pickRow("Other number...").click();
+    await quickInput.fill("urgent");
+    const badPriority = page.locator(".quick-input-widget .quick-input-message", { hasText: /Type high, normal or low, or a whole number/ });
+    await badPriority.waitFor({ state: "visible", timeout: 30_000 });
+    check(true, "a priority that is neither a level nor a number from -100 to 100 is refused as it is typed");
+    await quickInput.fill("-5");
+    await waitFor("the number to be accepted", async () => (await badPriority.count()) === 0, 30_000);
+    await page.keyboard.press("Enter");
+    check((await wb.waitStatus("dep-a", "↓ -5")).length > 0, "a priority of -5 shows as '↓ -5' on dep-a's row");
+
+    // AIDP: Set Dependencies from the row's context menu: dep-b runs after dep-a.
+    await wb.row("dep-b").click({ button: "right" });
+    await page.locator(".monaco-menu .action-item", { hasText: "Set Dependencies" }).first().click();
+    await wb.pickExactly(["dep-a"], ["dep-a"]);
+    check(
+      (await wb.pickRow("dep-b").count()) === 0,
+      "Set Dependencies offers the other workstreams, not dep-b itself",
+    );
+    await wb.shot("18c-set-dependencies");
+    await page.keyboard.press("Enter");
+    const after = await wb.waitStatus("dep-b", "after: dep-a");
+    check(true, `the tree shows dep-b's dependency ("${after}")`);
+    await wb.command("AIDP: Set Dependencies");
+    await quickInput.fill("dep-b");
+    await wb.pickRow("dep-b").click();
+    await wb.pickRow("dep-a").waitFor({ state: "visible", timeout: 30_000 });
+    check(await wb.isPicked(wb.pickRow("dep-a")), "Set Dependencies opens with the current dependency (dep-a) picked");
+    await page.keyboard.press("Escape");
+
+    // A cycle is refused with the server's reason, and nothing changes.
+    await wb.command("AIDP: Set Dependencies");
+    await quickInput.fill("dep-a");
+    await wb.pickRow("dep-a").click();
+    await wb.pickExactly(["dep-b"], ["dep-b"]);
+    await page.keyboard.press("Enter");
+    const cycle = wb.toast("cannot set the dependencies");
+    await cycle.waitFor({ state: "visible", timeout: 60_000 });
+    const cycleText = (await cycle.innerText()).replace(/\s+/g, " ");
+    check(/cycle/i.test(cycleText) && !(await wb.label("dep-a"))?.includes("after:"), `a cycle is refused: "${cycleText.slice(0, 200)}"`);
+    await wb.clearNotifications();
+
+    // Running dep-b pulls in dep-a, which fails: dep-b ends blocked, with the reason naming dep-a.
+    const depB = wb.row("dep-b");
+    await depB.hover();
+    await depB.locator('.action-label[aria-label="Run Workstream"]').click();
+    await wb.waitStatus("dep-a", "failed");
+    const blocked = await wb.waitStatus("dep-b", "blocked");
+    check(blocked.includes("dep-a"), `dep-b is blocked, its reason names dep-a ("${blocked}")`);
+    check((await depB.locator(".codicon-debug-disconnect").count()) === 1, "a blocked row has its own icon");
+    const blockedSummary = wb.toast(/ran 2 workstreams/);
+    await blockedSummary.waitFor({ state: "visible", timeout: LONG });
+    const blockedText = (await blockedSummary.innerText()).replace(/\s+/g, " ");
+    check(/1 failed, 1 blocked/.test(blockedText), `the run's summary counts the blocked one: "${blockedText}"`);
+    await wb.shot("18d-blocked");
+    await wb.clearNotifications();
+
+    // While a run goes, the status bar shows its progress and time left (gate-ws has a past run to go by);
+    // once it ends, that item goes.
+    const progressItem = page.locator(".part.statusbar .statusbar-item", { hasText: /AIDP: \d+\/\d+/ });
+    check((await progressItem.count()) === 0, "no run goes: the status bar shows no run progress");
+    fs.rmSync(gate, { force: true });
+    await gateRow.hover();
+    await gateRow.locator('.action-label[aria-label="Run Workstream"]').click();
+    await wb.waitStatus("gate-ws", "running");
+    const eta = await waitFor("the run's ETA in the status bar", async () => {
+      const text = (await progressItem.first().innerText().catch(() => "")).replace(/\s+/g, " ");
+      return /AIDP: 0\/1 · .*left/.test(text) ? text : undefined;
+    });
+    check(true, `the status bar shows the run's progress and time left ("${eta}")`);
+    await wb.shot("18e-eta");
+    fs.writeFileSync(gate, "");
+    await wb.waitStatus("gate-ws", "completed");
+    await waitFor("the progress item to go", async () => (await progressItem.count()) === 0, 60_000);
+    check(true, "when the run ends, the status bar's progress item goes");
+    await wb.clearNotifications();
+
     // ---- Review and land: two workstreams that change the same line (their agents committed) ----------
     const commitIn = (slug: string, files: Record<string, string>): void => {
       const worktree = path.join(repo, ".worktrees", slug);

@@ -115,6 +115,8 @@ describe("RunProgressBoard", () => {
   });
   it("says under a second rather than zero", () => {
     assert.equal(etaLabel(0.2), "< 1s left");
+    assert.equal(etaLabel(2.14), "~2.1s left");
+    assert.equal(expectedLabel(ws("x", "active", { expectedS: 0.04 })), "< 1s expected");
     assert.equal(etaLabel(null), undefined);
   });
 });
