@@ -502,8 +502,8 @@ class Engine:
         pulled = _unmet_dependencies(known, wanted)
         if pulled and no_deps:
             raise Refused(
-                f"not done yet, and named as dependencies: {', '.join(pulled)} (run them first, or leave out "
-                "--no-deps to run them in this run, before the workstreams that wait for them)"
+                f"not done yet, and named as dependencies: {', '.join(pulled)} (run them first, or let this run "
+                "pull them in: without --no-deps, they run before the workstreams that wait for them)"
             )
         run = await self._start(
             [known[s] for s in [*pulled, *wanted]], known, max_concurrent, mode, steps, timeout_s, halt, base_from_deps

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from aidp.engine.model import Record, RunSummary, Status
+from aidp.engine.model import Progress, Record, RunSummary, Status
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ class StatusChanged(Record):
     max_attempts: int | None = None
     # With `queued`: what it waits for (a dependency, a slot another aidp process holds, a back-off).
     waiting: str | None = None
+    # With `running`: the harness's latest progress report, sent again (same status) when it changes.
+    progress: Progress | None = None
 
 
 class OutputChunk(Record):

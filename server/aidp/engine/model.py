@@ -104,6 +104,15 @@ class WorkstreamResult(Record):
     peak_rss_kb: int | None = None
 
 
+class Progress(Record):
+    """How far a running harness says it is (see docs: the progress channel): any of a percentage
+    (0-100), the step it is in (of `--steps`) and a short message (the current tool or file)."""
+
+    percent: float | None = None
+    step: str | None = None
+    message: str | None = None
+
+
 class CurrentRun(Record):
     """The run a workstream is queued or running in, whichever aidp process runs it: viewers that
     join late (a list fetched mid-run, a restarted editor) count elapsed time from `started_at`."""
@@ -113,6 +122,7 @@ class CurrentRun(Record):
     attempt: int = 1
     max_attempts: int = 1
     waiting: str | None = None  # while queued: what it waits for (a dependency, a slot, a retry's back-off)
+    progress: Progress | None = None  # while running: the harness's latest progress report
 
 
 class ChangeSummary(Record):
