@@ -35,6 +35,7 @@ from aidp.engine.errors import AidpError, GitError
 from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
 from aidp.engine.harness import StartError, build_argv, build_env, spawn
 from aidp.engine.model import DONE_STATUSES, RunSummary, Status, Workstream, WorkstreamResult, utc_now
+from aidp.engine.progress import StreamJson, Tracker, is_stream_json
 from aidp.engine.store import AsyncStore
 
 TICK_S = 0.1
@@ -152,6 +153,8 @@ class Job:
     tree: procs.Tree | None = None
     peak_rss_kb: int | None = None
     cpu_s: float | None = None
+    tracker: Tracker | None = None  # while an attempt runs: its progress reports
+    started_at: str | None = None  # when the current attempt's harness started
 
 
 class Run:
@@ -496,6 +499,7 @@ class Run:
                     self._flush_output(job)
                 except OSError as exc:
                     log.warning("%s: cannot read its log for live output: %s", job.ws.slug, exc)
+            await self._report_harness_progress()
             ticks += 1
             if ticks % CANCEL_POLL_TICKS == 0:
                 try:
@@ -521,6 +525,60 @@ class Run:
         skipped, text = job.tail.read()
         if skipped or text:
             self._bus.emit(OutputChunk(run_id=self.run_id, slug=job.ws.slug, text=text, skipped=skipped))
+            if job.tracker is not None:
+                job.tracker.output(text, skipped)
+
+    async def _report_harness_progress(self) -> None:
+        """Read each running harness's progress reports; announce what changed (a `running`
+        StatusChanged again, with its progress) and store it for other processes' viewers."""
+        stored = {}
+        for job in self.jobs.values():
+            tracker = job.tracker
+            if tracker is None:
+                continue
+            try:
+                tracker.poll()
+            except OSError as exc:
+                log.warning("%s: cannot read its progress reports: %s", job.ws.slug, exc)
+                continue
+            if (latest := tracker.to_emit()) is not None:
+                self._bus.emit(
+                    StatusChanged(
+                        run_id=self.run_id,
+                        slug=job.ws.slug,
+                        status=Status.RUNNING,
+                        started_at=job.started_at,
+                        attempt=job.attempt,
+                        max_attempts=job.max_attempts,
+                        progress=latest,
+                    )
+                )
+            if (latest := tracker.to_store()) is not None:
+                stored[job.ws.slug] = latest
+        if stored:
+            try:
+                await self._db.call(self._db.store.set_progress, self.run_id, stored)
+            except sqlite3.Error as exc:  # a view of the run, not its record: the next change tries again
+                log.warning("cannot record progress: %s", exc)
+
+    def _watch_progress(self, job: Job, path: Path, argv: list[str]) -> None:
+        """Follow the attempt's progress file and, for a stream-json agent, its events."""
+        stream = StreamJson(job.ws.path) if is_stream_json(argv) else None
+        job.tracker = Tracker(path, self.options.steps, stream)
+
+    @staticmethod
+    def _stop_watching_progress(job: Job, log_path: Path) -> None:
+        """Malformed reports are said once, in the log, when the attempt ends."""
+        if job.tracker is None:
+            return
+        malformed, job.tracker = job.tracker.close(), None
+        if malformed:
+            note = (
+                f"[aidp] ignored {malformed} malformed progress report(s) in $AIDP_PROGRESS "
+                "(each line must be a JSON object: percent 0-100, step, message)\n"
+            )
+            with contextlib.suppress(OSError), log_path.open("a", encoding="utf-8") as f:
+                f.write(note)
 
     async def _attempt(self, job: Job) -> None:
         """One attempt of one job; what follows it (a retry, a halt) is decided in `_conclude`.
@@ -558,9 +616,11 @@ class Run:
         }
         name = f"{self.run_id}.log" if job.attempt == 1 else f"{self.run_id}.{job.attempt}.log"
         log_path = self._logs_dir / ws.slug / name
+        progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
         started_at, t0 = utc_now(), time.monotonic()
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(progress_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             error = f"cannot write its log {log_path}: {exc.strerror or exc}"
@@ -568,7 +628,10 @@ class Run:
             return
         try:
             proc, tree = await self._spawn(
-                job, build_argv(template, values), build_env(self.options.env, values, self.run_id), log_fd
+                job,
+                build_argv(template, values),
+                {**build_env(self.options.env, values, self.run_id), "AIDP_PROGRESS": str(progress_path)},
+                log_fd,
             )
         except StartError as exc:
             with contextlib.suppress(OSError):
@@ -580,6 +643,8 @@ class Run:
         try:
             job.tail = LogTail(log_path)
             job.tree = tree
+            job.started_at = started_at
+            self._watch_progress(job, progress_path, template)
             await self._db.call(
                 self._db.store.mark_running,
                 self.run_id,
@@ -716,6 +781,7 @@ class Run:
         if job.tail is not None:
             with contextlib.suppress(OSError):
                 self._flush_output(job)
+        self._stop_watching_progress(job, log_path)
         if status == Status.FAILED:
             how = _describe_exit(code)
             lines = job.tail.last_lines() if job.tail is not None else ""

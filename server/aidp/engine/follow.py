@@ -3,6 +3,8 @@
 Their harnesses write into log files as ours do, and the runs table says where. A `Follower` reads
 each such log with the executor's `LogTail` (bounded reads, skipped bytes counted) and emits the
 new text as `OutputChunk` events, so a server's clients see a terminal's run as they see their own.
+Their harnesses' progress, which their owner stores on the claims, is announced the same way (a
+`running` StatusChanged with its progress, when it changed).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from aidp.engine.events import EventBus, OutputChunk
+from aidp.engine.events import EventBus, OutputChunk, StatusChanged
 from aidp.engine.executor import LogTail
-from aidp.engine.store import AsyncStore
+from aidp.engine.model import Progress, Status
+from aidp.engine.store import AsyncStore, RunInFlight
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +31,17 @@ class Follower:
         self._owner = owner
         self._tails: dict[Key, LogTail] = {}
         self._unreadable: set[Key] = set()  # said once, not retried while the run lasts
+        self._progress: dict[Key, Progress] = {}  # the progress last announced of each run followed
 
     async def poll(self) -> None:
         """Start following runs that began elsewhere, emit what their logs gained, and let go of
         runs that ended once their last bytes are out (a run's claim goes only after its harness)."""
-        live = {
-            (r.run_id, r.slug, r.log_path)
+        runs = {
+            (r.run_id, r.slug, r.log_path): r
             for r in await self._db.call(self._db.store.runs_in_flight)
             if (r.owner_pid, r.owner_start) != self._owner and r.log_path is not None
         }
+        live = set(runs)
         for key in live:
             if key not in self._tails and key not in self._unreadable:
                 self._open(key, Path(key[2]))
@@ -44,6 +49,23 @@ class Follower:
             if not self._emit(key, tail) or key not in live:
                 self._close(key)
         self._unreadable &= live
+        self._announce_progress(runs)
+
+    def _announce_progress(self, runs: dict[Key, RunInFlight]) -> None:
+        for key, run in runs.items():
+            if run.progress is not None and run.progress != self._progress.get(key):
+                self._progress[key] = run.progress
+                self._bus.emit(
+                    StatusChanged(
+                        run_id=run.run_id,
+                        slug=run.slug,
+                        status=Status.RUNNING,
+                        started_at=run.started_at,
+                        progress=run.progress,
+                    )
+                )
+        for key in self._progress.keys() - runs.keys():
+            del self._progress[key]
 
     def close(self) -> None:
         for key in list(self._tails):

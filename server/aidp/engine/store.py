@@ -38,6 +38,7 @@ from aidp.engine.model import (
     FINAL_STATUSES,
     CurrentRun,
     Event,
+    Progress,
     Status,
     Workstream,
     WorkstreamResult,
@@ -138,6 +139,9 @@ MIGRATIONS: list[str] = [
     "CREATE INDEX runs_by_slug ON runs (slug); CREATE INDEX runs_by_ws ON runs (ws_id, started_at); "
     # Counts changes of priorities and dependencies: a run re-reads them when this moved.
     "CREATE TABLE schedule_changes (n INTEGER NOT NULL); INSERT INTO schedule_changes VALUES (0);",
+    # 6: a running harness's latest progress report (JSON: percent, step, message), written at most
+    # once a second, so viewers in other processes (a server following a CLI run, `ws list`) see it.
+    "ALTER TABLE claims ADD COLUMN progress TEXT;",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -153,7 +157,7 @@ _WS_COLUMNS = (
     "w.priority, w.after, "
     "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path, r.attempt, "
     "r.cpu_s, r.peak_rss_kb, "
-    "c.run_id, cr.started_at, c.attempt, c.max_attempts, c.waiting"
+    "c.run_id, cr.started_at, c.attempt, c.max_attempts, c.waiting, c.progress"
 )
 # r: the last finished run (attempt); c and cr: the claim and run (attempt) of the one in flight, if any.
 _WS_QUERY = (
@@ -207,11 +211,13 @@ class RunInFlight(msgspec.Struct, frozen=True):
     owner_pid: int
     owner_start: int
     log_path: str | None
+    started_at: str | None = None
+    progress: Progress | None = None  # its harness's latest report, as stored (at most once a second)
 
 
 def _workstream(row: tuple[Any, ...]) -> Workstream:
     (slug, task, status, branch, path, base, command, created, updated, base_commit, priority, after, *rest) = row
-    last, (run_id, run_start, attempt, max_attempts, waiting) = rest[:11], rest[11:]
+    last, (run_id, run_start, attempt, max_attempts, waiting, progress) = rest[:11], rest[11:]
     result = None
     if last[0] is not None:
         r_slug, r_status, code, started, finished, duration, error, log_path, r_attempt, cpu_s, peak_rss_kb = last
@@ -240,7 +246,14 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
         updated_at=str(updated),
         last_result=result,
         current_run=(
-            CurrentRun(run_id=run_id, started_at=run_start, attempt=attempt, max_attempts=max_attempts, waiting=waiting)
+            CurrentRun(
+                run_id=run_id,
+                started_at=run_start,
+                attempt=attempt,
+                max_attempts=max_attempts,
+                waiting=waiting,
+                progress=_progress(progress),
+            )
             if run_id
             else None
         ),
@@ -252,6 +265,16 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 _RESTART = "stop every aidp process of this repository (servers, editors, CLIs), then run the command again"
+
+
+def _progress(stored: str | None) -> Progress | None:
+    """A claim's progress column; one this aidp cannot read (written by another version) is none."""
+    if stored is None:
+        return None
+    try:
+        return msgspec.json.decode(stored, type=Progress)
+    except msgspec.DecodeError:
+        return None
 
 
 def state_exists(path: Path) -> bool:
@@ -651,7 +674,7 @@ class Store:
                 (Status.RUNNING, started_at, log_path, json.dumps(command) if command else None, run_id, slug, attempt),
             )
             db.execute(
-                "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ?, waiting = NULL "
+                "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ?, waiting = NULL, progress = NULL "
                 "WHERE slug = ? AND run_id = ?",
                 (pid, start, _optional_str(cgroup), slug, run_id),
             )
@@ -662,6 +685,14 @@ class Store:
         """Record the result, set the resting status and release the claim, in one transaction."""
         with self._tx():
             self._finish(run_id, result, message)
+
+    def set_progress(self, run_id: str, progress: Mapping[str, Progress]) -> None:
+        """Running workstreams' latest progress, so every viewer (other processes too) can show it."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE claims SET progress = ? WHERE slug = ? AND run_id = ?",
+                [(msgspec.json.encode(p).decode(), slug, run_id) for slug, p in progress.items()],
+            )
 
     def _record_attempt(self, run_id: str, result: WorkstreamResult) -> None:
         self._db.execute(
@@ -758,10 +789,13 @@ class Store:
     def runs_in_flight(self) -> list[RunInFlight]:
         """Every claimed workstream's run, with its owner and, once its harness started, its log."""
         rows = self._db.execute(
-            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path FROM claims c "
+            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path, r.started_at, c.progress FROM claims c "
             "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug AND r.attempt = c.attempt"
         ).fetchall()
-        return [RunInFlight(*row) for row in rows]
+        return [
+            RunInFlight(slug, run_id, pid, start, log_path, started_at, _progress(progress))
+            for slug, run_id, pid, start, log_path, started_at, progress in rows
+        ]
 
     # -- operations: a creation or removal in progress -------------------------------------------
 

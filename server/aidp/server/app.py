@@ -305,6 +305,10 @@ class AidpServer(LanguageServer):
             self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
             if final and event.run_id in self._progress:
                 self._progress[event.run_id].ended(event.slug)
+            elif event.run_id in self._progress:  # running (maybe with progress) or queued again for a retry
+                self._progress[event.run_id].partial(
+                    event.slug, None if event.progress is None else event.progress.percent
+                )
             if final:  # its run (or its auto-commit) changed what it changed: `changes` is stale
                 self.protocol.notify(p.WS_LIST_CHANGED, {})
         elif isinstance(event, OutputChunk):
@@ -392,18 +396,32 @@ class AidpServer(LanguageServer):
 class ProgressReport:
     """The `$/progress` reports of one run: '3/10 done, about 1m 20s left; <note>'. The count is of
     the final statuses (each end is reported); the ETA and the note (a pace change, a halt) come
-    from the engine's latest `RunProgress`. A report goes out only when its text changes."""
+    from the engine's latest `RunProgress`. The percentage is the done ones plus the running ones'
+    own progress (`percent` of their latest report), over the total. A report goes out only when
+    its text or its (whole) percentage changes."""
 
     def __init__(self, total: int, send: Callable[[lsp.WorkDoneProgressReport], None]) -> None:
         self._total = total
         self._send = send
         self._done: set[str] = set()
+        self._partial: dict[str, float] = {}  # running workstreams' own percent, 0-100
         self._eta_s: float | None = None
         self._note: str | None = None
-        self._last = self._message()  # what the begin implies: none done, nothing known yet
+        self._last = (self._message(), 0)  # what the begin implies: none done, nothing known yet
 
     def ended(self, slug: str) -> None:
         self._done.add(slug)
+        self._partial.pop(slug, None)
+        self._report()
+
+    def partial(self, slug: str, percent: float | None) -> None:
+        """A running workstream's harness said how far it is (None: it no longer says)."""
+        if slug in self._done:
+            return
+        if percent is None:
+            self._partial.pop(slug, None)
+        else:
+            self._partial[slug] = percent
         self._report()
 
     def paced(self, event: RunProgress) -> None:
@@ -417,11 +435,15 @@ class ProgressReport:
             message += f", about {rough_duration(self._eta_s)} left"
         return f"{message}; {self._note}" if self._note else message
 
+    def _percentage(self) -> int:
+        if not self._total:
+            return 100
+        return int(100 * (len(self._done) + sum(self._partial.values()) / 100) / self._total)
+
     def _report(self) -> None:
-        message = self._message()
-        if message != self._last:
-            self._last = message
-            percentage = int(100 * len(self._done) / self._total) if self._total else 100
+        message, percentage = self._message(), self._percentage()
+        if (message, percentage) != self._last:
+            self._last = (message, percentage)
             self._send(lsp.WorkDoneProgressReport(message=message, percentage=percentage))
 
 
