@@ -7,6 +7,7 @@ import re
 import sys
 import time
 
+from aidp.cli.progress_text import progress_text
 from aidp.engine.events import StatusChanged
 from aidp.engine.gitrepo import Worktree
 from aidp.engine.model import ChangeSummary, RunSummary, Status, Workstream, WorkstreamResult
@@ -62,6 +63,8 @@ def status_line(event: StatusChanged) -> str:
         line += f" ({details})"
     if why := first_line(event.error):
         line += f": {why}"
+    if event.progress is not None:
+        line += f" {progress_text(event.progress)}"
     return line
 
 
