@@ -26,7 +26,8 @@ def test_new_list_status_pause_resume(tmp_path: Path) -> None:
     listed = cli(repo, "ws", "list")
     assert listed.returncode == 0
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["SLUG", "STATUS", "BRANCH", "CHANGES", "LAST", "RUN", "TASK"]
+    columns = ["SLUG", "STATUS", "BRANCH", "PRIORITY", "AFTER", "CHANGES", "LAST", "RUN", "EXPECTED", "TASK"]
+    assert header.split() == columns
     assert row.split()[:3] == ["fix-login", "active", "aidp/fix-login"]
     assert row.endswith("Fix the login")
     ws = workstreams(repo)["fix-login"]

@@ -15,18 +15,24 @@ import msgspec
 from aidp.cli.live import choose_view, watch_run
 from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
 from aidp.cli.render import (
+    attempt_text,
     change_summary,
+    expected,
     first_line,
     indented,
     missing_worktree,
     out_of_step,
     outcome,
+    resources,
+    schedule_text,
     summary_lines,
     workstream_table,
 )
 from aidp.engine import Engine, RunSummary, Status
+from aidp.engine.errors import InvalidInput
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
+from aidp.engine.model import priority_name
 
 Handler = Callable[[Engine, argparse.Namespace], Awaitable[int]]
 
@@ -72,8 +78,21 @@ def print_json(value: object) -> None:
 
 
 async def ws_new(engine: Engine, args: argparse.Namespace) -> int:
-    ws, adopted = await engine.create_or_adopt(args.slug, " ".join(args.task), args.base_branch, args.command)
+    priority = 0 if args.priority is None else args.priority
+    ws, adopted = await engine.create_or_adopt(
+        args.slug, " ".join(args.task), args.base_branch, args.command, priority=priority, after=args.after
+    )
     print(f"created {ws.slug}: " + (adopted or f"worktree {ws.path} on branch {ws.branch}"))
+    if ws.priority or ws.after:
+        print(f"{ws.slug}: {schedule_text(ws)}")
+    return EXIT_OK
+
+
+async def ws_set(engine: Engine, args: argparse.Namespace) -> int:
+    if args.priority is None and args.after is None:
+        raise InvalidInput("nothing to set: give --priority P, --after A,B or --no-after")
+    ws = await engine.set_schedule(args.slug, args.priority, args.after)
+    print(f"{ws.slug}: {schedule_text(ws)}")
     return EXIT_OK
 
 
@@ -100,11 +119,23 @@ async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
         f"worktree:   {ws.path}",
         f"command:    {command}",
         f"created:    {ws.created_at}",
+        f"priority:   {priority_name(ws.priority)}",
+        f"after:      {', '.join(ws.after) or '(no dependencies)'}",
+        "expected:   " + ("unknown (no recorded runs yet)" if ws.expected_s is None else expected(ws.expected_s)),
     ]
+    if (run := ws.current_run) is not None:
+        since = f" since {run.started_at}" if run.started_at else ""
+        lines.append(f"run:        {ws.status} in run {run.run_id}{since}, attempt {run.attempt}/{run.max_attempts}")
+        if run.waiting:
+            lines.append(f"  waiting: {run.waiting}")
     if (r := ws.last_result) is not None:
-        details = outcome(r.exit_code, r.duration_s)
+        parts = (outcome(r.exit_code, r.duration_s), attempt_text(r.attempt, None))
+        details = ", ".join(part for part in parts if part)
         lines.append(f"last run:   {r.status}" + (f" ({details})" if details else ""))
-        lines += [f"  {label}: {indented(text)}" for label, text in (("error", r.error), ("log", r.log_path)) if text]
+        why = "reason" if r.status == Status.BLOCKED else "error"
+        lines += [f"  {label}: {indented(text)}" for label, text in ((why, r.error), ("log", r.log_path)) if text]
+        if usage := resources(r.cpu_s, r.peak_rss_kb):
+            lines.append(f"  used: {usage}")
     lines.append("recent events:")
     for event in await engine.history(ws.slug):
         lines.append(f"  {event.at}  {event.status:<9}  {event.run_id or '-'}  {first_line(event.message)}".rstrip())
@@ -132,9 +163,10 @@ async def ws_rm(engine: Engine, args: argparse.Namespace) -> int:
 
 def start_run(engine: Engine, args: argparse.Namespace) -> Awaitable[Run]:
     """`ws run <slug...>` or `ws run-all`, with the options both share."""
+    common = (args.max_concurrent, args.mode, args.steps, args.timeout)
     if args.ws_command == "run-all":
-        return engine.start_all(args.max_concurrent, args.mode, args.steps, args.timeout)
-    return engine.start(args.slugs, args.max_concurrent, args.mode, args.steps, args.timeout)
+        return engine.start_all(*common, halt=args.halt, base_from_deps=args.base_from_deps)
+    return engine.start(args.slugs, *common, halt=args.halt, no_deps=args.no_deps, base_from_deps=args.base_from_deps)
 
 
 def print_summary(summary: RunSummary, as_json: bool) -> int:

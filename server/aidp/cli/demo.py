@@ -15,7 +15,9 @@ from aidp.cli import demo_harness
 from aidp.cli.commands import print_summary
 from aidp.cli.live import choose_view, watch_run
 from aidp.engine import Engine, RunSummary
+from aidp.engine.config import CONFIG_NAME
 from aidp.engine.errors import GitError
+from aidp.engine.gitrepo import STATE_DIR
 
 # (slug, task, seconds of pretend work)
 WORKSTREAMS = (
@@ -46,6 +48,11 @@ def init_repository(root: Path) -> None:
 
 
 async def run_demo(root: Path, max_concurrent: int) -> RunSummary:
+    # The throwaway repository's own bound, so the demo runs as many at once as asked (a run's
+    # --max-concurrent can only lower the repository's bound, 3 by default).
+    state = root / STATE_DIR
+    state.mkdir()
+    (state / CONFIG_NAME).write_text(f"[scheduler]\nmax_concurrent = {max_concurrent}\n", encoding="utf-8")
     engine = await Engine.open(root)
     try:
         for slug, task, seconds in WORKSTREAMS:

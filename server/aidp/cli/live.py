@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from aidp.cli.render import EMOJI, clean, seconds, status_line
+import msgspec
+
+from aidp.cli.render import EMOJI, attempt_text, clean, clock, progress_line, reason, seconds, start_notes, status_line
 from aidp.engine import Engine, RunSummary, Status
-from aidp.engine.events import EngineEvent, OutputChunk, StatusChanged
+from aidp.engine.events import EngineEvent, OutputChunk, RunProgress, StatusChanged
 from aidp.engine.executor import Run
 
 REDRAW_S = 0.1  # at most ten redraws a second
@@ -33,10 +35,19 @@ class View(Protocol):
 
 
 class QuietView:
-    """For --json: stdout carries the summary and nothing else."""
+    """For --json: stdout carries the summary and nothing else; what the run says of itself (a
+    halt, a slower pace after a rate limit) goes to stderr, once each time it changes."""
+
+    def __init__(self) -> None:
+        self._said: str | None = None
 
     def on_event(self, event: EngineEvent) -> None:
-        pass
+        if isinstance(event, RunProgress) and event.note is not None and event.note != self._said:
+            self._said = event.note
+            self.progress_note(event.note)
+
+    def progress_note(self, message: str) -> None:
+        self.note(message)
 
     def note(self, message: str) -> None:
         print(f"aidp: {message}", file=sys.stderr, flush=True)
@@ -52,11 +63,18 @@ class PlainView(QuietView):
     """One line per status change, for pipes, logs and CI."""
 
     def __init__(self, out: TextIO) -> None:
+        super().__init__()
         self._out = out
 
     def on_event(self, event: EngineEvent) -> None:
         if isinstance(event, StatusChanged):
             print(status_line(event), file=self._out, flush=True)
+        else:
+            super().on_event(event)
+
+    def progress_note(self, message: str) -> None:
+        """In the stream of status lines, where it happened."""
+        print(f"{clock()} aidp: {message}", file=self._out, flush=True)
 
 
 @dataclass
@@ -65,31 +83,52 @@ class _Row:
     started: float | None = None
     duration_s: float | None = None
     last_line: str = ""
+    attempt: str = ""  # 'attempt 2/3' while a retry runs
+    waiting: str | None = None  # while queued: what it waits for
+    why: str = ""  # why it ended as it did (a blocked one never ran, so has no output to show)
+
+    def update(self, event: StatusChanged) -> None:
+        self.status = event.status
+        self.waiting = event.waiting
+        self.attempt = attempt_text(event.attempt, event.max_attempts)
+        self.duration_s = event.duration_s if event.status not in (Status.QUEUED, Status.RUNNING) else None
+        if event.status == Status.RUNNING:
+            self.started = time.monotonic()
+        self.why = reason(event.status, event.error)
 
     def elapsed(self) -> str:
         if self.duration_s is not None:
             return seconds(self.duration_s)
-        return seconds(time.monotonic() - self.started) if self.started is not None else ""
+        if self.status == Status.RUNNING and self.started is not None:
+            return seconds(time.monotonic() - self.started)
+        return ""
+
+    def detail(self) -> str:
+        """What the row says after its status and time: the wait, the attempt, the output, the reason."""
+        if self.status == Status.QUEUED:
+            return self.waiting or ""
+        if self.status == Status.RUNNING:
+            return " · ".join(part for part in (self.attempt, self.last_line) if part)
+        return self.last_line or self.why
 
 
 class LiveView:
-    """One row per workstream (status, elapsed, last output line), redrawn in place with ANSI
-    cursor movement at most ten times a second."""
+    """A header line (done of total, ETA, concurrency and why it changed), then one row per
+    workstream (status, elapsed, what it waits for or its last output line), redrawn in place with
+    ANSI cursor movement at most ten times a second."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._rows: dict[str, _Row] = {}
+        self._progress: RunProgress | None = None
         self._drawn = 0
         self._ticker: asyncio.Task[None] | None = None
 
     def on_event(self, event: EngineEvent) -> None:
         if isinstance(event, StatusChanged):
-            row = self._rows.setdefault(event.slug, _Row(event.status))
-            row.status = event.status
-            if event.status == Status.RUNNING:
-                row.started = time.monotonic()
-            if event.duration_s is not None:
-                row.duration_s = event.duration_s
+            self._rows.setdefault(event.slug, _Row(event.status)).update(event)
+        elif isinstance(event, RunProgress):
+            self._progress = event
         elif isinstance(event, OutputChunk) and event.slug in self._rows:
             lines = [line for line in clean(event.text.replace("\r", "\n")).splitlines() if line.strip()]
             if lines:
@@ -115,12 +154,24 @@ class LiveView:
             self._draw()
             await asyncio.sleep(REDRAW_S)
 
+    def _header(self) -> str | None:
+        """The latest progress, with the counts of the rows as drawn (the engine's last progress
+        may predate the last status change), and no ETA once everything has ended."""
+        if self._progress is None:
+            return None
+        statuses = [row.status for row in self._rows.values()]
+        done = sum(1 for status in statuses if not status.in_flight)
+        running = statuses.count(Status.RUNNING)
+        eta = self._progress.eta_s if done < len(statuses) else None
+        progress = msgspec.structs.replace(self._progress, total=len(statuses), done=done, running=running, eta_s=eta)
+        return progress_line(progress)
+
     def _draw(self) -> None:
         width = shutil.get_terminal_size().columns
         slug_width = max((len(slug) for slug in self._rows), default=0)
-        lines = []
+        lines = [] if (header := self._header()) is None else [header[:width]]
         for slug, row in self._rows.items():
-            text = f"{slug.ljust(slug_width)}  {row.status:<9}  {row.elapsed():>8}  {row.last_line}"
+            text = f"{slug.ljust(slug_width)}  {row.status:<9}  {row.elapsed():>8}  {row.detail()}"
             lines.append(f"{ICONS.get(row.status, '  ')} {text[: max(width - 4, 10)]}")
         up = f"\x1b[{self._drawn}F" if self._drawn else ""  # back to the first row we drew
         self._out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
@@ -161,6 +212,8 @@ async def watch_run(engine: Engine, start: Callable[[], Awaitable[Run]], view: V
     loop = asyncio.get_running_loop()
     try:
         run = await start()
+        for note in start_notes(run):
+            view.note(note)
         interrupts = _Interrupts(run, view)
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, interrupts)

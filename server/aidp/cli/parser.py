@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from aidp import __version__
+from aidp.engine.config import HALTS
+from aidp.engine.errors import InvalidInput
+from aidp.engine.model import PRIORITIES, parse_priority, validate_slug
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -65,11 +68,49 @@ def _command(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"cannot split {text!r} into arguments: {exc}") from exc
 
 
+def _priority(text: str) -> int:
+    try:
+        return parse_priority(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _slugs(text: str) -> list[str]:
+    """'a,b' -> ['a', 'b'], each a valid slug (whether it exists is the engine's to say)."""
+    try:
+        return [validate_slug(slug.strip()) for slug in text.split(",")]
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+PRIORITY_HELP = f"{', '.join(PRIORITIES)} or an integer from -100 to 100; higher starts first (default: normal)"
+
+
+def _add_schedule_options(parser: argparse.ArgumentParser, droppable: bool) -> None:
+    """--priority and --after, shared by `ws new` and `ws set` (`droppable`: also --no-after)."""
+    parser.add_argument("--priority", type=_priority, metavar="P", help=PRIORITY_HELP)
+    deps = parser.add_mutually_exclusive_group()
+    deps.add_argument("--after", type=_slugs, metavar="A,B", help="start only once A and B are completed or landed")
+    if droppable:
+        deps.add_argument("--no-after", dest="after", action="store_const", const=[], help="drop its dependencies")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, metavar="N", help="run at most N at once (1..64)")
     parser.add_argument("--mode", default="execute", metavar="M", help="passed to the harness as {mode}")
     parser.add_argument("--steps", type=_steps, metavar="A,B", help="passed to the harness as {steps}")
     parser.add_argument("--timeout", type=float, metavar="S", help="stop a workstream after S seconds")
+    parser.add_argument(
+        "--halt",
+        choices=HALTS,
+        help="on the first failure: never stop (default; or [harness] halt), start nothing new (soon), "
+        "also cancel what runs (now)",
+    )
+    parser.add_argument(
+        "--base-from-deps",
+        action=argparse.BooleanOptionalAction,
+        help="start a dependent's worktree from its dependencies' branches (default: [scheduler] base_from_deps)",
+    )
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON, nothing else")
 
 
@@ -99,7 +140,13 @@ def build_parser() -> Parser:
     p.add_argument("task", nargs="+", help="what the workstream should do")
     p.add_argument("--base-branch", metavar="B", help="start the branch from B (default: HEAD)")
     p.add_argument("--command", type=_command, metavar='"PROG ARG ..."', help="this workstream's harness")
+    _add_schedule_options(p, droppable=False)
     p.set_defaults(handler=commands.ws_new)
+
+    p = sub.add_parser("set", help="change a workstream's priority or dependencies")
+    p.add_argument("slug")
+    _add_schedule_options(p, droppable=True)
+    p.set_defaults(handler=commands.ws_set)
 
     p = sub.add_parser("list", help="every workstream with its status and last run")
     p.add_argument("--json", action="store_true", help="print the workstreams as JSON")
@@ -123,6 +170,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("run", help="run workstreams in parallel with a live view")
     p.add_argument("slugs", nargs="+", metavar="slug")
     _add_run_options(p)
+    p.add_argument(
+        "--no-deps",
+        action="store_true",
+        help="refuse, naming them, when dependencies are not done (default: run them first, in this run)",
+    )
     p.set_defaults(handler=commands.ws_run)
 
     p = sub.add_parser("run-all", help="run every workstream not paused, completed or already running")
@@ -177,7 +229,7 @@ def build_parser() -> Parser:
 
     p = top.add_parser("demo", help="run five demo workstreams in a throwaway repository")
     p.add_argument("--keep", action="store_true", help="keep the demo repository and print its path")
-    p.add_argument("--max-concurrent", type=int, default=5, metavar="N", help="run at most N at once")
+    p.add_argument("--max-concurrent", type=int, default=5, metavar="N", help="run at most N at once (1..64)")
     p.set_defaults(main=demo.main_demo)
 
     p = top.add_parser("serve", help="the JSON-RPC server (stdio) for editors")

@@ -7,16 +7,17 @@ import re
 import sys
 import time
 
-from aidp.cli.progress_text import progress_text
-from aidp.engine.events import StatusChanged
+from aidp.engine.events import RunProgress, StatusChanged
+from aidp.engine.executor import Run
 from aidp.engine.gitrepo import Worktree
-from aidp.engine.model import ChangeSummary, RunSummary, Status, Workstream, WorkstreamResult
+from aidp.engine.model import ChangeSummary, RunSummary, Status, Workstream, WorkstreamResult, priority_name
 
 EMOJI = {
     Status.COMPLETED: "✅",
     Status.FAILED: "❌",
     Status.ERROR: "💥",
     Status.CANCELLED: "🚫",
+    Status.BLOCKED: "⛔",
     Status.LANDED: "🛬",
 }
 
@@ -37,6 +38,37 @@ def seconds(value: float) -> str:
     return f"{value:.1f} s"
 
 
+def span(value: float) -> str:
+    """A duration as people read it: '3.2 s', '43 s', '1m 20s', '2h 05m'."""
+    if value < 10:
+        return f"{value:.1f} s"
+    if value < 60:
+        return f"{value:.0f} s"
+    minutes = round(value) // 60
+    if minutes < 60:
+        return f"{minutes}m {round(value) % 60:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def expected(value: float | None) -> str:
+    """An expected duration from history ('~12 s'), or '-' when unknown."""
+    return "-" if value is None else f"~{span(value)}"
+
+
+def attempt_text(attempt: int | None, max_attempts: int | None) -> str:
+    """'attempt 2/3' once a workstream is being retried; '' on its first attempt."""
+    if attempt is None or attempt <= 1:
+        return ""
+    return f"attempt {attempt}/{max_attempts}" if max_attempts else f"attempt {attempt}"
+
+
+def reason(status: Status, error: str | None) -> str:
+    """The first line of why a workstream ended as it did, without repeating its status
+    ('blocked: its dependency a failed' said of a blocked one reads 'its dependency a failed')."""
+    why = first_line(error)
+    return why.removeprefix(f"{status}: ")
+
+
 def clock() -> str:
     return time.strftime("[%H:%M:%S]")
 
@@ -44,6 +76,16 @@ def clock() -> str:
 def outcome(exit_code: int | None, duration_s: float | None) -> str:
     """'exit 0, 2.1 s': what a finished run did, or '' when it never ran."""
     parts = ([] if exit_code is None else [f"exit {exit_code}"]) + ([] if duration_s is None else [seconds(duration_s)])
+    return ", ".join(parts)
+
+
+def resources(cpu_s: float | None, peak_rss_kb: int | None) -> str:
+    """'1.2 s CPU, peak memory 34.5 MB': what a run's process tree used, '' where never measured."""
+    parts = []
+    if cpu_s is not None:
+        parts.append(f"{seconds(cpu_s)} CPU")
+    if peak_rss_kb is not None:
+        parts.append(f"peak memory {peak_rss_kb / 1024:.1f} MB")
     return ", ".join(parts)
 
 
@@ -57,20 +99,60 @@ def indented(text: str, prefix: str = "    ") -> str:
 
 
 def status_line(event: StatusChanged) -> str:
-    """One line per status change: the plain (non-terminal) view and the repl print these."""
+    """One line per status change: the plain (non-terminal) view and the repl print these. A
+    queued one says what it waits for (a dependency, a slot, a retry's back-off, which names the
+    attempt); a retried one which attempt it is."""
     line = f"{clock()} {event.slug} {event.status}"
-    if details := outcome(event.exit_code, event.duration_s):
+    retry = "" if event.waiting else attempt_text(event.attempt, event.max_attempts)
+    if details := ", ".join(part for part in (outcome(event.exit_code, event.duration_s), retry) if part):
         line += f" ({details})"
-    if why := first_line(event.error):
+    if why := "; ".join(part for part in (reason(event.status, event.error), event.waiting) if part):
         line += f": {why}"
-    if event.progress is not None:
-        line += f" {progress_text(event.progress)}"
     return line
+
+
+def progress_line(progress: RunProgress) -> str:
+    """'3/10 done · 2 running · ETA 1m 20s · concurrency 2 (rate limited (x): concurrency 4 -> 2)'."""
+    parts = [f"{progress.done}/{progress.total} done", f"{progress.running} running"]
+    if progress.eta_s is not None:
+        parts.append(f"ETA {span(progress.eta_s)}")
+    if progress.concurrency is not None:
+        parts.append(f"concurrency {progress.concurrency}" + (f" ({progress.note})" if progress.note else ""))
+    elif progress.note:
+        parts.append(progress.note)
+    return " · ".join(parts)
+
+
+def start_notes(run: Run) -> list[str]:
+    """What the engine decided when a run started, said before it goes on: the dependencies it
+    pulled in (and for whom), and how the bound was chosen or why it was lowered."""
+    notes = []
+    if run.pulled_in:
+        after = {slug: job.ws.after for slug, job in run.jobs.items()}
+        pulled = set(run.pulled_in)
+        named = [slug for slug in after if slug not in pulled and pulled & _waits_for(after, slug)]
+        notes.append(f"also running {', '.join(run.pulled_in)}: dependencies of {', '.join(named)}")
+    if run.options.concurrency_note:
+        notes.append(run.options.concurrency_note)
+    return notes
+
+
+def _waits_for(after: dict[str, list[str]], slug: str) -> set[str]:
+    """Every workstream `slug` waits for, directly or through others."""
+    found: set[str] = set()
+    todo = list(after.get(slug, []))
+    while todo:
+        dep = todo.pop()
+        if dep not in found:
+            found.add(dep)
+            todo += after.get(dep, [])
+    return found
 
 
 def result_row(result: WorkstreamResult, slug_width: int = 0) -> str:
     row = f"{EMOJI.get(result.status, '•')} {result.slug.ljust(slug_width)}  {result.status:<9}"
-    if details := outcome(result.exit_code, result.duration_s):
+    parts = (outcome(result.exit_code, result.duration_s), attempt_text(result.attempt, None))
+    if details := ", ".join(part for part in parts if part):
         row += f"  ({details})"
     return row.rstrip()
 
@@ -81,10 +163,13 @@ def summary_lines(summary: RunSummary) -> list[str]:
         return ["nothing to run (every workstream is paused, completed or already running)"]
     width = max(len(r.slug) for r in summary.results)
     lines = [result_row(r, width) for r in summary.results]
+    blocked = f", {summary.blocked} blocked" if summary.blocked else ""
     lines.append(
         f"{summary.completed} completed, {summary.failed} failed, {summary.errored} errored, "
-        f"{summary.cancelled} cancelled of {summary.total} in {seconds(summary.wall_s)}"
+        f"{summary.cancelled} cancelled{blocked} of {summary.total} in {seconds(summary.wall_s)}"
     )
+    if summary.forecast_s is not None:
+        lines.append(f"forecast {span(summary.forecast_s)}, took {span(summary.wall_s)}")
     for r in summary.results:
         if r.status != Status.COMPLETED and r.error:
             lines.append(f"{EMOJI.get(r.status, '•')} {r.slug}: {indented(r.error)}")
@@ -119,17 +204,54 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def after_text(after: list[str]) -> str:
+    return ", ".join(after) or "-"
+
+
+def schedule_text(ws: Workstream) -> str:
+    """'priority high · after a, b': how a workstream is scheduled, for `ws new` and `ws set`."""
+    deps = f"after {after_text(ws.after)}" if ws.after else "no dependencies"
+    return f"priority {priority_name(ws.priority)} · {deps}"
+
+
+def state_note(ws: Workstream) -> str:
+    """What a status alone does not say: what a queued one waits for, which attempt a retried one
+    is on, why a blocked one did not run; '' when there is nothing to add."""
+    run = ws.current_run
+    if run is not None:
+        return (ws.status == Status.QUEUED and run.waiting) or attempt_text(run.attempt, run.max_attempts)
+    if ws.status == Status.BLOCKED and ws.last_result is not None:
+        return first_line(ws.last_result.error)
+    return ""
+
+
 def workstream_table(workstreams: list[Workstream]) -> list[str]:
+    """One row per workstream, and under a row that has one, what its status alone does not say."""
     if not workstreams:
         return ["no workstreams yet: create one with 'aidp ws new <slug> <task...>'"]
-    header = ("SLUG", "STATUS", "BRANCH", "CHANGES", "LAST RUN", "TASK")
+    header = ("SLUG", "STATUS", "BRANCH", "PRIORITY", "AFTER", "CHANGES", "LAST RUN", "EXPECTED", "TASK")
     rows = [header] + [
-        (w.slug, str(w.status), w.branch, change_summary(w.changes), last_run(w), first_line(w.task))
+        (
+            w.slug,
+            str(w.status),
+            w.branch,
+            priority_name(w.priority),
+            after_text(w.after),
+            change_summary(w.changes),
+            last_run(w),
+            expected(w.expected_s),
+            first_line(w.task),
+        )
         for w in workstreams
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     widths[-1] = 0  # the task, last, is not padded
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    lines = []
+    for row, ws in zip(rows, [None, *workstreams], strict=True):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if ws is not None and (note := state_note(ws)):
+            lines.append(f"  ↳ {note}")
+    return lines
 
 
 def missing_worktree(ws: Workstream) -> str:

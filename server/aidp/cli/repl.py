@@ -14,17 +14,19 @@ import threading
 
 from aidp.cli.commands import print_json, start_run, with_engine
 from aidp.cli.parser import EXIT_OK, Parser, ParserExit, UsageError, build_parser
-from aidp.cli.render import report, status_line, summary_lines
+from aidp.cli.render import report, start_notes, status_line, summary_lines
 from aidp.engine import Engine
 from aidp.engine.errors import AidpError
-from aidp.engine.events import EngineEvent, RunFinished, StatusChanged
+from aidp.engine.events import EngineEvent, RunFinished, RunProgress, StatusChanged
 
 PROMPT = "aidp> "
 HELP = """\
 /ws list [--json]                        every workstream
-/ws new <slug> <task...> [--base-branch B] [--command "prog arg ..."]
+/ws new <slug> <task...> [--base-branch B] [--command "prog arg ..."] [--priority P] [--after A,B]
+/ws set <slug> [--priority P] [--after A,B | --no-after]
 /ws status <slug>                        details, recent events, git status
 /ws run <slug...> [--max-concurrent N] [--mode M] [--steps A,B] [--timeout S]
+        [--halt never|soon|now] [--no-deps] [--base-from-deps]
 /ws run-all [...]                        runs go on in the background
 /ws cancel <slug...>
 /ws pause|resume|rm|logs ...             as on the command line ('/ws rm --help')
@@ -60,6 +62,7 @@ class Repl:
         self.engine = engine
         self.parser = parser
         self.json_runs: set[str] = set()
+        self.said: dict[str, str] = {}  # each run's latest progress note, printed once
         self.interactive = sys.stdin.isatty()
 
     async def loop(self) -> int:
@@ -89,7 +92,11 @@ class Repl:
     def on_event(self, event: EngineEvent) -> None:
         if isinstance(event, StatusChanged) and event.run_id is not None:
             print(status_line(event), flush=True)
+        elif isinstance(event, RunProgress) and event.note is not None and self.said.get(event.run_id) != event.note:
+            self.said[event.run_id] = event.note
+            print(f"aidp: {event.note}", flush=True)
         elif isinstance(event, RunFinished):
+            self.said.pop(event.summary.run_id, None)
             if event.summary.run_id in self.json_runs:
                 print_json(event.summary)
             else:
@@ -125,6 +132,8 @@ class Repl:
                 if args.json:
                     self.json_runs.add(run.run_id)
                 print(f"started run {run.run_id}: {', '.join(run.jobs) or 'nothing to run'}", flush=True)
+                for note in start_notes(run):
+                    print(f"aidp: {note}", flush=True)
             elif args.ws_command == "logs" and args.follow:
                 report("'logs -f' would hold the prompt; use it from a shell ('aidp ws logs -f <slug>')")
             else:

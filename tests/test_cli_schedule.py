@@ -1,0 +1,317 @@
+"""Scheduling through the CLI (issue 10): priorities and dependencies set with `ws new`/`ws set`,
+dependencies pulled into a run (or refused with --no-deps), blocked dependents, --halt, retries,
+the repository's bound, and how `ws list`, `ws status`, the plain lines and the live view show them.
+
+Every workstream runs one constant `sh -c` script from `.aidp/config.toml` (its slug is `$1`,
+never part of the script). What it does is steered by marker files, and it stamps its own start
+and end, so the tests assert order from the children's own stamps, never from timing:
+`<slug>.fail` makes it fail (exit 3), `<slug>.flaky` makes only the next attempt fail, and while
+`<slug>.hold` exists it waits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cli_helpers import Lines, spawn_cli, wait_for_status, workstreams
+from support import cli, make_repo, wait_until_sync
+
+SCRIPT = """\
+d="$STAMPS"
+date +%s.%N > "$d/$1.start"
+echo "working on $1"
+if [ -e "$d/$1.fail" ]; then echo "broken $1"; exit 3; fi
+if [ -e "$d/$1.flaky" ]; then rm "$d/$1.flaky"; echo "flaky $1"; exit 3; fi
+while [ -e "$d/$1.hold" ]; do sleep 0.05; done
+date +%s.%N > "$d/$1.end"
+"""
+
+
+def scheduled_repo(tmp_path: Path, *slugs: str, config: str = "") -> tuple[Path, Path]:
+    """A repository whose workstreams `slugs` (created with no options) all run SCRIPT; returns
+    it and the folder of marker and stamp files. `config`: more TOML (after the [harness] table)."""
+    repo, stamps = make_repo(tmp_path), tmp_path / "stamps"
+    stamps.mkdir()
+    for slug in slugs:
+        new = cli(repo, "ws", "new", slug, f"task {slug}")
+        assert new.returncode == 0, new.stderr
+    command = json.dumps(["sh", "-c", SCRIPT, "sh", "{slug}"])
+    (repo / ".aidp" / "config.toml").write_text(
+        f"[harness]\ncommand = {command}\nenv = {{ STAMPS = {json.dumps(str(stamps))} }}\n{config}"
+    )
+    return repo, stamps
+
+
+def stamp(stamps: Path, slug: str, which: str) -> float:
+    return float((stamps / f"{slug}.{which}").read_text())
+
+
+def ran(stamps: Path, slug: str) -> bool:
+    return (stamps / f"{slug}.start").exists()
+
+
+def run_json(repo: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    """`ws run ... --json`: exit code, the summary, and stderr (where notes go in --json mode)."""
+    result = cli(repo, "ws", *args, "--json")
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def test_new_and_set_priority_and_dependencies(tmp_path: Path) -> None:
+    repo, _ = scheduled_repo(tmp_path, "a")
+    made = cli(repo, "ws", "new", "b", "task b", "--priority", "high", "--after", "a")
+    assert made.returncode == 0, made.stderr
+    assert "b: priority high · after a" in made.stdout
+    assert cli(repo, "ws", "new", "c", "task c", "--priority", "-5", "--after", "a,b").returncode == 0
+    listed = workstreams(repo)
+    assert (listed["a"]["priority"], listed["a"]["after"]) == (0, [])
+    assert (listed["b"]["priority"], listed["b"]["after"]) == (10, ["a"])
+    assert (listed["c"]["priority"], listed["c"]["after"]) == (-5, ["a", "b"])
+
+    # A cycle is refused naming it, an unknown slug naming it; nothing is stored either way.
+    cycle = cli(repo, "ws", "set", "a", "--after", "c", "--priority", "low")
+    assert cycle.returncode == 2
+    named = re.search(r"cycle: ([a-c](?: -> [a-c])+); nothing was changed", cycle.stderr)
+    assert named is not None, cycle.stderr
+    assert {"a", "c"} <= set(named.group(1).split(" -> "))
+    unknown = cli(repo, "ws", "set", "a", "--after", "nope")
+    assert unknown.returncode == 2
+    assert "unknown workstream: nope" in unknown.stderr
+    unknown_new = cli(repo, "ws", "new", "d", "task d", "--after", "ghost")
+    assert unknown_new.returncode == 2
+    assert "ghost" in unknown_new.stderr
+    assert workstreams(repo) == listed  # the same records: no priority, dependency or workstream changed
+
+    # Bad values are refused where they enter, with the usage line.
+    for args in (
+        ("new", "e", "task", "--priority", "urgent"),
+        ("new", "e", "task", "--priority", "101"),
+        ("new", "e", "task", "--after", "a,,b"),
+        ("new", "e", "task", "--after", "Bad"),
+        ("set", "a", "--after", "b", "--no-after"),
+    ):
+        refused = cli(repo, "ws", *args)
+        assert refused.returncode == 2, args
+        assert "usage: aidp ws" in refused.stderr, args
+    assert "e" not in workstreams(repo)
+    nothing = cli(repo, "ws", "set", "a")
+    assert nothing.returncode == 2
+    assert "nothing to set" in nothing.stderr
+
+    dropped = cli(repo, "ws", "set", "c", "--no-after")
+    assert dropped.returncode == 0, dropped.stderr
+    assert dropped.stdout.strip() == "c: priority -5 · no dependencies"
+    raised = cli(repo, "ws", "set", "c", "--priority", "high", "--after", "b")
+    assert raised.stdout.strip() == "c: priority high · after b"
+    assert (workstreams(repo)["c"]["priority"], workstreams(repo)["c"]["after"]) == (10, ["b"])
+
+    table = cli(repo, "ws", "list").stdout.splitlines()
+    columns = ["SLUG", "STATUS", "BRANCH", "PRIORITY", "AFTER", "CHANGES", "LAST", "RUN", "EXPECTED", "TASK"]
+    assert table[0].split() == columns
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["a"][3:5] == ["normal", "-"]
+    assert rows["c"][3:5] == ["high", "b"]
+    status = cli(repo, "ws", "status", "c").stdout
+    assert re.search(r"^priority:\s+high$", status, re.M)
+    assert re.search(r"^after:\s+b$", status, re.M)
+    assert re.search(r"^expected:\s+unknown", status, re.M)
+
+
+def test_run_pulls_in_dependencies_says_so_and_shows_the_wait(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "a", "other")
+    assert cli(repo, "ws", "new", "c", "task c", "--after", "a").returncode == 0
+
+    refused = cli(repo, "ws", "run", "c", "--no-deps")
+    assert refused.returncode == 1
+    assert "not done yet, and named as dependencies: a" in refused.stderr
+    assert not ran(stamps, "a") and not ran(stamps, "c")
+
+    (stamps / "a.hold").touch()
+    runner = spawn_cli(repo, "ws", "run", "c")
+    wait_for_status(repo, "a", "running")
+    wait_until_sync(lambda: workstreams(repo)["c"]["currentRun"]["waiting"] is not None, what="c's wait recorded")
+    table = cli(repo, "ws", "list").stdout.splitlines()
+    c_row = next(i for i, line in enumerate(table) if line.startswith("c "))
+    assert re.match(r"^c\s+queued\s", table[c_row])
+    assert table[c_row + 1].strip() == "↳ waiting for a"  # under its row
+    status = cli(repo, "ws", "status", "c").stdout
+    assert re.search(r"^run:\s+queued in run \S+, attempt 1/1$", status, re.M)
+    assert "  waiting: waiting for a" in status
+    (stamps / "a.hold").unlink()
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, out + err
+    assert "aidp: also running a: dependencies of c" in err
+    assert re.search(r"\] c queued: waiting for a$", out, re.M)
+    assert stamp(stamps, "a", "end") <= stamp(stamps, "c", "start")
+    assert not ran(stamps, "other")
+
+    # Once a is done, running c again pulls in nothing.
+    code, summary, err = run_json(repo, "run", "c")
+    assert code == 0
+    assert summary["pulledIn"] == []
+    assert "also running" not in err
+    listed = workstreams(repo)
+    assert listed["c"]["expectedS"] is not None  # it has recorded history now
+    assert re.search(r"^c\s.*\s~[\d.]+ s\s+task c$", cli(repo, "ws", "list").stdout, re.M)
+
+
+def test_blocked_dependents_are_counted_shown_and_run_later(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "a")
+    assert cli(repo, "ws", "new", "b", "task b", "--after", "a").returncode == 0
+    assert cli(repo, "ws", "new", "c", "task c", "--after", "b").returncode == 0
+    (stamps / "a.fail").touch()
+
+    result = cli(repo, "ws", "run", "c")
+    assert result.returncode == 1
+    assert "aidp: also running a, b: dependencies of c" in result.stderr
+    assert "0 completed, 1 failed, 0 errored, 0 cancelled, 2 blocked of 3" in result.stdout
+    assert re.search(r"^⛔ b\s+blocked$", result.stdout, re.M)
+    assert "⛔ b: blocked: its dependency a failed" in result.stdout
+    assert "⛔ c: blocked: its dependency b blocked" in result.stdout
+    assert re.search(r"\] b blocked: its dependency a failed$", result.stdout, re.M)
+    assert not ran(stamps, "b") and not ran(stamps, "c")
+
+    table = cli(repo, "ws", "list").stdout.splitlines()
+    b_row = next(i for i, line in enumerate(table) if line.startswith("b "))
+    assert re.match(r"^b\s+blocked\s", table[b_row])
+    assert table[b_row + 1].strip() == "↳ blocked: its dependency a failed"
+    status = cli(repo, "ws", "status", "b").stdout
+    assert re.search(r"^last run:\s+blocked$", status, re.M)
+    assert "  reason: blocked: its dependency a failed" in status
+
+    (stamps / "a.fail").unlink()  # a fixed: a later run runs its dependents, in order
+    code, summary, _ = run_json(repo, "run", "c")
+    assert code == 0
+    assert (summary["completed"], summary["blocked"], summary["pulledIn"]) == (3, 0, ["a", "b"])
+    assert stamp(stamps, "a", "end") <= stamp(stamps, "b", "start")
+    assert stamp(stamps, "b", "end") <= stamp(stamps, "c", "start")
+
+
+def test_halt_now_cancels_what_runs_and_starts_nothing_more(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "bad", "long", "later")
+    assert cli(repo, "ws", "set", "later", "--priority", "low").returncode == 0
+    (stamps / "bad.fail").touch()
+    (stamps / "long.hold").touch()  # never released: only the halt ends it
+    code, summary, err = run_json(repo, "run", "bad", "long", "later", "--max-concurrent", "2", "--halt", "now")
+    assert code == 1
+    results = {r["slug"]: r for r in summary["results"]}
+    assert results["bad"]["status"] == "failed"
+    assert results["long"]["status"] == "cancelled"
+    assert results["long"]["error"] == "cancelled: halted after bad failed (--halt now)"
+    assert results["later"]["status"] == "cancelled"
+    assert results["later"]["error"] == "not started: halted after bad failed (--halt now)"
+    assert ran(stamps, "long") and not (stamps / "long.end").exists()
+    assert not ran(stamps, "later")
+    assert "aidp: halted after bad failed (--halt now)" in err
+
+
+def test_halt_soon_lets_running_ones_finish(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "bad", "long", "later")
+    assert cli(repo, "ws", "set", "later", "--priority", "low").returncode == 0
+    (stamps / "bad.fail").touch()
+    (stamps / "long.hold").touch()
+    runner = spawn_cli(repo, "ws", "run", "bad", "long", "later", "--max-concurrent", "2", "--halt", "soon")
+    out = Lines(runner)
+    out.expect(r"\] bad failed \(exit 3")
+    out.expect(r"\] later cancelled: not started: halted after bad failed \(--halt soon\)$")
+    (stamps / "long.hold").unlink()  # only now may it finish: it was running when bad failed
+    out.expect(r"\] long completed \(exit 0")
+    out.expect(r"^1 completed, 1 failed, 0 errored, 1 cancelled of 3")  # after every note of the run
+    assert runner.wait(timeout=60) == 1
+    assert any(re.search(r"\] aidp: halted after bad failed \(--halt soon\)$", line) for line in out.seen)
+    assert (stamps / "long.end").exists()
+    assert not ran(stamps, "later")
+    listed = workstreams(repo)
+    assert [listed[s]["status"] for s in ("bad", "long", "later")] == ["failed", "completed", "cancelled"]
+
+
+def test_retried_workstream_shows_its_attempt(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "x", config="retries = 1\nretry_backoff_s = 0.1\n")
+    (stamps / "x.flaky").touch()
+    (stamps / "x.hold").touch()
+    runner = spawn_cli(repo, "ws", "run", "x")
+    out = Lines(runner)
+    line = out.expect(r"\] x queued \(exit 3")
+    assert re.search(
+        r"x queued \(exit 3, [\d.]+ s\): exit code 3; attempt 2/2 after a [\d.]+ s back-off \(retry\)$", line
+    )
+    out.expect(r"\] x running \(attempt 2/2\)$")
+    table = cli(repo, "ws", "list").stdout.splitlines()
+    x_row = next(i for i, line in enumerate(table) if line.startswith("x "))
+    assert table[x_row + 1].strip() == "↳ attempt 2/2"
+    assert re.search(r"^run:\s+running in run \S+ since \S+, attempt 2/2$", cli(repo, "ws", "status", "x").stdout, re.M)
+    (stamps / "x.hold").unlink()
+    out.expect(r"^✅ x\s+completed\s+\(exit 0, [\d.]+ s, attempt 2\)$")
+    assert runner.wait(timeout=60) == 0
+
+
+def test_max_concurrent_above_the_repository_bound_is_lowered_and_said(tmp_path: Path) -> None:
+    slugs = ("w1", "w2", "w3", "w4")
+    repo, stamps = scheduled_repo(tmp_path, *slugs, config="[scheduler]\nmax_concurrent = 2\n")
+    code, summary, err = run_json(repo, "run", *slugs, "--max-concurrent", "5")
+    assert code == 0
+    assert "aidp: --max-concurrent 5 lowered to the repository's bound 2" in err
+    assert summary["concurrency"] == 2
+    spans = [(stamp(stamps, s, "start"), stamp(stamps, s, "end")) for s in slugs]
+    for start, _ in spans:  # at no child's start were more than two children between their own stamps
+        assert sum(1 for s, e in spans if s <= start < e) <= 2
+
+
+def test_live_view_shows_progress_waits_and_blocked_rows(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "first", "broken")
+    assert cli(repo, "ws", "new", "second", "task second", "--after", "first").returncode == 0
+    assert cli(repo, "ws", "new", "stuck", "task stuck", "--after", "broken").returncode == 0
+    (stamps / "broken.fail").touch()
+    warm = cli(repo, "ws", "run", "first", "second")  # recorded history: the next run has an ETA
+    assert warm.returncode == 0, warm.stdout + warm.stderr
+
+    (stamps / "first.hold").touch()
+    controller, terminal = pty.openpty()
+    runner = spawn_cli(repo, "ws", "run", "first", "second", "stuck", stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the CLI has exited and closed the terminal
+        while chunk := os.read(controller, 4096):
+            output += chunk
+            text = output.decode(errors="replace")
+            if (
+                (stamps / "first.hold").exists()
+                and re.search(r"⏳ first\s+running", text)
+                and re.search(r"🕒 second\s+queued\s+waiting for first", text)
+                and re.search(r"⛔ stuck\s+blocked\s+its dependency broken failed", text)
+                and re.search(r"\d/4 done · 1 running · ETA [\d.]+ s · concurrency 3", text)
+            ):
+                (stamps / "first.hold").unlink()  # everything was on screen: let it finish
+    os.close(controller)
+    assert runner.wait(timeout=60) == 1
+    text = output.decode()
+    assert not (stamps / "first.hold").exists()
+    assert "4/4 done · 0 running · concurrency 3" in text  # no ETA once everything ended
+    assert re.search(r"^forecast [\d.]+ s, took [\d.]+ s", text, re.M)
+    assert "2 completed, 1 failed, 0 errored, 0 cancelled, 1 blocked of 4" in text
+    assert stamp(stamps, "first", "end") <= stamp(stamps, "second", "start")
+
+
+def test_repl_sets_schedules_and_says_what_a_run_pulled_in(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "a", "b")
+    repl = spawn_cli(repo, "repl", stdin=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert repl.stdin is not None
+    out = Lines(repl)
+    for line, answer in (
+        ("/ws set b --after a --priority high", r"^b: priority high · after a$"),
+        ("/ws set b --after b", r"aidp: error: .*cycle: b -> b"),
+        ("/ws run b", r"^aidp: also running a: dependencies of b$"),
+        ("", r"^2 completed, 0 failed"),
+        ("/help", r"^/ws set <slug>"),
+    ):
+        repl.stdin.write(line + "\n")
+        repl.stdin.flush()
+        out.expect(answer)
+    repl.stdin.close()
+    assert repl.wait(timeout=60) == 0
+    assert stamp(stamps, "a", "end") <= stamp(stamps, "b", "start")
