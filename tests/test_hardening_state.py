@@ -24,7 +24,7 @@ from conftest import toml_list, write_config
 from server_helpers import WS_LIST_CHANGED, initialize_params, lsp_session, raw_session, server_command
 from support import cli, wait_until
 
-from aidp.engine.model import MAX_ARG_STRLEN, TASK_MAX_BYTES
+from aidp.engine.model import TASK_ENV_MAX_BYTES, TASK_MAX_BYTES
 from aidp.engine.store import MIGRATIONS, SCHEMA
 
 pytestmark = pytest.mark.timeout(150)
@@ -250,21 +250,32 @@ async def test_server_refuses_a_database_changed_under_it(
 # -- 17. a task no run could pass ---------------------------------------------------------------
 
 
-def test_task_too_long_for_the_environment_is_refused_at_creation(repo: Path, tmp_path: Path) -> None:
-    # Passed as two words (one argument of the CLI itself has the same limit); joined with a space.
-    half = TASK_MAX_BYTES // 2
-    too_long = cli(repo, "ws", "new", "big", "a" * half, "b" * (TASK_MAX_BYTES - half))
-    assert too_long.returncode == 2, too_long.stderr
-    assert f"the task is {TASK_MAX_BYTES + 1} bytes; the limit is {TASK_MAX_BYTES} bytes" in too_long.stderr
-    assert f"{MAX_ARG_STRLEN} bytes (MAX_ARG_STRLEN" in too_long.stderr
+def test_task_too_long_is_refused_at_creation(repo: Path, tmp_path: Path) -> None:
+    # Through a file: one argument of the CLI itself cannot be this long.
+    too_long = tmp_path / "too-long.md"
+    too_long.write_text("a" * (TASK_MAX_BYTES + 1))
+    refused = cli(repo, "ws", "new", "big", "--task-file", str(too_long))
+    assert refused.returncode == 2, refused.stderr
+    assert f"the task is {TASK_MAX_BYTES + 1} bytes; the limit is {TASK_MAX_BYTES} bytes" in refused.stderr
     assert not (repo / ".worktrees" / "big").exists() and "big" not in workstreams(repo)
 
-    # The longest task accepted reaches the harness whole.
-    count = harness(tmp_path, "count", "import os\nprint(len(os.environ['AIDP_TASK'].encode()))\n")
-    new_ws(repo, "biggest", count, task="t" * TASK_MAX_BYTES)
-    run = cli(repo, "ws", "run", "biggest")
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert cli(repo, "ws", "logs", "biggest").stdout == f"{TASK_MAX_BYTES}\n"
+    # The longest task accepted reaches the harness whole, in its task file; AIDP_TASK only while
+    # the kernel takes it as one environment string.
+    count = harness(
+        tmp_path,
+        "count",
+        "import os\nwhole = open(os.environ['AIDP_TASK_FILE'], 'rb').read()\n"
+        "print(len(whole), len(os.environ.get('AIDP_TASK', '')))\n",
+    )
+    longest = tmp_path / "longest.md"
+    for slug, size in (("biggest", TASK_MAX_BYTES), ("env", TASK_ENV_MAX_BYTES), ("file", TASK_ENV_MAX_BYTES + 1)):
+        longest.write_text("t" * size)
+        created = cli(repo, "ws", "new", slug, "--task-file", str(longest), "--command", count)
+        assert created.returncode == 0, created.stderr
+        run = cli(repo, "ws", "run", slug)
+        assert run.returncode == 0, run.stdout + run.stderr
+        in_env = size if size <= TASK_ENV_MAX_BYTES else 0
+        assert cli(repo, "ws", "logs", slug).stdout == f"{size} {in_env}\n"
 
 
 async def test_task_too_long_is_refused_over_json_rpc(repo: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from aidp.engine.harness import StartError, build_argv, build_env, spawn
 VALUES = {
     "slug": "s",
     "task": "say {slug} $(x)",
+    "task_file": "/logs/s/run-1.task",
     "mode": "execute",
     "steps": "a,b",
     "branch": "aidp/s",

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from aidp.engine import presets
 from aidp.engine.errors import ConfigError
 
 CONFIG_NAME = "config.toml"
@@ -17,7 +18,7 @@ DEFAULT_MAX_CONCURRENT = 3
 DEFAULT_GRACE_S = 5.0
 MIN_TIMEOUT_S = 0.1  # a shorter timeout cannot be told from a harness that ended on its own
 
-PLACEHOLDERS = ("slug", "task", "mode", "steps", "branch", "worktree")
+PLACEHOLDERS = ("slug", "task", "task_file", "mode", "steps", "branch", "worktree")
 
 
 Bound = Annotated[int, msgspec.Meta(ge=1, le=64)]
@@ -28,6 +29,12 @@ HALTS = ("never", "soon", "now")
 
 class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
+    # A known agent's non-interactive command line (see presets.py); `command` wins over it.
+    preset: str | None = None
+    # Appended to the configured command (the preset's or `command`), not to a workstream's own.
+    args_extra: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
+    # "task": the harness reads the task on its standard input; "none": stdin is /dev/null.
+    stdin: Literal["none", "task"] = "none"
     timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] | None = None
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_GRACE_S
     # The older place of `[scheduler] max_concurrent`, still read when that is not set.
@@ -48,6 +55,18 @@ class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
     # On the first failure: `soon` starts nothing new, `now` also cancels what runs (GNU parallel's --halt).
     halt: Halt = "never"
+
+    @property
+    def resolved_command(self) -> list[str] | None:
+        """What runs: `command`, else the preset's command line, then `args_extra`."""
+        base = self.command or (list(presets.PRESETS[self.preset].argv) if self.preset else None)
+        return None if base is None else [*base, *self.args_extra]
+
+    @property
+    def output(self) -> str | None:
+        """The structured stdout of the preset's agent (`presets.CLAUDE_STREAM_JSON`...), when the
+        preset's command is the one that runs; None for a hand-written `command`."""
+        return presets.PRESETS[self.preset].output if self.preset and not self.command else None
 
 
 class Scheduler(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -89,6 +108,10 @@ def load_config(state_dir: Path) -> Config:
     for key in config.harness.env:
         if not key or "=" in key or "\0" in key:
             raise ConfigError(f"{path}: invalid environment variable name {key!r} in [harness] env")
+    if config.harness.preset is not None and config.harness.preset not in presets.PRESETS:
+        raise ConfigError(
+            f"{path}: unknown [harness] preset {config.harness.preset!r}; the presets are {presets.names()}"
+        )
     if config.harness.rate_limit_pattern is not None:
         try:
             re.compile(config.harness.rate_limit_pattern)

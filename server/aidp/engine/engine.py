@@ -33,7 +33,6 @@ from aidp.engine.executor import FailurePolicy, Run, RunOptions
 from aidp.engine.follow import Follower
 from aidp.engine.model import (
     DONE_STATUSES,
-    MAX_ARG_STRLEN,
     TASK_MAX_BYTES,
     ChangeSummary,
     ConflictReport,
@@ -213,9 +212,8 @@ class Engine:
                 raise InvalidInput(f"not valid UTF-8 text without NUL characters: {text!r}")
         if (size := len(task.encode())) > TASK_MAX_BYTES:
             raise InvalidInput(
-                f"the task is {size} bytes; the limit is {TASK_MAX_BYTES} bytes: every run passes it in the "
-                f"environment variable AIDP_TASK, and the kernel refuses a variable longer than {MAX_ARG_STRLEN} "
-                "bytes (MAX_ARG_STRLEN, with the name). Put long instructions in a file and name it in the task"
+                f"the task is {size} bytes; the limit is {TASK_MAX_BYTES} bytes. Put longer instructions in a "
+                "file of the repository and name it in the task"
             )
         if command is not None and (not command or not all(isinstance(a, str) and a for a in command)):
             raise InvalidInput("command must be a non-empty list of non-empty arguments")
@@ -346,7 +344,7 @@ class Engine:
             config = self.config()
         except ConfigError:  # a list must not fail on a typo in the config: no forecast then
             return workstreams
-        history = await self._history(workstreams, config.harness.command, config.scheduler.history_runs)
+        history = await self._history(workstreams, config.harness.resolved_command, config.scheduler.history_runs)
         return [msgspec.structs.replace(ws, expected_s=history[ws.slug].expected_s) for ws in workstreams]
 
     # -- review and land (see review.py) ----------------------------------------------------------
@@ -540,7 +538,7 @@ class Engine:
     ) -> Run:
         config = self.config()
         harness = config.harness
-        history = await self._history(workstreams, harness.command, config.scheduler.history_runs)
+        history = await self._history(workstreams, harness.resolved_command, config.scheduler.history_runs)
         bound, note = _bound(config.max_concurrent, [h.peak_rss_kb for h in history.values()])
         share = min(max_concurrent or bound, bound)
         if max_concurrent is not None and max_concurrent > bound:
@@ -552,7 +550,8 @@ class Engine:
             timeout_s=timeout_s or harness.timeout_s,
             grace_s=harness.grace_s,
             env=harness.env,
-            default_command=harness.command,
+            default_command=harness.resolved_command,
+            stdin=harness.stdin,
             commit=harness.commit,
             repo_bound=bound,
             policy=FailurePolicy(

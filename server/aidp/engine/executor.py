@@ -33,7 +33,7 @@ import msgspec
 from aidp.engine import cgroups, gitrepo, procs, review, scheduling
 from aidp.engine.errors import AidpError, GitError
 from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
-from aidp.engine.harness import StartError, build_argv, build_env, spawn
+from aidp.engine.harness import StartError, build_argv, build_env, spawn, write_task_file
 from aidp.engine.model import DONE_STATUSES, RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.progress import StreamJson, Tracker, is_stream_json
 from aidp.engine.store import AsyncStore
@@ -120,6 +120,7 @@ class RunOptions:
     env: dict[str, str]
     default_command: list[str] | None
     commit: str = "never"  # [harness] commit: never | on-success | always
+    stdin: str = "none"  # [harness] stdin: none (/dev/null) | task (the task file)
     repo_bound: int | None = None  # across every aidp process of the repository (None: this run's share)
     policy: FailurePolicy = field(default_factory=FailurePolicy)
     base_from_deps: bool = False
@@ -616,6 +617,7 @@ class Run:
         }
         name = f"{self.run_id}.log" if job.attempt == 1 else f"{self.run_id}.{job.attempt}.log"
         log_path = self._logs_dir / ws.slug / name
+        values["task_file"] = str(log_path.with_suffix(".task"))  # written in `_spawn`, kept beside the log
         progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
         started_at, t0 = utc_now(), time.monotonic()
         try:
@@ -723,10 +725,13 @@ class Run:
     async def _spawn(
         self, job: Job, argv: list[str], env: dict[str, str], log_fd: int
     ) -> tuple[asyncio.subprocess.Process, procs.Tree]:
-        """Start the harness in a cgroup of its own where the system allows, else without."""
+        """Start the harness in a cgroup of its own where the system allows, else without; its
+        task file (`AIDP_TASK_FILE`) is written first, and is its stdin with `stdin = "task"`."""
+        task_file = write_task_file(Path(env["AIDP_TASK_FILE"]), job.ws.task)
+        stdin = task_file if self.options.stdin == "task" else None
         cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug, job.attempt))
         try:
-            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroup)
+            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroup, stdin=stdin)
         except StartError:
             if cgroup is not None:
                 cgroups.remove(cgroup)

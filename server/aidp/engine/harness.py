@@ -8,10 +8,11 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aidp.engine.config import PLACEHOLDERS
+from aidp.engine.model import MAX_ARG_STRLEN, TASK_ENV_MAX_BYTES
 
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
@@ -33,35 +34,90 @@ def build_argv(template: list[str], values: Mapping[str, str]) -> list[str]:
 
 
 def build_env(extra: Mapping[str, str], values: Mapping[str, str], run_id: str) -> dict[str, str]:
+    """aidp's variables over the configured ones. `AIDP_TASK` only when the kernel takes it (see
+    `TASK_ENV_MAX_BYTES`); `AIDP_TASK_FILE` always names a file holding the task."""
     env = dict(os.environ)
     env.update(extra)
+    env.pop("AIDP_TASK", None)  # never a stale one from aidp's own environment
     env.update(
         AIDP_SLUG=values["slug"],
-        AIDP_TASK=values["task"],
+        AIDP_TASK_FILE=values["task_file"],
         AIDP_MODE=values["mode"],
         AIDP_STEPS=values["steps"],
         AIDP_RUN_ID=run_id,
         AIDP_WORKTREE=values["worktree"],
     )
+    if len(values["task"].encode()) <= TASK_ENV_MAX_BYTES:
+        env["AIDP_TASK"] = values["task"]
     return env
 
 
+def write_task_file(path: Path, task: str) -> Path:
+    """The task, whole, in a file only its owner reads: `{task_file}`, `AIDP_TASK_FILE` and the
+    harness's stdin with `stdin = "task"`. A failure is a `StartError`: nothing ran."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(task.encode())
+    except OSError as exc:
+        raise StartError(f"cannot write the task file {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def check_fits(argv: list[str], env: Mapping[str, str]) -> None:
+    """Refuse, naming the ways that carry any size, what exec would refuse with E2BIG: one
+    argument over MAX_ARG_STRLEN, or arguments and environment together over ARG_MAX."""
+    ways = (
+        "pass a long task through a file instead: {task_file} in [harness] command (or a preset that uses it) "
+        'names a file holding the task, or [harness] stdin = "task" feeds it on standard input'
+    )
+    for arg in argv:
+        if (size := len(arg.encode()) + 1) > MAX_ARG_STRLEN:
+            raise StartError(
+                f"cannot start {argv[0]!r}: one argument is {size - 1} bytes, over the kernel's limit of "
+                f"{MAX_ARG_STRLEN - 1} bytes for one argument (MAX_ARG_STRLEN; {{task}} puts the whole task in one); "
+                + ways
+            )
+    pointer = 8
+    total = sum(len(s.encode()) + 1 + pointer for s in [*argv, *(f"{k}={v}" for k, v in env.items())])
+    if total > (limit := os.sysconf("SC_ARG_MAX")):
+        raise StartError(
+            f"cannot start {argv[0]!r}: its arguments and environment take {total} bytes, over the kernel's "
+            f"limit of {limit} bytes (ARG_MAX); " + ways
+        )
+
+
 async def spawn(
-    argv: list[str], cwd: Path, env: dict[str, str], log_fd: int, cgroup: Path | None = None
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log_fd: int,
+    cgroup: Path | None = None,
+    stdin: Path | None = None,
+    sandbox: Sequence[str] = (),
 ) -> asyncio.subprocess.Process:
     """Start the harness in its own session (so cancel reaches its whole tree) and, given one, in
     its cgroup before its first instruction. The child writes into the log file itself: every byte
-    is kept, and a flood costs the engine nothing."""
+    is kept, and a flood costs the engine nothing. Its stdin is `stdin` (a file: never aidp's own
+    stdin, which may be a JSON-RPC stream), else /dev/null. `sandbox`: an argv prefix (`sandbox.Box`)
+    that runs the harness inside; the cgroup launcher comes first, so the cgroup holds the sandbox."""
     program = argv[0]
+    check_fits(argv, env)
+    stdin_fd: int | None = None
     try:
+        if cgroup is not None or sandbox:
+            check_program(program, cwd, env)  # through sh, a missing program would only be a log line
+            argv = [*sandbox, *argv]
         if cgroup is not None:
-            _check_program(program, cwd, env)  # through sh, a missing program would only be a log line
             argv = ["/bin/sh", "-c", _JOIN_THEN_EXEC, "aidp-join", str(cgroup), *argv]
+        if stdin is not None:
+            stdin_fd = os.open(stdin, os.O_RDONLY | os.O_CLOEXEC)
         return await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
             stdout=log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -79,9 +135,12 @@ async def spawn(
         raise StartError(f"cannot start {program!r}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # a NUL or an unencodable character in an argument or the environment
         raise StartError(f"cannot start {program!r}: {exc}") from exc
+    finally:
+        if stdin_fd is not None:
+            os.close(stdin_fd)
 
 
-def _check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
+def check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
     """Raise as exec would (FileNotFoundError, PermissionError) for a program that cannot run."""
     if "/" in program:
         path = Path(program) if os.path.isabs(program) else cwd / program

@@ -14,9 +14,11 @@ from aidp.engine.errors import InvalidInput, InvalidSlug
 SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 SLUG_MAX = 64
 # Linux refuses to start a program when one argument or environment string is longer than this
-# (with its terminating NUL). Every run passes the task as `AIDP_TASK=<task>`, so that bounds it.
+# (with its terminating NUL). A run passes the task as `AIDP_TASK=<task>` only up to that bound;
+# longer ones reach the harness through `{task_file}`/`AIDP_TASK_FILE` or `stdin = "task"`.
 MAX_ARG_STRLEN = 131072
-TASK_MAX_BYTES = MAX_ARG_STRLEN - len("AIDP_TASK=") - 1
+TASK_ENV_MAX_BYTES = MAX_ARG_STRLEN - len("AIDP_TASK=") - 1
+TASK_MAX_BYTES = 1 << 20  # a sane bound on what is stored, listed and sent over the wire
 
 
 def validate_slug(slug: object) -> str:
