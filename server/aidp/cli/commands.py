@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from aidp.cli.agents import task_of
 from aidp.cli.live import choose_view, watch_run
 from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
 from aidp.cli.render import (
@@ -80,7 +81,7 @@ def print_json(value: object) -> None:
 async def ws_new(engine: Engine, args: argparse.Namespace) -> int:
     priority = 0 if args.priority is None else args.priority
     ws, adopted = await engine.create_or_adopt(
-        args.slug, " ".join(args.task), args.base_branch, args.command, priority=priority, after=args.after
+        args.slug, task_of(args), args.base_branch, args.command, priority=priority, after=args.after
     )
     print(f"created {ws.slug}: " + (adopted or f"worktree {ws.path} on branch {ws.branch}"))
     if ws.priority or ws.after:

@@ -12,6 +12,7 @@ from aidp import __version__
 from aidp.engine.config import HALTS
 from aidp.engine.errors import InvalidInput
 from aidp.engine.model import PRIORITIES, parse_priority, validate_slug
+from aidp.engine.presets import PRESETS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -116,6 +117,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> Parser:
     from aidp.cli import (
+        agents,
         commands,
         demo,
         repl,
@@ -137,7 +139,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("new", help="create a workstream: a worktree on branch aidp/<slug> and a task")
     p.add_argument("slug")
-    p.add_argument("task", nargs="+", help="what the workstream should do")
+    p.add_argument("task", nargs="*", help="what the workstream should do")
+    p.add_argument("--task-file", metavar="FILE", help="read the task from FILE ('-': standard input): a long task")
     p.add_argument("--base-branch", metavar="B", help="start the branch from B (default: HEAD)")
     p.add_argument("--command", type=_command, metavar='"PROG ARG ..."', help="this workstream's harness")
     _add_schedule_options(p, droppable=False)
@@ -223,6 +226,15 @@ def build_parser() -> Parser:
     p.add_argument("--remote", default="origin", metavar="R", help="default: origin")
     p.add_argument("--pr", action="store_true", help="open a pull request with the GitHub CLI (gh)")
     p.set_defaults(handler=review.ws_push)
+
+    p = top.add_parser("init", help="write .aidp/config.toml for a coding agent found on PATH")
+    p.add_argument("--preset", choices=list(PRESETS), help="the agent to configure (default: ask, or the one found)")
+    p.add_argument("--force", action="store_true", help="replace an existing .aidp/config.toml")
+    p.set_defaults(main=agents.main_init)
+
+    p = top.add_parser("doctor", help="check git, the config, the harness, the state database, worktrees, branches")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(main=agents.main_doctor)
 
     p = top.add_parser("repl", help="an interactive prompt; runs go on in the background")
     p.set_defaults(main=repl.main_repl)
