@@ -15,6 +15,7 @@ import msgspec
 from aidp.cli.agents import task_of
 from aidp.cli.live import choose_view, watch_run
 from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
+from aidp.cli.progress_text import progress_text
 from aidp.cli.render import (
     attempt_text,
     change_summary,
@@ -129,6 +130,8 @@ async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
         lines.append(f"run:        {ws.status} in run {run.run_id}{since}, attempt {run.attempt}/{run.max_attempts}")
         if run.waiting:
             lines.append(f"  waiting: {run.waiting}")
+        if run.progress is not None:
+            lines.append(f"  progress: {progress_text(run.progress)}")
     if (r := ws.last_result) is not None:
         parts = (outcome(r.exit_code, r.duration_s), attempt_text(r.attempt, None))
         details = ", ".join(part for part in parts if part)

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 
+from aidp.cli.progress_text import progress_text
 from aidp.engine.events import RunProgress, StatusChanged
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import Worktree
@@ -108,6 +109,8 @@ def status_line(event: StatusChanged) -> str:
         line += f" ({details})"
     if why := "; ".join(part for part in (reason(event.status, event.error), event.waiting) if part):
         line += f": {why}"
+    if event.progress is not None:
+        line += f" {progress_text(event.progress)}"
     return line
 
 
@@ -219,7 +222,8 @@ def state_note(ws: Workstream) -> str:
     is on, why a blocked one did not run; '' when there is nothing to add."""
     run = ws.current_run
     if run is not None:
-        return (ws.status == Status.QUEUED and run.waiting) or attempt_text(run.attempt, run.max_attempts)
+        said = (attempt_text(run.attempt, run.max_attempts), progress_text(run.progress))
+        return (ws.status == Status.QUEUED and run.waiting) or " · ".join(part for part in said if part)
     if ws.status == Status.BLOCKED and ws.last_result is not None:
         return first_line(ws.last_result.error)
     return ""
