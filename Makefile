@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: git and GNU parallel (bench), and what code-server needs to build and run
 # for the VS Code end-to-end test (see client-vscode/README.md).
-APT_PACKAGES := git parallel pkg-config libkrb5-dev libsecret-1-dev libx11-dev libxkbfile-dev ripgrep chromium
+APT_PACKAGES := git parallel bubblewrap pkg-config libkrb5-dev libsecret-1-dev libx11-dev libxkbfile-dev ripgrep chromium
 
 .PHONY: help venv apt demo test lint test-python test-node test-client test-e2e bench clean
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import conflicts, containment, flood, makespan, memory, order, overhead, startup
+from bench import conflicts, containment, flood, makespan, memory, order, overhead, sandbox, startup
 from bench.common import Params, Section
 from bench.report import machine_info, merge_docs, print_table, write_docs
 
@@ -34,6 +34,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "startup": startup.run,
     "containment": containment.run,
     "conflicts": conflicts.run,
+    "sandbox": sandbox.run,
     "order": order.run,
 }
 
