@@ -49,11 +49,6 @@ def available() -> bool:
     return _parent() is not None and not _disabled
 
 
-def available() -> bool:
-    """Whether harnesses get cgroups here (for `aidp doctor`)."""
-    return _parent() is not None and not _disabled
-
-
 def place(run_id: str, slug: str, attempt: int = 1) -> Path | None:
     """Where this workstream run's cgroup goes, or None where aidp cannot have one. Known before
     anything starts, so a claim records it and recovery finds the cgroup whenever aidp died. A

@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 import msgspec
 
 from aidp.engine import presets
-from aidp.engine import presets
 from aidp.engine.errors import ConfigError
 
 CONFIG_NAME = "config.toml"
@@ -30,12 +29,6 @@ HALTS = ("never", "soon", "now")
 
 class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
-    # A known agent's non-interactive command line (see presets.py); `command` wins over it.
-    preset: str | None = None
-    # Appended to the configured command (the preset's or `command`), not to a workstream's own.
-    args_extra: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
-    # "task": the harness reads the task on its standard input; "none": stdin is /dev/null.
-    stdin: Literal["none", "task"] = "none"
     # A known agent's non-interactive command line (see presets.py); `command` wins over it.
     preset: str | None = None
     # Appended to the configured command (the preset's or `command`), not to a workstream's own.
@@ -115,10 +108,6 @@ def load_config(state_dir: Path) -> Config:
     for key in config.harness.env:
         if not key or "=" in key or "\0" in key:
             raise ConfigError(f"{path}: invalid environment variable name {key!r} in [harness] env")
-    if config.harness.preset is not None and config.harness.preset not in presets.PRESETS:
-        raise ConfigError(
-            f"{path}: unknown [harness] preset {config.harness.preset!r}; the presets are {presets.names()}"
-        )
     if config.harness.preset is not None and config.harness.preset not in presets.PRESETS:
         raise ConfigError(
             f"{path}: unknown [harness] preset {config.harness.preset!r}; the presets are {presets.names()}"

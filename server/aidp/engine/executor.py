@@ -121,7 +121,6 @@ class RunOptions:
     default_command: list[str] | None
     commit: str = "never"  # [harness] commit: never | on-success | always
     stdin: str = "none"  # [harness] stdin: none (/dev/null) | task (the task file)
-    stdin: str = "none"  # [harness] stdin: none (/dev/null) | task (the task file)
     repo_bound: int | None = None  # across every aidp process of the repository (None: this run's share)
     policy: FailurePolicy = field(default_factory=FailurePolicy)
     base_from_deps: bool = False
@@ -618,7 +617,6 @@ class Run:
         }
         name = f"{self.run_id}.log" if job.attempt == 1 else f"{self.run_id}.{job.attempt}.log"
         log_path = self._logs_dir / ws.slug / name
-        values["task_file"] = str(log_path.with_suffix(".task"))  # written in `_spawn`, kept beside the log
         values["task_file"] = str(log_path.with_suffix(".task"))  # written in `_spawn`, kept beside the log
         progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
         started_at, t0 = utc_now(), time.monotonic()
