@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import msgspec
@@ -81,9 +81,38 @@ class Scheduler(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_recover_s: Annotated[float, msgspec.Meta(ge=0.1)] = 60.0
 
 
+Argv = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+DEFAULT_WORKTREES_DIR = ".worktrees"
+DEFAULT_SETUP_TIMEOUT_S = 1800.0
+DEFAULT_HOOK_TIMEOUT_S = 30.0
+
+
+class Worktree(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How each new worktree is made ready: `dir` is where worktrees go (relative to the repository
+    root, or absolute; inside or outside the repository); `copy` names files of the main checkout
+    (glob patterns relative to it, typically git-ignored ones like `.env`) copied into each;
+    `setup` is a command run once in each (never through a shell), ended after `setup_timeout_s`."""
+
+    dir: Annotated[str, msgspec.Meta(min_length=1)] = DEFAULT_WORKTREES_DIR
+    copy: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
+    setup: Argv | None = None
+    setup_timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] = DEFAULT_SETUP_TIMEOUT_S
+
+
+class Hooks(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Commands run (never through a shell) when a workstream ends (`on_end`) and when a run ends
+    (`on_run_end`), with the result in placeholders and AIDP_* variables; ended after `timeout_s`."""
+
+    on_end: Argv | None = None
+    on_run_end: Argv | None = None
+    timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] = DEFAULT_HOOK_TIMEOUT_S
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     harness: Harness = msgspec.field(default_factory=Harness)
     scheduler: Scheduler = msgspec.field(default_factory=Scheduler)
+    worktree: Worktree = msgspec.field(default_factory=Worktree)
+    hooks: Hooks = msgspec.field(default_factory=Hooks)
 
     @property
     def max_concurrent(self) -> int | Literal["auto"]:
@@ -117,4 +146,18 @@ def load_config(state_dir: Path) -> Config:
             re.compile(config.harness.rate_limit_pattern)
         except re.error as exc:
             raise ConfigError(f"{path}: [harness] rate_limit_pattern is not a valid regular expression: {exc}") from exc
+    _check_worktree(path, config.worktree)
     return config
+
+
+def _check_worktree(path: Path, worktree: Worktree) -> None:
+    """Copy patterns stay inside the repository: relative, without `..`; the dir is a path."""
+    if "\0" in worktree.dir:
+        raise ConfigError(f"{path}: [worktree] dir must not contain a NUL character")
+    for pattern in worktree.copy:
+        parts = PurePosixPath(pattern).parts
+        if PurePosixPath(pattern).is_absolute() or ".." in parts or "\0" in pattern:
+            raise ConfigError(
+                f"{path}: [worktree] copy pattern {pattern!r} must be relative to the repository root, "
+                'without \'..\' (like ".env" or "config/local.*")'
+            )

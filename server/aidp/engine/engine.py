@@ -25,12 +25,13 @@ from typing import Any
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, procs, review, scheduling
+from aidp.engine import cgroups, gitrepo, procs, review, scheduling, setup
 from aidp.engine.config import DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import FailurePolicy, Run, RunOptions
 from aidp.engine.follow import Follower
+from aidp.engine.hooks import HookRunner
 from aidp.engine.model import (
     DONE_STATUSES,
     TASK_MAX_BYTES,
@@ -57,7 +58,7 @@ STATE_DB = "state.db"
 LOG_TAIL_DEFAULT = 1024 * 1024
 # How often another process's logs are read for live output (its own runs read theirs ten times a second).
 FOLLOW_INTERVAL_S = 0.2
-_OP_COMMANDS = {"create": "new", "remove": "rm", "land": "land", "sync": "sync"}
+_OP_COMMANDS = {"create": "new", "remove": "rm", "land": "land", "sync": "sync", "setup": "setup"}
 PROMPT_EXIT_S = 0.5  # recovery waits this long for leftovers to end on SIGTERM before going on in the background
 NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.LANDED, Status.QUEUED, Status.RUNNING)
 
@@ -91,7 +92,6 @@ class Engine:
     def __init__(self, root: Path, db: AsyncStore) -> None:
         self.root = root
         self.state_dir = root / gitrepo.STATE_DIR
-        self.worktrees_dir = root / gitrepo.WORKTREES_DIR
         self.logs_dir = self.state_dir / "logs"
         self.db = db
         self.events = EventBus()
@@ -103,6 +103,7 @@ class Engine:
         self._stopping: set[tuple[str, str]] = set()  # (slug, run id) of leftovers being stopped
         self._stoppers: set[asyncio.Task[None]] = set()
         self._unrecorded: list[tuple[str, WorkstreamResult]] = []  # (run id, result) to record later
+        self.hooks = HookRunner(root, self.logs_dir, db, self.config, self.events)
 
     @classmethod
     async def open(cls, root: Path, settle: bool = True, *, create: bool = True, start_over: bool = False) -> Engine:
@@ -116,12 +117,12 @@ class Engine:
         (`ws new`, which adopts them one by one): then it is said, not done silently."""
         root = root.resolve()
         path = root / gitrepo.STATE_DIR / STATE_DB
-        if not state_exists(path) and (leftovers := await _aidp_worktrees(root)):
+        if not state_exists(path) and (leftovers := await _aidp_worktrees(root, setup.configured_dir(root))):
             names = ", ".join(w.path.name for w in leftovers)
             if not start_over:
                 raise StateError(
                     f"the state database {path} is missing or empty, but aidp worktrees exist ({names} in "
-                    f"{root / gitrepo.WORKTREES_DIR}): it was deleted or truncated, and an empty one would orphan "
+                    f"{setup.configured_dir(root)}): it was deleted or truncated, and an empty one would orphan "
                     "them. Restore it from a backup if there is one; otherwise re-create each workstream with "
                     "'aidp ws new <slug> <task>', which adopts its worktree and branch"
                 )
@@ -132,7 +133,7 @@ class Engine:
                 names,
             )
         if create or state_exists(path):
-            gitrepo.ensure_ignored(root)
+            gitrepo.ensure_ignored(root, setup.ignore_pattern(root, setup.configured_dir(root)))
         db = AsyncStore(await asyncio.to_thread(Store, path, create))
         engine = cls(root, db)
         await engine.recover()
@@ -150,6 +151,7 @@ class Engine:
             await asyncio.wait(tasks)
         await self.settled()
         await self._record_unrecorded()
+        await self.hooks.drain()
         for _, result in self._unrecorded:
             log.error("%s: its result (%s) could not be recorded; it stays claimed", result.slug, result.status)
         self.db.close()
@@ -165,6 +167,12 @@ class Engine:
             return self.config().harness.grace_s
         except ConfigError:
             return DEFAULT_GRACE_S
+
+    @property
+    def worktrees_dir(self) -> Path:
+        """Where new worktrees go (`[worktree] dir`); the default when the config is broken, since
+        looking up what aidp made must not fail on a typo. Existing workstreams keep their path."""
+        return setup.configured_dir(self.root)
 
     async def check_state(self) -> None:
         """Refuse (`StateError`) when the state database was deleted, replaced or truncated since
@@ -217,6 +225,8 @@ class Engine:
             )
         if command is not None and (not command or not all(isinstance(a, str) and a for a in command)):
             raise InvalidInput("command must be a non-empty list of non-empty arguments")
+        config = self.config()  # a bad [worktree] section is refused before anything is made
+        worktrees = setup.worktrees_dir(self.root, config.worktree.dir)
         await self.check_state()
         if await self.db.call(self.db.store.get, slug):
             raise AlreadyExists(f"workstream {slug!r} already exists")
@@ -224,10 +234,10 @@ class Engine:
             known = {ws.slug for ws in await self.db.call(self.db.store.all)}
             if unknown := [d for d in deps if d not in known]:
                 raise UnknownSlugs(unknown, f"named as a dependency of {slug!r}")
-        async with self._holding(slug, "create") as token:
+        async with self._holding(slug, "create"):
             if await self.db.call(self.db.store.get, slug):  # created by another process meanwhile
                 raise AlreadyExists(f"workstream {slug!r} already exists")
-            path, branch = self.worktrees_dir / slug, f"aidp/{slug}"
+            path, branch = worktrees / slug, f"aidp/{slug}"
             if base_branch is not None:
                 await gitrepo.resolve_commit(self.root, base_branch)
             note = await self._adoptable(path, branch)
@@ -238,9 +248,37 @@ class Engine:
             base_commit = await gitrepo.merge_base(self.root, branch, base_branch or "HEAD")
             ws = self._new_record(slug, task, branch, path, base_branch, command, base_commit)
             ws = msgspec.structs.replace(ws, priority=level, after=deps)
-            await self.db.call(self.db.store.insert, ws, token, note or "created")
+            # The creation stays held (token not passed) until its worktree is ready: no run starts before.
+            await self.db.call(self.db.store.insert, ws, None, note or "created")
+            if setup.configured(config):
+                self.events.emit(ListChanged())
+                state = await setup.prepare(self.root, ws, config, self.db, self.logs_dir, worktrees)
+                ws = msgspec.structs.replace(ws, setup=state)
         self.events.emit(ListChanged())
         return ws, note
+
+    async def setup(self, slug: str) -> Workstream:
+        """Make the worktree ready again: copy the configured files, run the setup command (a
+        workstream whose setup failed can run once this succeeds). Refused while it runs."""
+        ws = await self.get(slug, changes=False)
+        config = self.config()
+        if not setup.configured(config):
+            raise InvalidInput(
+                "nothing to set up: configure [worktree] copy = [...] and/or setup = [...] in .aidp/config.toml"
+            )
+        if ws.worktree_missing:
+            raise Refused(f"the worktree {ws.path} of {slug!r} is missing; remove the workstream and create it again")
+        async with self._holding(slug, "setup"):
+            self.events.emit(ListChanged())
+            worktrees = setup.worktrees_dir(self.root, config.worktree.dir)
+            await setup.prepare(self.root, ws, config, self.db, self.logs_dir, worktrees)
+        self.events.emit(ListChanged())
+        return await self.get(slug, changes=False)
+
+    async def _with_setup(self, workstreams: list[Workstream]) -> list[Workstream]:
+        """The records with their setup state (how each worktree was made ready)."""
+        states = await self.db.call(self.db.store.setup_states)
+        return [msgspec.structs.replace(ws, setup=states.get(ws.slug)) for ws in workstreams]
 
     async def _adoptable(self, path: Path, branch: str) -> str | None:
         """None when `path` is free; a note when it holds the worktree of `branch` that an
@@ -301,7 +339,9 @@ class Engine:
         `start_all` and `cancel` come through here too). `changes`: with their change summaries."""
         await self.check_state()
         await self.recover()
-        found = await self._with_expected([_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)])
+        found = await self._with_setup(
+            await self._with_expected([_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)])
+        )
         return await review.changes_of(self, found) if changes else found
 
     async def leftover_worktrees(self) -> list[gitrepo.Worktree]:
@@ -335,7 +375,7 @@ class Engine:
             if (leftover / ".git").exists():  # what an interrupted `create` or `remove` left
                 raise UnknownSlugs([slug], f"but {leftover} is a worktree: 'aidp ws new {slug} <task...>' adopts it")
             raise UnknownSlugs([slug])
-        found = (await self._with_expected([_with_worktree_state(ws)]))[0]
+        found = (await self._with_setup(await self._with_expected([_with_worktree_state(ws)])))[0]
         return (await review.changes_of(self, [found]))[0] if changes else found
 
     async def _with_expected(self, workstreams: list[Workstream]) -> list[Workstream]:
@@ -498,6 +538,7 @@ class Engine:
         if paused:
             raise Refused(f"paused: {', '.join(paused)} (resume first: 'aidp ws resume <slug>')")
         pulled = _unmet_dependencies(known, wanted)
+        await self._refuse_unready([*pulled, *wanted])
         if pulled and no_deps:
             raise Refused(
                 f"not done yet, and named as dependencies: {', '.join(pulled)} (run them first, or let this run "
@@ -522,7 +563,10 @@ class Engine:
         """Every workstream that is not paused, completed or already in flight (maybe none)."""
         _check_options(max_concurrent, mode, steps, timeout_s, halt)
         known = {ws.slug: ws for ws in await self._settled_workstreams()}
-        todo = [ws for ws in known.values() if ws.status not in NOT_RUNNABLE_BY_RUN_ALL]
+        setting_up = {
+            s for s, state in (await self.db.call(self.db.store.setup_states)).items() if state.status == "running"
+        }
+        todo = [ws for ws in known.values() if ws.status not in NOT_RUNNABLE_BY_RUN_ALL and ws.slug not in setting_up]
         return await self._start(todo, known, max_concurrent, mode, steps, timeout_s, halt, base_from_deps)
 
     async def _start(
@@ -569,6 +613,7 @@ class Engine:
             expected={slug: h.expected_s for slug, h in history.items()},
             concurrency_note=note,
         )
+        workstreams = await self._with_setup(workstreams)  # the executor blocks those not ready
         run_id = new_run_id()
         slugs = [ws.slug for ws in workstreams]
         if slugs:
@@ -581,6 +626,14 @@ class Engine:
         task = asyncio.create_task(self._execute(run), name=f"aidp-run-{run_id}")
         self._runs[run_id] = (run, task)
         return run
+
+    async def _refuse_unready(self, slugs: list[str]) -> None:
+        """`ws run` refuses workstreams whose setup failed or still runs, saying why and what to do
+        (`run-all` records them blocked instead, through the executor, with the same reason)."""
+        states = await self.db.call(self.db.store.setup_states)
+        unready = [f"{s}: {why}" for s in slugs if s in states and (why := states[s].blocker(s)) is not None]
+        if unready:
+            raise Refused("cannot run, not ready: " + "; ".join(unready))
 
     async def _history(self, workstreams: list[Workstream], default: list[str] | None, n: int) -> dict[str, History]:
         """What recorded runs say of each workstream (matched by its harness command too)."""
@@ -702,6 +755,7 @@ class Engine:
             message = f"interrupted: the aidp process (pid {held.owner_pid}) doing 'ws {_OP_COMMANDS[held.op]}' is gone"
             if await self.db.call(self.db.store.release_stale_operation, held, message):
                 log.warning("%s: %s", held.slug, message)
+                await setup.interrupted(self.db, held.slug, message)
 
     async def recover(self) -> list[str]:
         """Correct claims whose owning process died (crash, SIGKILL): end what is left of their
@@ -846,14 +900,14 @@ def _with_worktree_state(ws: Workstream) -> Workstream:
     return msgspec.structs.replace(ws, worktree_missing=not (Path(ws.path) / ".git").exists())
 
 
-async def _aidp_worktrees(root: Path) -> list[gitrepo.Worktree]:
-    """The worktrees aidp made: in `.worktrees/`, on an `aidp/*` branch, still on disk."""
-    if not (root / gitrepo.WORKTREES_DIR).is_dir():
+async def _aidp_worktrees(root: Path, folder: Path) -> list[gitrepo.Worktree]:
+    """The worktrees aidp made: in its worktrees folder, on an `aidp/*` branch, still on disk."""
+    if not folder.is_dir():
         return []
     return [
         w
         for w in await gitrepo.worktrees(root)
-        if w.path.parent == root / gitrepo.WORKTREES_DIR and (w.branch or "").startswith("aidp/") and w.path.is_dir()
+        if w.path.parent == folder and (w.branch or "").startswith("aidp/") and w.path.is_dir()
     ]
 
 

@@ -308,7 +308,10 @@ class Run:
         return waiting
 
     def _blocker(self, job: Job) -> str | None:
-        """Why `job` can never start in this run: a dependency that ended otherwise than done."""
+        """Why `job` can never start in this run: its setup failed (or still runs), or a dependency
+        ended otherwise than done."""
+        if job.ws.setup is not None and (why := job.ws.setup.blocker(job.ws.slug)) is not None:
+            return f"blocked: {why}"
         for dep in job.ws.after:
             inside = self.jobs.get(dep)
             if inside is not None and inside.result is not None and inside.result.status != Status.COMPLETED:

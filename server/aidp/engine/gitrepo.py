@@ -96,12 +96,14 @@ def common_dir(root: Path) -> Path:
     return Path(found[0])
 
 
-def ensure_ignored(root: Path) -> None:
-    """Keep aidp's own folders out of the user's `git status` without touching tracked files."""
+def ensure_ignored(root: Path, extra: str | None = None) -> None:
+    """Keep aidp's own folders out of the user's `git status` without touching tracked files
+    (`extra`: a configured worktrees folder inside the repository, as an exclude pattern)."""
     exclude = common_dir(root) / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     lines = exclude.read_text().splitlines() if exclude.exists() else []
-    missing = [p for p in (f"/{WORKTREES_DIR}/", f"/{STATE_DIR}/") if p not in lines]
+    wanted = (f"/{WORKTREES_DIR}/", f"/{STATE_DIR}/", *([extra] if extra else []))
+    missing = [p for p in wanted if p not in lines]
     if missing:
         with exclude.open("a") as f:
             if lines and lines[-1] != "":

@@ -127,6 +127,31 @@ class CurrentRun(Record):
     progress: Progress | None = None  # while running: the harness's latest progress report
 
 
+SETUP_STATUSES = ("none", "running", "ok", "failed")
+
+
+class SetupState(Record):
+    """How a workstream's worktree was made ready (`[worktree]` copy and setup): `none` when no
+    setup command was configured (files may still have been copied), `running`, `ok`, or `failed`
+    with the reason; a workstream whose setup is not `ok` or `none` cannot run until it is redone."""
+
+    status: str  # one of SETUP_STATUSES
+    error: str | None = None
+    log_path: str | None = None
+    command: list[str] | None = None
+    copied: list[str] = msgspec.field(default_factory=list)  # paths relative to the worktree
+    finished_at: str | None = None
+
+    def blocker(self, slug: str) -> str | None:
+        """Why the workstream cannot run because of its setup (None: it can), and what to do."""
+        if self.status == "failed":
+            why = (self.error or "failed").splitlines()[0]
+            return f"its setup failed ({why}); fix it, then redo it: 'aidp ws setup {slug}'"
+        if self.status == "running":
+            return "its setup is still running"
+        return None
+
+
 class ChangeSummary(Record):
     """What a workstream changed: its branch against the merge-base with its base branch, plus
     whether its worktree has uncommitted work. `conflicts`: it would not merge cleanly into its base
@@ -231,6 +256,7 @@ class Workstream(Record):
     priority: int = 0  # higher starts first among those ready (see PRIORITIES)
     after: list[str] = msgspec.field(default_factory=list)  # dependencies: slugs that must be done first
     expected_s: float | None = None  # expected run time, from recorded history (None: unknown)
+    setup: SetupState | None = None  # None: created before aidp copied files or ran a setup
 
 
 class RunSummary(Record):

@@ -39,6 +39,7 @@ from aidp.engine.model import (
     CurrentRun,
     Event,
     Progress,
+    SetupState,
     Status,
     Workstream,
     WorkstreamResult,
@@ -142,6 +143,8 @@ MIGRATIONS: list[str] = [
     # 6: a running harness's latest progress report (JSON: percent, step, message), written at most
     # once a second, so viewers in other processes (a server following a CLI run, `ws list`) see it.
     "ALTER TABLE claims ADD COLUMN progress TEXT;",
+    # 7: how each worktree was made ready ([worktree] copy and setup): a SetupState as JSON.
+    "ALTER TABLE workstreams ADD COLUMN setup TEXT;",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -150,6 +153,7 @@ OPERATION_STATES = {
     "remove": "being removed",
     "land": "being landed",
     "sync": "being synced",
+    "setup": "being set up",
 }
 
 _WS_COLUMNS = (
@@ -585,6 +589,15 @@ class Store:
         ).fetchall()
         return [Event(slug=s, run_id=r, status=Status(st), message=m, at=a) for s, r, st, m, a in reversed(rows)]
 
+    def run_log_path(self, run_id: str, slug: str) -> str | None:
+        """The log of the workstream's last attempt in that run (None: it never started)."""
+        row = self._db.execute(
+            "SELECT log_path FROM runs WHERE run_id = ? AND slug = ? AND log_path IS NOT NULL "
+            "ORDER BY attempt DESC LIMIT 1",
+            (run_id, slug),
+        ).fetchone()
+        return str(row[0]) if row else None
+
     def latest_log_path(self, slug: str) -> str | None:
         """The log of this workstream's latest run that started (never a predecessor's of the same slug)."""
         row = self._db.execute(
@@ -796,6 +809,28 @@ class Store:
             RunInFlight(slug, run_id, pid, start, log_path, started_at, _progress(progress))
             for slug, run_id, pid, start, log_path, started_at, progress in rows
         ]
+
+    # -- setup: how each worktree was made ready ---------------------------------------------------
+
+    def set_setup(self, slug: str, setup: SetupState, message: str) -> None:
+        """Record the workstream's setup state, and `message` as an event that keeps its status."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM workstreams WHERE slug = ?", (slug,)).fetchone()
+            if row is None:
+                raise UnknownSlugs([slug])
+            db.execute("UPDATE workstreams SET setup = ? WHERE slug = ?", (msgspec.json.encode(setup).decode(), slug))
+            self._event(slug, None, Status(row[0]), message, utc_now())
+
+    def setup_states(self) -> dict[str, SetupState]:
+        """Each workstream's setup state, for those that have one; one this aidp cannot read
+        (written by another version) is left out rather than failing every list."""
+        found = {}
+        for slug, stored in self._db.execute("SELECT slug, setup FROM workstreams WHERE setup IS NOT NULL"):
+            try:
+                found[str(slug)] = msgspec.json.decode(stored, type=SetupState)
+            except msgspec.DecodeError:
+                continue
+        return found
 
     # -- operations: a creation or removal in progress -------------------------------------------
 

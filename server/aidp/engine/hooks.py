@@ -1,0 +1,156 @@
+"""Word when something ends: `[hooks] on_end` runs after each workstream of a run ends, `on_run_end`
+after each run, with the result in `{placeholder}`s and AIDP_* variables.
+
+Hooks follow the engine's events: a workstream's final `StatusChanged` and `RunFinished` are only
+emitted once the result is durable, so a hook never delays recording it and nothing it does can
+change a status. Each hook runs contained (`oneshot`: never a shell, its own process tree, its
+output in `.aidp/logs/hooks/`), is ended after `[hooks] timeout_s`, and a failure is said in aidp's
+log and, for `on_end`, in the workstream's events. The engine waits for running hooks when it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+from aidp.engine import cgroups, oneshot
+from aidp.engine.config import Config
+from aidp.engine.errors import ConfigError
+from aidp.engine.events import EngineEvent, EventBus, RunFinished, StatusChanged
+from aidp.engine.model import FINAL_STATUSES, RunSummary
+from aidp.engine.store import AsyncStore
+
+log = logging.getLogger(__name__)
+
+ON_END_FIELDS = ("slug", "status", "exit_code", "duration", "run_id", "log", "error")
+ON_RUN_END_FIELDS = ("run_id", "total", "completed", "failed", "errored", "cancelled", "blocked", "duration", "ok")
+
+
+def substitute(template: list[str], values: Mapping[str, str]) -> list[str]:
+    """`{name}` replaced by its value in each argument, in one pass (a value that looks like a
+    placeholder stays as it is); other braces stay literal."""
+    pattern = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
+    return [pattern.sub(lambda m: values[m.group(1)], arg) for arg in template]
+
+
+def environment(values: Mapping[str, str], hook: str) -> dict[str, str]:
+    """aidp's environment with each value as AIDP_<NAME> (AIDP_SLUG, AIDP_EXIT_CODE, ...)."""
+    env = dict(os.environ)
+    env.update({f"AIDP_{name.upper()}": value for name, value in values.items()})
+    env["AIDP_HOOK"] = hook
+    return env
+
+
+def _number(value: float | int | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+class HookRunner:
+    """Starts the configured hooks on the engine's events, each in a task of its own."""
+
+    def __init__(self, root: Path, logs_dir: Path, db: AsyncStore, config: Callable[[], Config], bus: EventBus) -> None:
+        self._root = root
+        self._logs_dir = logs_dir / "hooks"
+        self._db = db
+        self._config = config
+        self._tasks: set[asyncio.Task[None]] = set()
+        bus.subscribe(self._on_event)
+
+    def _on_event(self, event: EngineEvent) -> None:
+        if isinstance(event, StatusChanged) and event.run_id is not None and event.status in FINAL_STATUSES:
+            self._start(self._workstream_ended(event))
+        elif isinstance(event, RunFinished):
+            self._start(self._run_ended(event.summary))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name="aidp-hook")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every hook started so far (each is bounded by its timeout)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def _configured(self) -> Config | None:
+        try:
+            return self._config()
+        except ConfigError as exc:
+            log.warning("hooks not run: %s", exc)
+            return None
+
+    async def _workstream_ended(self, event: StatusChanged) -> None:
+        config = self._configured()
+        if config is None or config.hooks.on_end is None or event.run_id is None:
+            return
+        try:
+            log_path = await self._db.call(self._db.store.run_log_path, event.run_id, event.slug)
+            values = {
+                "slug": event.slug,
+                "status": str(event.status),
+                "exit_code": _number(event.exit_code),
+                "duration": _number(event.duration_s),
+                "run_id": event.run_id,
+                "log": log_path or "",
+                "error": event.error or "",
+            }
+            name = f"{event.run_id}.{event.slug}.on_end.log"
+            error = await self._run("on_end", config, config.hooks.on_end, values, name, (event.run_id, event.slug))
+            if error is not None:
+                message = f"hook on_end failed: {error} (log: {self._logs_dir / name})"
+                log.warning("%s: %s", event.slug, message)
+                await self._db.call(self._db.store.note, event.slug, event.run_id, event.status, message)
+        except Exception:
+            log.exception("%s: the on_end hook could not be run", event.slug)
+
+    async def _run_ended(self, summary: RunSummary) -> None:
+        config = self._configured()
+        if config is None or config.hooks.on_run_end is None:
+            return
+        try:
+            values = {
+                "run_id": summary.run_id,
+                "total": str(summary.total),
+                "completed": str(summary.completed),
+                "failed": str(summary.failed),
+                "errored": str(summary.errored),
+                "cancelled": str(summary.cancelled),
+                "blocked": str(summary.blocked),
+                "duration": _number(summary.wall_s),
+                "ok": "true" if summary.ok else "false",
+            }
+            name = f"{summary.run_id}.on_run_end.log"
+            error = await self._run("on_run_end", config, config.hooks.on_run_end, values, name, None)
+            if error is not None:
+                log.warning(
+                    "run %s: hook on_run_end failed: %s (log: %s)", summary.run_id, error, self._logs_dir / name
+                )
+        except Exception:
+            log.exception("run %s: the on_run_end hook could not be run", summary.run_id)
+
+    async def _run(
+        self,
+        hook: str,
+        config: Config,
+        template: list[str],
+        values: Mapping[str, str],
+        log_name: str,
+        marker: tuple[str, str] | None,
+    ) -> str | None:
+        """Run one hook to its end; why it failed, or None."""
+        outcome = await oneshot.run_contained(
+            substitute(template, values),
+            self._root,
+            environment(values, hook),
+            self._logs_dir / log_name,
+            config.hooks.timeout_s,
+            config.harness.grace_s,
+            cgroups.place(f"hook-{values['run_id']}", values.get("slug", "run")),
+            marker,
+        )
+        return outcome.error

@@ -1,0 +1,87 @@
+"""One command run to its end outside a run: a worktree's setup, a hook.
+
+Contained like a harness (`harness.spawn`: its own session, its own cgroup where the system allows,
+never a shell), its output straight into a log file, ended with its whole tree after a timeout, and
+ended before a cancellation (Ctrl-C) goes on. Whatever it started is gone when this returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aidp.engine import cgroups, procs
+from aidp.engine.executor import _describe_exit as describe_exit
+from aidp.engine.harness import StartError, spawn
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the command ended: `error` is None when it exited 0, else why not (it could not
+    start, it exited non-zero, it timed out)."""
+
+    exit_code: int | None
+    error: str | None
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def run_contained(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    timeout_s: float,
+    grace_s: float,
+    place: Path | None,
+    marker: tuple[str, str] | None = None,
+) -> Outcome:
+    """Run `argv` in `cwd` to its end, its output appended to `log_path`. `place`: where its cgroup
+    goes (`cgroups.place`); `marker`: the (AIDP_RUN_ID, AIDP_SLUG) in `env`, by which what left its
+    process group (`setsid`) is found where there is no cgroup. Raises OSError when the log cannot
+    be written; a cancellation ends the command's tree before it goes on."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    t0 = time.monotonic()
+    cgroup = cgroups.create(place)
+    try:
+        proc = await spawn(argv, cwd, env, log_fd, cgroup)
+    except StartError as exc:
+        with contextlib.suppress(OSError):
+            os.write(log_fd, f"[aidp] {exc}\n".encode())
+        if cgroup is not None:
+            cgroups.remove(cgroup)
+        return Outcome(None, str(exc), 0.0)
+    finally:
+        os.close(log_fd)
+    tree = procs.Tree(pgid=proc.pid, cgroup=cgroup)
+    exited = asyncio.ensure_future(proc.wait())
+    try:
+        await asyncio.wait({exited}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        await _end(tree, marker, grace_s)
+        await exited
+        raise
+    timed_out = not exited.done()
+    await _end(tree, marker, grace_s)  # also what outlived a clean exit
+    code = await exited
+    duration = round(time.monotonic() - t0, 3)
+    if timed_out:
+        return Outcome(code, f"timed out after {timeout_s:g} s (ended)", duration)
+    return Outcome(code, None if code == 0 else describe_exit(code), duration)
+
+
+async def _end(tree: procs.Tree, marker: tuple[str, str] | None, grace_s: float) -> None:
+    """SIGTERM the tree (and, without a cgroup, the groups carrying the marker), SIGKILL after `grace_s`."""
+    trees = [tree]
+    if tree.cgroup is None and marker is not None:
+        groups = await asyncio.to_thread(procs.marked_groups, *marker)
+        trees += [procs.Tree(pgid=g) for g in groups - {tree.pgid}]
+    await procs.terminate(trees, grace_s)
