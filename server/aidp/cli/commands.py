@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from aidp.cli import ready
 from aidp.cli.agents import task_of
 from aidp.cli.live import choose_view, watch_run
 from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
@@ -85,6 +86,7 @@ async def ws_new(engine: Engine, args: argparse.Namespace) -> int:
         args.slug, task_of(args), args.base_branch, args.command, priority=priority, after=args.after
     )
     print(f"created {ws.slug}: " + (adopted or f"worktree {ws.path} on branch {ws.branch}"))
+    print("".join(f"{line}\n" for line in ready.setup_lines(ws)), end="", flush=True)
     if ws.priority or ws.after:
         print(f"{ws.slug}: {schedule_text(ws)}")
     return EXIT_OK
@@ -120,6 +122,7 @@ async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
         f"changes:    {change_summary(ws.changes)}",
         f"worktree:   {ws.path}",
         f"command:    {command}",
+        *ready.setup_lines(ws),
         f"created:    {ws.created_at}",
         f"priority:   {priority_name(ws.priority)}",
         f"after:      {', '.join(ws.after) or '(no dependencies)'}",
@@ -184,6 +187,8 @@ def print_summary(summary: RunSummary, as_json: bool) -> int:
 
 async def ws_run(engine: Engine, args: argparse.Namespace) -> int:
     summary = await watch_run(engine, lambda: start_run(engine, args), choose_view(args.json))
+    if args.notify:
+        await ready.notify(summary)
     return print_summary(summary, args.json)
 
 

@@ -101,6 +101,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="execute", metavar="M", help="passed to the harness as {mode}")
     parser.add_argument("--steps", type=_steps, metavar="A,B", help="passed to the harness as {steps}")
     parser.add_argument("--timeout", type=float, metavar="S", help="stop a workstream after S seconds")
+    parser.add_argument("--notify", action="store_true", help="a desktop notification when the run ends (notify-send)")
     parser.add_argument(
         "--halt",
         choices=HALTS,
@@ -120,6 +121,7 @@ def build_parser() -> Parser:
         agents,
         commands,
         demo,
+        ready,
         repl,
         review,
     )  # imported here: they import this module (the repl parses with it)
@@ -158,6 +160,10 @@ def build_parser() -> Parser:
     p = sub.add_parser("status", help="one workstream in detail, its recent events and git status")
     p.add_argument("slug")
     p.set_defaults(handler=commands.ws_status)
+
+    p = sub.add_parser("setup", help="make a worktree ready again: copy [worktree] copy files, run [worktree] setup")
+    p.add_argument("slug")
+    p.set_defaults(handler=ready.ws_setup)
 
     for name, paused in (("pause", True), ("resume", False)):
         p = sub.add_parser(name, help=f"{name} a workstream (run-all skips paused ones)")
