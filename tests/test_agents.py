@@ -146,8 +146,9 @@ def test_args_extra_appends_and_command_wins_over_the_preset(
 
 
 def test_an_unknown_preset_is_a_config_error_naming_the_presets(repo: Path) -> None:
+    assert cli(repo, "ws", "new", "x", TASK).returncode == 0
     write_config(repo, '[harness]\npreset = "clod"\n')
-    result = cli(repo, "ws", "new", "x", TASK)
+    result = cli(repo, "ws", "run", "x")
     assert result.returncode == 2
     assert "unknown [harness] preset 'clod'; the presets are claude-code, codex, aider, gemini, opencode, goose" in (
         result.stderr
