@@ -785,10 +785,9 @@ async function main(): Promise<void> {
     await wb.clearNotifications();
 
     // ---- Scheduling: priority and dependencies from the commands, a blocked dependent, the ETA --------
-    const newWs = (slug: string, mode: string): string =>
-      run(PYTHON, ["-m", "aidp", "ws", "new", slug, "scheduling", "check", "--command", `sh ${harness} ${mode}`], { cwd: repo });
-    newWs("dep-a", "fail");
-    newWs("dep-b", "ok");
+    const aidpNew = (...args: string[]): string => run(PYTHON, ["-m", "aidp", "ws", "new", ...args], { cwd: repo });
+    aidpNew("dep-a", "fail", "first", "--command", `sh ${harness} fail`);
+    aidpNew("dep-b", "build", "on", "dep-a", "--command", `sh ${harness} ok`);
     await wb.waitStatus("dep-b", "active");
     const quickInput = page.locator(".quick-input-widget input").first();
 
@@ -859,24 +858,32 @@ async function main(): Promise<void> {
     await wb.shot("18d-blocked");
     await wb.clearNotifications();
 
-    // While a run goes, the status bar shows its progress and time left (gate-ws has a past run to go by);
-    // once it ends, that item goes.
+    // dep-c (made by the CLI) runs after gate-b, which has never run: running dep-c pulls gate-b in, and
+    // dep-c waits, saying for what. Meanwhile the status bar shows the run's progress and time left
+    // (both commands have past runs to go by: gate-b's is gate-ws's); once the run ends, that item goes.
+    aidpNew("gate-b", "wait", "for", "the", "gate", "--command", `sh ${harness} gate ${gate}`);
+    aidpNew("dep-c", "after", "gate-b", "--after", "gate-b", "--command", `sh ${harness} ok`);
+    await wb.waitStatus("dep-c", "after: gate-b");
     const progressItem = page.locator(".part.statusbar .statusbar-item", { hasText: /AIDP: \d+\/\d+/ });
     check((await progressItem.count()) === 0, "no run goes: the status bar shows no run progress");
     fs.rmSync(gate, { force: true });
-    await gateRow.hover();
-    await gateRow.locator('.action-label[aria-label="Run Workstream"]').click();
-    await wb.waitStatus("gate-ws", "running");
+    const depC = wb.row("dep-c");
+    await depC.hover();
+    await depC.locator('.action-label[aria-label="Run Workstream"]').click();
+    await wb.waitStatus("gate-b", "running");
+    const waiting = await wb.waitStatus("dep-c", "queued · waiting for gate-b");
+    check(true, `the dependency not done yet was pulled into the run, and dep-c says it waits for it ("${waiting}")`);
     const eta = await waitFor("the run's ETA in the status bar", async () => {
       const text = (await progressItem.first().innerText().catch(() => "")).replace(/\s+/g, " ");
-      return /AIDP: 0\/1 · .*left/.test(text) ? text : undefined;
+      return /AIDP: 0\/2 · .*left/.test(text) ? text : undefined;
     });
     check(true, `the status bar shows the run's progress and time left ("${eta}")`);
     await wb.shot("18e-eta");
     fs.writeFileSync(gate, "");
-    await wb.waitStatus("gate-ws", "completed");
+    await wb.waitStatus("gate-b", "completed");
+    await wb.waitStatus("dep-c", "completed");
     await waitFor("the progress item to go", async () => (await progressItem.count()) === 0, 60_000);
-    check(true, "when the run ends, the status bar's progress item goes");
+    check(true, "when the run ends (gate-b, then dep-c completed), the status bar's progress item goes");
     await wb.clearNotifications();
 
     // ---- Review and land: two workstreams that change the same line (their agents committed) ----------
