@@ -5,8 +5,9 @@ the repository's bound, and how `ws list`, `ws status`, the plain lines and the 
 Every workstream runs one constant `sh -c` script from `.aidp/config.toml` (its slug is `$1`,
 never part of the script). What it does is steered by marker files, and it stamps its own start
 and end, so the tests assert order from the children's own stamps, never from timing:
-`<slug>.fail` makes it fail (exit 3), `<slug>.flaky` makes only the next attempt fail, and while
-`<slug>.hold` exists it waits."""
+`<slug>.fail` makes it fail (exit 3), `<slug>.flaky` makes only the next attempt fail,
+`<slug>.limited` makes only the next attempt hit a rate limit (exit 75), and while `<slug>.hold`
+exists it waits."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ date +%s.%N > "$d/$1.start"
 echo "working on $1"
 if [ -e "$d/$1.fail" ]; then echo "broken $1"; exit 3; fi
 if [ -e "$d/$1.flaky" ]; then rm "$d/$1.flaky"; echo "flaky $1"; exit 3; fi
+if [ -e "$d/$1.limited" ]; then rm "$d/$1.limited"; echo "429 $1"; exit 75; fi
 while [ -e "$d/$1.hold" ]; do sleep 0.05; done
 date +%s.%N > "$d/$1.end"
 """
@@ -248,6 +250,27 @@ def test_retried_workstream_shows_its_attempt(tmp_path: Path) -> None:
     (stamps / "x.hold").unlink()
     out.expect(r"^✅ x\s+completed\s+\(exit 0, [\d.]+ s, attempt 2\)$")
     assert runner.wait(timeout=60) == 0
+
+
+def test_a_rate_limit_is_said_once_in_the_plain_lines_and_on_stderr_with_json(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "x", "y", config="rate_limit_exit = [75]\nretry_backoff_s = 0.1\n")
+    (stamps / "x.limited").touch()
+    result = cli(repo, "ws", "run", "x", "y", "--max-concurrent", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    notes = re.findall(r"^\[\d\d:\d\d:\d\d\] aidp: (.*)$", result.stdout, re.M)
+    assert notes == ["rate limited (x): concurrency 2 -> 1"]
+    assert re.search(
+        r"\] x queued \(exit 75, [\d.]+ s\): exit code 75; attempt 2/2 after a [\d.]+ s back-off \(rate limit\)$",
+        result.stdout,
+        re.M,
+    )
+    assert re.search(r"^✅ x\s+completed\s+\(exit 0, [\d.]+ s, attempt 2\)$", result.stdout, re.M)
+
+    (stamps / "y.limited").touch()
+    code, summary, err = run_json(repo, "run", "y")
+    assert code == 0
+    assert summary["results"][0]["attempt"] == 2
+    assert "aidp: rate limited (y): concurrency 3 -> 1" in err
 
 
 def test_max_concurrent_above_the_repository_bound_is_lowered_and_said(tmp_path: Path) -> None:
