@@ -6,8 +6,8 @@ Every workstream runs one constant `sh -c` script from `.aidp/config.toml` (its 
 never part of the script). What it does is steered by marker files, and it stamps its own start
 and end, so the tests assert order from the children's own stamps, never from timing:
 `<slug>.fail` makes it fail (exit 3), `<slug>.flaky` makes only the next attempt fail,
-`<slug>.limited` makes only the next attempt hit a rate limit (exit 75), and while `<slug>.hold`
-exists it waits."""
+`<slug>.limited` makes only the next attempt hit a rate limit (exit 75), `<slug>.write` makes it
+write `<slug>.txt` in its worktree, and while `<slug>.hold` exists it waits."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from cli_helpers import Lines, spawn_cli, wait_for_status, workstreams
-from support import cli, make_repo, wait_until_sync
+from support import cli, git, make_repo, wait_until_sync
 
 SCRIPT = """\
 d="$STAMPS"
 date +%s.%N > "$d/$1.start"
 echo "working on $1"
+if [ -e "$d/$1.write" ]; then echo "$1 was here" > "$1.txt"; fi
 if [ -e "$d/$1.fail" ]; then echo "broken $1"; exit 3; fi
 if [ -e "$d/$1.flaky" ]; then rm "$d/$1.flaky"; echo "flaky $1"; exit 3; fi
 if [ -e "$d/$1.limited" ]; then rm "$d/$1.limited"; echo "429 $1"; exit 75; fi
@@ -338,3 +339,24 @@ def test_repl_sets_schedules_and_says_what_a_run_pulled_in(tmp_path: Path) -> No
     repl.stdin.close()
     assert repl.wait(timeout=60) == 0
     assert stamp(stamps, "a", "end") <= stamp(stamps, "b", "start")
+
+
+def test_base_from_deps_starts_a_dependent_from_its_dependency_s_work(tmp_path: Path) -> None:
+    repo, stamps = scheduled_repo(tmp_path, "a", config='commit = "on-success"\n')
+    for slug in ("b", "c", "d"):
+        assert cli(repo, "ws", "new", slug, f"task {slug}", "--after", "a").returncode == 0
+    (stamps / "a.write").touch()
+
+    code, summary, _ = run_json(repo, "run", "b", "--base-from-deps")
+    assert code == 0
+    assert summary["pulledIn"] == ["a"]
+    assert "a.txt" in git(repo, "ls-tree", "--name-only", "aidp/b").split()
+    assert re.search(r"started from aidp/a at [0-9a-f]{12}", cli(repo, "ws", "status", "b").stdout)
+
+    assert cli(repo, "ws", "run", "c").returncode == 0  # the default: [scheduler] base_from_deps = false
+    assert "a.txt" not in git(repo, "ls-tree", "--name-only", "aidp/c").split()
+
+    config = repo / ".aidp" / "config.toml"
+    config.write_text(config.read_text() + "[scheduler]\nbase_from_deps = true\n")
+    assert cli(repo, "ws", "run", "d", "--no-base-from-deps").returncode == 0
+    assert "a.txt" not in git(repo, "ls-tree", "--name-only", "aidp/d").split()
