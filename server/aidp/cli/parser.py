@@ -11,7 +11,7 @@ from typing import NoReturn
 from aidp import __version__
 from aidp.engine.config import HALTS
 from aidp.engine.errors import InvalidInput
-from aidp.engine.model import PRIORITIES, parse_priority, validate_slug
+from aidp.engine.model import PRIORITIES, PRIORITY_RANGE, parse_priority, validate_slug
 from aidp.engine.presets import PRESETS
 
 EXIT_OK = 0
@@ -84,7 +84,9 @@ def _slugs(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-PRIORITY_HELP = f"{', '.join(PRIORITIES)} or an integer from -100 to 100; higher starts first (default: normal)"
+PRIORITY_HELP = "{} or an integer from {} to {}; the higher starts first (a new one: normal)".format(
+    ", ".join(PRIORITIES), *PRIORITY_RANGE
+)
 
 
 def _add_schedule_options(parser: argparse.ArgumentParser, droppable: bool) -> None:
@@ -105,8 +107,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--halt",
         choices=HALTS,
-        help="on the first failure: never stop (default; or [harness] halt), start nothing new (soon), "
-        "also cancel what runs (now)",
+        help="on the first failure: start nothing new (soon), also cancel what runs (now), or go on (never); "
+        "default: [harness] halt",
     )
     parser.add_argument(
         "--base-from-deps",
