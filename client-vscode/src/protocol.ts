@@ -137,6 +137,17 @@ export interface CurrentRun {
   maxAttempts?: number;
   /** While queued: what it waits for (dependencies, a slot, a retry's back-off); null otherwise. */
   waiting?: string | null;
+  /** While running: the harness's latest progress report (at most a second old); null when it said none. */
+  progress?: Progress | null;
+}
+
+/** How far a running harness says it is (its `AIDP_PROGRESS` reports, or its agent's events). */
+export interface Progress {
+  /** 0-100, one decimal: reported, or step-wise from the run's steps. */
+  percent: number | null;
+  step: string | null;
+  /** One line, at most 200 characters: what it does now (a tool, a file). */
+  message: string | null;
 }
 
 /** A workstream's branch against the merge-base with its base branch, and its worktree. */
@@ -369,6 +380,8 @@ export interface WsStatusNotification {
   maxAttempts?: number | null;
   /** With `queued`: what it waits for (dependencies, a slot another aidp process holds, a retry's back-off). */
   waiting?: string | null;
+  /** With `running`: the harness's latest progress; a `running` notification is sent again when it changes. */
+  progress?: Progress | null;
 }
 
 /** How far a run is: sent when the counts or the pace change, and at most every 0.5 s while jobs run. */

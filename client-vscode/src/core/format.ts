@@ -1,6 +1,6 @@
 /** How a workstream looks in the tree: description, icon, tooltip, context value. No `vscode` import. */
 import * as os from "node:os";
-import type { RunSummary, Status, Workstream, WorkstreamResult } from "../protocol";
+import type { Progress, RunSummary, Status, Workstream, WorkstreamResult } from "../protocol";
 import type { WorkstreamView } from "./state";
 
 /** A codicon id (for `new ThemeIcon(id, new ThemeColor(color))`). */
@@ -82,8 +82,7 @@ export function describe(view: WorkstreamView, now: number): string {
     case "running": {
       const running =
         view.runningSince === null ? "running" : `running ${formatDuration(Math.max(0, (now - view.runningSince) / 1000))}`;
-      const attempt = attemptLabel(ws);
-      return attempt === undefined ? running : `${running} · ${attempt}`;
+      return [running, attemptLabel(ws), progressLabel(ws.currentRun?.progress)].filter((p) => p !== undefined).join(" · ");
     }
     case "queued": {
       const waiting = waitingLabel(ws);
@@ -113,6 +112,18 @@ export function attemptLabel(ws: Workstream): string | undefined {
   return attempt > 1 ? `attempt ${attempt}/${ws.currentRun?.maxAttempts ?? attempt}` : undefined;
 }
 
+/**
+ * A running harness's progress for one-line places: "40% IMPLEMENTATION", "67%", "PLAN"; its message
+ * when it says neither (an agent's current tool); undefined when it said nothing.
+ */
+export function progressLabel(progress: Progress | null | undefined): string | undefined {
+  if (progress === null || progress === undefined) return undefined;
+  const percent = progress.percent === null ? undefined : `${Math.round(progress.percent)}%`;
+  const head = [percent, progress.step ?? undefined].filter((p) => p !== undefined && p.length > 0).join(" ");
+  if (head.length > 0) return head;
+  return progress.message !== null && progress.message.length > 0 ? firstLine(progress.message, 60) : undefined;
+}
+
 /** What a queued workstream waits for ("waiting for a, b"); undefined when the server did not say. */
 export function waitingLabel(ws: Workstream): string | undefined {
   const waiting = ws.status === "queued" ? ws.currentRun?.waiting : undefined;
@@ -137,6 +148,11 @@ export function tooltip(view: WorkstreamView, now: number): string {
   if (ws.baseBranch !== null) lines.push(`Base: ${ws.baseBranch}`);
   lines.push(`Worktree: ${ws.path}`);
   if (ws.command !== null) lines.push(`Command: ${ws.command.join(" ")}`);
+  const progress = ws.status === "running" ? ws.currentRun?.progress : null;
+  if (progress !== null && progress !== undefined) {
+    const label = progressLabel({ ...progress, message: null });
+    lines.push(`Progress: ${[label, progress.message].filter((p) => p !== undefined && p !== null).join(": ")}`);
+  }
   const error = ws.lastResult?.error;
   if (error !== null && error !== undefined && error.length > 0) {
     lines.push("", ws.status === "blocked" ? "Blocked:" : "Last error:", error.trimEnd());

@@ -82,8 +82,10 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
       ws = { ...ws, currentRun: currentRun(n, null) };
       break;
     case "running":
+      // A progress update of the same run says nothing new of its start: keep counting from it.
+      runningSince =
+        epochMs(raw.startedAt) ?? (old.ws.status === "running" && old.runId === n.runId ? old.runningSince : null) ?? now;
       runId = n.runId;
-      runningSince = epochMs(raw.startedAt) ?? now;
       ws = { ...ws, currentRun: currentRun(n, new Date(runningSince).toISOString()) };
       break;
     case "completed":
@@ -129,7 +131,14 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
 /** The run a `queued`/`running` notification tells of: which attempt, and what a queued one waits for. */
 function currentRun(n: WsStatusNotification, startedAt: string | null): CurrentRun | null {
   if (n.runId === null) return null;
-  return { runId: n.runId, startedAt, attempt: n.attempt ?? 1, maxAttempts: n.maxAttempts ?? 1, waiting: n.waiting ?? null };
+  return {
+    runId: n.runId,
+    startedAt,
+    attempt: n.attempt ?? 1,
+    maxAttempts: n.maxAttempts ?? 1,
+    waiting: n.waiting ?? null,
+    progress: n.progress ?? null,
+  };
 }
 
 /** Epoch ms of an ISO time from the server; undefined when absent or unreadable. */

@@ -9,13 +9,14 @@ import {
   formatExitCode,
   formatOutcome,
   iconFor,
+  progressLabel,
   statusBarText,
   STATUS_ICONS,
   summaryMessage,
   tooltip,
 } from "../../src/core/format";
 import { EMPTY_STATE, reduceList, type WorkstreamView } from "../../src/core/state";
-import { STATUSES, type RunSummary, type Status } from "../../src/protocol";
+import { STATUSES, type Progress, type RunSummary, type Status } from "../../src/protocol";
 import { result, ws } from "./fixtures";
 
 const NOW = Date.parse("2026-11-25T20:00:00.000Z");
@@ -80,6 +81,35 @@ describe("describe", () => {
     const blocked = view("blocked", {}, result("x", "blocked", { exitCode: null, error: "blocked: its dependency a failed" }));
     assert.equal(describeItem(blocked, NOW), "blocked · its dependency a failed");
     assert.equal(describeItem(view("blocked", {}, null), NOW), "blocked · a dependency did not complete");
+  });
+});
+
+describe("progress", () => {
+  const running = (progress: Progress | null, attempt = 1): WorkstreamView => ({
+    ws: ws("x", "running", { currentRun: { runId: "r", startedAt: null, attempt, maxAttempts: 3, progress } }),
+    runId: "r",
+    runningSince: NOW - 12_000,
+  });
+  it("labels percent and step, the message alone only when it says neither", () => {
+    assert.equal(progressLabel({ percent: 40, step: "IMPLEMENTATION", message: "tests pass" }), "40% IMPLEMENTATION");
+    assert.equal(progressLabel({ percent: 66.7, step: null, message: null }), "67%");
+    assert.equal(progressLabel({ percent: null, step: "PLAN", message: null }), "PLAN");
+    assert.equal(progressLabel({ percent: null, step: null, message: "Edit src/app.py" }), "Edit src/app.py");
+    assert.equal(progressLabel({ percent: null, step: null, message: "x".repeat(100) }), `${"x".repeat(59)}…`);
+    assert.equal(progressLabel({ percent: null, step: null, message: null }), undefined);
+    assert.equal(progressLabel(null), undefined);
+  });
+  it("shows it in a running item's description, after the attempt", () => {
+    const progress = { percent: 40, step: "IMPLEMENTATION", message: "tests pass" };
+    assert.equal(describeItem(running(progress), NOW), "running 12s · 40% IMPLEMENTATION");
+    assert.equal(describeItem(running(progress, 2), NOW), "running 12s · attempt 2/3 · 40% IMPLEMENTATION");
+    assert.equal(describeItem(running(null), NOW), "running 12s");
+  });
+  it("puts the message in the tooltip", () => {
+    const t = tooltip(running({ percent: 40, step: "IMPLEMENTATION", message: "tests pass" }), NOW);
+    assert.match(t, /^Progress: 40% IMPLEMENTATION: tests pass$/m);
+    assert.match(tooltip(running({ percent: null, step: null, message: "Bash: pytest -q" }), NOW), /^Progress: Bash: pytest -q$/m);
+    assert.doesNotMatch(tooltip(running(null), NOW), /Progress/);
   });
 });
 

@@ -40,7 +40,14 @@ describe("reduceList", () => {
   it("follows the attempt and what a queued one waits for from the notifications, and forgets them at the end", () => {
     let s = reduceList(EMPTY_STATE, [ws("a")], T0);
     s = reduceStatus(s, status("a", "queued", "r1", { waiting: "waiting for b" }), T0).state;
-    assert.deepEqual(s.items.get("a")?.ws.currentRun, { runId: "r1", startedAt: null, attempt: 1, maxAttempts: 1, waiting: "waiting for b" });
+    assert.deepEqual(s.items.get("a")?.ws.currentRun, {
+      runId: "r1",
+      startedAt: null,
+      attempt: 1,
+      maxAttempts: 1,
+      waiting: "waiting for b",
+      progress: null,
+    });
     s = reduceStatus(s, status("a", "running", "r1", { attempt: 2, maxAttempts: 3, startedAt: "2026-11-25T20:00:01.000Z" }), T0 + 2000).state;
     assert.deepEqual(s.items.get("a")?.ws.currentRun, {
       runId: "r1",
@@ -48,6 +55,7 @@ describe("reduceList", () => {
       attempt: 2,
       maxAttempts: 3,
       waiting: null,
+      progress: null,
     });
     s = reduceStatus(s, status("a", "blocked", "r1", { error: "blocked: its dependency b failed" }), T0 + 3000).state;
     const a = s.items.get("a")?.ws;
@@ -86,6 +94,18 @@ describe("reduceStatus", () => {
     assert.equal(r.state.items.get("a")?.runningSince, Date.parse(started));
     // A server that does not say: from when the client saw it.
     assert.equal(reduceStatus(base, status("a", "running", "r2"), T0).state.items.get("a")?.runningSince, T0);
+  });
+
+  it("takes a progress update of the same run as such: the progress changes, its start does not", () => {
+    const progress = { percent: 40, step: "IMPLEMENTATION", message: "tests pass" };
+    let s = reduceStatus(base, status("a", "running", "r2"), T0).state;
+    s = reduceStatus(s, status("a", "running", "r2", { progress }), T0 + 3000).state;
+    assert.equal(s.items.get("a")?.runningSince, T0);
+    assert.deepEqual(s.items.get("a")?.ws.currentRun?.progress, progress);
+    // A later attempt (another run id) starts afresh, without the old progress.
+    s = reduceStatus(s, status("a", "running", "r3"), T0 + 5000).state;
+    assert.equal(s.items.get("a")?.runningSince, T0 + 5000);
+    assert.equal(s.items.get("a")?.ws.currentRun?.progress, null);
   });
 
   it("reports an unknown slug without changing anything", () => {
