@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cli_helpers import workstreams
 from conftest import write_config
+from server_helpers import initialize_params, lsp_session, server_command
 from support import PYTHON, cli, git
 
 TASK = "Fix the login redirect loop; say {slug} literally"
@@ -456,3 +457,26 @@ def test_task_words_and_task_file_are_exclusive_and_one_is_needed(repo: Path, tm
     assert neither.returncode == 2 and "give the task as words, or --task-file FILE" in neither.stderr
     missing = cli(repo, "ws", "new", "x", "--task-file", str(tmp_path / "nope.md"))
     assert missing.returncode == 2 and f"cannot read the task file {tmp_path}/nope.md" in missing.stderr
+
+
+# -- aidp/doctor over JSON-RPC ------------------------------------------------------------------
+
+
+async def test_doctor_over_json_rpc_says_what_the_cli_says_even_when_the_state_is_damaged(
+    repo: Path, tmp_path: Path
+) -> None:
+    write_config(repo, f'[harness]\ncommand = ["{PYTHON}", "-c", "pass"]\n')
+    assert cli(repo, "ws", "new", "alpha", TASK).returncode == 0
+    good = json.loads(cli(repo, "doctor", "--json").stdout)
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        assert await client.call("aidp/doctor", {}) == good
+        assert (await client.fails("aidp/doctor", {"extra": 1})).code == -32602
+
+    with (repo / ".aidp" / "state.db").open("r+b") as db:
+        db.seek(4096)
+        db.write(b"\xff" * 8192)
+    damaged = json.loads(cli(repo, "doctor", "--json").stdout)
+    assert not damaged["ok"] and any(f["check"] == "state" and f["level"] == "problem" for f in damaged["findings"])
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        assert (await client.fails("aidp/wsList", {})).code == -32803  # no engine over a damaged database
+        assert await client.call("aidp/doctor", {}) == damaged

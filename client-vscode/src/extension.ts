@@ -8,9 +8,11 @@ import { describe, failures, firstLine, formatDuration, formatOutcome, statusBar
 import { RunTracker } from "./core/runTracker";
 import { parsePriority, priorityChoices, priorityError, priorityName, RunProgressBoard } from "./core/schedule";
 import { validateSlug } from "./core/slug";
+import { doctorLines, doctorSummary } from "./core/doctor";
 import { isRunAllCandidate } from "./core/state";
 import { WorkstreamStore } from "./core/store";
 import {
+  DOCTOR,
   isFinalStatus,
   WS_CANCEL,
   WS_LIST,
@@ -22,6 +24,7 @@ import {
   WS_RUN,
   WS_RUN_ALL,
   WS_SET,
+  type DoctorReport,
   type FinalStatus,
   type RunProgressNotification,
   type RunSummary,
@@ -65,6 +68,7 @@ const ACTIONS: Readonly<Record<string, string>> = {
   "aidp.showConflicts": "show the conflicts",
   "aidp.setPriority": "set the priority",
   "aidp.setDependencies": "set the dependencies",
+  "aidp.doctor": "run the doctor",
 };
 
 class Extension implements vscode.Disposable {
@@ -73,6 +77,7 @@ class Extension implements vscode.Disposable {
   readonly server: AidpServer;
   private readonly review: Review;
   private readonly channels = new Map<string, vscode.OutputChannel>();
+  private doctorChannel: vscode.OutputChannel | undefined;
   private readonly trackers = new Set<{ tracker: RunTracker; update: () => void }>();
   private readonly statusBar = vscode.window.createStatusBarItem("aidp.status", vscode.StatusBarAlignment.Left, 10);
   /** The runs' progress and time left, from aidp/runProgress; shown only while a run goes. */
@@ -325,11 +330,25 @@ class Extension implements vscode.Disposable {
     reg("aidp.setPriority", (arg) => this.setPriority(slugArg(arg)));
     reg("aidp.setDependencies", (arg) => this.setDependencies(slugArg(arg)));
     reg("aidp.showWorkstreams", () => vscode.commands.executeCommand(`${VIEW_ID}.focus`));
+    reg("aidp.doctor", () => this.doctor());
     reg("aidp.restartServer", async () => {
       if (await this.server.restart()) {
         void vscode.window.setStatusBarMessage("AIDP: server restarted", 3000);
       }
     });
+  }
+
+  /** `aidp doctor`'s findings in an output channel, and their counts in a message. */
+  private async doctor(): Promise<void> {
+    const report = await this.server.request<DoctorReport>(DOCTOR, {});
+    if (!this.doctorChannel) {
+      this.doctorChannel = vscode.window.createOutputChannel("AIDP: Doctor");
+      this.disposables.push(this.doctorChannel);
+    }
+    this.doctorChannel.replace(doctorLines(report).join("\n") + "\n");
+    this.doctorChannel.show(true);
+    const message = `AIDP doctor: ${doctorSummary(report)}`;
+    void (report.ok ? vscode.window.showInformationMessage(message) : vscode.window.showWarningMessage(message));
   }
 
   private async offerRestart(): Promise<void> {

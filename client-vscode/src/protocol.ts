@@ -19,6 +19,7 @@ export const WS_DIFF = "aidp/wsDiff";
 export const WS_CONFLICTS = "aidp/wsConflicts";
 export const WS_LAND = "aidp/wsLand";
 export const WS_SYNC = "aidp/wsSync";
+export const DOCTOR = "aidp/doctor";
 export const WS_SET = "aidp/wsSet";
 
 // Notifications (server -> client).
@@ -357,6 +358,23 @@ export interface WsSyncParams {
   slug: string;
   /** Defaults to "rebase". */
   strategy?: SyncStrategy;
+}
+
+/** One finding of `aidp/doctor` (as `aidp doctor --json`). */
+export interface DoctorFinding {
+  level: "ok" | "warning" | "problem";
+  /** git, config, harness, state, worktrees, cgroups or sandbox. */
+  check: string;
+  /** What was found. */
+  message: string;
+  /** What to do (for an `ok`, a recommendation where there is one). */
+  fix: string | null;
+}
+
+export interface DoctorReport {
+  /** No `problem` among the findings. */
+  ok: boolean;
+  findings: DoctorFinding[];
 }
 
 export interface SyncResult {

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from aidp.engine.config import MIN_TIMEOUT_S
+from aidp.engine.doctor import DoctorReport, Finding
 from aidp.engine.events import RunProgress, StatusChanged
 from aidp.engine.model import (
     PRIORITY_RANGE,
@@ -32,6 +33,8 @@ RunProgressNotification = RunProgress
 __all__ = [
     "ConflictReport",
     "Diff",
+    "DoctorReport",
+    "Finding",
     "RunProgressNotification",
     "RunSummary",
     "SyncResult",
@@ -54,6 +57,7 @@ WS_DIFF = "aidp/wsDiff"
 WS_CONFLICTS = "aidp/wsConflicts"
 WS_LAND = "aidp/wsLand"
 WS_SYNC = "aidp/wsSync"
+DOCTOR = "aidp/doctor"
 WS_SET = "aidp/wsSet"
 
 WS_STATUS = "aidp/wsStatus"

@@ -32,6 +32,7 @@ from pygls.uris import to_fs_path
 import aidp
 from aidp import protocol as p
 from aidp.engine import Engine
+from aidp.engine.doctor import diagnose
 from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, RunProgress, StatusChanged
 from aidp.engine.executor import Run
@@ -172,6 +173,7 @@ class AidpServer(LanguageServer):
     def __init__(self, root: Path | None) -> None:
         super().__init__("aidp", aidp.__version__, protocol_cls=AidpProtocol, converter_factory=_converter)
         self.root_arg = root
+        self.root: Path | None = None  # the repository, known even when its engine could not open
         self.engine: Engine | None = None
         self.engine_error: str | None = None
         self._initializing: asyncio.Future[None] | None = None
@@ -200,7 +202,7 @@ class AidpServer(LanguageServer):
         if start is None and params.root_uri:
             start = Path(to_fs_path(params.root_uri) or ".")
         try:
-            root = await asyncio.to_thread(find_root, start or Path.cwd())
+            root = self.root = await asyncio.to_thread(find_root, start or Path.cwd())
             self.engine = await Engine.open(root, settle=False)
         except AidpError as exc:
             self.engine_error = str(exc)
@@ -218,6 +220,15 @@ class AidpServer(LanguageServer):
             reason = self.engine_error or "the server is not initialized yet (send 'initialize' first)"
             raise JsonRpcException(reason, p.SERVER_BUSY if self.engine_error is None else p.REQUEST_FAILED)
         return self.engine
+
+    async def require_root(self) -> Path:
+        """The repository, also when its engine could not open (for `aidp/doctor`)."""
+        if self._initializing is not None:
+            await asyncio.shield(self._initializing)
+        if self.root is None:
+            reason = self.engine_error or "the server is not initialized yet (send 'initialize' first)"
+            raise JsonRpcException(reason, p.SERVER_BUSY if self.engine_error is None else p.REQUEST_FAILED)
+        return self.root
 
     async def moving(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run a land or a sync: each moves a branch, then the worktrees that have it checked out.
@@ -490,6 +501,12 @@ def create_server(root: Path | None) -> AidpServer:
             server.feature(method)(handle)
 
         return register
+
+    @server.feature(p.DOCTOR)
+    async def doctor(ls: AidpServer, params: Any) -> Any:
+        """`aidp doctor`'s findings. Needs no engine: it is most useful when the engine could not open."""
+        parse(params, p.EmptyParams)
+        return msgspec.to_builtins(await diagnose(await ls.require_root()))
 
     @request(p.WS_RUN, p.WsRunParams)
     async def ws_run(ls: AidpServer, engine: Engine, q: p.WsRunParams) -> RunSummary:
