@@ -58,6 +58,13 @@ def test_empty_file_is_defaults(tmp_path: Path) -> None:
         ('[harness]\nenv = { "A=B" = "x" }\n', "A=B"),
         ("[harness]\nenv = { A = 1 }\n", "env"),
         ("[harness\n", "not valid TOML"),
+        ('[sandbox]\nkind = "docker"\n', "kind"),
+        ('[sandbox]\nwritable = "~/.claude"\n', "writable"),
+        ('[sandbox]\nwritable = ["relative/dir"]\n', "'relative/dir' is not an absolute path"),
+        ('[sandbox]\nwritable = ["~nosuchuser/x"]\n', "'~nosuchuser/x' is not an absolute path"),
+        ('[sandbox]\nwritable = [""]\n', "writable"),
+        ('[sandbox]\nnetwork = "no"\n', "network"),
+        ("[sandbox]\nhide = true\n", "hide"),
     ],
 )
 def test_errors_name_the_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -77,3 +84,11 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "config.toml").mkdir()
     with pytest.raises(ConfigError, match="cannot read it"):
         load_config(tmp_path)
+
+
+def test_sandbox_defaults_and_home_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox = load_config(tmp_path).sandbox
+    assert (sandbox.kind, sandbox.writable, sandbox.hide_others, sandbox.network) == ("none", [], False, True)
+    monkeypatch.setenv("HOME", "/home/agent")
+    (tmp_path / "config.toml").write_text('[sandbox]\nkind = "bwrap"\nwritable = ["~/.claude", "/var/cache/x/"]\n')
+    assert load_config(tmp_path).sandbox.writable == ["/home/agent/.claude", "/var/cache/x"]

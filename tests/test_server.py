@@ -244,9 +244,11 @@ async def test_pause_resume_notify_and_refuse_runs(client: AidpClient) -> None:
         "durationS": None,
         "error": None,
         "startedAt": None,
+        "sandbox": None,
         "attempt": None,
         "maxAttempts": None,
         "waiting": None,
+        "progress": None,
     }
     err = await client.fails("aidp/wsRun", {"slugs": ["nap"]})
     assert err.code == -32602 and "paused" in err.message

@@ -136,7 +136,8 @@ async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
         if run.progress is not None:
             lines.append(f"  progress: {progress_text(run.progress)}")
     if (r := ws.last_result) is not None:
-        parts = (outcome(r.exit_code, r.duration_s), attempt_text(r.attempt, None))
+        sandboxed = f"sandboxed: {r.sandbox}" if r.sandbox else ""
+        parts = (outcome(r.exit_code, r.duration_s), attempt_text(r.attempt, None), sandboxed)
         details = ", ".join(part for part in parts if part)
         lines.append(f"last run:   {r.status}" + (f" ({details})" if details else ""))
         why = "reason" if r.status == Status.BLOCKED else "error"

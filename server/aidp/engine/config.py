@@ -3,6 +3,7 @@ naming the field rather than a surprise in the middle of a run."""
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -108,9 +109,22 @@ class Hooks(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] = DEFAULT_HOOK_TIMEOUT_S
 
 
+class Sandbox(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[sandbox]`: what a harness may write (see `sandbox`). Agents run with their permission
+    prompts off, so the filesystem, not the agent, says what one workstream may touch."""
+
+    kind: Literal["none", "bwrap"] = "none"
+    # Extra read-write paths (agents keep credentials and caches in the home directory); `~` is
+    # expanded when the file is read, and each must then be absolute.
+    writable: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
+    hide_others: bool = False  # the main checkout and the other worktrees hidden, not just read-only
+    network: bool = True  # agents call model APIs
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     harness: Harness = msgspec.field(default_factory=Harness)
     scheduler: Scheduler = msgspec.field(default_factory=Scheduler)
+    sandbox: Sandbox = msgspec.field(default_factory=Sandbox)
     worktree: Worktree = msgspec.field(default_factory=Worktree)
     hooks: Hooks = msgspec.field(default_factory=Hooks)
 
@@ -147,7 +161,17 @@ def load_config(state_dir: Path) -> Config:
         except re.error as exc:
             raise ConfigError(f"{path}: [harness] rate_limit_pattern is not a valid regular expression: {exc}") from exc
     _check_worktree(path, config.worktree)
+    config.sandbox.writable = [_writable(path, entry) for entry in config.sandbox.writable]
     return config
+
+
+def _writable(path: Path, entry: str) -> str:
+    """One `[sandbox] writable` entry, `~` expanded: an absolute path, never one bwrap would take
+    relative to wherever aidp happens to run."""
+    expanded = os.path.expanduser(entry)
+    if "\0" in entry or not os.path.isabs(expanded):
+        raise ConfigError(f"{path}: [sandbox] writable: {entry!r} is not an absolute path (or one starting with ~)")
+    return os.path.normpath(expanded)
 
 
 def _check_worktree(path: Path, worktree: Worktree) -> None:

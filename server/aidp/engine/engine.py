@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, procs, review, scheduling, setup
+from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling, setup
 from aidp.engine.config import DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
@@ -597,6 +597,7 @@ class Engine:
             default_command=harness.resolved_command,
             stdin=harness.stdin,
             commit=harness.commit,
+            sandbox=config.sandbox,
             repo_bound=bound,
             policy=FailurePolicy(
                 retries=harness.retries,
@@ -812,6 +813,9 @@ class Engine:
         if not await self.db.call(self.db.store.release_stale, claim, message):
             return None  # another process got there first
         log.warning("%s: %s", claim.slug, message)
+        ws = await self.db.call(self.db.store.get, claim.slug)
+        if ws is not None and (moved := await sandbox.reattach(Path(ws.path), ws.branch)):
+            await self.db.call(self.db.store.note, claim.slug, claim.run_id, Status.CANCELLED, moved)
         self.events.emit(StatusChanged(run_id=claim.run_id, slug=claim.slug, status=Status.CANCELLED, error=message))
         return claim.slug
 

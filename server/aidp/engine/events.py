@@ -20,6 +20,7 @@ class StatusChanged(Record):
     error: str | None = None
     # With `running`: when the harness started, so every viewer counts elapsed time from the same moment.
     started_at: str | None = None
+    sandbox: str | None = None  # with the final status: how the run was sandboxed (WorkstreamResult.sandbox)
     # With retries (`[harness] retries`): which attempt this is, of how many at most.
     attempt: int | None = None
     max_attempts: int | None = None

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, procs, review, scheduling
+from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling
+from aidp.engine.config import Sandbox
 from aidp.engine.errors import AidpError, GitError
 from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
 from aidp.engine.harness import StartError, build_argv, build_env, spawn, write_task_file
@@ -126,6 +127,7 @@ class RunOptions:
     base_from_deps: bool = False
     expected: dict[str, float | None] = field(default_factory=dict)  # slug -> seconds, from history
     concurrency_note: str | None = None  # how the bound was chosen, for the summary
+    sandbox: Sandbox = field(default_factory=Sandbox)
 
 
 class State(Enum):
@@ -151,6 +153,7 @@ class Job:
     started: float = 0.0  # monotonic start of the current attempt
     why_cancelled: str = "cancelled"
     timed_out: bool = False
+    box: sandbox.Box | None = None  # set while its worktree is prepared for a sandboxed attempt
     tree: procs.Tree | None = None
     peak_rss_kb: int | None = None
     cpu_s: float | None = None
@@ -632,12 +635,12 @@ class Run:
             await self._conclude(job, self._result(job, Status.ERROR, error, started_at))
             return
         try:
-            proc, tree = await self._spawn(
-                job,
-                build_argv(template, values),
-                {**build_env(self.options.env, values, self.run_id), "AIDP_PROGRESS": str(progress_path)},
-                log_fd,
-            )
+            env = {**build_env(self.options.env, values, self.run_id), "AIDP_PROGRESS": str(progress_path)}
+            if self._root is not None:
+                job.box = await sandbox.prepare(
+                    self.options.sandbox, Path(ws.path), ws.branch, env, self._root, [progress_path]
+                )
+            proc, tree = await self._spawn(job, build_argv(template, values), env, log_fd)
         except StartError as exc:
             with contextlib.suppress(OSError):
                 os.write(log_fd, f"[aidp] {exc}\n".encode())
@@ -734,7 +737,8 @@ class Run:
         stdin = task_file if self.options.stdin == "task" else None
         cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug, job.attempt))
         try:
-            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroup, stdin=stdin)
+            sandboxed = job.box.prefix if job.box else ()
+            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroup, stdin=stdin, sandbox=sandboxed)
         except StartError:
             if cgroup is not None:
                 cgroups.remove(cgroup)
@@ -816,6 +820,7 @@ class Run:
     # -- after an attempt: a retry, or the end (and maybe a halt) -------------------------------
 
     async def _conclude(self, job: Job, result: WorkstreamResult, log_path: Path | None = None) -> None:
+        result = await self._leave_sandbox(job, result)
         if log_path is not None:
             result.log_path = str(log_path)
         kind = self._retry_kind(job, result, log_path)
@@ -887,6 +892,7 @@ class Run:
 
     async def _finish(self, job: Job, result: WorkstreamResult) -> None:
         """Record the result (durable before anyone is told), release the claim, announce it."""
+        result = await self._leave_sandbox(job, result)
         if result.finished_at is None:
             result.finished_at = utc_now()
         result = await self._store_result(result)
@@ -901,8 +907,23 @@ class Run:
                 error=result.error,
                 attempt=result.attempt,
                 max_attempts=job.max_attempts,
+                sandbox=result.sandbox,
             )
         )
+
+    async def _leave_sandbox(self, job: Job, result: WorkstreamResult) -> WorkstreamResult:
+        """A sandboxed attempt committed on a detached HEAD: its branch follows (fast-forward only),
+        as an event, before the result is recorded; a refusal is said in the result."""
+        box, job.box = job.box, None
+        if box is None:
+            return result
+        result, moved = await sandbox.leave(box, result)
+        if moved is not None:
+            try:
+                await self._db.call(self._db.store.note, job.ws.slug, self.run_id, Status.RUNNING, moved)
+            except sqlite3.Error as exc:  # the branch moved either way; the result must still be recorded
+                log.warning("%s: %s, but the event could not be recorded: %s", job.ws.slug, moved, exc)
+        return result
 
     async def _store_result(self, result: WorkstreamResult) -> WorkstreamResult:
         """A database that refuses a write (disk full, I/O error) is retried briefly; then the

@@ -100,6 +100,7 @@ class WorkstreamResult(Record):
     duration_s: float | None = None
     error: str | None = None
     log_path: str | None = None
+    sandbox: str | None = None  # how it ran sandboxed ("bwrap", "bwrap, no network"); None: it did not
     attempt: int = 1  # with retries, each attempt is its own record; this says which one
     # What the harness's process tree used, sampled from /proc (None where it never started).
     cpu_s: float | None = None

@@ -145,6 +145,8 @@ MIGRATIONS: list[str] = [
     "ALTER TABLE claims ADD COLUMN progress TEXT;",
     # 7: how each worktree was made ready ([worktree] copy and setup): a SetupState as JSON.
     "ALTER TABLE workstreams ADD COLUMN setup TEXT;",
+    # 8: how a run was sandboxed (`[sandbox]`), None when it was not.
+    "ALTER TABLE runs ADD COLUMN sandbox TEXT;",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -160,7 +162,7 @@ _WS_COLUMNS = (
     "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, w.base_commit, "
     "w.priority, w.after, "
     "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path, r.attempt, "
-    "r.cpu_s, r.peak_rss_kb, "
+    "r.cpu_s, r.peak_rss_kb, r.sandbox, "
     "c.run_id, cr.started_at, c.attempt, c.max_attempts, c.waiting, c.progress"
 )
 # r: the last finished run (attempt); c and cr: the claim and run (attempt) of the one in flight, if any.
@@ -221,10 +223,23 @@ class RunInFlight(msgspec.Struct, frozen=True):
 
 def _workstream(row: tuple[Any, ...]) -> Workstream:
     (slug, task, status, branch, path, base, command, created, updated, base_commit, priority, after, *rest) = row
-    last, (run_id, run_start, attempt, max_attempts, waiting, progress) = rest[:11], rest[11:]
+    last, (run_id, run_start, attempt, max_attempts, waiting, progress) = rest[:12], rest[12:]
     result = None
     if last[0] is not None:
-        r_slug, r_status, code, started, finished, duration, error, log_path, r_attempt, cpu_s, peak_rss_kb = last
+        (
+            r_slug,
+            r_status,
+            code,
+            started,
+            finished,
+            duration,
+            error,
+            log_path,
+            r_attempt,
+            cpu_s,
+            peak_rss_kb,
+            sandbox,
+        ) = last
         result = WorkstreamResult(
             slug=str(r_slug),
             status=Status(r_status),
@@ -237,6 +252,7 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
             attempt=r_attempt,
             cpu_s=cpu_s,
             peak_rss_kb=peak_rss_kb,
+            sandbox=sandbox,
         )
     return Workstream(
         slug=str(slug),
@@ -267,10 +283,6 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
     )
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-_RESTART = "stop every aidp process of this repository (servers, editors, CLIs), then run the command again"
-
-
 def _progress(stored: str | None) -> Progress | None:
     """A claim's progress column; one this aidp cannot read (written by another version) is none."""
     if stored is None:
@@ -279,6 +291,10 @@ def _progress(stored: str | None) -> Progress | None:
         return msgspec.json.decode(stored, type=Progress)
     except msgspec.DecodeError:
         return None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_RESTART = "stop every aidp process of this repository (servers, editors, CLIs), then run the command again"
 
 
 def state_exists(path: Path) -> bool:
@@ -710,7 +726,7 @@ class Store:
     def _record_attempt(self, run_id: str, result: WorkstreamResult) -> None:
         self._db.execute(
             "UPDATE runs SET status = ?, exit_code = ?, started_at = COALESCE(?, started_at), finished_at = ?, "
-            "duration_s = ?, error = ?, log_path = COALESCE(?, log_path), cpu_s = ?, peak_rss_kb = ? "
+            "duration_s = ?, error = ?, log_path = COALESCE(?, log_path), cpu_s = ?, peak_rss_kb = ?, sandbox = ? "
             "WHERE run_id = ? AND slug = ? AND attempt = ?",
             (
                 result.status,
@@ -722,6 +738,7 @@ class Store:
                 result.log_path,
                 result.cpu_s,
                 result.peak_rss_kb,
+                result.sandbox,
                 run_id,
                 result.slug,
                 result.attempt,
