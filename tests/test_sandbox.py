@@ -352,3 +352,24 @@ def test_the_bwrap_argv_puts_the_repository_rules_above_the_writable_list() -> N
     pairs = [tuple(hidden[i : i + 2]) for i in range(len(hidden))]
     assert pairs.index(("--tmpfs", str(root))) < pairs.index(("--ro-bind", str(dirs.common)))
     assert "--unshare-net" not in hidden
+
+
+def test_a_sandboxed_harness_reports_progress_through_its_channel(tmp_path: Path) -> None:
+    """The progress file lives under `.aidp/` (read-only inside): the run's own file is bound writable."""
+    repo = make_repo(tmp_path)
+    write_config(repo, BWRAP)
+    new_ws(repo, "reporter", sh('echo \'{"percent": 50, "message": "half way"}\' >> "$AIDP_PROGRESS" && sleep 2'))
+    run = spawn_cli(repo, "ws", "run", "reporter", "--json")
+    seen: list[dict[str, Any]] = []
+
+    def reported() -> bool:
+        current = workstreams(repo)["reporter"].get("currentRun") or {}
+        if current.get("progress"):
+            seen.append(current["progress"])
+        return bool(seen) or run.poll() is not None
+
+    wait_until_sync(reported, what="the progress report reaches ws list")
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    assert seen and seen[0]["percent"] == 50 and seen[0]["message"] == "half way"
+    assert results(subprocess.CompletedProcess([], 0, stdout, stderr))["reporter"]["sandbox"] == "bwrap"
