@@ -5,6 +5,7 @@ import * as vscode from "vscode";
 import { wsRunAllParams, wsRunParams, type RunSettings } from "./core/args";
 import { describeError, isCancelled, isDirtyRefusal } from "./core/errors";
 import { describe, failures, firstLine, formatDuration, formatOutcome, statusBarText, summaryMessage } from "./core/format";
+import { failureNotice } from "./core/ready";
 import { RunTracker } from "./core/runTracker";
 import { parsePriority, priorityChoices, priorityError, priorityName, RunProgressBoard } from "./core/schedule";
 import { validateSlug } from "./core/slug";
@@ -24,6 +25,7 @@ import {
   WS_RUN,
   WS_RUN_ALL,
   WS_SET,
+  WS_SETUP,
   type DoctorReport,
   type FinalStatus,
   type RunProgressNotification,
@@ -68,6 +70,7 @@ const ACTIONS: Readonly<Record<string, string>> = {
   "aidp.showConflicts": "show the conflicts",
   "aidp.setPriority": "set the priority",
   "aidp.setDependencies": "set the dependencies",
+  "aidp.redoSetup": "redo the setup",
   "aidp.doctor": "run the doctor",
 };
 
@@ -91,6 +94,8 @@ class Extension implements vscode.Disposable {
   /** Slugs whose channel shows a run of another aidp process that has not ended yet. */
   private readonly followed = new Set<string>();
   private readonly logs = new LogDocuments();
+  /** Failures already notified (`aidp.notifyOnFailure`), by run and workstream. */
+  private readonly notifiedFailures = new Set<string>();
   private shuttingDown: Promise<void> | undefined;
 
   constructor() {
@@ -150,6 +155,7 @@ class Extension implements vscode.Disposable {
 
   private onStatus(n: WsStatusNotification): void {
     if (!this.store.applyStatus(n)) void this.fetchList();
+    this.notifyFailure(n);
     const owned = (runId: string): boolean =>
       [...this.trackers].some((t) => t.tracker.runId === runId);
     for (const entry of this.trackers) {
@@ -329,6 +335,7 @@ class Extension implements vscode.Disposable {
     reg("aidp.showConflicts", () => this.review.showConflicts());
     reg("aidp.setPriority", (arg) => this.setPriority(slugArg(arg)));
     reg("aidp.setDependencies", (arg) => this.setDependencies(slugArg(arg)));
+    reg("aidp.redoSetup", (arg) => this.redoSetup(slugArg(arg)));
     reg("aidp.showWorkstreams", () => vscode.commands.executeCommand(`${VIEW_ID}.focus`));
     reg("aidp.doctor", () => this.doctor());
     reg("aidp.restartServer", async () => {
@@ -349,6 +356,22 @@ class Extension implements vscode.Disposable {
     this.doctorChannel.show(true);
     const message = `AIDP doctor: ${doctorSummary(report)}`;
     void (report.ok ? vscode.window.showInformationMessage(message) : vscode.window.showWarningMessage(message));
+  }
+
+  /** Copy the configured files and run the setup command again (`aidp/wsSetup`); say how it went. */
+  private async redoSetup(arg: string | undefined): Promise<void> {
+    const slug = arg ?? (await this.pickOne("Redo the setup of which workstream?", (ws) => !isLive(ws)));
+    if (!slug) return;
+    const ws = await vscode.window.withProgress(
+      { location: vscode.ProgressLocation.Notification, title: `AIDP: setting up ${slug}…` },
+      () => this.server.request<Workstream>(WS_SETUP, { slug }),
+    );
+    await this.fetchList();
+    if (ws.setup?.status === "failed") {
+      void vscode.window.showErrorMessage(`AIDP: the setup of ${slug} failed: ${firstLine(ws.setup.error ?? "", 200)}`);
+    } else {
+      void vscode.window.setStatusBarMessage(`AIDP: ${slug} set up`, 3000);
+    }
   }
 
   private async offerRestart(): Promise<void> {
@@ -467,6 +490,17 @@ class Extension implements vscode.Disposable {
         }
       },
     );
+  }
+
+  /** `aidp.notifyOnFailure`: a notification for each failed workstream, as it fails. */
+  private notifyFailure(n: WsStatusNotification): void {
+    const config = vscode.workspace.getConfiguration("aidp", vscode.workspace.workspaceFolders?.[0]);
+    if (!config.get<boolean>("notifyOnFailure", false)) return;
+    const notice = failureNotice(n, this.notifiedFailures);
+    if (notice === undefined) return;
+    void vscode.window.showWarningMessage(notice, "Show Log").then((choice) => {
+      if (choice === "Show Log") void this.showLog(n.slug);
+    });
   }
 
   private async showSummary(summary: RunSummary): Promise<void> {

@@ -21,6 +21,7 @@ export const WS_LAND = "aidp/wsLand";
 export const WS_SYNC = "aidp/wsSync";
 export const DOCTOR = "aidp/doctor";
 export const WS_SET = "aidp/wsSet";
+export const WS_SETUP = "aidp/wsSetup";
 
 // Notifications (server -> client).
 export const WS_STATUS = "aidp/wsStatus";
@@ -127,6 +128,20 @@ export interface Workstream {
   after?: string[];
   /** Expected run time in seconds, from recorded history; null when unknown. */
   expectedS?: number | null;
+  /** How its worktree was made ready ([worktree] copy and setup); null for one made before aidp did. */
+  setup?: SetupState | null;
+}
+
+/** A worktree's setup: "none" (no setup command; files may have been copied), "running", "ok" or "failed". */
+export interface SetupState {
+  status: "none" | "running" | "ok" | "failed";
+  /** Why it failed: the first line says how it ended ("exit code 7"), the next ones its last output. */
+  error: string | null;
+  logPath: string | null;
+  command: string[] | null;
+  /** The files copied from the main checkout, relative to the worktree. */
+  copied: string[];
+  finishedAt: string | null;
 }
 
 export interface CurrentRun {

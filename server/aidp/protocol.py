@@ -59,6 +59,7 @@ WS_LAND = "aidp/wsLand"
 WS_SYNC = "aidp/wsSync"
 DOCTOR = "aidp/doctor"
 WS_SET = "aidp/wsSet"
+WS_SETUP = "aidp/wsSetup"
 
 WS_STATUS = "aidp/wsStatus"
 WS_OUTPUT = "aidp/wsOutput"

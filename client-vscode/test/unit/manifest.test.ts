@@ -43,6 +43,7 @@ describe("package.json", () => {
       "aidp.showConflicts",
       "aidp.setPriority",
       "aidp.setDependencies",
+      "aidp.redoSetup",
     ]) {
       assert.ok(commands.has(id), id);
     }
@@ -53,6 +54,7 @@ describe("package.json", () => {
     assert.equal(p["aidp.mode"]?.default, "execute");
     assert.equal(p["aidp.timeoutS"]?.default, null);
     assert.deepEqual(p["aidp.server.command"]?.default, []);
+    assert.equal(p["aidp.notifyOnFailure"]?.default, false);
   });
   it("refuses untrusted workspaces and pins exact versions", () => {
     assert.equal(manifest.capabilities.untrustedWorkspaces.supported, false);

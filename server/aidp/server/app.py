@@ -543,6 +543,12 @@ def create_server(root: Path | None) -> AidpServer:
     async def ws_set(ls: AidpServer, engine: Engine, q: p.WsSetParams) -> p.Workstream:
         return await engine.set_schedule(q.slug, q.priority, q.after)
 
+    @request(p.WS_SETUP, p.SlugParams)
+    async def ws_setup(ls: AidpServer, engine: Engine, q: p.SlugParams) -> p.Workstream:
+        """Copy the configured files and run the setup command again; a failed setup is a result
+        (the workstream's `setup` says why), not an error."""
+        return await engine.setup(q.slug)
+
     @request(p.WS_REMOVE, p.WsRemoveParams)
     async def ws_remove(ls: AidpServer, engine: Engine, q: p.WsRemoveParams) -> dict[str, Any]:
         for note in await engine.remove(q.slug, q.delete_branch, q.force):
