@@ -306,11 +306,27 @@ def test_doctor_on_a_good_repository(repo: Path, fakebin: Path, tools: Path, rec
     fake_agent(fakebin, "bwrap")
     text = run(repo, environ, "doctor").stdout.splitlines()
     assert text[0] == f"     ok  git: {git_version()}"
-    assert f"     ok  sandbox: bubblewrap found ({fakebin}/bwrap)" in text
+    assert f"     ok  sandbox: bubblewrap found ({fakebin}/bwrap), but harnesses run unconfined" in text
     assert '         -> set [sandbox] kind = "bwrap" in .aidp/config.toml to confine each harness to its worktree' in (
         text
     )
     assert text[-1] == "0 problems, 1 warning"
+
+    # Asked for, bubblewrap is a must.
+    write_config(repo, '[harness]\npreset = "claude-code"\n[sandbox]\nkind = "bwrap"\n')
+    assert doctor(repo, environ, 0)[-1] == {
+        "level": "ok",
+        "check": "sandbox",
+        "message": f"harnesses run under bubblewrap ({fakebin}/bwrap)",
+        "fix": None,
+    }
+    (fakebin / "bwrap").unlink()
+    assert doctor(repo, environ, 1)[-1] == {
+        "level": "problem",
+        "check": "sandbox",
+        "message": '[sandbox] kind = "bwrap", but bubblewrap (bwrap) is not on PATH: every run ends `error`',
+        "fix": 'install bubblewrap (apt-get install bubblewrap), or set [sandbox] kind = "none"',
+    }
 
 
 def test_doctor_finds_a_missing_harness_a_deleted_worktree_and_a_deleted_branch(

@@ -50,7 +50,7 @@ async def diagnose(root: Path) -> DoctorReport:
         findings += await _worktrees(root, records)
     elif not state_exists(root / gitrepo.STATE_DIR / STATE_DB):
         findings += await _unrecorded_worktrees(root, set())
-    findings += [_cgroups(), _sandbox()]
+    findings += [_cgroups(), _sandbox(config)]
     return DoctorReport(ok=all(f.level != "problem" for f in findings), findings=findings)
 
 
@@ -245,8 +245,18 @@ def _cgroups() -> Finding:
     )
 
 
-def _sandbox() -> Finding:
+def _sandbox(config: Config | None) -> Finding:
     bwrap = shutil.which("bwrap")
+    configured = config is not None and config.sandbox.kind == "bwrap"
+    if configured and bwrap is None:
+        return Finding(
+            level="problem",
+            check="sandbox",
+            message='[sandbox] kind = "bwrap", but bubblewrap (bwrap) is not on PATH: every run ends `error`',
+            fix='install bubblewrap (apt-get install bubblewrap), or set [sandbox] kind = "none"',
+        )
+    if configured:
+        return Finding(level="ok", check="sandbox", message=f"harnesses run under bubblewrap ({bwrap})")
     if bwrap is None:
         return Finding(
             level="warning",
@@ -257,6 +267,6 @@ def _sandbox() -> Finding:
     return Finding(
         level="ok",
         check="sandbox",
-        message=f"bubblewrap found ({bwrap})",
+        message=f"bubblewrap found ({bwrap}), but harnesses run unconfined",
         fix='set [sandbox] kind = "bwrap" in .aidp/config.toml to confine each harness to its worktree',
     )

@@ -140,6 +140,10 @@ def config_text(preset: Preset | None) -> str:
         "# Stop a workstream after this many seconds: timeout_s = 3600",
         '# Commit what the agent left uncommitted when it succeeds: commit = "on-success"',
         "",
+        "# Confine each harness to its worktree with bubblewrap ('aidp doctor' says whether it is installed):",
+        "# [sandbox]",
+        '# kind = "bwrap"',
+        "",
     ]
     return "\n".join([*head, *body, *tail])
 
