@@ -7,7 +7,7 @@ import { describeError, isCancelled, isDirtyRefusal } from "./core/errors";
 import { describe, failures, firstLine, formatDuration, formatOutcome, statusBarText, summaryMessage } from "./core/format";
 import { failureNotice } from "./core/ready";
 import { RunTracker } from "./core/runTracker";
-import { parsePriority, priorityChoices, priorityError, priorityName, RunProgressBoard } from "./core/schedule";
+import { parsePriority, priorityChoices, priorityError, priorityName, pulledInNote, RunProgressBoard } from "./core/schedule";
 import { validateSlug } from "./core/slug";
 import { doctorLines, doctorSummary } from "./core/doctor";
 import { isRunAllCandidate } from "./core/state";
@@ -505,7 +505,7 @@ class Extension implements vscode.Disposable {
 
   private async showSummary(summary: RunSummary): Promise<void> {
     const failed = failures(summary);
-    const message = summaryMessage(summary);
+    const message = summaryMessage(summary) + pulledInNote(summary);
     if (failed.length === 0) {
       await vscode.window.showInformationMessage(message);
       return;

@@ -2,7 +2,7 @@
  * How a workstream's scheduling reads: its priority, its dependencies, its expected run time, its
  * attempts, and a run's progress for the status bar. No `vscode` import.
  */
-import { PRIORITIES, type RunProgressNotification, type Workstream } from "../protocol";
+import { PRIORITIES, type RunProgressNotification, type RunSummary, type Workstream } from "../protocol";
 import { formatDuration, waitingLabel } from "./format";
 
 /** The bounds of a priority given as a number (the server refuses others). */
@@ -88,6 +88,12 @@ export function scheduleTooltip(ws: Workstream): string[] {
   const waiting = waitingLabel(ws);
   if (waiting !== undefined) lines.push(`Waiting: ${waiting}`);
   return lines;
+}
+
+/** What a run's summary adds when the server pulled dependencies into it: " Pulled in as dependencies: a, b." */
+export function pulledInNote(summary: Pick<RunSummary, "pulledIn">): string {
+  const pulled = summary.pulledIn ?? [];
+  return pulled.length > 0 ? ` Pulled in as dependencies: ${pulled.join(", ")}.` : "";
 }
 
 /** "~1m 20s left", "< 1s left"; undefined when the server has no forecast (no history yet). */

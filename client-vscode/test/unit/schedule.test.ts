@@ -9,6 +9,7 @@ import {
   priorityError,
   priorityLabel,
   priorityName,
+  pulledInNote,
   RunProgressBoard,
   scheduleParts,
   scheduleTooltip,
@@ -81,6 +82,14 @@ describe("schedule in the tree", () => {
       "Waiting: attempt 2/3 after a 1.3 s back-off (retry)",
     ]);
     assert.deepEqual(scheduleTooltip(ws("x", "active", { priority: -10 })), ["Priority: low (-10)"]);
+  });
+});
+
+describe("run summary", () => {
+  it("names the dependencies the server pulled into the run", () => {
+    assert.equal(pulledInNote({ pulledIn: ["a", "b"] }), " Pulled in as dependencies: a, b.");
+    assert.equal(pulledInNote({ pulledIn: [] }), "");
+    assert.equal(pulledInNote({}), "");
   });
 });
 
