@@ -496,3 +496,15 @@ async def test_doctor_over_json_rpc_says_what_the_cli_says_even_when_the_state_i
     async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
         assert (await client.fails("aidp/wsList", {})).code == -32803  # no engine over a damaged database
         assert await client.call("aidp/doctor", {}) == damaged
+
+
+def test_a_sandbox_that_hides_the_checkout_still_gives_the_harness_its_task(repo: Path, tmp_path: Path) -> None:
+    """The task file lives under `.aidp/logs/` of the main checkout, which `hide_others` hides."""
+    write_config(repo, '[harness]\nstdin = "task"\n[sandbox]\nkind = "bwrap"\nhide_others = true\n')
+    text, path = big_task(tmp_path)
+    read = """sh -c 'cat "$AIDP_TASK_FILE" > from-file && cat > from-stdin'"""
+    assert cli(repo, "ws", "new", "long", "--task-file", str(path), "--command", read).returncode == 0
+    result = cli(repo, "ws", "run", "long", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    worktree = repo / ".worktrees" / "long"
+    assert (worktree / "from-file").read_text() == text and (worktree / "from-stdin").read_text() == text

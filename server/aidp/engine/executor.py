@@ -623,7 +623,7 @@ class Run:
         }
         name = f"{self.run_id}.log" if job.attempt == 1 else f"{self.run_id}.{job.attempt}.log"
         log_path = self._logs_dir / ws.slug / name
-        values["task_file"] = str(log_path.with_suffix(".task"))  # written in `_spawn`, kept beside the log
+        values["task_file"] = str(log_path.with_suffix(".task"))  # the task, whole, kept beside the log
         progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
         started_at, t0 = utc_now(), time.monotonic()
         try:
@@ -635,10 +635,11 @@ class Run:
             await self._conclude(job, self._result(job, Status.ERROR, error, started_at))
             return
         try:
+            task_file = write_task_file(Path(values["task_file"]), ws.task)  # before the sandbox binds it
             env = {**build_env(self.options.env, values, self.run_id), "AIDP_PROGRESS": str(progress_path)}
             if self._root is not None:
                 job.box = await sandbox.prepare(
-                    self.options.sandbox, Path(ws.path), ws.branch, env, self._root, [progress_path]
+                    self.options.sandbox, Path(ws.path), ws.branch, env, self._root, [progress_path, task_file]
                 )
             proc, tree = await self._spawn(job, build_argv(template, values), env, log_fd)
         except StartError as exc:
@@ -732,9 +733,8 @@ class Run:
         self, job: Job, argv: list[str], env: dict[str, str], log_fd: int
     ) -> tuple[asyncio.subprocess.Process, procs.Tree]:
         """Start the harness in a cgroup of its own where the system allows, else without; its
-        task file (`AIDP_TASK_FILE`) is written first, and is its stdin with `stdin = "task"`."""
-        task_file = write_task_file(Path(env["AIDP_TASK_FILE"]), job.ws.task)
-        stdin = task_file if self.options.stdin == "task" else None
+        task file (`AIDP_TASK_FILE`) is its stdin with `stdin = "task"`."""
+        stdin = Path(env["AIDP_TASK_FILE"]) if self.options.stdin == "task" else None
         cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug, job.attempt))
         try:
             sandboxed = job.box.prefix if job.box else ()
