@@ -448,7 +448,7 @@ class Run:
         old, self.limit = self.limit, max(1, self.limit // 2)
         self._calm_since = time.monotonic()
         self.note = f"rate limited ({slug}): concurrency {old} -> {self.limit}"
-        log.warning("%s", self.note)
+        log.info("%s", self.note)
 
     def _recover_pace(self, now: float) -> None:
         if self._slowed and self._pace_left(now) <= 0:
@@ -831,7 +831,7 @@ class Run:
         policy = self.options.policy
         if result.status in (Status.FAILED, Status.ERROR) and policy.halt != "never" and self._halted is None:
             self._halted = self.note = f"halted after {job.ws.slug} {result.status} (--halt {policy.halt})"
-            log.warning("%s", self._halted)
+            log.info("%s", self._halted)
             if policy.halt == "now":
                 self.cancel(list(self._tasks), why=f"cancelled: {self._halted}")
 
