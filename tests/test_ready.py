@@ -352,3 +352,16 @@ def test_ctrl_c_during_setup_ends_it_and_records_it_failed(tmp_path: Path) -> No
     assert not pid_alive(int(started.read_text()))
     state = workstreams(repo)["slow"]["setup"]
     assert state["status"] == "failed" and state["error"] == "cancelled (aidp was stopped)"
+
+
+def test_removing_a_worktree_loses_no_copied_file_it_changed(tmp_path: Path) -> None:
+    repo = ignored_repo(tmp_path)
+    configure(repo, '[worktree]\ncopy = [".env"]\n')
+    for slug in ("as-copied", "edited"):
+        assert cli(repo, "ws", "new", slug, "a task").returncode == 0
+    rm = cli(repo, "ws", "rm", "as-copied")
+    assert rm.returncode == 0, rm.stderr  # the .env is the main checkout's: nothing is lost
+    (repo / ".worktrees" / "edited" / ".env").write_text("SECRET=changed\n")
+    refused = cli(repo, "ws", "rm", "edited")
+    assert refused.returncode == 1 and "ignored files that would be deleted:\n.env" in refused.stderr
+    assert (repo / ".worktrees" / "edited" / ".env").read_text() == "SECRET=changed\n"

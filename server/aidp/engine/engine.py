@@ -457,7 +457,7 @@ class Engine:
         async with self._holding(slug, "remove") as token:
             ws = await self.get(slug, changes=False)  # as it is now that no other process can change it
             path = Path(ws.path)
-            problems = [] if ws.worktree_missing else await self._would_lose(path)
+            problems = [] if ws.worktree_missing else await self._would_lose(path, ws.setup.copied if ws.setup else [])
             base = ws.base_branch or "HEAD"
             # A landed branch's work is on its base even when squashed or rebased (other commits).
             check = delete_branch and ws.status != Status.LANDED
@@ -483,13 +483,14 @@ class Engine:
         self.events.emit(ListChanged())
         return notes
 
-    async def _would_lose(self, path: Path) -> list[str]:
-        """What removing the worktree would lose or override: changes, ignored files (`.env`),
-        checked-out submodules' own git data, a lock."""
+    async def _would_lose(self, path: Path, copied: list[str]) -> list[str]:
+        """What removing the worktree would lose or override: changes, ignored files (`.env`) but
+        the `copied` ones still as in the main checkout, checked-out submodules' own git data, a lock."""
         problems = []
         if dirty := await gitrepo.status_short(path):
             problems.append(f"the worktree {path} has uncommitted changes:\n{dirty.rstrip()}")
-        if ignored := await gitrepo.ignored_files(path):
+        kept = await asyncio.to_thread(setup.unchanged_copies, self.root, path, copied)
+        if ignored := [f for f in await gitrepo.ignored_files(path) if f not in kept]:
             problems.append(f"the worktree {path} has ignored files that would be deleted:\n{gitrepo.listed(ignored)}")
         if submodules := await gitrepo.initialised_submodules(path):
             problems.append(f"the worktree {path} has checked-out submodules: {', '.join(submodules)}")

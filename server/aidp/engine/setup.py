@@ -177,3 +177,16 @@ def _environment(root: Path, ws: Workstream, marker: str) -> dict[str, str]:
         AIDP_ROOT=str(root),
     )
     return env
+
+
+def unchanged_copies(root: Path, worktree: Path, copied: list[str]) -> set[str]:
+    """The copied files still the same in the worktree as in the main checkout: removing the
+    worktree loses nothing of them."""
+    same = set()
+    for relative in copied:
+        try:
+            if (worktree / relative).read_bytes() == (root / relative).read_bytes():
+                same.add(relative)
+        except OSError:
+            continue
+    return same
