@@ -29,7 +29,7 @@ from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling, se
 from aidp.engine.config import DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
-from aidp.engine.executor import FailurePolicy, Run, RunOptions
+from aidp.engine.executor import FailurePolicy, Run, RunOptions, read_tail
 from aidp.engine.follow import Follower
 from aidp.engine.hooks import HookRunner
 from aidp.engine.model import (
@@ -506,7 +506,7 @@ class Engine:
         if path is None:
             return None, ""
         limit = LOG_TAIL_DEFAULT if tail_bytes is None else tail_bytes
-        return path, await asyncio.to_thread(_read_tail, Path(path), limit)
+        return path, await asyncio.to_thread(read_tail, Path(path), limit)
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -924,12 +924,3 @@ def _is_text(text: str) -> bool:
         return False
     return "\0" not in text
 
-
-def _read_tail(path: Path, limit: int) -> str:
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - limit))
-            return f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""

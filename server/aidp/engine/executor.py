@@ -856,7 +856,11 @@ class Run:
         pattern = self.options.policy.rate_limit_pattern
         if pattern is None or log_path is None:
             return False
-        return pattern.search(_read_tail(log_path, RATE_LIMIT_SCAN)) is not None
+        try:
+            return pattern.search(read_tail(log_path, RATE_LIMIT_SCAN)) is not None
+        except OSError as exc:
+            log.warning("cannot read %s for rate limits: %s", log_path, exc)
+            return False
 
     async def _queue_retry(self, job: Job, result: WorkstreamResult, kind: str) -> bool:
         """Record the failed attempt and queue the next after a back-off (the claim stays, the slot
@@ -948,11 +952,12 @@ class Run:
         return result
 
 
-def _read_tail(path: Path, limit: int) -> str:
+def read_tail(path: Path, limit: int) -> str:
+    """The file's last `limit` bytes as text ("" when it does not exist)."""
     try:
         with path.open("rb") as f:
             size = f.seek(0, 2)
             f.seek(max(0, size - limit))
             return f.read().decode("utf-8", errors="replace")
-    except OSError:
+    except FileNotFoundError:
         return ""
