@@ -103,8 +103,11 @@ function prepareRepository(base: string): string {
       '  ok) echo "ok: all good in $(pwd)"; exit 0 ;;',
       '  fail) echo "fail: about to fail"; echo "something broke" >&2; exit 3 ;;',
       '  slow) i=0; while [ "$i" -lt 8 ]; do echo "slow: tick $i"; i=$((i+1)); sleep 1; done; exit 0 ;;',
-      // Runs until the test creates the file $2: "slow" without depending on how fast the machine is.
-      '  gate) echo "gate: waiting for the gate"; while [ ! -e "$2" ]; do sleep 0.2; done; echo "gate: released"; exit 0 ;;',
+      // Runs until the test creates the file $2: "slow" without depending on how fast the machine is. It says
+      // how far it is through aidp's progress channel (a JSON line appended to $AIDP_PROGRESS).
+      "  gate) echo \"gate: waiting for the gate\"; " +
+        `echo '{"percent": 40, "step": "WAITING", "message": "for the gate"}' >> "$AIDP_PROGRESS"; ` +
+        'while [ ! -e "$2" ]; do sleep 0.2; done; echo "gate: released"; exit 0 ;;',
       '  *) echo "unknown mode $1" >&2; exit 2 ;;',
       "esac",
       "",
@@ -691,6 +694,9 @@ async function main(): Promise<void> {
     await gateRow.hover();
     await gateRow.locator('.action-label[aria-label="Run Workstream"]').click();
     await wb.waitStatus("gate-ws", "running");
+    const withProgress = await wb.waitStatus("gate-ws", "· 40% WAITING");
+    check(true, `the running workstream's progress (from $AIDP_PROGRESS) shows in its row ("${withProgress}")`);
+    await wb.shot("15a-progress");
     await wb.command("Output: Show Output Channels...");
     await page.locator(".quick-input-widget input").first().fill("AIDP: gate-ws");
     await wb.pickRow("AIDP: gate-ws").click();
