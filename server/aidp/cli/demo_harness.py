@@ -1,11 +1,14 @@
-"""The harness `aidp demo` runs: pretends to work on its task for a few seconds, printing progress,
-then writes a file in its worktree and commits it. Stdlib only; no network, no AI service.
+"""The harness `aidp demo` runs: pretends to work on its task for a few seconds, printing progress
+and reporting it to aidp (`$AIDP_PROGRESS`), then writes a file in its worktree and commits it.
+Stdlib only; no network, no AI service.
 
     python demo_harness.py <slug> <task> <seconds>
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ def main(argv: list[str]) -> int:
     slug, task, seconds = argv[0], argv[1], float(argv[2])
     for i, step in enumerate(STEPS, start=1):
         print(f"[{slug}] step {i}/{len(STEPS)}: {step}", flush=True)
+        report({"percent": round(100 * (i - 1) / len(STEPS)), "message": step})
         time.sleep(seconds / len(STEPS))
     notes = Path("notes") / f"{slug}.md"
     notes.parent.mkdir(exist_ok=True)
@@ -26,6 +30,13 @@ def main(argv: list[str]) -> int:
     subprocess.run(["git", "commit", "-q", "-m", f"{slug}: {task}"], check=True)
     print(f"[{slug}] committed {notes}", flush=True)
     return 0
+
+
+def report(progress: dict[str, object]) -> None:
+    """One progress report, as any harness may append them (run outside aidp: none)."""
+    if path := os.environ.get("AIDP_PROGRESS"):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(progress) + "\n")
 
 
 if __name__ == "__main__":
