@@ -468,9 +468,9 @@ def test_a_task_the_argv_cannot_carry_is_refused_at_run_start_naming_the_other_w
 def test_task_words_and_task_file_are_exclusive_and_one_is_needed(repo: Path, tmp_path: Path) -> None:
     _, path = big_task(tmp_path)
     both = cli(repo, "ws", "new", "x", "words", "--task-file", str(path))
-    assert both.returncode == 2 and "give the task as words or with --task-file, not both" in both.stderr
+    assert both.returncode == 2 and "argument --task-file: not allowed with argument task" in both.stderr
     neither = cli(repo, "ws", "new", "x")
-    assert neither.returncode == 2 and "give the task as words, or --task-file FILE" in neither.stderr
+    assert neither.returncode == 2 and "one of the arguments task --task-file is required" in neither.stderr
     missing = cli(repo, "ws", "new", "x", "--task-file", str(tmp_path / "nope.md"))
     assert missing.returncode == 2 and f"cannot read the task file {tmp_path}/nope.md" in missing.stderr
 

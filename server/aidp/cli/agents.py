@@ -74,12 +74,8 @@ def main_doctor(args: argparse.Namespace) -> int:
 def task_of(args: argparse.Namespace) -> str:
     """`ws new`'s task: its words, or the text of `--task-file` (`-`: standard input), which
     carries a task longer than one command-line argument may be (the engine bounds its size)."""
-    if args.task_file is None:
-        if not args.task:
-            raise InvalidInput("give the task as words, or --task-file FILE ('-' for standard input)")
+    if args.task_file is None:  # the parser takes one or the other
         return " ".join(args.task)
-    if args.task:
-        raise InvalidInput("give the task as words or with --task-file, not both")
     try:
         data = sys.stdin.buffer.read() if args.task_file == "-" else Path(args.task_file).read_bytes()
     except OSError as exc:

@@ -143,8 +143,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("new", help="create a workstream: a worktree on branch aidp/<slug> and a task")
     p.add_argument("slug")
-    p.add_argument("task", nargs="*", help="what the workstream should do")
-    p.add_argument("--task-file", metavar="FILE", help="read the task from FILE ('-': standard input): a long task")
+    task = p.add_mutually_exclusive_group(required=True)  # the words, or a file for a long task
+    task.add_argument("task", nargs="*", default=[], help="what the workstream should do")
+    task.add_argument("--task-file", metavar="FILE", help="read the task from FILE ('-': standard input)")
     p.add_argument("--base-branch", metavar="B", help="start the branch from B (default: HEAD)")
     p.add_argument("--command", type=_command, metavar='"PROG ARG ..."', help="this workstream's harness")
     _add_schedule_options(p, droppable=False)
