@@ -14,11 +14,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # for the VS Code end-to-end test (see client-vscode/README.md).
 APT_PACKAGES := git parallel bubblewrap pkg-config libkrb5-dev libsecret-1-dev libx11-dev libxkbfile-dev ripgrep chromium
 
-.PHONY: help venv apt demo test lint test-python test-node test-client test-e2e bench clean
+.PHONY: help venv apt demo docs test lint test-python test-node test-client test-e2e bench clean
 
 help:
 	@echo "make demo   - set up and run five workstreams in parallel in a throwaway repository"
 	@echo "make test   - set up and run every test (lint, Python, Node client, VS Code unit + end-to-end)"
+	@echo "make docs   - build the documentation site into site/ (mkdocs build --strict)"
 	@echo "make bench  - benchmarks against xargs -P and GNU parallel; writes docs/benchmarks.md"
 
 $(STAMP): pyproject.toml requirements-dev.lock
@@ -40,7 +41,11 @@ apt:
 demo: venv
 	$(VENV)/bin/aidp demo
 
-test: lint test-python test-node test-client test-e2e
+# The site is built strictly: a broken link or a page missing from the nav fails the test.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+test: docs lint test-python test-node test-client test-e2e
 
 lint: venv client-vscode/node_modules
 	$(VENV)/bin/ruff check server tests bench

@@ -29,6 +29,7 @@ HALTS = ("never", "soon", "now")
 
 
 class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # The argv a workstream runs, never through a shell, with placeholders like {task}; wins over `preset`.
     command: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
     # A known agent's non-interactive command line (see presets.py); `command` wins over it.
     preset: str | None = None
@@ -36,24 +37,24 @@ class Harness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     args_extra: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
     # "task": the harness reads the task on its standard input; "none": stdin is /dev/null.
     stdin: Literal["none", "task"] = "none"
-    timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] | None = None
-    grace_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_GRACE_S
+    timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] | None = None  # a workstream running longer fails
+    grace_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_GRACE_S  # between SIGTERM and SIGKILL
     # The older place of `[scheduler] max_concurrent`, still read when that is not set.
     max_concurrent: Bound | None = None
-    env: dict[str, str] = msgspec.field(default_factory=dict)
+    env: dict[str, str] = msgspec.field(default_factory=dict)  # added to the harness's environment
     # Commit what the harness left uncommitted: many agents never commit, and only commits land.
     commit: Literal["never", "on-success", "always"] = "never"
     # Failure policy: how often a failed attempt is tried again, on which exit codes (empty: any
     # non-zero), after an exponential back-off with jitter starting at `retry_backoff_s`.
     retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 0
-    retry_on_exit: list[ExitCode] = msgspec.field(default_factory=list)
-    retry_on_timeout: bool = False
-    retry_backoff_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    retry_on_exit: list[ExitCode] = msgspec.field(default_factory=list)  # the exit codes worth a retry
+    retry_on_timeout: bool = False  # also retry an attempt that timed out
+    retry_backoff_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0  # the first back-off; doubles each time
     # An attempt that ends with one of these codes, or whose output matches the pattern, hit a rate
     # limit: it is retried after a back-off (not counted against `retries`) and the run slows down.
     rate_limit_exit: list[ExitCode] = msgspec.field(default_factory=list)
-    rate_limit_pattern: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    rate_limit_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+    rate_limit_pattern: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # a regex on the output's end
+    rate_limit_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10  # at most this many rate-limit retries
     # On the first failure: `soon` starts nothing new, `now` also cancels what runs (GNU parallel's --halt).
     halt: Halt = "never"
 
@@ -113,7 +114,7 @@ class Sandbox(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """`[sandbox]`: what a harness may write (see `sandbox`). Agents run with their permission
     prompts off, so the filesystem, not the agent, says what one workstream may touch."""
 
-    kind: Literal["none", "bwrap"] = "none"
+    kind: Literal["none", "bwrap"] = "none"  # "bwrap": each harness runs under bubblewrap
     # Extra read-write paths (agents keep credentials and caches in the home directory); `~` is
     # expanded when the file is read, and each must then be absolute.
     writable: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
