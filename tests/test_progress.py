@@ -221,7 +221,7 @@ async def test_a_server_shows_the_progress_of_a_terminals_run(
 
 def test_reports_combine_key_by_key_and_a_new_step_starts_afresh() -> None:
     state = ProgressState(["A", "B"])
-    assert state.current() is None
+    assert state.current() == Progress()  # nothing said yet
     state.apply({"message": "warming up"})
     assert state.current() == Progress(message="warming up")
     state.apply({"step": "A", "percent": 10})  # a new step: the old message was the old step's
@@ -234,6 +234,8 @@ def test_reports_combine_key_by_key_and_a_new_step_starts_afresh() -> None:
     assert state.current() == Progress(percent=80, step="B")
     state.apply({"step": "unlisted"})
     assert state.current() == Progress(step="unlisted")  # not in --steps: no percentage of its own
+    state.apply({"step": None})
+    assert state.current() == Progress()  # cleared: viewers are told it says nothing now
 
 
 def test_parse_report_accepts_only_the_documented_shape() -> None:

@@ -109,8 +109,8 @@ def status_line(event: StatusChanged) -> str:
         line += f" ({details})"
     if why := "; ".join(part for part in (reason(event.status, event.error), event.waiting) if part):
         line += f": {why}"
-    if event.progress is not None:
-        line += f" {progress_text(event.progress)}"
+    if said := progress_text(event.progress):
+        line += f" {said}"
     return line
 
 

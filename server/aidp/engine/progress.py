@@ -152,12 +152,11 @@ class ProgressState:
         """A message from the agent's own output (its current tool or file)."""
         self._message = message
 
-    def current(self) -> Progress | None:
+    def current(self) -> Progress:
+        """The latest progress; all of it None until the harness says something (or once it cleared it)."""
         percent = self._percent
         if percent is None and self._step in self._steps:
             percent = 100 * self._steps.index(self._step) / len(self._steps)
-        if percent is None and self._step is None and self._message is None:
-            return None
         return Progress(percent=None if percent is None else round(percent, 1), step=self._step, message=self._message)
 
 
@@ -236,10 +235,8 @@ class Tracker:
         self._file = ProgressFile(path)
         self._stream = stream
         self._state = ProgressState(steps)
-        self._emitted: Progress | None = None
-        self._emitted_at = -float("inf")
-        self._stored: Progress | None = None
-        self._stored_at = -float("inf")
+        self._emitted = self._stored = Progress()  # nothing said yet: nothing to tell
+        self._emitted_at = self._stored_at = -float("inf")
 
     def output(self, text: str, skipped: int) -> None:
         """New output of the harness (as the live view got it): a stream-json agent's events."""
@@ -253,7 +250,7 @@ class Tracker:
     def to_emit(self) -> Progress | None:
         """The progress to announce now, or None (unchanged, or announced too recently)."""
         now, current = time.monotonic(), self._state.current()
-        if current is None or current == self._emitted or now - self._emitted_at < EMIT_EVERY_S:
+        if current == self._emitted or now - self._emitted_at < EMIT_EVERY_S:
             return None
         self._emitted, self._emitted_at = current, now
         return current
@@ -261,7 +258,7 @@ class Tracker:
     def to_store(self) -> Progress | None:
         """The progress to write for other processes now, or None."""
         now, current = time.monotonic(), self._state.current()
-        if current is None or current == self._stored or now - self._stored_at < STORE_EVERY_S:
+        if current == self._stored or now - self._stored_at < STORE_EVERY_S:
             return None
         self._stored, self._stored_at = current, now
         return current
