@@ -150,8 +150,8 @@ export function tooltip(view: WorkstreamView, now: number): string {
   if (ws.command !== null) lines.push(`Command: ${ws.command.join(" ")}`);
   const progress = ws.status === "running" ? ws.currentRun?.progress : null;
   if (progress !== null && progress !== undefined) {
-    const label = progressLabel({ ...progress, message: null });
-    lines.push(`Progress: ${[label, progress.message].filter((p) => p !== undefined && p !== null).join(": ")}`);
+    const said = [progressLabel({ ...progress, message: null }), progress.message].filter((p) => p !== undefined && p !== null);
+    if (said.length > 0) lines.push(`Progress: ${said.join(": ")}`);
   }
   const error = ws.lastResult?.error;
   if (error !== null && error !== undefined && error.length > 0) {

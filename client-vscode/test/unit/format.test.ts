@@ -110,6 +110,7 @@ describe("progress", () => {
     assert.match(t, /^Progress: 40% IMPLEMENTATION: tests pass$/m);
     assert.match(tooltip(running({ percent: null, step: null, message: "Bash: pytest -q" }), NOW), /^Progress: Bash: pytest -q$/m);
     assert.doesNotMatch(tooltip(running(null), NOW), /Progress/);
+    assert.doesNotMatch(tooltip(running({ percent: null, step: null, message: null }), NOW), /Progress/);
   });
 });
 
