@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from cli_helpers import workstreams
-from support import PYTHON, cli, git, make_repo, pid_alive
+from cli_helpers import Lines, spawn_cli, workstreams
+from support import PYTHON, cli, git, make_repo, pid_alive, wait_until_sync
 
 # A harness that records its worktree's files, so a test sees what the setup left there.
 RECORD_ARGV = """\
@@ -40,7 +41,7 @@ def events(repo: Path, slug: str) -> list[str]:
     return [line.strip() for line in lines.splitlines()]
 
 
-def records(path: Path) -> list[dict[str, Any]]:
+def records(path: Path) -> list[Any]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -330,8 +331,6 @@ def test_notify_says_when_notify_send_is_missing(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_setup_ends_it_and_records_it_failed(tmp_path: Path) -> None:
-    from cli_helpers import spawn_cli
-
     repo = make_repo(tmp_path)
     started = tmp_path / "setup-pid"
     setup = script(
@@ -341,8 +340,6 @@ def test_ctrl_c_during_setup_ends_it_and_records_it_failed(tmp_path: Path) -> No
     )
     configure(repo, f'[worktree]\nsetup = ["{PYTHON}", "{setup}"]\n')
     proc = spawn_cli(repo, "ws", "new", "slow", "a task")
-    from support import wait_until_sync
-
     wait_until_sync(lambda: started.exists() and started.read_text() != "", what="the setup to start")
     assert workstreams(repo)["slow"]["setup"]["status"] == "running"
     refused = cli(repo, "ws", "run", "slow")
@@ -365,3 +362,25 @@ def test_removing_a_worktree_loses_no_copied_file_it_changed(tmp_path: Path) -> 
     refused = cli(repo, "ws", "rm", "edited")
     assert refused.returncode == 1 and "ignored files that would be deleted:\n.env" in refused.stderr
     assert (repo / ".worktrees" / "edited" / ".env").read_text() == "SECRET=changed\n"
+
+
+def test_the_repl_notifies_a_run_started_with_notify(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    configure(repo, f'[harness]\ncommand = ["{PYTHON}", "-c", "pass"]\n')
+    assert cli(repo, "ws", "new", "bell", "a task").returncode == 0
+    bin_dir, record = fake_notify_send(tmp_path)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    repl = spawn_cli(repo, "repl", env={"PATH": path}, stdin=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert repl.stdin is not None
+    out = Lines(repl)
+    repl.stdin.write("/ws run bell --notify\n")
+    repl.stdin.flush()
+    out.expect(r"^1 completed, 0 failed")
+    wait_until_sync(lambda: len(records(record)) == 1, what="the notification")
+    assert records(record) == [["--app-name=aidp", "--urgency=normal", "aidp: run completed", "1 completed of 1"]]
+    repl.stdin.write("/ws run bell\n")
+    repl.stdin.flush()
+    out.expect(r"^1 completed, 0 failed")
+    repl.stdin.close()
+    assert repl.wait(timeout=60) == 0
+    assert len(records(record)) == 1  # only the run started with --notify

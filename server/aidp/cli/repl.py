@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from aidp.cli import ready
 from aidp.cli.commands import print_json, start_run, with_engine
 from aidp.cli.parser import EXIT_OK, Parser, ParserExit, UsageError, build_parser
 from aidp.cli.render import report, start_notes, status_line, summary_lines
@@ -26,7 +27,7 @@ HELP = """\
 /ws set <slug> [--priority P] [--after A,B | --no-after]
 /ws status <slug>                        details, recent events, git status
 /ws run <slug...> [--max-concurrent N] [--mode M] [--steps A,B] [--timeout S]
-        [--halt never|soon|now] [--no-deps] [--base-from-deps]
+        [--halt never|soon|now] [--no-deps] [--base-from-deps] [--notify]
 /ws run-all [...]                        runs go on in the background
 /ws cancel <slug...>
 /ws pause|resume|rm|logs ...             as on the command line ('/ws rm --help')
@@ -62,6 +63,8 @@ class Repl:
         self.engine = engine
         self.parser = parser
         self.json_runs: set[str] = set()
+        self.notify_runs: set[str] = set()  # runs started with --notify
+        self.notifying: set[asyncio.Task[None]] = set()
         self.said: dict[str, str] = {}  # each run's latest progress note, printed once
         self.interactive = sys.stdin.isatty()
 
@@ -97,6 +100,11 @@ class Repl:
             print(f"aidp: {event.note}", flush=True)
         elif isinstance(event, RunFinished):
             self.said.pop(event.summary.run_id, None)
+            if event.summary.run_id in self.notify_runs:
+                self.notify_runs.discard(event.summary.run_id)
+                task = asyncio.create_task(ready.notify(event.summary))
+                self.notifying.add(task)
+                task.add_done_callback(self.notifying.discard)
             if event.summary.run_id in self.json_runs:
                 print_json(event.summary)
             else:
@@ -131,6 +139,8 @@ class Repl:
                 run = await start_run(self.engine, args)
                 if args.json:
                     self.json_runs.add(run.run_id)
+                if args.notify:
+                    self.notify_runs.add(run.run_id)
                 print(f"started run {run.run_id}: {', '.join(run.jobs) or 'nothing to run'}", flush=True)
                 for note in start_notes(run):
                     print(f"aidp: {note}", flush=True)
