@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from pathlib import Path
 
 import msgspec
 
-from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
+from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args
 from aidp.engine import gitrepo, presets
 from aidp.engine.config import CONFIG_NAME
 from aidp.engine.doctor import diagnose
@@ -19,7 +18,7 @@ from aidp.engine.errors import AidpError, InvalidInput
 MARKS = {"ok": "ok", "warning": "warning", "problem": "PROBLEM"}
 
 
-def main_init(args: argparse.Namespace) -> int:
+def main_init(args: Args) -> int:
     root = gitrepo.find_root(Path.cwd())
     path = root / gitrepo.STATE_DIR / CONFIG_NAME
     if path.exists() and not args.force:
@@ -56,7 +55,7 @@ def _choose(found: list[presets.Preset]) -> presets.Preset | None:
         print(f"answer a number from 1 to {len(found)}, or one of {listed}")
 
 
-def main_doctor(args: argparse.Namespace) -> int:
+def main_doctor(args: Args) -> int:
     report = asyncio.run(diagnose(gitrepo.find_root(Path.cwd())))
     if args.json:
         print(msgspec.json.encode(report).decode(), flush=True)
@@ -71,7 +70,7 @@ def main_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
-def task_of(args: argparse.Namespace) -> str:
+def task_of(args: Args) -> str:
     """`ws new`'s task: its words, or the text of `--task-file` (`-`: standard input), which
     carries a task longer than one command-line argument may be (the engine bounds its size)."""
     if args.task_file is None:  # the parser takes one or the other

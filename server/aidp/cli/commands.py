@@ -3,19 +3,18 @@ prints. The repl calls the same handlers with the same parsed arguments."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shlex
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import msgspec
 
 from aidp.cli import ready
 from aidp.cli.agents import task_of
+from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args, Handler
 from aidp.cli.live import choose_view, watch_run
-from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
 from aidp.cli.progress_text import progress_text
 from aidp.cli.render import (
     attempt_text,
@@ -37,8 +36,6 @@ from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
 from aidp.engine.model import priority_name
 
-Handler = Callable[[Engine, argparse.Namespace], Awaitable[int]]
-
 CANCEL_EXTRA_WAIT_S = 10.0  # beyond the harness grace period, for the owning process to act
 POLL_S = 0.2
 
@@ -49,7 +46,7 @@ async def open_engine(create: bool = True, start_over: bool = False) -> Engine:
     return await Engine.open(find_root(Path.cwd()), create=create, start_over=start_over)
 
 
-def with_engine(handler: Handler, args: argparse.Namespace, create: bool = True, start_over: bool = False) -> int:
+def with_engine(handler: Handler, args: Args, create: bool = True, start_over: bool = False) -> int:
     """Run `handler` on the repository's engine; the engine is always closed (which cancels and
     records whatever this process still runs)."""
 
@@ -63,14 +60,14 @@ def with_engine(handler: Handler, args: argparse.Namespace, create: bool = True,
     return asyncio.run(run())
 
 
-def main_ws(args: argparse.Namespace) -> int:
+def main_ws(handler: Handler, args: Args) -> int:
     """Only `ws new` makes `.aidp/` where there is none (and adopts what a lost state database
     left); every other command in a repository aidp never touched finds nothing and writes nothing."""
     creating = args.ws_command == "new"
-    return with_engine(args.handler, args, create=creating, start_over=creating)
+    return with_engine(handler, args, create=creating, start_over=creating)
 
 
-def main_serve(args: argparse.Namespace) -> int:
+def main_serve(args: Args) -> int:
     from aidp.server.app import serve  # imported late: the CLI works without the server's dependencies loaded
 
     return serve(args.root)
@@ -80,7 +77,7 @@ def print_json(value: object) -> None:
     print(msgspec.json.encode(value).decode(), flush=True)
 
 
-async def ws_new(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_new(engine: Engine, args: Args) -> int:
     priority = 0 if args.priority is None else args.priority
     ws, adopted = await engine.create_or_adopt(
         args.slug, task_of(args), args.base_branch, args.command, priority=priority, after=args.after
@@ -92,7 +89,7 @@ async def ws_new(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def ws_set(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_set(engine: Engine, args: Args) -> int:
     if args.priority is None and args.after is None:
         raise InvalidInput("nothing to set: give --priority P, --after A,B or --no-after")
     ws = await engine.set_schedule(args.slug, args.priority, args.after)
@@ -100,7 +97,7 @@ async def ws_set(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def ws_list(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_list(engine: Engine, args: Args) -> int:
     workstreams = await engine.workstreams()
     if args.json:
         print_json(workstreams)
@@ -110,7 +107,7 @@ async def ws_list(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_status(engine: Engine, args: Args) -> int:
     ws = await engine.get(args.slug)
     command = shlex.join(ws.command) if ws.command else "[harness] command of .aidp/config.toml"
     lines = [
@@ -157,19 +154,19 @@ async def ws_status(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def ws_pause(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_pause(engine: Engine, args: Args) -> int:
     ws = await engine.set_paused(args.slug, args.paused)
     print(f"{ws.slug} {ws.status}")
     return EXIT_OK
 
 
-async def ws_rm(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_rm(engine: Engine, args: Args) -> int:
     for note in await engine.remove(args.slug, delete_branch=args.delete_branch, force=args.force):
         print(note)
     return EXIT_OK
 
 
-def start_run(engine: Engine, args: argparse.Namespace) -> Awaitable[Run]:
+def start_run(engine: Engine, args: Args) -> Awaitable[Run]:
     """`ws run <slug...>` or `ws run-all`, with the options both share."""
     common = (args.max_concurrent, args.mode, args.steps, args.timeout)
     if args.ws_command == "run-all":
@@ -186,14 +183,14 @@ def print_summary(summary: RunSummary, as_json: bool) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILURE
 
 
-async def ws_run(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_run(engine: Engine, args: Args) -> int:
     summary = await watch_run(engine, lambda: start_run(engine, args), choose_view(args.json))
     if args.notify:
         await ready.notify(summary)
     return print_summary(summary, args.json)
 
 
-async def ws_cancel(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_cancel(engine: Engine, args: Args) -> int:
     """Cancel wherever they run, then wait (bounded) until the owner has ended and recorded them."""
     hit = await engine.cancel(args.slugs)
     for slug in dict.fromkeys(args.slugs):
@@ -214,7 +211,7 @@ async def ws_cancel(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if any(status.in_flight for status in statuses.values()) else EXIT_OK
 
 
-async def ws_logs(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_logs(engine: Engine, args: Args) -> int:
     if args.follow:
         await follow_log(engine, args.slug)
         return EXIT_OK

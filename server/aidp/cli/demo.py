@@ -3,7 +3,6 @@ to show the speed-up over running them one after another. Needs git and nothing 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from aidp.cli import demo_harness
+from aidp.cli.base import Args
 from aidp.cli.commands import print_summary
 from aidp.cli.live import choose_view, watch_run
 from aidp.engine import Engine, RunSummary
@@ -65,7 +65,7 @@ async def run_demo(root: Path, max_concurrent: int) -> RunSummary:
         await engine.close()
 
 
-def main_demo(args: argparse.Namespace) -> int:
+def main_demo(args: Args) -> int:
     root = Path(tempfile.mkdtemp(prefix="aidp-demo-"))
     print(f"demo repository: {root}")
     try:

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from aidp.cli.parser import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, build_parser
+from aidp.cli import wiring
+from aidp.cli.base import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, exit_code
+from aidp.cli.parser import build_parser
 from aidp.cli.render import report
-from aidp.engine.errors import AidpError, ConfigError, InvalidInput, NotARepository
-
-INPUT_ERRORS = (InvalidInput, ConfigError, NotARepository)
-
-
-def exit_code(error: AidpError) -> int:
-    return EXIT_USAGE if isinstance(error, INPUT_ERRORS) else EXIT_FAILURE
+from aidp.engine.errors import AidpError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,9 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(exc.usage)
         report(str(exc))
         return EXIT_USAGE
-    command: Callable[..., int] = args.main
     try:
-        return command(args)
+        return wiring.run(args)
     except AidpError as exc:
         report(str(exc))
         return exit_code(exc)

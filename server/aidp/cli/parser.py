@@ -1,5 +1,6 @@
 """The argument grammar, defined once: `main` parses command lines with it and the repl parses its
-`/ws ...` lines with the very same subparsers, so the two can never drift apart."""
+`/ws ...` lines with the very same subparsers, so the two can never drift apart. It knows no
+handler: `wiring.py` maps each command (`args.top_command`, `args.ws_command`) to the code that runs it."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from aidp import __version__
+from aidp.cli.base import ParserExit, UsageError
 from aidp.engine.config import HALTS
 from aidp.engine.errors import InvalidInput
 from aidp.engine.model import PRIORITIES, PRIORITY_RANGE, parse_priority, validate_slug
 from aidp.engine.presets import PRESETS
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 EPILOG = """\
 exit codes:
@@ -28,22 +26,6 @@ exit codes:
 
 Run 'aidp demo' to see five workstreams run in parallel in a throwaway repository.
 """
-
-
-class UsageError(Exception):
-    """The parser rejected the arguments; `usage` is the usage line of the (sub)command at fault."""
-
-    def __init__(self, message: str, usage: str) -> None:
-        super().__init__(message)
-        self.usage = usage
-
-
-class ParserExit(Exception):
-    """The parser finished on its own (after --help or --version) with this exit status."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 class Parser(argparse.ArgumentParser):
@@ -119,15 +101,6 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
-    from aidp.cli import (
-        agents,
-        commands,
-        demo,
-        ready,
-        repl,
-        review,
-    )  # imported here: they import this module (the repl parses with it)
-
     parser = Parser(
         prog="aidp",
         description="Run many coding workstreams (a git worktree plus a command) in parallel.",
@@ -135,10 +108,9 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aidp {__version__}")
-    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    top = parser.add_subparsers(dest="top_command", required=True, metavar="COMMAND")
 
     ws = top.add_parser("ws", help="manage and run workstreams", epilog=EPILOG)
-    ws.set_defaults(main=commands.main_ws)
     sub = ws.add_subparsers(dest="ws_command", required=True, metavar="WS_COMMAND")
 
     p = sub.add_parser("new", help="create a workstream: a worktree on branch aidp/<slug> and a task")
@@ -149,35 +121,29 @@ def build_parser() -> Parser:
     p.add_argument("--base-branch", metavar="B", help="start the branch from B (default: HEAD)")
     p.add_argument("--command", type=_command, metavar='"PROG ARG ..."', help="this workstream's harness")
     _add_schedule_options(p, droppable=False)
-    p.set_defaults(handler=commands.ws_new)
 
     p = sub.add_parser("set", help="change a workstream's priority or dependencies")
     p.add_argument("slug")
     _add_schedule_options(p, droppable=True)
-    p.set_defaults(handler=commands.ws_set)
 
     p = sub.add_parser("list", help="every workstream with its status and last run")
     p.add_argument("--json", action="store_true", help="print the workstreams as JSON")
-    p.set_defaults(handler=commands.ws_list)
 
     p = sub.add_parser("status", help="one workstream in detail, its recent events and git status")
     p.add_argument("slug")
-    p.set_defaults(handler=commands.ws_status)
 
     p = sub.add_parser("setup", help="make a worktree ready again: copy [worktree] copy files, run [worktree] setup")
     p.add_argument("slug")
-    p.set_defaults(handler=ready.ws_setup)
 
     for name, paused in (("pause", True), ("resume", False)):
         p = sub.add_parser(name, help=f"{name} a workstream (run-all skips paused ones)")
         p.add_argument("slug")
-        p.set_defaults(handler=commands.ws_pause, paused=paused)
+        p.set_defaults(paused=paused)
 
     p = sub.add_parser("rm", help="remove a workstream's worktree (refuses to lose work without --force)")
     p.add_argument("slug")
     p.add_argument("--delete-branch", action="store_true", help="also delete branch aidp/<slug>")
     p.add_argument("--force", action="store_true", help="discard uncommitted changes and unmerged commits")
-    p.set_defaults(handler=commands.ws_rm)
 
     p = sub.add_parser("run", help="run workstreams in parallel with a live view")
     p.add_argument("slugs", nargs="+", metavar="slug")
@@ -187,20 +153,16 @@ def build_parser() -> Parser:
         action="store_true",
         help="refuse, naming them, when dependencies are not done (default: run them first, in this run)",
     )
-    p.set_defaults(handler=commands.ws_run)
 
     p = sub.add_parser("run-all", help="run every workstream not paused, completed or already running")
     _add_run_options(p)
-    p.set_defaults(handler=commands.ws_run)
 
     p = sub.add_parser("cancel", help="cancel running workstreams, also those another aidp process runs")
     p.add_argument("slugs", nargs="+", metavar="slug")
-    p.set_defaults(handler=commands.ws_cancel)
 
     p = sub.add_parser("logs", help="print the latest run's log")
     p.add_argument("slug")
     p.add_argument("-f", "--follow", action="store_true", help="follow the log while the workstream runs")
-    p.set_defaults(handler=commands.ws_logs)
 
     p = sub.add_parser(
         "diff", help="what a workstream changed: its commits since the merge-base, then uncommitted work"
@@ -210,12 +172,10 @@ def build_parser() -> Parser:
     shape.add_argument("--stat", action="store_true", help="files with lines added and removed")
     shape.add_argument("--name-only", action="store_true", help="only the names of the changed files")
     p.add_argument("--base", metavar="BRANCH", help="compare with BRANCH instead of the workstream's base branch")
-    p.set_defaults(handler=review.ws_diff)
 
     p = sub.add_parser("conflicts", help="which workstreams conflict with their base branch or with each other")
     p.add_argument("slugs", nargs="*", metavar="slug", help="default: every workstream not landed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(handler=review.ws_conflicts)
 
     p = sub.add_parser("land", help="land workstreams on their base branch, in order, atomically, nothing checked out")
     p.add_argument("slugs", nargs="+", metavar="slug")
@@ -223,38 +183,30 @@ def build_parser() -> Parser:
     p.add_argument("--into", metavar="BRANCH", help="land on BRANCH instead of each workstream's base branch")
     p.add_argument("--rm", action="store_true", help="then remove each landed workstream's worktree and branch")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(handler=review.ws_land)
 
     p = sub.add_parser("sync", help="bring a workstream's branch up to date with its base branch")
     p.add_argument("slug")
     p.add_argument("--strategy", choices=("rebase", "merge"), default="rebase", help="default: rebase")
-    p.set_defaults(handler=review.ws_sync)
 
     p = sub.add_parser("push", help="push a workstream's branch; --pr also opens a pull request with 'gh'")
     p.add_argument("slug")
     p.add_argument("--remote", default="origin", metavar="R", help="default: origin")
     p.add_argument("--pr", action="store_true", help="open a pull request with the GitHub CLI (gh)")
-    p.set_defaults(handler=review.ws_push)
 
     p = top.add_parser("init", help="write .aidp/config.toml for a coding agent found on PATH")
     p.add_argument("--preset", choices=list(PRESETS), help="the agent to configure (default: ask, or the one found)")
     p.add_argument("--force", action="store_true", help="replace an existing .aidp/config.toml")
-    p.set_defaults(main=agents.main_init)
 
     p = top.add_parser("doctor", help="check git, the config, the harness, the state database, worktrees, branches")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
-    p.set_defaults(main=agents.main_doctor)
 
     p = top.add_parser("repl", help="an interactive prompt; runs go on in the background")
-    p.set_defaults(main=repl.main_repl)
 
     p = top.add_parser("demo", help="run five demo workstreams in a throwaway repository")
     p.add_argument("--keep", action="store_true", help="keep the demo repository and print its path")
     p.add_argument("--max-concurrent", type=int, default=5, metavar="N", help="run at most N at once (1..64)")
-    p.set_defaults(main=demo.main_demo)
 
     p = top.add_parser("serve", help="the JSON-RPC server (stdio) for editors")
     p.add_argument("--root", type=Path, metavar="PATH", help="the repository (default: from the client)")
-    p.set_defaults(main=commands.main_serve)
 
     return parser

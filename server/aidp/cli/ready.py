@@ -4,13 +4,12 @@ through `notify-send`)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
 import subprocess
 import sys
 
-from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
+from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args
 from aidp.cli.render import first_line
 from aidp.engine import Engine, RunSummary
 from aidp.engine.model import Workstream
@@ -40,7 +39,7 @@ def setup_lines(ws: Workstream) -> list[str]:
     return lines
 
 
-async def ws_setup(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_setup(engine: Engine, args: Args) -> int:
     """Copy the configured files and run the setup command again; exit 1 when the setup failed."""
     ws = await engine.setup(args.slug)
     print("\n".join([f"{ws.slug}:", *setup_lines(ws)]), flush=True)

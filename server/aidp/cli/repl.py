@@ -5,7 +5,6 @@ cancel what still runs, cleanly."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shlex
 import signal
@@ -13,8 +12,9 @@ import sys
 import threading
 
 from aidp.cli import ready
+from aidp.cli.base import EXIT_OK, Args, Handler, ParserExit, UsageError
 from aidp.cli.commands import print_json, start_run, with_engine
-from aidp.cli.parser import EXIT_OK, Parser, ParserExit, UsageError, build_parser
+from aidp.cli.parser import Parser, build_parser
 from aidp.cli.render import report, start_notes, status_line, summary_lines
 from aidp.engine import Engine
 from aidp.engine.errors import AidpError
@@ -36,8 +36,9 @@ HELP = """\
 /quit                                    cancel running runs and leave (also Ctrl-D)"""
 
 
-def main_repl(args: argparse.Namespace) -> int:
-    return with_engine(lambda engine, _: Repl(engine, build_parser()).loop(), args)
+def main_repl(args: Args, handlers: dict[str, Handler]) -> int:
+    """`handlers`: the `ws` commands' handlers by name (from wiring.py, which imports this module)."""
+    return with_engine(lambda engine, _: Repl(engine, build_parser(), handlers).loop(), args)
 
 
 def stdin_lines() -> asyncio.Queue[str | None]:
@@ -59,9 +60,10 @@ def stdin_lines() -> asyncio.Queue[str | None]:
 
 
 class Repl:
-    def __init__(self, engine: Engine, parser: Parser) -> None:
+    def __init__(self, engine: Engine, parser: Parser, handlers: dict[str, Handler]) -> None:
         self.engine = engine
         self.parser = parser
+        self.handlers = handlers
         self.json_runs: set[str] = set()
         self.notify_runs: set[str] = set()  # runs started with --notify
         self.notifying: set[asyncio.Task[None]] = set()
@@ -147,6 +149,6 @@ class Repl:
             elif args.ws_command == "logs" and args.follow:
                 report("'logs -f' would hold the prompt; use it from a shell ('aidp ws logs -f <slug>')")
             else:
-                await args.handler(self.engine, args)
+                await self.handlers[args.ws_command](self.engine, args)
         except AidpError as exc:
             report(str(exc))

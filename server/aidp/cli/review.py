@@ -3,14 +3,13 @@ handler calls the engine (see engine/review.py) and prints."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import subprocess
 import sys
 
+from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args
 from aidp.cli.commands import print_json
-from aidp.cli.parser import EXIT_FAILURE, EXIT_OK
 from aidp.engine import Engine
 from aidp.engine.model import Diff, FileChange
 
@@ -18,7 +17,7 @@ CLI_DIFF_MAX_BYTES = 256 * 1024 * 1024  # the engine's 1 MiB default suits the w
 DEFAULT_PAGER = ["less", "-FRX"]
 
 
-async def ws_diff(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_diff(engine: Engine, args: Args) -> int:
     diff = await engine.diff(args.slug, base=args.base, max_bytes=CLI_DIFF_MAX_BYTES)
     if args.name_only:
         text = "\n".join([f.path for f in diff.files] + _marked("uncommitted", [f.path for f in diff.uncommitted]))
@@ -76,7 +75,7 @@ def page(text: str) -> None:
         sys.stdout.write(text)
 
 
-async def ws_conflicts(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_conflicts(engine: Engine, args: Args) -> int:
     """Exit 1 when any workstream conflicts with its base branch or with another."""
     report = await engine.conflicts(args.slugs or None)
     if args.json:
@@ -97,7 +96,7 @@ async def ws_conflicts(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK if clean else EXIT_FAILURE
 
 
-async def ws_land(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_land(engine: Engine, args: Args) -> int:
     """A refusal is `CannotLand`: main prints its message (the reason, the files, what landed)."""
     results = await engine.land(args.slugs, strategy=args.strategy, into=args.into, rm=args.rm)
     if args.json:
@@ -108,13 +107,13 @@ async def ws_land(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def ws_sync(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_sync(engine: Engine, args: Args) -> int:
     result = await engine.sync(args.slug, strategy=args.strategy)
     print(f"{result.slug} is up to date with its base branch ({result.strategy}): at {result.head[:12]}", flush=True)
     return EXIT_OK
 
 
-async def ws_push(engine: Engine, args: argparse.Namespace) -> int:
+async def ws_push(engine: Engine, args: Args) -> int:
     result = await engine.push(args.slug, remote=args.remote, pr=args.pr)
     print(f"pushed {result.branch} to {result.remote}", flush=True)
     if result.pr_url:
