@@ -384,3 +384,18 @@ def test_the_repl_notifies_a_run_started_with_notify(tmp_path: Path) -> None:
     repl.stdin.close()
     assert repl.wait(timeout=60) == 0
     assert len(records(record)) == 1  # only the run started with --notify
+
+
+def test_bad_worktree_and_hooks_settings_name_the_field(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    for toml, said in (
+        ('[hooks]\non_end = "notify-send done"\n', "Expected `array | null`, got `str` - at `$.hooks.on_end`"),
+        ("[hooks]\ntimeout_s = 0\n", "at `$.hooks.timeout_s`"),
+        ("[worktree]\nsetup = []\n", "at `$.worktree.setup`"),
+        ('[worktree]\ncopy = [""]\n', "at `$.worktree.copy[0]`"),
+        ("[worktree]\nsetup_timeout = 5\n", "unknown field `setup_timeout`"),
+    ):
+        configure(repo, toml)
+        out = cli(repo, "ws", "new", "bad", "a task")
+        assert out.returncode == 2 and said in out.stderr, (toml, out.stderr)
+        assert not (repo / ".worktrees" / "bad").exists()

@@ -345,7 +345,7 @@ class Engine:
         return await review.changes_of(self, found) if changes else found
 
     async def leftover_worktrees(self) -> list[gitrepo.Worktree]:
-        """Worktrees in `.worktrees/` that are no workstream (an interrupted `create` or `remove`
+        """Worktrees in the worktrees folder that are no workstream (an interrupted `create` or `remove`
         left them): `create` of their slug adopts them."""
         if not self.worktrees_dir.is_dir():
             return []
@@ -923,4 +923,3 @@ def _is_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return "\0" not in text
-
