@@ -17,6 +17,9 @@ from conftest import write_config
 from server_helpers import initialize_params, lsp_session, server_command
 from support import PYTHON, cli, git
 
+from aidp.engine.config import load_config
+from aidp.engine.presets import CLAUDE_STREAM_JSON, PRESETS, Preset, config_text
+
 TASK = "Fix the login redirect loop; say {slug} literally"
 BIG = 200_000  # bytes: past one argument's limit (MAX_ARG_STRLEN, 128 KiB)
 
@@ -508,3 +511,11 @@ def test_a_sandbox_that_hides_the_checkout_still_gives_the_harness_its_task(repo
     assert result.returncode == 0, result.stdout + result.stderr
     worktree = repo / ".worktrees" / "long"
     assert (worktree / "from-file").read_text() == text and (worktree / "from-stdin").read_text() == text
+
+
+@pytest.mark.parametrize("preset", [None, *PRESETS.values()], ids=lambda p: p.name if p else "template")
+def test_what_init_writes_parses_and_runs_the_preset(tmp_path: Path, preset: Preset | None) -> None:
+    write_config(tmp_path, config_text(preset))
+    harness = load_config(tmp_path / ".aidp").harness
+    assert harness.resolved_command == (None if preset is None else list(preset.argv))
+    assert harness.output == (CLAUDE_STREAM_JSON if preset is not None and preset.name == "claude-code" else None)
