@@ -43,7 +43,7 @@ demo: venv
 
 # The site is built strictly: a broken link or a page missing from the nav fails the test.
 docs: venv
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 test: docs lint test-python test-node test-client test-e2e
 

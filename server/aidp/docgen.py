@@ -1,7 +1,7 @@
 """The documentation's reference pages, generated from the code they describe: the CLI from the
 argument parser and the configuration keys from the config schema's Structs (their types, defaults
-and the comments above each field). The MkDocs hook in docs/hooks/reference.py puts them into the
-site at build time, so the reference can never drift from the program."""
+and the comments above each field). mkdocs.yml names this module as a hook: `on_page_markdown`
+puts them into the site at build time, so the reference can never drift from the program."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from aidp.engine import config
 HELP_COLUMNS = "100"  # argparse wraps to $COLUMNS: fixed, so the page is the same on every machine
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+def subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     """(help line, parser) of each subcommand, depth first, in the parser's own order."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
             for name, sub in action.choices.items():
                 yield helps.get(name, ""), sub
-                yield from _subcommands(sub)
+                yield from subcommands(sub)
 
 
 def cli_reference() -> str:
@@ -37,7 +37,7 @@ def cli_reference() -> str:
     try:
         parser = build_parser()
         sections = [f"## {parser.prog}\n\n```text\n{parser.format_help().rstrip()}\n```"]
-        for purpose, sub in _subcommands(parser):
+        for purpose, sub in subcommands(parser):
             sections.append(f"## {sub.prog}\n\n{purpose.capitalize()}.\n\n```text\n{sub.format_help().rstrip()}\n```")
     finally:
         if saved is None:
@@ -124,3 +124,14 @@ def config_reference() -> str:
         header = [f"## `[{section.name}]`", "", *([doc, ""] if doc else [])]
         sections.append("\n".join([*header, "| key | type | default | meaning |", "|---|---|---|---|", *rows]))
     return "\n\n".join(sections) + "\n"
+
+
+MARKERS = {"<!-- aidp:cli -->": cli_reference, "<!-- aidp:config -->": config_reference}
+
+
+def on_page_markdown(markdown: str, **_: object) -> str:
+    """The MkDocs hook (mkdocs.yml `hooks`): each marker becomes the page it stands for."""
+    for marker, generate in MARKERS.items():
+        if marker in markdown:
+            markdown = markdown.replace(marker, generate())
+    return markdown
