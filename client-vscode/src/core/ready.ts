@@ -25,9 +25,13 @@ export function setupParts(ws: Workstream): string[] {
   return [];
 }
 
-/** The row's context flags: `canSetup` (AIDP: Redo Setup) while it is not queued or running. */
+/**
+ * The row's context flags: `canSetup` (AIDP: Redo Setup) for a workstream made with a setup, while
+ * neither it nor its setup runs (the command palette offers it for any workstream).
+ */
 export function setupFlags(ws: Workstream): string[] {
-  return ws.status === "queued" || ws.status === "running" || ws.setup?.status === "running" ? [] : ["canSetup"];
+  const live = ws.status === "queued" || ws.status === "running";
+  return ws.setup === null || ws.setup === undefined || ws.setup.status === "running" || live ? [] : ["canSetup"];
 }
 
 /**

@@ -35,11 +35,13 @@ describe("setupParts and setupFlags", () => {
     assert.deepEqual(setupParts(ws("x", "active", { setup: setup({ status: "running" }) })), ["setting up"]);
     assert.deepEqual(setupParts(ws("x", "active", { setup: setup({}) })), []);
   });
-  it("offers Redo Setup only while the workstream and its setup are at rest", () => {
-    assert.deepEqual(setupFlags(ws("x", "failed")), ["canSetup"]);
-    assert.deepEqual(setupFlags(ws("x", "running")), []);
-    assert.deepEqual(setupFlags(ws("x", "queued")), []);
+  it("offers Redo Setup for a workstream made with a setup, while it and its setup are at rest", () => {
+    assert.deepEqual(setupFlags(ws("x", "failed", { setup: setup({ status: "failed", error: "exit code 1" }) })), ["canSetup"]);
+    assert.deepEqual(setupFlags(ws("x", "completed", { setup: setup({}) })), ["canSetup"]);
+    assert.deepEqual(setupFlags(ws("x", "running", { setup: setup({}) })), []);
+    assert.deepEqual(setupFlags(ws("x", "queued", { setup: setup({}) })), []);
     assert.deepEqual(setupFlags(ws("x", "active", { setup: setup({ status: "running" }) })), []);
+    assert.deepEqual(setupFlags(ws("x", "failed")), []);
   });
 });
 
