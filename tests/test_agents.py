@@ -519,3 +519,28 @@ def test_what_init_writes_parses_and_runs_the_preset(tmp_path: Path, preset: Pre
     harness = load_config(tmp_path / ".aidp").harness
     assert harness.resolved_command == (None if preset is None else list(preset.argv))
     assert harness.output == (CLAUDE_STREAM_JSON if preset is not None and preset.name == "claude-code" else None)
+
+
+def test_doctor_finds_a_harness_that_cannot_run_and_a_config_that_does_not_parse(
+    repo: Path, fakebin: Path, tools: Path, records: Path
+) -> None:
+    environ = env(fakebin, tools, records)
+    agent = fake_agent(fakebin, "claude")
+    agent.chmod(0o644)
+    write_config(repo, '[harness]\npreset = "claude-code"\n')
+    assert doctor(repo, environ, 1)[2] == {
+        "level": "problem",
+        "check": "harness",
+        "message": "the harness ([harness] preset claude-code): 'claude' is not executable",
+        "fix": f"make it executable (chmod +x {agent})",
+    }
+
+    config = write_config(repo, '[harness]\npreset = "claude-code"\ntimeout_s = "soon"\n')
+    findings = doctor(repo, environ, 1)
+    assert findings[1] == {
+        "level": "problem",
+        "check": "config",
+        "message": f"{config}: Expected `float | null`, got `str` - at `$.harness.timeout_s`",
+        "fix": f"correct it, or write a fresh one with 'aidp init --force' (it replaces {config})",
+    }
+    assert [f["check"] for f in findings] == ["git", "config", "state", "cgroups", "sandbox"]

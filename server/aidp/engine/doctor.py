@@ -136,7 +136,7 @@ def _program(root: Path, program: str, what: str) -> Finding:
             level="problem",
             check="harness",
             message=f"{what}: {program!r} is not executable",
-            fix=f"make it executable (chmod +x {program})",
+            fix=f"make it executable (chmod +x {shutil.which(program, mode=os.F_OK) or program})",
         )
     where = program if "/" in program else shutil.which(program)
     return Finding(level="ok", check="harness", message=f"{what}: {program} ({where})")
