@@ -228,6 +228,7 @@ class Engine:
         config = self.config()  # a bad [worktree] section is refused before anything is made
         worktrees = setup.worktrees_dir(self.root, config.worktree.dir)
         await self.check_state()
+        gitrepo.ensure_ignored(self.root, setup.ignore_pattern(self.root, worktrees))  # [worktree] dir may have changed
         if await self.db.call(self.db.store.get, slug):
             raise AlreadyExists(f"workstream {slug!r} already exists")
         if deps:  # checked again when stored, in the same transaction
