@@ -90,6 +90,8 @@ export interface WorkstreamResult {
   /** For a failure: exit code or signal, and the last lines of output. */
   error: string | null;
   logPath: string | null;
+  /** How it ran sandboxed ("bwrap", maybe with ", no network", ", others hidden"); null: unsandboxed. */
+  sandbox?: string | null;
   /** Which attempt this result is (with `[harness] retries`, each attempt is its own record); 1 without retries. */
   attempt?: number;
   /** CPU seconds of the harness's process tree; null where it never started. */
@@ -408,6 +410,8 @@ export interface WsStatusNotification {
   error: string | null;
   /** With `running`: when the harness started (elapsed time counts from it). */
   startedAt?: string | null;
+  /** With the final status: how the run was sandboxed, as `WorkstreamResult.sandbox`. */
+  sandbox?: string | null;
   /** With retries: which attempt this is, of at most maxAttempts. */
   attempt?: number | null;
   maxAttempts?: number | null;

@@ -153,6 +153,8 @@ export function tooltip(view: WorkstreamView, now: number): string {
     const said = [progressLabel({ ...progress, message: null }), progress.message].filter((p) => p !== undefined && p !== null);
     if (said.length > 0) lines.push(`Progress: ${said.join(": ")}`);
   }
+  const sandbox = ws.lastResult?.sandbox;
+  if (sandbox !== null && sandbox !== undefined) lines.push(`Last run sandboxed: ${sandbox}`);
   const error = ws.lastResult?.error;
   if (error !== null && error !== undefined && error.length > 0) {
     lines.push("", ws.status === "blocked" ? "Blocked:" : "Last error:", error.trimEnd());

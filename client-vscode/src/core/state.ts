@@ -109,6 +109,7 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
         error: n.error,
         // The new run's log path arrives with the run summary (or wsList / wsLog).
         logPath: null,
+        sandbox: n.sandbox ?? null,
       };
       ws = { ...ws, lastResult: result, currentRun: null };
       runId = null;

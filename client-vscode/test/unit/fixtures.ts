@@ -26,6 +26,7 @@ export function result(slug: string, status: WorkstreamResult["status"], extra: 
     durationS: 1,
     error: null,
     logPath: `/repo/.aidp/logs/${slug}/r1.log`,
+    sandbox: null,
     ...extra,
   };
 }

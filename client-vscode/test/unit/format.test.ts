@@ -159,6 +159,11 @@ describe("tooltip and aria label", () => {
     assert.match(t, /Branch: aidp\/x/);
     assert.match(t, /Last error:\nexit code 3\nlast line/);
     assert.equal(ariaLabel(v, NOW), "x, failed · exit 1 · 1.0s");
+    assert.doesNotMatch(t, /sandboxed/);
+  });
+  it("says that the last run was sandboxed, and how", () => {
+    const v = view("completed", {}, result("x", "completed", { sandbox: "bwrap, no network" }));
+    assert.match(tooltip(v, NOW), /Last run sandboxed: bwrap, no network/);
   });
   it("names a blocked one's reason as such, not as an error", () => {
     const v = view("blocked", {}, result("x", "blocked", { exitCode: null, error: "blocked: its dependency a failed" }));

@@ -138,6 +138,7 @@ describe("reduceStatus", () => {
       durationS: 1.5,
       error: "exit code 3\nboom",
       logPath: null,
+      sandbox: null,
     });
   });
 
