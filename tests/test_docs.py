@@ -1,7 +1,8 @@
 """The documentation is executed, so it cannot go stale.
 
 Every ```console block of a page under docs/ is a run of shell examples: a line starting with `$ `
-is a command, the lines under it are its output. Each page's commands run in order in one throwaway
+is a command (lines starting with `> ` right under it continue it, as the shell's second prompt
+shows a here-document), the lines under it are its output. Each page's commands run in order in one throwaway
 home directory holding a fresh repository `~/shop`, with a stand-in coding agent named `claude` on
 PATH (the `claude-code` preset runs it). A command whose output the page shows must print that (its
 stdout and stderr together); one shown without output must exit 0.
@@ -82,6 +83,8 @@ def examples(page: Path) -> list[Example]:
             continue
         if line.startswith("$ "):
             found.append(Example(line[2:], line=number))
+        elif found and not found[-1].output and (line.startswith("> ") or line == ">"):
+            found[-1].command += "\n" + line[2:]
         elif found:
             found[-1].output.append(line)
     return found
