@@ -399,3 +399,25 @@ def test_bad_worktree_and_hooks_settings_name_the_field(tmp_path: Path) -> None:
         out = cli(repo, "ws", "new", "bad", "a task")
         assert out.returncode == 2 and said in out.stderr, (toml, out.stderr)
         assert not (repo / ".worktrees" / "bad").exists()
+
+
+def test_a_setup_whose_aidp_died_is_ended_and_recorded_failed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    started = tmp_path / "setup-pid"
+    setup = script(
+        tmp_path,
+        "setup",
+        f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
+    )
+    configure(repo, f'[worktree]\nsetup = ["{PYTHON}", "{setup}"]\n')
+    proc = spawn_cli(repo, "ws", "new", "orphan", "a task")
+    wait_until_sync(lambda: started.exists() and started.read_text() != "", what="the setup to start")
+    proc.kill()  # SIGKILL: aidp ends nothing itself
+    proc.communicate(timeout=60)
+    setup_pid = int(started.read_text())
+    assert pid_alive(setup_pid)
+    state = workstreams(repo)["orphan"]["setup"]  # any aidp command corrects what the dead one left
+    assert state["status"] == "failed" and "interrupted: the aidp process" in state["error"]
+    wait_until_sync(lambda: not pid_alive(setup_pid), what="the orphaned setup to be ended")
+    refused = cli(repo, "ws", "run", "orphan")
+    assert refused.returncode == 1 and "orphan: its setup failed (interrupted" in refused.stderr

@@ -758,7 +758,7 @@ class Engine:
             message = f"interrupted: the aidp process (pid {held.owner_pid}) doing 'ws {_OP_COMMANDS[held.op]}' is gone"
             if await self.db.call(self.db.store.release_stale_operation, held, message):
                 log.warning("%s: %s", held.slug, message)
-                await setup.interrupted(self.db, held.slug, message)
+                await setup.interrupted(self.db, held.slug, message, min(self.grace_s(), PROMPT_EXIT_S))
 
     async def recover(self) -> list[str]:
         """Correct claims whose owning process died (crash, SIGKILL): end what is left of their

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, oneshot
+from aidp.engine import cgroups, gitrepo, oneshot, procs
 from aidp.engine.config import DEFAULT_WORKTREES_DIR, Config, load_config
 from aidp.engine.errors import ConfigError
 from aidp.engine.executor import LogTail
@@ -136,12 +136,23 @@ async def _record_end(
     return state
 
 
-async def interrupted(db: AsyncStore, slug: str, message: str) -> None:
-    """The process setting `slug` up died: a setup it left `running` is recorded failed."""
+async def interrupted(db: AsyncStore, slug: str, message: str, wait_s: float) -> None:
+    """The process setting `slug` up died: what its setup left running is ended (SIGKILL after
+    `wait_s`), and the setup recorded failed. The setup's id, its marker and cgroup name, is its
+    log's name."""
     state = (await db.call(db.store.setup_states)).get(slug)
-    if state is not None and state.status == "running":
-        failed = msgspec.structs.replace(state, status="failed", error=message, finished_at=utc_now())
-        await db.call(db.store.set_setup, slug, failed, f"setup failed: {message}")
+    if state is None or state.status != "running":
+        return
+    if state.log_path is not None:
+        marker = Path(state.log_path).stem
+        groups = await asyncio.to_thread(procs.marked_groups, marker, slug)
+        trees = [procs.Tree(pgid=g) for g in groups]
+        place = cgroups.place(marker, slug)
+        if place is not None and place.is_dir():
+            trees.append(procs.Tree(cgroup=place))
+        await procs.terminate(trees, wait_s)
+    failed = msgspec.structs.replace(state, status="failed", error=message, finished_at=utc_now())
+    await db.call(db.store.set_setup, slug, failed, f"setup failed: {message}")
 
 
 def _last_lines(log_path: Path) -> str:
