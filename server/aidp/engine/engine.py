@@ -16,6 +16,7 @@ import re
 import secrets
 import signal
 import sqlite3
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from typing import Any
 import msgspec
 
 from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling, setup
-from aidp.engine.config import DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
+from aidp.engine.config import CONFIG_NAME, DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import FailurePolicy, Run, RunOptions, read_tail
@@ -58,6 +59,7 @@ STATE_DB = "state.db"
 LOG_TAIL_DEFAULT = 1024 * 1024
 # How often another process's logs are read for live output (its own runs read theirs ten times a second).
 FOLLOW_INTERVAL_S = 0.2
+RACY_S = 2.0  # a config file changed this recently is parsed again even if its stat looks unchanged
 _OP_COMMANDS = {"create": "new", "remove": "rm", "land": "land", "sync": "sync", "setup": "setup"}
 PROMPT_EXIT_S = 0.5  # recovery waits this long for leftovers to end on SIGTERM before going on in the background
 NOT_RUNNABLE_BY_RUN_ALL = (Status.PAUSED, Status.COMPLETED, Status.LANDED, Status.QUEUED, Status.RUNNING)
@@ -103,6 +105,7 @@ class Engine:
         self._stopping: set[tuple[str, str]] = set()  # (slug, run id) of leftovers being stopped
         self._stoppers: set[asyncio.Task[None]] = set()
         self._unrecorded: list[tuple[str, WorkstreamResult]] = []  # (run id, result) to record later
+        self._config: tuple[tuple[int, int, int, int], Config] | None = None  # (file's stat, parsed)
         self.hooks = HookRunner(root, self.logs_dir, db, self.config, self.events)
 
     @classmethod
@@ -157,8 +160,22 @@ class Engine:
         self.db.close()
 
     def config(self) -> Config:
-        """Read fresh each time, so an edit takes effect at the next run without a restart."""
-        return load_config(self.state_dir)
+        """Fresh each time, so an edit takes effect at the next run without a restart; parsed again
+        only when the file changed (a stat, not a parse per ended workstream: bench, overhead).
+        File times tick coarsely (a jiffy), so a file changed in the last RACY_S is always parsed,
+        as git does with its index: two edits of the same size within one tick are never missed."""
+        try:
+            stat = os.stat(self.state_dir / CONFIG_NAME)
+        except OSError:
+            stamp = None  # missing (defaults) or unreadable: load_config says which
+        else:
+            racy = time.time_ns() - stat.st_mtime_ns < RACY_S * 1e9
+            stamp = None if racy else (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        if stamp is None or self._config is None or self._config[0] != stamp:
+            config = load_config(self.state_dir)
+            self._config = None if stamp is None else (stamp, config)
+            return config
+        return self._config[1]
 
     def grace_s(self) -> float:
         """The configured grace period; the default when the config is broken, since ending

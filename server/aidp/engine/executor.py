@@ -34,7 +34,7 @@ from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling
 from aidp.engine.config import Sandbox
 from aidp.engine.errors import AidpError, GitError
 from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
-from aidp.engine.harness import StartError, build_argv, build_env, spawn, write_task_file
+from aidp.engine.harness import StartError, build_argv, build_env, open_making_folder, spawn, write_task_file
 from aidp.engine.model import DONE_STATUSES, RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.progress import StreamJson, Tracker, is_stream_json
 from aidp.engine.store import AsyncStore
@@ -379,10 +379,10 @@ class Run:
         bound = self.options.repo_bound
         if bound is None:
             return slugs
-        taken = await self._db.call(self._db.store.take_slots, self.run_id, slugs, bound)
+        taken = await self._db.write(self._db.store.take_slots, self.run_id, slugs, bound)
         if len(taken) < len(slugs) and self._reclaim is not None:
             await self._reclaim()  # a dead process's slots come back once its claims are corrected
-            taken += await self._db.call(self._db.store.take_slots, self.run_id, slugs[len(taken) :], bound)
+            taken += await self._db.write(self._db.store.take_slots, self.run_id, slugs[len(taken) :], bound)
         return taken
 
     async def _say_slots_held(self, jobs: list[Job]) -> None:
@@ -421,7 +421,7 @@ class Run:
                 job.waiting = changed[job.ws.slug] = why
         if not changed:
             return
-        await self._db.call(self._db.store.set_waiting, self.run_id, changed)
+        await self._db.write(self._db.store.set_waiting, self.run_id, changed)
         for slug, why in changed.items():
             job = self.jobs[slug]
             self._bus.emit(
@@ -564,7 +564,7 @@ class Run:
                 stored[job.ws.slug] = latest
         if stored:
             try:
-                await self._db.call(self._db.store.set_progress, self.run_id, stored)
+                await self._db.write(self._db.store.set_progress, self.run_id, stored)
             except sqlite3.Error as exc:  # a view of the run, not its record: the next change tries again
                 log.warning("cannot record progress: %s", exc)
 
@@ -627,8 +627,7 @@ class Run:
         progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
         started_at, t0 = utc_now(), time.monotonic()
         try:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(progress_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            os.close(open_making_folder(progress_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             error = f"cannot write its log {log_path}: {exc.strerror or exc}"
@@ -654,7 +653,7 @@ class Run:
             job.tree = tree
             job.started_at = started_at
             self._watch_progress(job, progress_path, template)
-            await self._db.call(
+            await self._db.write(
                 self._db.store.mark_running,
                 self.run_id,
                 ws.slug,
@@ -872,7 +871,7 @@ class Run:
         delay = scheduling.backoff(job.attempt, self.options.policy.backoff_s)
         waiting = f"attempt {job.attempt + 1}/{job.max_attempts} after a {delay:.1f} s back-off ({kind})"
         try:
-            await self._db.call(self._db.store.retry, self.run_id, result, waiting)
+            await self._db.write(self._db.store.retry, self.run_id, result, waiting)
         except sqlite3.Error as exc:
             log.warning("%s: cannot record attempt %d to retry it: %s", job.ws.slug, job.attempt, exc)
             return False
@@ -936,7 +935,7 @@ class Run:
         so no one starts the workstream again on top of a status nobody could write."""
         for delay in (*RECORD_RETRY_S, None):
             try:
-                await self._db.call(self._db.store.finish, self.run_id, result)
+                await self._db.write(self._db.store.finish, self.run_id, result)
                 return result
             except sqlite3.Error as exc:
                 log.warning("%s: cannot record its result (%s)", result.slug, exc)
@@ -946,7 +945,7 @@ class Run:
                 else:
                     await asyncio.sleep(delay)
         try:
-            await self._db.call(self._db.store.finish, self.run_id, result)
+            await self._db.write(self._db.store.finish, self.run_id, result)
         except sqlite3.Error:
             self.unrecorded.append(result)
         return result

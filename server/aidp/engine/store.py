@@ -1,6 +1,7 @@
 """Durable state in `.aidp/state.db` (SQLite, WAL), shared by every aidp process of a repository.
 
-Every transition is one `BEGIN IMMEDIATE` transaction, so a CLI and a server working on the same
+Every transition is one `BEGIN IMMEDIATE` transaction (or, when several are written at once, a
+savepoint of one shared transaction: group commit), so a CLI and a server working on the same
 repository see each other's changes and never half of one. A workstream is claimed (row in
 `claims`) from the moment it is queued until its run has ended; the claim names the owning process
 by pid and start time, so a claim left by a dead process can be told apart and reclaimed.
@@ -23,9 +24,10 @@ import os
 import secrets
 import sqlite3
 import statistics
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -332,6 +334,7 @@ class Store:
         """Open (or with `create`, make) the database at `path`. Without `create` a missing or
         empty one stays so: the store is then an empty one in memory and writes nothing to disk."""
         self.path = path
+        self._grouped = False  # inside `group`: `_tx` opens savepoints of the shared transaction
         # The file, held open for as long as the connection: `verify` compares its identity and
         # first bytes with the path's. (Closing any descriptor of the file drops SQLite's locks.)
         self._fd: int | None = None
@@ -397,6 +400,42 @@ class Store:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
+    def group(self, transitions: list[Callable[[], object]]) -> list[tuple[object, Exception | None]]:
+        """Run several transitions (store methods that write through `_tx`) in one transaction, each
+        in its own savepoint; returns each one's (value, error). Nothing is durable before the
+        shared COMMIT: when BEGIN or COMMIT fails, every transition gets that error."""
+        if len(transitions) == 1:  # nothing to share: its own transaction, as always
+            try:
+                return [(transitions[0](), None)]
+            except Exception as exc:
+                return [(None, exc)]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return [(None, exc)] * len(transitions)
+        outcomes: list[tuple[object, Exception | None]] = []
+        self._grouped = True
+        try:
+            for transition in transitions:
+                try:
+                    outcomes.append((transition(), None))
+                except Exception as exc:
+                    if not self._db.in_transaction:  # SQLite rolled the whole group back (I/O, disk full)
+                        return [(None, exc)] * len(transitions)
+                    outcomes.append((None, exc))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._grouped = False
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            return [(None, exc)] * len(transitions)
+        return outcomes
+
     def close(self) -> None:
         self._db.close()
         if self._fd is not None:
@@ -405,6 +444,17 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._grouped:  # inside `group`: a savepoint, so a failing transition rolls back alone
+            self._db.execute("SAVEPOINT transition")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:  # else SQLite already rolled the whole group back
+                    self._db.execute("ROLLBACK TO transition")
+                    self._db.execute("RELEASE transition")
+                raise
+            self._db.execute("RELEASE transition")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -897,6 +947,8 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aidp-db")
+        self._queued: list[tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+        self._lock = threading.Lock()
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` on the store's thread; SQLite's "malformed" or "not a database"
@@ -904,10 +956,59 @@ class AsyncStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
         except sqlite3.DatabaseError as exc:
-            if is_damage(exc):
-                raise damaged(self.store.path, str(exc)) from exc
+            self._explain(exc)
             raise
+
+    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like `call`, for a transition (a store method that writes through `_tx`), with group
+        commit: the transitions queued while the store's thread is busy share one transaction
+        (`Store.group`), which saves a COMMIT and a thread crossing each when many jobs end at
+        once. Each caller is answered only after that COMMIT: still durable before it is told."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            self._queued.append((partial(fn, *args, **kwargs), loop, future))
+            first = len(self._queued) == 1
+        if first:
+            self._pool.submit(self._commit_queued)
+        try:
+            return await future
+        except sqlite3.DatabaseError as exc:
+            self._explain(exc)
+            raise
+
+    def _commit_queued(self) -> None:
+        """On the store's thread: everything queued so far, as one group; the answers go back to
+        each caller's loop in one hop per loop."""
+        with self._lock:
+            batch, self._queued = self._queued, []
+        outcomes: list[tuple[object, Exception | None]]
+        try:
+            outcomes = self.store.group([transition for transition, _, _ in batch])
+        except BaseException as exc:  # never leave a caller waiting forever
+            outcomes = [(None, RuntimeError(f"the state database's thread failed: {exc!r}"))] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object, Exception | None]]] = {}
+        for (_, loop, future), (value, error) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(loop, []).append((future, value, error))
+        for loop, answers in by_loop.items():
+            with suppress(RuntimeError):  # a loop closed meanwhile: nobody waits there any more
+                loop.call_soon_threadsafe(_answer, answers)
+
+    def _explain(self, exc: sqlite3.DatabaseError) -> None:
+        """Damage ("malformed", "not a database") as a `StateError` that says how to recover."""
+        if is_damage(exc):
+            raise damaged(self.store.path, str(exc)) from exc
 
     def close(self) -> None:
         self._pool.submit(self.store.close).result()
         self._pool.shutdown()
+
+
+def _answer(answers: list[tuple[asyncio.Future[Any], object, Exception | None]]) -> None:
+    for future, value, error in answers:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)

@@ -1,0 +1,137 @@
+"""The per-workstream overhead cuts (issue 13) keep every record: group commit still answers each
+transition only once it is durable and rolls a failing one back alone; children are reaped through
+their pidfd (no thread per child) with the right exit status, and by a thread where pidfd_open
+fails; the config is parsed again only when its file changed, but every edit still counts.
+Real SQLite files, real git repositories, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import toml_list, write_config
+from support import PYTHON
+
+from aidp.engine import Engine, Status
+from aidp.engine.errors import ConfigError
+from aidp.engine.harness import PidfdWatcher, spawn
+from aidp.engine.store import Store
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def statuses(repo: Path) -> dict[str, str]:
+    """What another process reads from the database file right now."""
+    with sqlite3.connect(repo / ".aidp" / "state.db") as db:
+        return dict(db.execute("SELECT slug, status FROM workstreams").fetchall())
+
+
+async def test_transitions_queued_together_share_one_commit_and_fail_alone(
+    engine: Engine, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for slug in ("a", "c"):
+        await engine.create(slug, f"task {slug}", command=["true"])
+    groups: list[int] = []
+    Outcomes = list[tuple[object, Exception | None]]
+    group: Callable[[Store, list[Callable[[], object]]], Outcomes] = Store.group
+
+    def counted(store: Store, transitions: list[Callable[[], object]]) -> Outcomes:
+        groups.append(len(transitions))
+        return group(store, transitions)
+
+    monkeypatch.setattr(Store, "group", counted)
+    store = engine.db.store
+
+    def half_written() -> None:
+        with store._tx() as db:
+            db.execute("UPDATE workstreams SET status = 'paused' WHERE slug = 'c'")
+            db.execute("INSERT INTO no_such_table VALUES (1)")  # a real SQLite error, after a write
+
+    gate = threading.Event()
+    blocked = asyncio.ensure_future(engine.db.call(gate.wait))  # holds the store's thread: the writes queue
+    writes = [
+        asyncio.ensure_future(engine.db.write(store.set_paused, "a", True)),
+        asyncio.ensure_future(engine.db.write(half_written)),
+        asyncio.ensure_future(engine.db.write(store.note, "a", None, Status.PAUSED, "noted")),
+    ]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in writes)
+    gate.set()
+    await blocked
+    first = await writes[0]
+    assert first == Status.PAUSED
+    assert statuses(repo)["a"] == "paused"  # durable (another connection sees it) once answered
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await writes[1]
+    await writes[2]
+    assert groups == [3]
+    assert statuses(repo)["c"] != "paused"  # rolled back alone
+    events = await engine.history("a")
+    assert any(e.message == "noted" for e in events)
+
+
+async def test_a_run_records_every_result_through_group_commit(engine: Engine, repo: Path) -> None:
+    """Many short jobs ending together: every status recorded, every log kept, no claim left."""
+    slugs = [f"w{i}" for i in range(16)]
+    for i, slug in enumerate(slugs):
+        code = "import sys; print('out', sys.argv[1]); sys.exit(int(sys.argv[2]))"
+        await engine.create(slug, "t", command=[PYTHON, "-c", code, slug, str(int(i % 3 == 0))])
+    summary = await engine.run(slugs, max_concurrent=8)
+    recorded = statuses(repo)
+    for i, slug in enumerate(slugs):
+        want = "failed" if i % 3 == 0 else "completed"
+        assert recorded[slug] == want, (slug, recorded[slug])
+        log_path, text = await engine.log(slug)
+        assert log_path is not None and f"out {slug}" in text
+    assert summary.completed == len([s for i, s in enumerate(slugs) if i % 3])
+    assert not await engine.db.call(engine.db.store.claims)
+
+
+async def test_children_are_reaped_through_their_pidfd_with_their_exit_status(tmp_path: Path) -> None:
+    log_fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        gate = tmp_path / "gate"
+        wait_for_gate = f"import os, time, sys\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\nsys.exit(3)"
+        proc = await spawn([PYTHON, "-c", wait_for_gate], tmp_path, dict(os.environ), log_fd)
+        assert isinstance(asyncio.get_child_watcher(), PidfdWatcher)
+        assert not [t for t in threading.enumerate() if t.name == f"waitpid-{proc.pid}"]  # no thread for it
+        gate.touch()
+        assert await proc.wait() == 3
+        killed = await spawn(["sleep", "30"], tmp_path, dict(os.environ), log_fd)
+        killed.kill()
+        assert await killed.wait() == -9
+    finally:
+        os.close(log_fd)
+
+
+async def test_without_pidfd_a_thread_reaps_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    proc = await spawn(["sh", "-c", "exit 5"], tmp_path, dict(os.environ), 1)
+    assert await proc.wait() == 5
+
+
+async def test_the_config_is_read_again_after_every_edit(engine: Engine, repo: Path) -> None:
+    assert engine.config().harness.command is None
+    path = write_config(repo, f"[harness]\ncommand = {toml_list(['echo', 'one'])}\n")
+    assert engine.config().harness.command == ["echo", "one"]
+    assert engine.config() is not engine.config()  # changed just now: parsed each time (coarse file times)
+    long_ago = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(long_ago, long_ago))
+    first = engine.config()
+    assert engine.config() is first  # unchanged for a while: not parsed again
+    write_config(repo, f"[harness]\ncommand = {toml_list(['echo', 'two'])}\n")  # same size, same inode
+    assert engine.config().harness.command == ["echo", "two"]
+    write_config(repo, "[harness\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        engine.config()
+    (repo / ".aidp" / "config.toml").unlink()
+    assert engine.config().harness.command is None
