@@ -140,15 +140,18 @@ def check_fits(argv: list[str], env: Mapping[str, str]) -> None:
         "pass a long task through a file instead: {task_file} in [harness] command (or a preset that uses it) "
         'names a file holding the task, or [harness] stdin = "task" feeds it on standard input'
     )
+    def size_of(text: str) -> int:  # a text exec cannot take at all is refused by the spawn itself
+        return len(text.encode(errors="surrogatepass")) + 1
+
     for arg in argv:
-        if (size := len(arg.encode()) + 1) > MAX_ARG_STRLEN:
+        if (size := size_of(arg)) > MAX_ARG_STRLEN:
             raise StartError(
                 f"cannot start {argv[0]!r}: one argument is {size - 1} bytes, over the kernel's limit of "
                 f"{MAX_ARG_STRLEN - 1} bytes for one argument (MAX_ARG_STRLEN; {{task}} puts the whole task in one); "
                 + ways
             )
     pointer = 8
-    total = sum(len(s.encode()) + 1 + pointer for s in [*argv, *(f"{k}={v}" for k, v in env.items())])
+    total = sum(size_of(s) + pointer for s in [*argv, *(f"{k}={v}" for k, v in env.items())])
     if total > (limit := os.sysconf("SC_ARG_MAX")):
         raise StartError(
             f"cannot start {argv[0]!r}: its arguments and environment take {total} bytes, over the kernel's "
