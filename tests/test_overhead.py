@@ -135,3 +135,34 @@ async def test_the_config_is_read_again_after_every_edit(engine: Engine, repo: P
         engine.config()
     (repo / ".aidp" / "config.toml").unlink()
     assert engine.config().harness.command is None
+
+
+async def test_keep_runs_forgets_older_runs_rows_events_and_logs(engine: Engine, repo: Path) -> None:
+    write_config(repo, "[state]\nkeep_runs = 2\n")
+    await engine.create("w", "t", command=["echo", "hello"])
+    await engine.create("other", "t", command=["echo", "hi"])
+    summaries = [await engine.run(["w"]) for _ in range(4)]
+    run_ids = [s.run_id for s in summaries]
+    await engine.run(["other"])
+    with sqlite3.connect(repo / ".aidp" / "state.db") as db:
+        kept = {r for (r,) in db.execute("SELECT DISTINCT run_id FROM runs WHERE slug = 'w'")}
+        runs_of_events = "SELECT DISTINCT run_id FROM events WHERE slug = 'w' AND run_id IS NOT NULL"
+        evented = {r for (r,) in db.execute(runs_of_events)}
+        other = db.execute("SELECT COUNT(*) FROM runs WHERE slug = 'other'").fetchone()[0]
+    assert kept == set(run_ids[2:])
+    assert evented == set(run_ids[2:])
+    assert other == 1
+    logs = repo / ".aidp" / "logs" / "w"
+    for run_id in run_ids[:2]:
+        assert not list(logs.glob(f"{run_id}.*"))  # log, task and progress files gone
+    for run_id in run_ids[2:]:
+        assert (logs / f"{run_id}.log").read_text() == "hello\n"
+    events = await engine.history("w", limit=100)
+    assert "created" in [e.message for e in events]  # the workstream's own events (no run) stay
+    assert (await engine.get("w")).status == Status.COMPLETED
+
+
+async def test_keep_runs_must_be_at_least_one(engine: Engine, repo: Path) -> None:
+    write_config(repo, "[state]\nkeep_runs = 0\n")
+    with pytest.raises(ConfigError, match="keep_runs"):
+        engine.config()

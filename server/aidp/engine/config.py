@@ -122,12 +122,21 @@ class Sandbox(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     network: bool = True  # agents call model APIs
 
 
+class State(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[state]`: what `.aidp/state.db` and `.aidp/logs` keep. `keep_runs`: each workstream's
+    latest runs kept (rows, events, log files); older ones are forgotten when a run ends, so a
+    long-lived repository stays bounded. None keeps every run."""
+
+    keep_runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     harness: Harness = msgspec.field(default_factory=Harness)
     scheduler: Scheduler = msgspec.field(default_factory=Scheduler)
     sandbox: Sandbox = msgspec.field(default_factory=Sandbox)
     worktree: Worktree = msgspec.field(default_factory=Worktree)
     hooks: Hooks = msgspec.field(default_factory=Hooks)
+    state: State = msgspec.field(default_factory=State)
 
     @property
     def max_concurrent(self) -> int | Literal["auto"]:

@@ -666,9 +666,26 @@ class Engine:
         finally:
             del self._runs[run.run_id]
             self._unrecorded += [(run.run_id, result) for result in run.unrecorded]
+        await self._forget_old_runs(list(run.jobs))
         self._ended[run] = summary
         self.events.emit(RunFinished(summary=summary))
         return summary
+
+    async def _forget_old_runs(self, slugs: list[str]) -> None:
+        """`[state] keep_runs`: the runs before the latest N of these workstreams go, with their
+        events and log files. The results are recorded already, so a failure here is a warning."""
+        try:
+            keep = self.config().state.keep_runs
+        except ConfigError:
+            return
+        if keep is None:
+            return
+        try:
+            paths = await self.db.call(self.db.store.prune_runs, slugs, keep)
+        except sqlite3.Error as exc:
+            log.warning("old runs not forgotten ([state] keep_runs): %s", exc)
+            return
+        await asyncio.to_thread(_remove_run_files, paths)
 
     async def wait(self, run: Run) -> RunSummary:
         """The run's summary. Cancelling the waiter cancels the run: every process group is
@@ -932,6 +949,16 @@ async def _aidp_worktrees(root: Path, folder: Path) -> list[gitrepo.Worktree]:
         for w in await gitrepo.worktrees(root)
         if w.path.parent == folder and (w.branch or "").startswith("aidp/") and w.path.is_dir()
     ]
+
+
+def _remove_run_files(log_paths: list[str]) -> None:
+    """A forgotten attempt's log and the task and progress files kept beside it."""
+    for log_path in map(Path, log_paths):
+        for path in (log_path, log_path.with_suffix(".task"), log_path.with_suffix(".progress")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot remove %s of a forgotten run: %s", path, exc)
 
 
 def _is_text(text: str) -> bool:

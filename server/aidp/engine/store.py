@@ -825,6 +825,28 @@ class Store:
             why = result.error.splitlines()[0] if result.error else result.status
             self._set_status(result.slug, Status.QUEUED, run_id, f"attempt {result.attempt} {why}; {waiting}")
 
+    def prune_runs(self, slugs: list[str], keep: int) -> list[str]:
+        """`[state] keep_runs`: forget all but the `keep` latest runs of each of these workstreams
+        (every attempt's row and the run's events), never a run still claimed; returns the
+        forgotten attempts' log paths, for the caller to delete once this has committed."""
+        with self._tx() as db:
+            forgotten: list[tuple[str, str]] = []
+            for slug in slugs:
+                latest_first = "SELECT run_id FROM runs WHERE slug = ? GROUP BY run_id ORDER BY MAX(rowid) DESC"
+                runs = [run_id for (run_id,) in db.execute(latest_first, (slug,))]
+                claimed = {run_id for (run_id,) in db.execute("SELECT run_id FROM claims WHERE slug = ?", (slug,))}
+                forgotten += [(slug, run_id) for run_id in runs[keep:] if run_id not in claimed]
+            paths = [
+                path
+                for slug, run_id in forgotten
+                for (path,) in db.execute(
+                    "SELECT log_path FROM runs WHERE slug = ? AND run_id = ? AND log_path IS NOT NULL", (slug, run_id)
+                )
+            ]
+            db.executemany("DELETE FROM runs WHERE slug = ? AND run_id = ?", forgotten)
+            db.executemany("DELETE FROM events WHERE slug = ? AND run_id = ?", forgotten)
+            return paths
+
     def claims(self) -> list[Claim]:
         rows = self._db.execute(
             "SELECT slug, run_id, owner_pid, owner_start, child_pid, child_start, cgroup, attempt FROM claims"
