@@ -3,6 +3,7 @@
 The full run writes the docs (and its plots); `--quick` is a smoke run with fewer workstreams and
 repetitions that only prints, unless `--docs` is given, so it never overwrites the real figures.
 `--only A,B --docs` (full sizes) replaces just those scenarios' sections in the existing page.
+`--check` measures (the overhead scenario, or `--only`) and compares the ratios with the page's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import conflicts, containment, flood, makespan, memory, order, overhead, sandbox, startup
+from bench import check, conflicts, containment, flood, makespan, memory, order, overhead, retention, sandbox, startup
 from bench.common import Params, Section
 from bench.report import machine_info, merge_docs, print_table, write_docs
 
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "conflicts": conflicts.run,
     "sandbox": sandbox.run,
     "order": order.run,
+    "retention": retention.run,
 }
 
 
@@ -48,10 +50,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (repos, logs)")
     parser.add_argument("--render", type=Path, metavar="PATH", help="only rewrite the docs from a --json file")
+    parser.add_argument(
+        "--check", action="store_true", help="compare ratios with the committed page (overhead, or --only)"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=check.DEFAULT_TOLERANCE, help="--check: growth that counts (0.15)"
+    )
     args = parser.parse_args()
     if args.render:
         return render(args.render)
-    chosen = args.only.split(",") if args.only else list(SCENARIOS)
+    chosen = args.only.split(",") if args.only else ["overhead"] if args.check else list(SCENARIOS)
     unknown = [name for name in chosen if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
@@ -79,6 +87,8 @@ def main() -> int:
     if args.json:
         saved = {"machine": machine, "quick": args.quick, "sections": [dataclasses.asdict(s) for s in sections]}
         args.json.write_text(json.dumps(saved, indent=1))
+    if args.check:
+        return check.report(check.compare(sections, check.committed_ratios(DOCS)), args.tolerance)
     complete = not args.quick and not args.only
     if args.no_docs or not (args.docs or complete):
         return 0

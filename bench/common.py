@@ -35,6 +35,8 @@ class Params:
     conflicts_n: int = 20
     conflicts_reps: int = 7
     order_reps: int = 5
+    retention_ws: int = 100
+    retention_rounds: int = 1000
 
     @classmethod
     def for_mode(cls, quick: bool, work: Path) -> Params:
@@ -59,6 +61,8 @@ class Params:
             startup_reps=3,
             conflicts_reps=3,
             order_reps=1,
+            retention_ws=20,
+            retention_rounds=50,
         )
 
 

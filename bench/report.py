@@ -228,6 +228,9 @@ def headlines(sections: list[Section]) -> list[str]:
         )
     if f := by_key.get("order"):
         lines.append(_order_headline(f))
+    if f := by_key.get("retention"):
+        sizes = ", ".join(f"{name}: {size / 1e6:.1f} MB" for name, size in f["sizes_bytes"].items())
+        lines.append(f"**Retention** (`state.db` after {f['runs']:,} runs): {sizes}.")
     return lines
 
 

@@ -127,6 +127,7 @@ class State(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     latest runs kept (rows, events, log files); older ones are forgotten when a run ends, so a
     long-lived repository stays bounded. None keeps every run."""
 
+    # Each workstream's latest runs kept; older runs' rows, events and log files go when a run ends.
     keep_runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
