@@ -2,10 +2,11 @@
 
 Every ```console block of a page under docs/ is a run of shell examples: a line starting with `$ `
 is a command (lines starting with `> ` right under it continue it, as the shell's second prompt
-shows a here-document), the lines under it are its output. Each page's commands run in order in one throwaway
-home directory holding a fresh repository `~/shop`, with a stand-in coding agent named `claude` on
-PATH (the `claude-code` preset runs it). A command whose output the page shows must print that (its
-stdout and stderr together); one shown without output must exit 0.
+shows a here-document), the lines under it are its output. Each page's commands run in order in
+one throwaway home directory holding a fresh repository `~/shop`, with a stand-in coding agent
+named `claude` on PATH (the `claude-code` preset runs it), 160 columns wide (`COLUMNS`). A command
+whose output the page shows must print that (its stdout and stderr together); one shown without
+output must exit 0.
 
 Output is compared after the same normalisation of both sides, so the pages can show real output:
 clock times, durations (`0.2 s`), run ids, commit ids, pids and ISO timestamps are replaced by
@@ -128,7 +129,8 @@ def throwaway_home(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     agent.write_text(FAKE_CLAUDE)
     agent.chmod(0o755)
     path = os.pathsep.join([str(agent.parent), str(VENV_BIN), "/usr/local/bin", "/usr/bin", "/bin"])
-    env = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8", "TERM": "dumb", **GIT_IDENTITY}
+    # As wide as a roomy terminal, so tables are not cut to the 80 columns of an unknown width.
+    env = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8", "TERM": "dumb", "COLUMNS": "160", **GIT_IDENTITY}
     return home, env
 
 
