@@ -5,16 +5,24 @@ what the other tests share too (repositories, `cli`, polling, /proc probes) from
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import queue
 import re
+import select
 import shlex
+import struct
 import subprocess
+import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyte
 from support import PYTHON, WAIT_S, child_env, cli, wait_until_sync
 
 
@@ -89,3 +97,71 @@ class Lines:
             self.seen.append(line)
             if re.search(pattern, line):
                 return line
+
+
+class Terminal:
+    """The CLI on a pseudo-terminal of a fixed size, read back through pyte as a person would see
+    it: `screen` is what is on the terminal now, `history` what scrolled off its top."""
+
+    def __init__(self, cwd: Path, *args: str, columns: int = 80, rows: int = 24, env: dict[str, str] | None = None):
+        self.columns, self.rows = columns, rows
+        self.screen = pyte.HistoryScreen(columns, rows, history=100_000)
+        self._stream = pyte.ByteStream(self.screen)
+        self.raw = b""
+        self._controller, terminal = pty.openpty()
+        self.resize(columns, rows, terminal)
+        environ = {k: v for k, v in child_env().items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "aidp", *args],
+            cwd=cwd,
+            env={**environ, "TERM": "xterm-256color", **(env or {})},
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            start_new_session=True,  # the pty becomes its controlling terminal, as in a real shell
+        )
+        os.close(terminal)
+
+    def resize(self, columns: int, rows: int, fd: int | None = None) -> None:
+        """Set the terminal's size (the kernel tells the process with SIGWINCH)."""
+        fcntl.ioctl(
+            self._controller if fd is None else fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0)
+        )
+        self.columns, self.rows = columns, rows
+        self.screen.resize(rows, columns)
+
+    def write(self, text: str) -> None:
+        os.write(self._controller, text.encode())
+
+    def read(self, until: Callable[[], bool] | None = None, timeout: float = WAIT_S) -> bool:
+        """Feed the output to the screen until `until()` holds (True) or the CLI has closed the
+        terminal (False)."""
+        deadline = time.monotonic() + timeout
+        while until is None or not until():
+            ready, _, _ = select.select([self._controller], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError("the terminal showed nothing expected in time:\n" + "\n".join(self.lines()))
+            try:
+                chunk = os.read(self._controller, 65536)
+            except OSError:  # EIO: every process on the terminal has closed it
+                return False
+            if not chunk:
+                return False
+            self.raw += chunk
+            self._stream.feed(chunk)
+        return True
+
+    def display(self) -> str:
+        """The screen now, one line per row, trailing blanks cut."""
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def lines(self) -> list[str]:
+        """Every line the terminal showed that is still there: the history, then the screen."""
+        scrolled = ["".join(line[x].data for x in sorted(line)).rstrip() for line in self.screen.history.top]
+        return scrolled + [line.rstrip() for line in self.screen.display]
+
+    def close(self) -> int:
+        """Read to the end, wait for the CLI; its exit code."""
+        self.read()
+        os.close(self._controller)
+        return self.proc.wait(timeout=WAIT_S)

@@ -196,7 +196,7 @@ def test_no_command_configured_is_an_error(tmp_path: Path) -> None:
     assert cli(repo, "ws", "new", "bare", "task").returncode == 0
     result = cli(repo, "ws", "run", "bare")
     assert result.returncode == 1
-    assert "💥 bare" in result.stdout
+    assert "- bare  error" in result.stdout
     assert "config.toml" in result.stdout
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
-from collections.abc import Awaitable
 from pathlib import Path
 
 import msgspec
@@ -14,7 +13,9 @@ import msgspec
 from aidp.cli import ready
 from aidp.cli.agents import task_of
 from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args, Handler
+from aidp.cli.bulk import create_all
 from aidp.cli.live import choose_view, watch_run
+from aidp.cli.patterns import expand
 from aidp.cli.progress_text import progress_text
 from aidp.cli.render import (
     attempt_text,
@@ -29,12 +30,13 @@ from aidp.cli.render import (
     schedule_text,
     summary_lines,
     workstream_table,
+    wrapped,
 )
 from aidp.engine import Engine, RunSummary, Status
 from aidp.engine.errors import InvalidInput
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
-from aidp.engine.model import priority_name
+from aidp.engine.model import Workstream, priority_name
 
 CANCEL_EXTRA_WAIT_S = 10.0  # beyond the harness grace period, for the owning process to act
 POLL_S = 0.2
@@ -78,6 +80,12 @@ def print_json(value: object) -> None:
 
 
 async def ws_new(engine: Engine, args: Args) -> int:
+    if args.from_file is not None:
+        if args.slug or args.task or args.task_file:
+            raise InvalidInput("--from FILE names the slugs and tasks itself: give nothing else with it")
+        return await create_all(engine, args.from_file)
+    if args.slug is None or not (args.task or args.task_file):
+        raise InvalidInput("give a slug and its task (words, or --task-file FILE), or --from FILE")
     priority = 0 if args.priority is None else args.priority
     ws, adopted = await engine.create_or_adopt(
         args.slug, task_of(args), args.base_branch, args.command, priority=priority, after=args.after
@@ -108,12 +116,24 @@ async def ws_list(engine: Engine, args: Args) -> int:
 
 
 async def ws_status(engine: Engine, args: Args) -> int:
-    ws = await engine.get(args.slug)
+    """Each workstream in detail (a blank line between them); with --json one object a line."""
+    for number, slug in enumerate(await expand(engine, args.slugs)):
+        ws = await engine.get(slug)
+        if args.json:
+            print_json(ws)
+        else:
+            print(("\n" if number else "") + "\n".join(await status_lines(engine, ws)), flush=True)
+    return EXIT_OK
+
+
+async def status_lines(engine: Engine, ws: Workstream) -> list[str]:
+    """One workstream in detail: the whole task (wrapped), the branch and its changes, the
+    schedule, the current and last run, recent events and git status."""
     command = shlex.join(ws.command) if ws.command else "[harness] command of .aidp/config.toml"
     lines = [
         f"slug:       {ws.slug}",
         f"status:     {ws.status}",
-        f"task:       {ws.task}",
+        *wrapped("task:       ", ws.task),
         f"branch:     {ws.branch} (from {ws.base_branch or 'HEAD at creation'}"
         + (f" at {ws.base_commit[:12]})" if ws.base_commit else ")"),
         f"changes:    {change_summary(ws.changes)}",
@@ -150,28 +170,31 @@ async def ws_status(engine: Engine, args: Args) -> int:
         lines.append(f"  (no worktree: {missing_worktree(ws)})")
     else:
         lines += [f"  {line}" for line in git.splitlines()] or ["  (clean)"]
-    print("\n".join(lines), flush=True)
-    return EXIT_OK
+    return lines
 
 
 async def ws_pause(engine: Engine, args: Args) -> int:
-    ws = await engine.set_paused(args.slug, args.paused)
-    print(f"{ws.slug} {ws.status}")
+    for slug in await expand(engine, args.slugs):
+        ws = await engine.set_paused(slug, args.paused)
+        print(f"{ws.slug} {ws.status}", flush=True)
     return EXIT_OK
 
 
 async def ws_rm(engine: Engine, args: Args) -> int:
-    for note in await engine.remove(args.slug, delete_branch=args.delete_branch, force=args.force):
-        print(note)
+    """One after another; the first refusal stops (what was removed before it stays removed)."""
+    for slug in await expand(engine, args.slugs):
+        for note in await engine.remove(slug, delete_branch=args.delete_branch, force=args.force):
+            print(note, flush=True)
     return EXIT_OK
 
 
-def start_run(engine: Engine, args: Args) -> Awaitable[Run]:
+async def start_run(engine: Engine, args: Args) -> Run:
     """`ws run <slug...>` or `ws run-all`, with the options both share."""
     common = (args.max_concurrent, args.mode, args.steps, args.timeout)
     if args.ws_command == "run-all":
-        return engine.start_all(*common, halt=args.halt, base_from_deps=args.base_from_deps)
-    return engine.start(args.slugs, *common, halt=args.halt, no_deps=args.no_deps, base_from_deps=args.base_from_deps)
+        return await engine.start_all(*common, halt=args.halt, base_from_deps=args.base_from_deps)
+    slugs = await expand(engine, args.slugs)
+    return await engine.start(slugs, *common, halt=args.halt, no_deps=args.no_deps, base_from_deps=args.base_from_deps)
 
 
 def print_summary(summary: RunSummary, as_json: bool) -> int:
@@ -192,8 +215,17 @@ async def ws_run(engine: Engine, args: Args) -> int:
 
 async def ws_cancel(engine: Engine, args: Args) -> int:
     """Cancel wherever they run, then wait (bounded) until the owner has ended and recorded them."""
-    hit = await engine.cancel(args.slugs)
-    for slug in dict.fromkeys(args.slugs):
+    if args.all == bool(args.slugs):
+        raise InvalidInput("name the workstreams to cancel, or --all (not both)")
+    if args.all:
+        slugs = [ws.slug for ws in await engine.workstreams(changes=False) if ws.status.in_flight]
+        if not slugs:
+            print("nothing is queued or running")
+            return EXIT_OK
+    else:
+        slugs = await expand(engine, args.slugs)
+    hit = await engine.cancel(slugs)
+    for slug in slugs:
         if slug not in hit:
             print(f"{slug} is not running")
     if not hit:
@@ -249,6 +281,10 @@ def _copy_from(path: Path, offset: int) -> int:
     except FileNotFoundError:
         return offset
     sys.stdout.flush()
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    binary = getattr(sys.stdout, "buffer", None)  # none in the repl's prompt, which takes text
+    if binary is None:
+        sys.stdout.write(data.decode(errors="replace"))
+    else:
+        binary.write(data)
+        binary.flush()
     return offset + len(data)

@@ -7,24 +7,49 @@ SIGTERM and SIGHUP into a graceful cancel (the engine ends every process group a
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-import msgspec
+from rich.cells import cell_len
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.text import Text
 
-from aidp.cli.render import EMOJI, attempt_text, clean, clock, progress_line, reason, seconds, start_notes, status_line
+from aidp.cli.progress_text import progress_text
+from aidp.cli.render import (
+    STYLES,
+    attempt_text,
+    clean,
+    clock,
+    fancy,
+    icon,
+    reason,
+    span,
+    start_notes,
+    status_line,
+)
 from aidp.engine import Engine, RunSummary, Status
 from aidp.engine.events import EngineEvent, OutputChunk, RunProgress, StatusChanged
 from aidp.engine.executor import Run
+from aidp.engine.model import Progress
 
 REDRAW_S = 0.1  # at most ten redraws a second
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
-ICONS = {Status.QUEUED: "🕒", Status.RUNNING: "⏳", **EMOJI}
+HEADER_ORDER = (
+    Status.RUNNING,
+    Status.QUEUED,
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.ERROR,
+    Status.CANCELLED,
+    Status.BLOCKED,
+)
+BAR_WIDTH = 12
 
 
 class View(Protocol):
@@ -81,48 +106,73 @@ class PlainView(QuietView):
 class _Row:
     status: Status
     started: float | None = None
+    ended: float | None = None  # when it left queued/running: recently ended rows are shown first
     duration_s: float | None = None
     last_line: str = ""
     attempt: str = ""  # 'attempt 2/3' while a retry runs
     waiting: str | None = None  # while queued: what it waits for
     why: str = ""  # why it ended as it did (a blocked one never ran, so has no output to show)
+    progress: Progress | None = None  # what a running harness last said of its progress
 
     def update(self, event: StatusChanged) -> None:
+        """A status change, or (same status `running`) a new progress report: the latter keeps
+        the elapsed time counting from the start."""
+        if event.status == Status.RUNNING and (self.status != Status.RUNNING or self.started is None):
+            self.started = time.monotonic()
+        if not event.status.in_flight and self.status.in_flight:
+            self.ended = time.monotonic()
         self.status = event.status
         self.waiting = event.waiting
         self.attempt = attempt_text(event.attempt, event.max_attempts)
-        self.duration_s = event.duration_s if event.status not in (Status.QUEUED, Status.RUNNING) else None
-        if event.status == Status.RUNNING:
-            self.started = time.monotonic()
+        self.duration_s = event.duration_s if event.status.in_flight is False else None
+        self.progress = event.progress if event.status == Status.RUNNING else None
         self.why = reason(event.status, event.error)
 
     def elapsed(self) -> str:
         if self.duration_s is not None:
-            return seconds(self.duration_s)
+            return span(self.duration_s)
         if self.status == Status.RUNNING and self.started is not None:
-            return seconds(time.monotonic() - self.started)
+            return span(time.monotonic() - self.started)
         return ""
 
     def detail(self) -> str:
-        """What the row says after its status and time: the wait, the attempt, the output, the reason."""
+        """What the row says after its status and time: the wait, the attempt, the progress
+        without a percentage, the output, the reason."""
         if self.status == Status.QUEUED:
             return self.waiting or ""
         if self.status == Status.RUNNING:
-            return " · ".join(part for part in (self.attempt, self.last_line) if part)
+            said = "" if self.progress is None or self.progress.percent is not None else progress_text(self.progress)
+            return " · ".join(part for part in (self.attempt, said, self.last_line) if part)
         return self.last_line or self.why
+
+    def rank(self) -> tuple[int, float]:
+        """Running first, then the most recently ended, then queued (in order of arrival)."""
+        if self.status == Status.RUNNING:
+            return (0, self.started or 0.0)
+        if self.ended is not None:
+            return (1, -self.ended)
+        return (2, 0.0)
 
 
 class LiveView:
-    """A header line (done of total, ETA, concurrency and why it changed), then one row per
-    workstream (status, elapsed, what it waits for or its last output line), redrawn in place with
-    ANSI cursor movement at most ten times a second."""
+    """A frame redrawn in place by rich at most ten times a second, always within the terminal
+    (measured in cells, read again on every redraw, so a resize is followed): a header (counts by
+    status, elapsed time, ETA, concurrency), one row per workstream that fits (status, elapsed,
+    progress bar or what it waits for or its last output line), and a counted line for the rest."""
 
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
+    def __init__(self, console: Console) -> None:
+        self._console = console
         self._rows: dict[str, _Row] = {}
         self._progress: RunProgress | None = None
-        self._drawn = 0
-        self._ticker: asyncio.Task[None] | None = None
+        self._began = time.monotonic()
+        self._live = Live(
+            console=console,
+            get_renderable=self._frame,
+            refresh_per_second=1 / REDRAW_S,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            vertical_overflow="crop",
+        )
 
     def on_event(self, event: EngineEvent) -> None:
         if isinstance(event, StatusChanged):
@@ -132,57 +182,86 @@ class LiveView:
         elif isinstance(event, OutputChunk) and event.slug in self._rows:
             lines = [line for line in clean(event.text.replace("\r", "\n")).splitlines() if line.strip()]
             if lines:
-                self._rows[event.slug].last_line = lines[-1].strip()
+                self._rows[event.slug].last_line = lines[-1].strip().expandtabs()
 
     def note(self, message: str) -> None:
-        """Above the table, which is redrawn below it (a line printed elsewhere would shift it)."""
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""
-        self._out.write(f"{up}\x1b[2K\x1b[J" + f"aidp: {message}\n")
-        self._drawn = 0
-        self._draw()
+        """Printed above the frame, which rich redraws below it."""
+        self._console.print(Text(f"aidp: {message}"), soft_wrap=False, overflow="fold")
 
     def start(self) -> None:
-        self._ticker = asyncio.create_task(self._tick())
+        self._began = time.monotonic()
+        self._live.start()
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-        self._draw()
+        self._live.stop()
 
-    async def _tick(self) -> None:
-        while True:
-            self._draw()
-            await asyncio.sleep(REDRAW_S)
+    def _header(self) -> Text:
+        """Counts by status, the elapsed time, then the engine's latest progress (ETA,
+        concurrency and why it changed) while anything is left to do."""
+        counts = Counter(row.status for row in self._rows.values())
+        done = sum(n for status, n in counts.items() if not status.in_flight)
+        parts = [f"{done}/{len(self._rows)} done"]
+        parts += [f"{counts[status]} {status}" for status in HEADER_ORDER if counts[status]]
+        parts.append(f"elapsed {span(time.monotonic() - self._began)}")
+        if self._progress is not None and done < len(self._rows):
+            if self._progress.eta_s is not None:
+                parts.append(f"ETA {span(self._progress.eta_s)}")
+            if self._progress.concurrency is not None:
+                parts.append(f"concurrency {self._progress.concurrency}")
+            if self._progress.note:
+                parts.append(self._progress.note)
+        return Text(" · ".join(parts), style="bold", no_wrap=True, overflow="ellipsis")
 
-    def _header(self) -> str | None:
-        """The latest progress, with the counts of the rows as drawn (the engine's last progress
-        may predate the last status change), and no ETA once everything has ended."""
-        if self._progress is None:
-            return None
-        statuses = [row.status for row in self._rows.values()]
-        done = sum(1 for status in statuses if not status.in_flight)
-        running = statuses.count(Status.RUNNING)
-        eta = self._progress.eta_s if done < len(statuses) else None
-        progress = msgspec.structs.replace(self._progress, total=len(statuses), done=done, running=running, eta_s=eta)
-        return progress_line(progress)
+    def _frame(self) -> RenderableType:
+        width, height = self._console.size
+        ordered = sorted(self._rows.items(), key=lambda item: item[1].rank())
+        room = max(height - 2, 1)  # the header, and the line the cursor rests on below the frame
+        shown, folded = (ordered, []) if len(ordered) <= room else (ordered[: room - 1], ordered[room - 1 :])
+        slug_width = min(max((cell_len(slug) for slug, _ in shown), default=0), max(width // 3, 8))
+        lines = [self._header()] + [self._line(slug, row, slug_width) for slug, row in shown]
+        if folded:
+            counts = Counter(row.status for _, row in folded)
+            more = ", ".join(f"{n} {status}" for status, n in counts.most_common())
+            lines.append(Text(f"+{len(folded)} more: {more}", style="dim"))
+        for line in lines:
+            line.no_wrap, line.overflow = True, "ellipsis"
+            line.truncate(width, overflow="ellipsis")
+        return Group(*lines)
 
-    def _draw(self) -> None:
-        width = shutil.get_terminal_size().columns
-        slug_width = max((len(slug) for slug in self._rows), default=0)
-        lines = [] if (header := self._header()) is None else [header[:width]]
-        for slug, row in self._rows.items():
-            text = f"{slug.ljust(slug_width)}  {row.status:<9}  {row.elapsed():>8}  {row.detail()}"
-            lines.append(f"{ICONS.get(row.status, '  ')} {text[: max(width - 4, 10)]}")
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""  # back to the first row we drew
-        self._out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
-        self._out.flush()
-        self._drawn = len(lines)
+    @staticmethod
+    def _line(slug: str, row: _Row, slug_width: int) -> Text:
+        """One row, in cells: icon, slug, status, elapsed, then a bar and its percentage when the
+        harness says how far it is, and the row's text."""
+        name = Text(slug)
+        name.truncate(slug_width, overflow="ellipsis", pad=True)
+        line = Text.assemble(
+            icon(row.status),
+            " ",
+            name,
+            "  ",
+            (f"{row.status:<9}", STYLES.get(row.status, "")),
+            f" {row.elapsed():>7}  ",
+        )
+        progress = row.progress if row.status == Status.RUNNING else None
+        if progress is not None and progress.percent is not None:
+            percent = min(max(progress.percent, 0.0), 100.0)
+            filled = round(percent / 100 * BAR_WIDTH)
+            line.append("━" * filled if fancy() else "#" * filled, style="cyan")
+            line.append(("─" if fancy() else "-") * (BAR_WIDTH - filled), style="dim")
+            said = " ".join(part for part in (progress.step, progress.message) if part)
+            line.append(" · ".join(part for part in (f" {percent:3.0f}%", said, row.detail()) if part))
+        else:
+            line.append(row.detail())
+        return line
 
 
 def choose_view(json_output: bool, out: TextIO = sys.stdout) -> View:
     if json_output:
         return QuietView()
-    return LiveView(out) if out.isatty() else PlainView(out)
+    if not out.isatty():
+        return PlainView(out)
+    console = Console(file=out, no_color=not fancy(), emoji=False, markup=False, highlight=False)
+    return LiveView(console)
 
 
 class _Interrupts:

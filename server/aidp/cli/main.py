@@ -7,14 +7,18 @@ a traceback: input errors exit 2, runtime failures exit 1 (see the epilog of `ai
 from __future__ import annotations
 
 import io
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from aidp.cli import wiring
 from aidp.cli.base import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, exit_code
 from aidp.cli.parser import build_parser
-from aidp.cli.render import report
+from aidp.cli.render import report, set_fancy
 from aidp.engine.errors import AidpError
+
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool the closed pipe ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,8 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(exc.usage)
         report(str(exc))
         return EXIT_USAGE
+    set_fancy(sys.stdout.isatty() and not os.environ.get("NO_COLOR") and not args.no_color)
     try:
         return wiring.run(args)
+    except BrokenPipeError:  # `aidp ws list | head -2`: the reader has gone; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit finds no pipe
+        return EXIT_BROKEN_PIPE
     except AidpError as exc:
         report(str(exc))
         return exit_code(exc)

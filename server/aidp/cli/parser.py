@@ -23,6 +23,7 @@ exit codes:
      worktree, unmerged commits); a git error
   2  an input error: bad arguments or option values, a bad or unknown slug, a bad
      .aidp/config.toml, or not inside a git repository
+  141  the reader of the output went away (aidp ws list | head -2): aidp stops quietly
 
 Run 'aidp demo' to see five workstreams run in parallel in a throwaway repository.
 """
@@ -80,6 +81,11 @@ def _add_schedule_options(parser: argparse.ArgumentParser, droppable: bool) -> N
         deps.add_argument("--no-after", dest="after", action="store_const", const=[], help="drop its dependencies")
 
 
+def _add_slugs(parser: argparse.ArgumentParser, nargs: str = "+") -> None:
+    """Slugs or shell-style patterns ('issue-*', quoted so the shell leaves them alone)."""
+    parser.add_argument("slugs", nargs=nargs, metavar="slug", help="a slug or a pattern like 'issue-*' (quote it)")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, metavar="N", help="run at most N at once (1..64)")
     parser.add_argument("--mode", default="execute", metavar="M", help="passed to the harness as {mode}")
@@ -108,16 +114,26 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aidp {__version__}")
+    parser.add_argument(
+        "--no-color", action="store_true", help="no colours or emoji (also: NO_COLOR set, or output not a terminal)"
+    )
     top = parser.add_subparsers(dest="top_command", required=True, metavar="COMMAND")
 
     ws = top.add_parser("ws", help="manage and run workstreams", epilog=EPILOG)
     sub = ws.add_subparsers(dest="ws_command", required=True, metavar="WS_COMMAND")
 
     p = sub.add_parser("new", help="create a workstream: a worktree on branch aidp/<slug> and a task")
-    p.add_argument("slug")
-    task = p.add_mutually_exclusive_group(required=True)  # the words, or a file for a long task
+    p.add_argument("slug", nargs="?", help="(not with --from)")
+    task = p.add_mutually_exclusive_group()  # the words, or a file for a long task (one of them: see ws_new)
     task.add_argument("task", nargs="*", default=[], help="what the workstream should do")
     task.add_argument("--task-file", metavar="FILE", help="read the task from FILE ('-': standard input)")
+    p.add_argument(
+        "--from",
+        dest="from_file",
+        type=Path,
+        metavar="FILE",
+        help="create many, all or none: lines 'slug: task', or FILE.toml with [slug] task, priority, after, command",
+    )
     p.add_argument("--base-branch", metavar="B", help="start the branch from B (default: HEAD)")
     p.add_argument("--command", type=_command, metavar='"PROG ARG ..."', help="this workstream's harness")
     _add_schedule_options(p, droppable=False)
@@ -129,24 +145,25 @@ def build_parser() -> Parser:
     p = sub.add_parser("list", help="every workstream with its status and last run")
     p.add_argument("--json", action="store_true", help="print the workstreams as JSON")
 
-    p = sub.add_parser("status", help="one workstream in detail, its recent events and git status")
-    p.add_argument("slug")
+    p = sub.add_parser("status", help="workstreams in detail: task, recent events, git status")
+    _add_slugs(p)
+    p.add_argument("--json", action="store_true", help="print each workstream as JSON, one per line")
 
     p = sub.add_parser("setup", help="make a worktree ready again: copy [worktree] copy files, run [worktree] setup")
     p.add_argument("slug")
 
     for name, paused in (("pause", True), ("resume", False)):
-        p = sub.add_parser(name, help=f"{name} a workstream (run-all skips paused ones)")
-        p.add_argument("slug")
+        p = sub.add_parser(name, help=f"{name} workstreams (run-all skips paused ones)")
+        _add_slugs(p)
         p.set_defaults(paused=paused)
 
-    p = sub.add_parser("rm", help="remove a workstream's worktree (refuses to lose work without --force)")
-    p.add_argument("slug")
+    p = sub.add_parser("rm", help="remove workstreams' worktrees (refuses to lose work without --force)")
+    _add_slugs(p)
     p.add_argument("--delete-branch", action="store_true", help="also delete branch aidp/<slug>")
     p.add_argument("--force", action="store_true", help="discard uncommitted changes and unmerged commits")
 
     p = sub.add_parser("run", help="run workstreams in parallel with a live view")
-    p.add_argument("slugs", nargs="+", metavar="slug")
+    _add_slugs(p)
     _add_run_options(p)
     p.add_argument(
         "--no-deps",
@@ -158,7 +175,8 @@ def build_parser() -> Parser:
     _add_run_options(p)
 
     p = sub.add_parser("cancel", help="cancel running workstreams, also those another aidp process runs")
-    p.add_argument("slugs", nargs="+", metavar="slug")
+    _add_slugs(p, nargs="*")
+    p.add_argument("--all", action="store_true", help="cancel every queued or running workstream")
 
     p = sub.add_parser("logs", help="print the latest run's log")
     p.add_argument("slug")
@@ -178,7 +196,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("land", help="land workstreams on their base branch, in order, atomically, nothing checked out")
-    p.add_argument("slugs", nargs="+", metavar="slug")
+    _add_slugs(p)
     p.add_argument("--strategy", choices=("merge", "squash", "rebase"), default="merge", help="default: merge")
     p.add_argument("--into", metavar="BRANCH", help="land on BRANCH instead of each workstream's base branch")
     p.add_argument("--rm", action="store_true", help="then remove each landed workstream's worktree and branch")

@@ -4,16 +4,22 @@ defined here once, so the live view, the summary and the repl say things the sam
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+import textwrap
 import time
 
+from rich.text import Text
+
 from aidp.cli.progress_text import progress_text
-from aidp.engine.events import RunProgress, StatusChanged
+from aidp.engine.events import StatusChanged
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import Worktree
 from aidp.engine.model import ChangeSummary, RunSummary, Status, Workstream, WorkstreamResult, priority_name
 
 EMOJI = {
+    Status.QUEUED: "🕒",
+    Status.RUNNING: "⏳",
     Status.COMPLETED: "✅",
     Status.FAILED: "❌",
     Status.ERROR: "💥",
@@ -21,6 +27,18 @@ EMOJI = {
     Status.BLOCKED: "⛔",
     Status.LANDED: "🛬",
 }
+# Colours of the statuses in the live view (rich style names).
+STYLES = {
+    Status.RUNNING: "cyan",
+    Status.COMPLETED: "green",
+    Status.LANDED: "green",
+    Status.FAILED: "red",
+    Status.ERROR: "red",
+    Status.CANCELLED: "yellow",
+    Status.BLOCKED: "yellow",
+}
+TASK_MIN_WIDTH = 24  # a task in a table is cut to what the width leaves, but never to less than this
+_fancy = True  # colours and emoji; main turns them off (see `set_fancy`)
 
 # Control characters (and ANSI sequences) in a harness's output would move our cursor around.
 _CONTROL_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
@@ -29,6 +47,22 @@ _CONTROL_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 def report(message: str) -> None:
     """An expected error, for a person: one line on stderr, never a traceback."""
     print(f"aidp: error: {message}", file=sys.stderr, flush=True)
+
+
+def set_fancy(on: bool) -> None:
+    """Colours and emoji on or off for this process: off for NO_COLOR, --no-color, or output that
+    is not a terminal (a pipe, a file, CI)."""
+    global _fancy
+    _fancy = on
+
+
+def fancy() -> bool:
+    return _fancy
+
+
+def icon(status: Status) -> str:
+    """The status's emoji, or '-' when they are off (a mark, so a row still lines up)."""
+    return EMOJI.get(status, "•") if fancy() else "-"
 
 
 def clean(text: str) -> str:
@@ -90,6 +124,26 @@ def resources(cpu_s: float | None, peak_rss_kb: int | None) -> str:
     return ", ".join(parts)
 
 
+def terminal_width() -> int:
+    return shutil.get_terminal_size().columns
+
+
+def cut(text: str, width: int) -> str:
+    """`text` within `width` terminal cells (wide characters count two), '…' where it was cut."""
+    line = Text(text)
+    line.truncate(max(width, 1), overflow="ellipsis")
+    return line.plain
+
+
+def wrapped(label: str, text: str) -> list[str]:
+    """`label` then `text` in full, wrapped to the terminal's width, its lines kept, continuation
+    lines indented under the text."""
+    indent = " " * len(label)
+    width = max(terminal_width() - len(label), 20)
+    lines = [part for line in text.splitlines() or [""] for part in textwrap.wrap(line, width) or [""]]
+    return [f"{label if number == 0 else indent}{line}".rstrip() for number, line in enumerate(lines)]
+
+
 def first_line(text: str | None) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
@@ -112,18 +166,6 @@ def status_line(event: StatusChanged) -> str:
     if said := progress_text(event.progress):
         line += f" {said}"
     return line
-
-
-def progress_line(progress: RunProgress) -> str:
-    """'3/10 done · 2 running · ETA 1m 20s · concurrency 2 (rate limited (x): concurrency 4 -> 2)'."""
-    parts = [f"{progress.done}/{progress.total} done", f"{progress.running} running"]
-    if progress.eta_s is not None:
-        parts.append(f"ETA {span(progress.eta_s)}")
-    if progress.concurrency is not None:
-        parts.append(f"concurrency {progress.concurrency}" + (f" ({progress.note})" if progress.note else ""))
-    elif progress.note:
-        parts.append(progress.note)
-    return " · ".join(parts)
 
 
 def start_notes(run: Run) -> list[str]:
@@ -153,7 +195,7 @@ def _waits_for(after: dict[str, list[str]], slug: str) -> set[str]:
 
 
 def result_row(result: WorkstreamResult, slug_width: int = 0) -> str:
-    row = f"{EMOJI.get(result.status, '•')} {result.slug.ljust(slug_width)}  {result.status:<9}"
+    row = f"{icon(result.status)} {result.slug.ljust(slug_width)}  {result.status:<9}"
     parts = (outcome(result.exit_code, result.duration_s), attempt_text(result.attempt, None))
     if details := ", ".join(part for part in parts if part):
         row += f"  ({details})"
@@ -175,7 +217,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"forecast {span(summary.forecast_s)}, took {span(summary.wall_s)}")
     for r in summary.results:
         if r.status != Status.COMPLETED and r.error:
-            lines.append(f"{EMOJI.get(r.status, '•')} {r.slug}: {indented(r.error)}")
+            lines.append(f"{icon(r.status)} {r.slug}: {indented(r.error)}")
             if r.log_path:
                 lines.append(f"    log: {r.log_path}")
     return lines
@@ -199,7 +241,7 @@ def change_summary(changes: ChangeSummary | None) -> str:
     if changes.dirty:
         parts.append("dirty")
     if changes.conflicts:
-        parts.append("⚠ conflicts")
+        parts.append("⚠ conflicts" if fancy() else "conflicts")
     return " · ".join(parts)
 
 
@@ -249,10 +291,12 @@ def workstream_table(workstreams: list[Workstream]) -> list[str]:
         for w in workstreams
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    widths[-1] = 0  # the task, last, is not padded
+    widths[-1] = 0  # the task, last, is not padded: its first line, cut to what is left of the width
+    room = max(terminal_width() - sum(widths) - 2 * (len(widths) - 1), TASK_MIN_WIDTH)
     lines = []
     for row, ws in zip(rows, [None, *workstreams], strict=True):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        cells = [*row[:-1], cut(row[-1], room)]
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))
         if ws is not None and (note := state_note(ws)):
             lines.append(f"  ↳ {note}")
     return lines

@@ -1,15 +1,27 @@
 """`aidp repl`: a prompt whose `/ws ...` lines are parsed by the CLI's own parser and handled by its
 own commands. Runs go on in the background: their status lines and summaries are printed as they
 happen while the prompt keeps reading. EOF (Ctrl-D), /quit, SIGTERM or SIGHUP (a closed terminal)
-cancel what still runs, cleanly."""
+cancel what still runs, cleanly.
+
+On a terminal the prompt is prompt_toolkit's: line editing, history (kept in .aidp/repl_history),
+completion of commands, options and slugs, and background output printed above the prompt
+without breaking the line being typed. Otherwise (a pipe, a script) lines are read as they come."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterable
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.patch_stdout import patch_stdout
 
 from aidp.cli import ready
 from aidp.cli.base import EXIT_OK, Args, Handler, ParserExit, UsageError
@@ -36,9 +48,49 @@ HELP = """\
 /quit                                    cancel running runs and leave (also Ctrl-D)"""
 
 
+HISTORY_FILE = "repl_history"
+TOP_WORDS = ("/ws", "/help", "/quit")
+
+
 def main_repl(args: Args, handlers: dict[str, Handler]) -> int:
     """`handlers`: the `ws` commands' handlers by name (from wiring.py, which imports this module)."""
     return with_engine(lambda engine, _: Repl(engine, build_parser(), handlers).loop(), args)
+
+
+def ws_subparsers(parser: Parser) -> dict[str, argparse.ArgumentParser]:
+    """`ws`'s subcommands and their parsers, for completion."""
+    top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    ws = top.choices["ws"]
+    return dict(next(a for a in ws._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+class ReplCompleter(Completer):
+    """Completes the word under the cursor: `/ws` and the other commands first, then a `ws`
+    subcommand, then its options and the slugs there are (kept fresh by the repl)."""
+
+    def __init__(self, parser: Parser) -> None:
+        self.commands = ws_subparsers(parser)
+        self.slugs: list[str] = []
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        words = document.text_before_cursor.split()
+        if document.text_before_cursor.endswith(" ") or not words:
+            words.append("")
+        word = words[-1]
+        if len(words) == 1:
+            choices: Iterable[str] = TOP_WORDS
+        elif words[0] != "/ws":
+            choices = ()
+        elif len(words) == 2:
+            choices = self.commands
+        elif word.startswith("-"):
+            sub = self.commands.get(words[1])
+            choices = [o for a in sub._actions for o in a.option_strings] if sub is not None else ()
+        else:
+            choices = self.slugs
+        for choice in choices:
+            if choice.startswith(word):
+                yield Completion(choice, start_position=-len(word))
 
 
 def stdin_lines() -> asyncio.Queue[str | None]:
@@ -68,25 +120,61 @@ class Repl:
         self.notify_runs: set[str] = set()  # runs started with --notify
         self.notifying: set[asyncio.Task[None]] = set()
         self.said: dict[str, str] = {}  # each run's latest progress note, printed once
-        self.interactive = sys.stdin.isatty()
+        self.completer = ReplCompleter(parser)
 
     async def loop(self) -> int:
         self.engine.events.subscribe(self.on_event)  # kept until the engine closes: late summaries print
+        await self.refresh_slugs()
+        print("aidp repl: /help for commands, /quit or Ctrl-D to leave", flush=True)
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            await self.prompt_loop()
+        else:
+            await self.line_loop()
+        if self.engine.active_runs():
+            print("cancelling the running runs...", flush=True)  # the engine's close() does it
+        return EXIT_OK
+
+    async def line_loop(self) -> None:
+        """Lines from a pipe or a file, one command each."""
         lines = stdin_lines()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self.interrupt)
         for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, a closed terminal: leave as at EOF
             loop.add_signal_handler(sig, lines.put_nowait, None)
-        print("aidp repl: /help for commands, /quit or Ctrl-D to leave", flush=True)
-        while True:
-            if self.interactive:
-                print(PROMPT, end="", flush=True)
-            line = await lines.get()
-            if line is None or not await self.handle(line.strip()):
-                break
-        if self.engine.active_runs():
-            print("cancelling the running runs...", flush=True)  # the engine's close() does it
-        return EXIT_OK
+        while (line := await lines.get()) is not None and await self.handle(line.strip()):
+            pass
+
+    async def prompt_loop(self) -> None:
+        """prompt_toolkit's prompt; whatever is printed meanwhile goes above it."""
+        history = FileHistory(str(self.engine.state_dir / HISTORY_FILE))
+        session: PromptSession[str] = PromptSession(
+            history=history,
+            completer=self.completer,
+            complete_while_typing=False,  # Tab completes, as in a shell
+        )
+        loop = asyncio.get_running_loop()
+
+        def leave() -> None:  # kill, a closed terminal: leave as at EOF
+            if session.app.is_running:
+                session.app.exit(exception=EOFError())
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, leave)
+        with patch_stdout(raw=True):
+            while True:
+                try:
+                    line = await session.prompt_async(PROMPT)
+                except KeyboardInterrupt:  # Ctrl-C at the prompt: cancel what runs, stay
+                    self.interrupt()
+                    continue
+                except EOFError:
+                    return
+                if not await self.handle(line.strip()):
+                    return
+
+    async def refresh_slugs(self) -> None:
+        """The slugs completion offers, read again after each command (which may add or remove one)."""
+        self.completer.slugs = [ws.slug for ws in await self.engine.workstreams(changes=False)]
 
     def interrupt(self) -> None:
         runs = self.engine.active_runs()
@@ -116,12 +204,17 @@ class Repl:
         """Handle one line; False to leave."""
         if line in ("/quit", "/exit"):
             return False
+        first = line.split()[0] if line else ""
         if line == "/help":
             print(HELP, flush=True)
-        elif line.startswith("/ws"):
+        elif first == "/ws":
             await self.ws(line[1:])
+            await self.refresh_slugs()
+        elif first == "ws" or first in self.completer.commands:
+            typed = line if first == "ws" else f"ws {line}"
+            report(f"commands start with a slash here: try '/{typed}' (/help lists them)")
         elif line:
-            report(f"unknown command {line.split()[0]!r} (try /help)")
+            report(f"unknown command {first!r} (try /help)")
         return True
 
     async def ws(self, line: str) -> None:

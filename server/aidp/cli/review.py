@@ -10,6 +10,7 @@ import sys
 
 from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args
 from aidp.cli.commands import print_json
+from aidp.cli.patterns import expand
 from aidp.engine import Engine
 from aidp.engine.model import Diff, FileChange
 
@@ -98,7 +99,8 @@ async def ws_conflicts(engine: Engine, args: Args) -> int:
 
 async def ws_land(engine: Engine, args: Args) -> int:
     """A refusal is `CannotLand`: main prints its message (the reason, the files, what landed)."""
-    results = await engine.land(args.slugs, strategy=args.strategy, into=args.into, rm=args.rm)
+    slugs = await expand(engine, args.slugs)
+    results = await engine.land(slugs, strategy=args.strategy, into=args.into, rm=args.rm)
     if args.json:
         print_json(results)
     for r in [] if args.json else results:
