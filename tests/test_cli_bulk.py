@@ -26,6 +26,9 @@ def test_patterns_name_workstreams_and_a_pattern_matching_nothing_is_an_error(tm
 
     status = cli(repo, "ws", "status", "issue-?", "--json")
     assert [json.loads(line)["slug"] for line in status.stdout.splitlines()] == ["issue-1", "issue-2"]
+    diff = cli(repo, "ws", "diff", "other", "--json")  # --json wherever a command prints data
+    assert json.loads(diff.stdout)["slug"] == "other"
+    assert json.loads(cli(repo, "ws", "set", "other", "--priority", "high", "--json").stdout)["priority"] > 0
     paused = cli(repo, "ws", "pause", "oth*", "issue-[2]")
     assert paused.stdout.splitlines() == ["other paused", "issue-2 paused"]
 

@@ -101,7 +101,10 @@ async def ws_set(engine: Engine, args: Args) -> int:
     if args.priority is None and args.after is None:
         raise InvalidInput("nothing to set: give --priority P, --after A,B or --no-after")
     ws = await engine.set_schedule(args.slug, args.priority, args.after)
-    print(f"{ws.slug}: {schedule_text(ws)}")
+    if args.json:
+        print_json(ws)
+    else:
+        print(f"{ws.slug}: {schedule_text(ws)}")
     return EXIT_OK
 
 

@@ -86,6 +86,10 @@ def _add_slugs(parser: argparse.ArgumentParser, nargs: str = "+") -> None:
     parser.add_argument("slugs", nargs=nargs, metavar="slug", help="a slug or a pattern like 'issue-*' (quote it)")
 
 
+def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON, nothing else")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, metavar="N", help="run at most N at once (1..64)")
     parser.add_argument("--mode", default="execute", metavar="M", help="passed to the harness as {mode}")
@@ -140,6 +144,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("set", help="change a workstream's priority or dependencies")
     p.add_argument("slug")
+    _add_json(p, "the workstream")
     _add_schedule_options(p, droppable=True)
 
     p = sub.add_parser("list", help="every workstream with its status and last run")
@@ -186,6 +191,7 @@ def build_parser() -> Parser:
         "diff", help="what a workstream changed: its commits since the merge-base, then uncommitted work"
     )
     p.add_argument("slug")
+    _add_json(p, "the files, the patches and the uncommitted work")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--stat", action="store_true", help="files with lines added and removed")
     shape.add_argument("--name-only", action="store_true", help="only the names of the changed files")
@@ -204,10 +210,12 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("sync", help="bring a workstream's branch up to date with its base branch")
     p.add_argument("slug")
+    _add_json(p, "the result")
     p.add_argument("--strategy", choices=("rebase", "merge"), default="rebase", help="default: rebase")
 
     p = sub.add_parser("push", help="push a workstream's branch; --pr also opens a pull request with 'gh'")
     p.add_argument("slug")
+    _add_json(p, "the result")
     p.add_argument("--remote", default="origin", metavar="R", help="default: origin")
     p.add_argument("--pr", action="store_true", help="open a pull request with the GitHub CLI (gh)")
 

@@ -20,6 +20,9 @@ DEFAULT_PAGER = ["less", "-FRX"]
 
 async def ws_diff(engine: Engine, args: Args) -> int:
     diff = await engine.diff(args.slug, base=args.base, max_bytes=CLI_DIFF_MAX_BYTES)
+    if args.json:
+        print_json(diff)
+        return EXIT_OK
     if args.name_only:
         text = "\n".join([f.path for f in diff.files] + _marked("uncommitted", [f.path for f in diff.uncommitted]))
     elif args.stat:
@@ -111,12 +114,18 @@ async def ws_land(engine: Engine, args: Args) -> int:
 
 async def ws_sync(engine: Engine, args: Args) -> int:
     result = await engine.sync(args.slug, strategy=args.strategy)
+    if args.json:
+        print_json(result)
+        return EXIT_OK
     print(f"{result.slug} is up to date with its base branch ({result.strategy}): at {result.head[:12]}", flush=True)
     return EXIT_OK
 
 
 async def ws_push(engine: Engine, args: Args) -> int:
     result = await engine.push(args.slug, remote=args.remote, pr=args.pr)
+    if args.json:
+        print_json(result)
+        return EXIT_OK
     print(f"pushed {result.branch} to {result.remote}", flush=True)
     if result.pr_url:
         print(f"pull request: {result.pr_url}", flush=True)
