@@ -80,3 +80,30 @@ def test_repl_on_a_terminal_edits_completes_remembers_and_prints_above_the_promp
     term.write("\x15\x04")  # Ctrl-D on an empty line: leave
     assert term.close() == 0
     assert "/ws run slow-one" in (repo / ".aidp" / "repl_history").read_text()
+
+
+PROGRESSING = """\
+import json, os, pathlib, sys, time
+gates = pathlib.Path(sys.argv[2])
+for i, report in enumerate([{"percent": 40, "step": "IMPLEMENTATION"}, {"step": "REVIEW", "message": "reading"}]):
+    with open(os.environ["AIDP_PROGRESS"], "a") as f:
+        f.write(json.dumps(report) + "\\n")
+    while not (gates / str(i)).exists():
+        time.sleep(0.02)
+"""
+
+
+def test_live_view_draws_a_progress_bar_or_the_step_and_message(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    new_ws(repo, "busy", harness(tmp_path, "progressing", PROGRESSING) + f" {gates}")
+    term = Terminal(repo, "ws", "run", "busy", columns=70, rows=10)
+    bar = r"⏳ busy\s+running\s+[\d.]+ s  ━━━━━─+  40% · IMPLEMENTATION"  # 12 cells, 40% of them filled
+    assert term.read(until=lambda: re.search(bar, term.display()) is not None)
+    (gates / "0").touch()
+    assert term.read(
+        until=lambda: re.search(r"⏳ busy\s+running\s+[\d.]+ s  REVIEW: reading", term.display()) is not None
+    )
+    (gates / "1").touch()
+    assert term.close() == 0
