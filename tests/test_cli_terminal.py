@@ -105,5 +105,14 @@ def test_live_view_draws_a_progress_bar_or_the_step_and_message(tmp_path: Path) 
     assert term.read(
         until=lambda: re.search(r"⏳ busy\s+running\s+[\d.]+ s  REVIEW: reading", term.display()) is not None
     )
+    term.resize(40, 10)  # narrower: the next frames are measured again and cut with '…', not wrapped
+
+    def cut_to_the_new_width() -> bool:
+        lines = [line.rstrip() for line in term.screen.display if line.strip()]
+        return any(line.startswith("0/1 done · 1 running") and line.endswith("…") for line in lines) and any(
+            line.startswith("⏳ busy") and line.endswith("…") for line in lines
+        )
+
+    assert term.read(until=cut_to_the_new_width)
     (gates / "1").touch()
     assert term.close() == 0
