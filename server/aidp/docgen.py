@@ -101,7 +101,8 @@ def field_comments(cls: type) -> dict[str, str]:
         match = re.match(r"    (\w+): ", line)
         if match:
             trailing = line.partition("  # ")[2]
-            comments[match.group(1)] = " ".join([*above, trailing]).strip()
+            text = " ".join([*above, trailing]).strip()
+            comments[match.group(1)] = text[:1].upper() + text[1:]
         above = []
     return comments
 
