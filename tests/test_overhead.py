@@ -21,7 +21,7 @@ from support import PYTHON
 from aidp.engine import Engine, Status
 from aidp.engine.errors import ConfigError
 from aidp.engine.harness import PidfdWatcher, spawn
-from aidp.engine.store import Store
+from aidp.engine.store import AsyncStore, Store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -166,3 +166,11 @@ async def test_keep_runs_must_be_at_least_one(engine: Engine, repo: Path) -> Non
     write_config(repo, "[state]\nkeep_runs = 0\n")
     with pytest.raises(ConfigError, match="keep_runs"):
         engine.config()
+
+
+async def test_a_write_after_close_is_refused_every_time(tmp_path: Path) -> None:
+    db = AsyncStore(Store(tmp_path / "state.db"))
+    db.close()
+    for _ in range(2):  # the refused one is not left queued for a thread that will never come
+        with pytest.raises(RuntimeError):
+            await db.write(db.store.schedule_changes)

@@ -988,11 +988,17 @@ class AsyncStore:
         once. Each caller is answered only after that COMMIT: still durable before it is told."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        transition = partial(fn, *args, **kwargs)
         with self._lock:
-            self._queued.append((partial(fn, *args, **kwargs), loop, future))
+            self._queued.append((transition, loop, future))
             first = len(self._queued) == 1
         if first:
-            self._pool.submit(self._commit_queued)
+            try:
+                self._pool.submit(self._commit_queued)
+            except RuntimeError:  # closed: nothing will take the queue, so it must not keep this
+                with self._lock:
+                    self._queued.remove((transition, loop, future))
+                raise
         try:
             return await future
         except sqlite3.DatabaseError as exc:
