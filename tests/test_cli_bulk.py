@@ -64,6 +64,8 @@ def test_new_from_a_file_of_lines_and_from_toml(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     lines = tmp_path / "plan.txt"
     lines.write_text("# two workstreams\nfix-a: Fix the first thing\n\nfix-b: Fix: the second thing\n")
+    both = cli(repo, "ws", "new", "extra", "--from", str(lines))
+    assert both.returncode == 2 and "usage: aidp ws new" in both.stderr and "give nothing else" in both.stderr
     made = cli(repo, "ws", "new", "--from", str(lines))
     assert made.returncode == 0, made.stderr
     listed = workstreams(repo)

@@ -80,12 +80,8 @@ def print_json(value: object) -> None:
 
 
 async def ws_new(engine: Engine, args: Args) -> int:
-    if args.from_file is not None:
-        if args.slug or args.task or args.task_file:
-            raise InvalidInput("--from FILE names the slugs and tasks itself: give nothing else with it")
+    if args.from_file is not None:  # the parser let through either --from or a slug and its task
         return await create_all(engine, args.from_file)
-    if args.slug is None or not (args.task or args.task_file):
-        raise InvalidInput("give a slug and its task (words, or --task-file FILE), or --from FILE")
     priority = 0 if args.priority is None else args.priority
     ws, adopted = await engine.create_or_adopt(
         args.slug, task_of(args), args.base_branch, args.command, priority=priority, after=args.after

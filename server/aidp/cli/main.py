@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aidp.cli import wiring
 from aidp.cli.base import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, exit_code
-from aidp.cli.parser import build_parser
+from aidp.cli.parser import build_parser, parse
 from aidp.cli.render import report, set_fancy
 from aidp.engine.errors import AidpError
 
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # a pipe sees each line as it comes
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except ParserExit as exc:
         return exc.status
     except UsageError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -39,6 +40,30 @@ class Parser(argparse.ArgumentParser):
         if message:
             self._print_message(message)
         raise ParserExit(status)
+
+
+def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, then check what argparse cannot say: `ws new` takes a slug and its task, or --from."""
+    args = parser.parse_args(argv)
+    if getattr(args, "ws_command", None) == "new":
+        given = args.slug is not None or args.task or args.task_file is not None
+        message = None
+        if args.from_file is not None and given:
+            message = "--from FILE names the slugs and tasks itself: give nothing else with it"
+        elif args.from_file is None and args.slug is None:
+            message = "give a slug and its task (words, or --task-file FILE), or --from FILE"
+        elif args.from_file is None and not (args.task or args.task_file):
+            message = "one of the arguments task --task-file is required (or --from FILE, without a slug)"
+        if message:
+            raise UsageError(message, ws_subparsers(parser)["new"].format_usage())
+    return args
+
+
+def ws_subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """`ws`'s subcommands and their parsers (for checks and completion)."""
+    top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    ws = top.choices["ws"]
+    return dict(next(a for a in ws._actions if isinstance(a, argparse._SubParsersAction)).choices)
 
 
 def _steps(text: str) -> list[str]:
@@ -128,7 +153,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("new", help="create a workstream: a worktree on branch aidp/<slug> and a task")
     p.add_argument("slug", nargs="?", help="(not with --from)")
-    task = p.add_mutually_exclusive_group()  # the words, or a file for a long task (one of them: see ws_new)
+    task = p.add_mutually_exclusive_group()  # the words, or a file for a long task (one of them: see parse)
     task.add_argument("task", nargs="*", default=[], help="what the workstream should do")
     task.add_argument("--task-file", metavar="FILE", help="read the task from FILE ('-': standard input)")
     p.add_argument(

@@ -9,7 +9,6 @@ without breaking the line being typed. Otherwise (a pipe, a script) lines are re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shlex
 import signal
@@ -26,7 +25,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from aidp.cli import ready
 from aidp.cli.base import EXIT_OK, Args, Handler, ParserExit, UsageError
 from aidp.cli.commands import print_json, start_run, with_engine
-from aidp.cli.parser import Parser, build_parser
+from aidp.cli.parser import Parser, build_parser, parse, ws_subparsers
 from aidp.cli.render import report, start_notes, status_line, summary_lines
 from aidp.engine import Engine
 from aidp.engine.errors import AidpError
@@ -36,16 +35,18 @@ PROMPT = "aidp> "
 HELP = """\
 /ws list [--json]                        every workstream
 /ws new <slug> <task...> [--base-branch B] [--command "prog arg ..."] [--priority P] [--after A,B]
+/ws new --from FILE                      many at once, all or none ('slug: task' lines, or TOML)
 /ws set <slug> [--priority P] [--after A,B | --no-after]
-/ws status <slug>                        details, recent events, git status
+/ws status <slug...> [--json]            details, recent events, git status
 /ws run <slug...> [--max-concurrent N] [--mode M] [--steps A,B] [--timeout S]
         [--halt never|soon|now] [--no-deps] [--base-from-deps] [--notify]
 /ws run-all [...]                        runs go on in the background
-/ws cancel <slug...>
+/ws cancel <slug...> | --all
 /ws pause|resume|rm|logs ...             as on the command line ('/ws rm --help')
 /ws diff|conflicts|land|sync|push ...    review and land, as on the command line ('/ws land --help')
 /help                                    this text
-/quit                                    cancel running runs and leave (also Ctrl-D)"""
+/quit                                    cancel running runs and leave (also Ctrl-D)
+A slug may be a pattern: /ws run 'issue-*'. Tab completes commands, options and slugs; Up recalls."""
 
 
 HISTORY_FILE = "repl_history"
@@ -55,13 +56,6 @@ TOP_WORDS = ("/ws", "/help", "/quit")
 def main_repl(args: Args, handlers: dict[str, Handler]) -> int:
     """`handlers`: the `ws` commands' handlers by name (from wiring.py, which imports this module)."""
     return with_engine(lambda engine, _: Repl(engine, build_parser(), handlers).loop(), args)
-
-
-def ws_subparsers(parser: Parser) -> dict[str, argparse.ArgumentParser]:
-    """`ws`'s subcommands and their parsers, for completion."""
-    top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    ws = top.choices["ws"]
-    return dict(next(a for a in ws._actions if isinstance(a, argparse._SubParsersAction)).choices)
 
 
 class ReplCompleter(Completer):
@@ -219,7 +213,7 @@ class Repl:
 
     async def ws(self, line: str) -> None:
         try:
-            args = self.parser.parse_args(shlex.split(line))
+            args = parse(self.parser, shlex.split(line))
         except ValueError as exc:  # shlex: an unclosed quote
             report(str(exc))
             return
