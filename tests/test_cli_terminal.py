@@ -116,3 +116,18 @@ def test_live_view_draws_a_progress_bar_or_the_step_and_message(tmp_path: Path) 
     assert term.read(until=cut_to_the_new_width)
     (gates / "1").touch()
     assert term.close() == 0
+
+
+def test_no_color_and_no_emoji_on_a_terminal_when_asked(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    new_ws(repo, "plain", harness(tmp_path, "ok", "print('ok')\n"))
+    for argv, env in ((("ws", "run", "plain"), {"NO_COLOR": "1"}), (("--no-color", "ws", "run", "plain"), {})):
+        term = Terminal(repo, *argv, env=env)
+        assert term.close() == 0
+        text = term.raw.decode()
+        assert "✅" not in text and "⏳" not in text, text
+        assert not re.search(r"\x1b\[[0-9;]*3[0-9]m", text), text  # no foreground colour
+        assert re.search(r"^- plain\s+completed", "\n".join(term.lines()), re.M)
+    coloured = Terminal(repo, "ws", "run", "plain")
+    assert coloured.close() == 0
+    assert "✅ plain" in "\n".join(coloured.lines())
