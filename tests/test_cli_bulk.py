@@ -26,6 +26,9 @@ def test_patterns_name_workstreams_and_a_pattern_matching_nothing_is_an_error(tm
 
     status = cli(repo, "ws", "status", "issue-?", "--json")
     assert [json.loads(line)["slug"] for line in status.stdout.splitlines()] == ["issue-1", "issue-2"]
+    (repo / ".worktrees" / "other" / "wip.txt").write_text("not committed yet\n")
+    row = next(line for line in cli(repo, "ws", "list").stdout.splitlines() if line.startswith("other "))
+    assert "uncommitted" in row and "active" in row  # the marker a user decides on
     diff = cli(repo, "ws", "diff", "other", "--json")  # --json wherever a command prints data
     assert json.loads(diff.stdout)["slug"] == "other"
     assert json.loads(cli(repo, "ws", "set", "other", "--priority", "high", "--json").stdout)["priority"] > 0

@@ -231,7 +231,7 @@ def last_run(ws: Workstream) -> str:
 
 
 def change_summary(changes: ChangeSummary | None) -> str:
-    """'+120 -8 · 5 files · 2 commits · dirty': what a workstream changed, compactly (a minus sign
+    """'+120 -8 · 5 files · 2 commits · uncommitted': what a workstream changed, compactly (a minus sign
     before the removed lines, as git's stat shows them)."""
     if changes is None:
         return "-"
@@ -239,7 +239,7 @@ def change_summary(changes: ChangeSummary | None) -> str:
     if changes.behind:
         parts.append(f"{changes.behind} behind")
     if changes.dirty:
-        parts.append("dirty")
+        parts.append("uncommitted")  # work in the worktree not committed yet: the marker to look for
     if changes.conflicts:
         parts.append("⚠ conflicts" if fancy() else "conflicts")
     return " · ".join(parts)
