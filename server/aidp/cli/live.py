@@ -124,7 +124,7 @@ class _Row:
         self.status = event.status
         self.waiting = event.waiting
         self.attempt = attempt_text(event.attempt, event.max_attempts)
-        self.duration_s = event.duration_s if event.status.in_flight is False else None
+        self.duration_s = None if event.status.in_flight else event.duration_s
         self.progress = event.progress if event.status == Status.RUNNING else None
         self.why = reason(event.status, event.error)
 
@@ -165,10 +165,11 @@ class LiveView:
         self._rows: dict[str, _Row] = {}
         self._progress: RunProgress | None = None
         self._began = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
         self._live = Live(
             console=console,
             get_renderable=self._frame,
-            refresh_per_second=1 / REDRAW_S,
+            auto_refresh=False,  # redrawn by `_tick` on the event loop, never from a thread of rich's
             redirect_stdout=False,
             redirect_stderr=False,
             vertical_overflow="crop",
@@ -191,9 +192,17 @@ class LiveView:
     def start(self) -> None:
         self._began = time.monotonic()
         self._live.start()
+        self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         self._live.stop()
+
+    async def _tick(self) -> None:
+        while True:
+            self._live.refresh()
+            await asyncio.sleep(REDRAW_S)
 
     def _header(self) -> Text:
         """Counts by status, the elapsed time, then the engine's latest progress (ETA,
