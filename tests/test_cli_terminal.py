@@ -77,6 +77,8 @@ def test_repl_on_a_terminal_edits_completes_remembers_and_prints_above_the_promp
     term.write("\x15")  # Ctrl-U: clear the line (line editing)
     term.write("\x1b[A")  # Up: the previous command from the history
     assert term.read(until=lambda: term.display().rstrip().endswith("aidp> /ws run slow-one"))
+    term.write("\x15/ws run --max-c\t")  # options complete too
+    assert term.read(until=lambda: term.display().rstrip().endswith("aidp> /ws run --max-concurrent"))
     term.write("\x15\x04")  # Ctrl-D on an empty line: leave
     assert term.close() == 0
     assert "/ws run slow-one" in (repo / ".aidp" / "repl_history").read_text()
