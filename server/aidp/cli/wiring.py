@@ -9,9 +9,8 @@ exit codes from base.py), then one line in `WS` or `TOP` below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
-from aidp.cli import agents, commands, demo, ready, repl, review
+from aidp.cli import agents, commands, demo, ready, review
 from aidp.cli.base import Args, Handler
 
 Main = Callable[[Args], int]
@@ -37,11 +36,19 @@ WS: dict[str, Handler] = {
     "push": review.ws_push,
 }
 
+
+def _repl(args: Args) -> int:
+    """prompt_toolkit is imported only when the repl starts: every other command starts faster."""
+    from aidp.cli import repl
+
+    return repl.main_repl(args, WS)
+
+
 # `aidp <name>`: everything else, each opening what it needs itself.
 TOP: dict[str, Main] = {
     "init": agents.main_init,
     "doctor": agents.main_doctor,
-    "repl": partial(repl.main_repl, handlers=WS),
+    "repl": _repl,
     "demo": demo.main_demo,
     "serve": commands.main_serve,
 }
