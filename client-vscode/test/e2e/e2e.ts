@@ -490,6 +490,27 @@ async function main(): Promise<void> {
     check(true, "the tree lists the three workstreams as active");
     await wb.shot("01-workstreams");
 
+    // ---- The getting-started walkthrough: four steps, none done before their commands run -------------
+    // Opened first here: VS Code starts tracking the steps' completion events from then on.
+    const configure = "Configure your coding agent";
+    const stepTitles = [configure, "Create a workstream", "Run them all", "Review and land"];
+    const step = (title: string): Locator =>
+      page.locator(".gettingStartedContainer .getting-started-step").filter({ hasText: title }).first();
+    // A done step's checkbox icon is `codicon-getting-started-step-checked` (else `...-unchecked`).
+    const stepDone = async (title: string): Promise<boolean> =>
+      (await step(title).locator(".complete, [class*='getting-started-step-checked']").count()) > 0;
+    const openWalkthrough = async (): Promise<void> => {
+      await wb?.command("Welcome: Open Walkthrough...");
+      await page.locator(".quick-input-widget input").first().fill("Get Started with AIDP");
+      await wb?.pickRow("Get Started with AIDP").click();
+      for (const title of stepTitles) await step(title).waitFor({ state: "visible", timeout: 30_000 });
+    };
+    await openWalkthrough();
+    check(true, `the walkthrough shows its steps: ${stepTitles.join(", ")}`);
+    const doneEarly = await Promise.all(stepTitles.map(stepDone));
+    check(!doneEarly.some(Boolean), `no walkthrough step is done before its command ran (${JSON.stringify(doneEarly)})`);
+    await wb.command("View: Close Editor");
+
     // ---- Run all ------------------------------------------------------------------------------------
     const watcher = watchRows(wb, ["ok-ws", "fail-ws", "slow-ws"]);
     await wb.command("AIDP: Run All Workstreams");
@@ -1031,6 +1052,21 @@ async function main(): Promise<void> {
       (await page.locator(".notifications-toasts .notification-toast", { hasText: "cannot" }).count()) === 0,
       "Open Worktree showed no error",
     );
+
+    // ---- The walkthrough again: the real commands run since completed its steps ------------------------
+    await openWalkthrough();
+    for (const title of stepTitles.slice(1)) {
+      await waitFor(`the walkthrough step "${title}" to be complete`, () => stepDone(title), 30_000);
+    }
+    check(true, "New Workstream, Run All and Land completed their walkthrough steps");
+    check(!(await stepDone(configure)), "the configure step waits for AIDP: Doctor");
+    await wb.command("AIDP: Doctor");
+    // With its last step done, VS Code leaves the walkthrough for the Welcome page: open it again.
+    await openWalkthrough();
+    await waitFor("the configure step to be complete", () => stepDone(configure), 30_000);
+    check(true, "running AIDP: Doctor completed the configure step");
+    await wb.shot("19b-walkthrough");
+    await wb.command("View: Close Editor");
 
     // ---- The window closes (and opens again): no "Channel has been closed" as the extension stops --------
     // This window's servers: `aidp serve` processes working in the test's repository.
