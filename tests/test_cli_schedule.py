@@ -170,9 +170,9 @@ def test_blocked_dependents_are_counted_shown_and_run_later(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "aidp: also running a, b: dependencies of c" in result.stderr
     assert "0 completed, 1 failed, 0 errored, 0 cancelled, 2 blocked of 3" in result.stdout
-    assert re.search(r"^⛔ b\s+blocked$", result.stdout, re.M)
-    assert "⛔ b: blocked: its dependency a failed" in result.stdout
-    assert "⛔ c: blocked: its dependency b blocked" in result.stdout
+    assert re.search(r"^- b\s+blocked$", result.stdout, re.M)
+    assert "- b: blocked: its dependency a failed" in result.stdout
+    assert "- c: blocked: its dependency b blocked" in result.stdout
     assert re.search(r"\] b blocked: its dependency a failed$", result.stdout, re.M)
     assert not ran(stamps, "b") and not ran(stamps, "c")
 
@@ -246,7 +246,7 @@ def test_retried_workstream_shows_its_attempt(tmp_path: Path) -> None:
     assert table[x_row + 1].strip() == "↳ attempt 2/2"
     assert re.search(r"^run:\s+running in run \S+ since \S+, attempt 2/2$", cli(repo, "ws", "status", "x").stdout, re.M)
     (stamps / "x.hold").unlink()
-    out.expect(r"^✅ x\s+completed\s+\(exit 0, [\d.]+ s, attempt 2\)$")
+    out.expect(r"^- x\s+completed\s+\(exit 0, [\d.]+ s, attempt 2\)$")
     assert runner.wait(timeout=60) == 0
 
 
