@@ -111,7 +111,7 @@ def config_text(preset: Preset | None) -> str:
     """A commented `.aidp/config.toml` for `preset`, or, with none, a template saying how to set
     `command` (every preset listed, commented out)."""
     head = [
-        "# aidp configuration (written by `aidp init`; see README.md, Configuration).",
+        "# aidp configuration (written by `aidp init`; every key: docs/reference/config.md).",
         "# Placeholders in the command: {slug} {task} {task_file} {mode} {steps} {branch} {worktree}.",
         '# {task_file} names a file holding the task: use it (or stdin = "task") for tasks too long for the',
         "# command line (over 128 KiB).",
