@@ -32,6 +32,7 @@ from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import FailurePolicy, Run, RunOptions, read_tail
 from aidp.engine.follow import Follower
+from aidp.engine.harness import watch_children_by_pidfd
 from aidp.engine.hooks import HookRunner
 from aidp.engine.model import (
     DONE_STATUSES,
@@ -118,6 +119,7 @@ class Engine:
         `.git/info/exclude`) and reads as empty. A missing or emptied state database where aidp
         worktrees exist is refused, since an empty one would orphan them, unless `start_over`
         (`ws new`, which adopts them one by one): then it is said, not done silently."""
+        watch_children_by_pidfd()  # git's processes too: `ws list` runs one per workstream
         root = root.resolve()
         path = root / gitrepo.STATE_DIR / STATE_DB
         if not state_exists(path) and (leftovers := await _aidp_worktrees(root, setup.configured_dir(root))):
