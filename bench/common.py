@@ -28,7 +28,7 @@ class Params:
     busy_bytes: int = 300_000_000
     busy_reps: int = 3
     idle_samples: int = 200
-    memory_n: int = 100
+    memory_n: int = 64  # the most the repository's bound allows at once
     memory_sleep_s: float = 4.0
     memory_reps: int = 3
     startup_reps: int = 10

@@ -17,7 +17,8 @@ BATCHES = 2
 
 async def run(p: Params) -> list[Section]:
     n = p.memory_n
-    repo = make_repo(p.work / "memory", ["sleep", str(p.memory_sleep_s)])
+    # The repository's bound (at most 64, `[scheduler] max_concurrent`) must let all n run at once.
+    repo = make_repo(p.work / "memory", ["sleep", str(p.memory_sleep_s)], max_concurrent=n)
     slugs = [f"sleeper-{i:03d}" for i in range(n)]
     await create_workstreams(repo, slugs)
     idle: list[float] = []
