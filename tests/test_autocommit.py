@@ -65,8 +65,8 @@ def test_auto_commit_commits_exactly_the_agents_changes(
 
 def test_auto_commit_is_a_config_value_checked_where_it_enters(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
-    write_config(repo, '[harness]\ncommit = "sometimes"\n')
     new_ws(repo, "x", "true")
+    write_config(repo, '[harness]\ncommit = "sometimes"\n')
     refused = cli(repo, "ws", "run", "x")
     assert refused.returncode == 2
     assert "commit" in refused.stderr

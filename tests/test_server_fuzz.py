@@ -209,7 +209,20 @@ def test_fuzz_every_method_answers_and_the_server_survives(
         assert Path(ws["path"]).is_dir(), ws
     # Every status notification the fuzz provoked is well formed.
     for note in raw.of(WS_STATUS):
-        assert set(note) == {"runId", "slug", "status", "exitCode", "durationS", "error", "startedAt", "sandbox"}
+        assert set(note) == {
+            "runId",
+            "slug",
+            "status",
+            "exitCode",
+            "durationS",
+            "error",
+            "startedAt",
+            "sandbox",
+            "attempt",
+            "maxAttempts",
+            "waiting",
+            "progress",
+        }
     assert codes.get(-32602, 0) > 0 and results > 0, (codes, results)
 
 

@@ -140,6 +140,7 @@ def check_fits(argv: list[str], env: Mapping[str, str]) -> None:
         "pass a long task through a file instead: {task_file} in [harness] command (or a preset that uses it) "
         'names a file holding the task, or [harness] stdin = "task" feeds it on standard input'
     )
+
     def size_of(text: str) -> int:  # a text exec cannot take at all is refused by the spawn itself
         return len(text.encode(errors="surrogatepass")) + 1
 
