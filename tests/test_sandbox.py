@@ -8,6 +8,7 @@ without the sandbox. Facts are read from the filesystem, git and /proc, never fr
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import socket
@@ -191,7 +192,8 @@ def test_network_false_cuts_the_harness_off(tmp_path: Path, network: bool) -> No
         listener.listen()
         port = listener.getsockname()[1]
         connect = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=30); print('connected')"
-        new_ws(repo, "caller", shlex.join([PYTHON, "-c", connect]))
+        # The venv may be under /tmp, which the sandbox replaces: its base interpreter is outside.
+        new_ws(repo, "caller", shlex.join([os.path.realpath(PYTHON), "-c", connect]))
         result = results(cli(repo, "ws", "run", "caller", "--json"))["caller"]
     log = Path(result["logPath"]).read_text()
     if network:
