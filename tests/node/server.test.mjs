@@ -206,6 +206,7 @@ describe('aidp serve, driven by vscode-jsonrpc', { timeout: 300_000 }, () => {
     conn.onNotification('aidp/wsStatus', (params) => record('aidp/wsStatus', params));
     conn.onNotification('aidp/wsOutput', (params) => record('aidp/wsOutput', params));
     conn.onNotification('aidp/wsListChanged', (params) => record('aidp/wsListChanged', params));
+    conn.onNotification('aidp/runProgress', (params) => record('aidp/runProgress', params));
     // As VS Code does: accept the token, then follow its `$/progress` by that token.
     conn.onRequest('window/workDoneProgress/create', (params) => {
       record('window/workDoneProgress/create', params);
