@@ -842,6 +842,13 @@ async function main(): Promise<void> {
     // AIDP: Set Dependencies from the row's context menu: dep-b runs after dep-a.
     await wb.row("dep-b").click({ button: "right" });
     await page.locator(".monaco-menu .action-item", { hasText: "Set Dependencies" }).first().click();
+    // A context menu opened under the pointer sometimes takes that click as a hover (the item highlighted,
+    // the menu still open): Enter then runs the highlighted item.
+    await page
+      .locator(".quick-input-widget")
+      .first()
+      .waitFor({ state: "visible", timeout: 5_000 })
+      .catch(() => page.keyboard.press("Enter"));
     await wb.pickExactly(["dep-a"], ["dep-a"]);
     check(
       (await wb.pickRow("dep-b").count()) === 0,
