@@ -49,16 +49,7 @@ async def ws_setup(engine: Engine, args: Args) -> int:
 def notification(summary: RunSummary) -> tuple[str, str]:
     """The title and body of a run's desktop notification."""
     title = "aidp: run completed" if summary.ok else "aidp: run ended with failures"
-    counts = [f"{summary.completed} completed"] + [
-        f"{n} {word}"
-        for n, word in (
-            (summary.failed, "failed"),
-            (summary.errored, "errored"),
-            (summary.cancelled, "cancelled"),
-            (summary.blocked, "blocked"),
-        )
-        if n
-    ]
+    counts = summary.counts() or ["0 completed"]
     failed = [r.slug for r in summary.results if r.status != "completed"]
     body = f"{', '.join(counts)} of {summary.total}" + (f"\nnot completed: {', '.join(failed)}" if failed else "")
     return title, body

@@ -309,6 +309,17 @@ class RunSummary(Record):
     def ok(self) -> bool:
         return self.completed == self.total
 
+    def counts(self) -> list[str]:
+        """The outcomes that happened, as "2 completed", "1 failed"...: what every face says of a run."""
+        outcomes = (
+            (self.completed, "completed"),
+            (self.failed, "failed"),
+            (self.errored, "errored"),
+            (self.cancelled, "cancelled"),
+            (self.blocked, "blocked"),
+        )
+        return [f"{n} {word}" for n, word in outcomes if n]
+
 
 class Event(Record):
     """One line of a workstream's audit trail."""

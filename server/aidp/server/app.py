@@ -367,18 +367,8 @@ class AidpServer(LanguageServer):
         finally:
             self._progress.pop(run.run_id, None)
         if token:
-            counts = [
-                f"{n} {label}"
-                for n, label in (
-                    (summary.completed, "completed"),
-                    (summary.failed, "failed"),
-                    (summary.errored, "errored"),
-                    (summary.cancelled, "cancelled"),
-                    (summary.blocked, "blocked"),
-                )
-                if n
-            ]
-            self.work_done_progress.end(token, lsp.WorkDoneProgressEnd(message=", ".join(counts) or "nothing to run"))
+            message = ", ".join(summary.counts()) or "nothing to run"
+            self.work_done_progress.end(token, lsp.WorkDoneProgressEnd(message=message))
         return summary
 
     async def _progress_begin(self, run: Run) -> str | None:
