@@ -71,9 +71,13 @@ def test_repl_on_a_terminal_edits_completes_remembers_and_prints_above_the_promp
     assert term.read(until=lambda: "slow-one running" in term.display())
     term.write("/ws sta")  # typing, not sent, while the run ends in the background
     gate.touch()
-    assert term.read(until=lambda: "1 completed, 0 failed" in term.display())
-    screen = [line.rstrip() for line in term.screen.display if line.strip()]
-    assert screen[-1] == "aidp> /ws sta", screen  # the line being typed is intact, below the output
+
+    def typed_line_redrawn_below_the_summary() -> bool:
+        screen = [line.rstrip() for line in term.screen.display if line.strip()]
+        return "1 completed, 0 failed" in term.display() and screen[-1] == "aidp> /ws sta"
+
+    # The output goes above, and the line being typed is drawn again, intact, below it.
+    assert term.read(until=typed_line_redrawn_below_the_summary), term.display()
     term.write("\x15")  # Ctrl-U: clear the line (line editing)
     term.write("\x1b[A")  # Up: the previous command from the history
     assert term.read(until=lambda: term.display().rstrip().endswith("aidp> /ws run slow-one"))
