@@ -31,10 +31,11 @@ from pathlib import Path
 import msgspec
 
 from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling
+from aidp.engine.backend import Attempt, Backend, Launch, LocalBackend
 from aidp.engine.config import Sandbox
 from aidp.engine.errors import AidpError, GitError
 from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
-from aidp.engine.harness import StartError, build_argv, build_env, open_making_folder, spawn, write_task_file
+from aidp.engine.harness import StartError, build_argv, build_env, open_making_folder, write_task_file
 from aidp.engine.model import DONE_STATUSES, RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.progress import StreamJson, Tracker, is_stream_json
 from aidp.engine.store import AsyncStore
@@ -128,6 +129,7 @@ class RunOptions:
     expected: dict[str, float | None] = field(default_factory=dict)  # slug -> seconds, from history
     concurrency_note: str | None = None  # how the bound was chosen, for the summary
     sandbox: Sandbox = field(default_factory=Sandbox)
+    backend: Backend = field(default_factory=LocalBackend)  # where each attempt's harness runs
 
 
 class State(Enum):
@@ -640,7 +642,7 @@ class Run:
                 job.box = await sandbox.prepare(
                     self.options.sandbox, Path(ws.path), ws.branch, env, self._root, [progress_path, task_file]
                 )
-            proc, tree = await self._spawn(job, build_argv(template, values), env, log_fd)
+            attempt = await self._start(job, build_argv(template, values), env, log_fd, log_path)
         except StartError as exc:
             with contextlib.suppress(OSError):
                 os.write(log_fd, f"[aidp] {exc}\n".encode())
@@ -650,14 +652,14 @@ class Run:
             os.close(log_fd)
         try:
             job.tail = LogTail(log_path)
-            job.tree = tree
+            job.tree = attempt.tree
             job.started_at = started_at
             self._watch_progress(job, progress_path, template)
             await self._db.write(
                 self._db.store.mark_running,
                 self.run_id,
                 ws.slug,
-                (proc.pid, procs.start_time(proc.pid), tree.cgroup),
+                attempt.child,
                 str(log_path),
                 started_at,
                 job.attempt,
@@ -673,20 +675,22 @@ class Run:
                     max_attempts=job.max_attempts,
                 )
             )
-            status, why = await self._wait(job, proc, tree)
+            status, why = await self._wait(job, attempt)
         except asyncio.CancelledError:
-            await self._kill(proc, tree)
+            await attempt.kill()
             await self._record(
-                job, proc.returncode, Status.CANCELLED, "cancelled (aidp was stopped)", started_at, t0, log_path
+                job, attempt.returncode, Status.CANCELLED, "cancelled (aidp was stopped)", started_at, t0, log_path
             )
             raise
         except (OSError, sqlite3.Error) as exc:  # the start could not be recorded: nothing runs unrecorded
-            await self._kill(proc, tree)
+            await attempt.kill()
             why = f"aidp could not record its start: {exc}"
-            await self._record(job, proc.returncode, Status.ERROR, why, started_at, t0, log_path)
+            await self._record(job, attempt.returncode, Status.ERROR, why, started_at, t0, log_path)
             return
-        await self._auto_commit(job, status)
-        await self._record(job, proc.returncode, status, why, started_at, t0, log_path)
+        if attempt.host is None:  # a remote attempt commits where it ran, and its commits come back
+            await self._auto_commit(job, status)
+        status, why = await self._bring_back(job, attempt, status, why)
+        await self._record(job, attempt.returncode, status, why, started_at, t0, log_path)
 
     async def _start_from_deps(self, job: Job) -> None:
         """`--base-from-deps`: the worktree starts from its completed dependencies' work (a landed
@@ -728,56 +732,79 @@ class Run:
         except sqlite3.Error as exc:  # the commit is in git either way; the result must still be recorded
             log.warning("%s: %s, but the event could not be recorded: %s", job.ws.slug, message, exc)
 
-    async def _spawn(
-        self, job: Job, argv: list[str], env: dict[str, str], log_fd: int
-    ) -> tuple[asyncio.subprocess.Process, procs.Tree]:
-        """Start the harness in a cgroup of its own where the system allows, else without; its
-        task file (`AIDP_TASK_FILE`) is its stdin with `stdin = "task"`."""
-        stdin = Path(env["AIDP_TASK_FILE"]) if self.options.stdin == "task" else None
-        cgroup = cgroups.create(cgroups.place(self.run_id, job.ws.slug, job.attempt))
-        try:
-            sandboxed = job.box.prefix if job.box else ()
-            proc = await spawn(argv, Path(job.ws.path), env, log_fd, cgroup, stdin=stdin, sandbox=sandboxed)
-        except StartError:
-            if cgroup is not None:
-                cgroups.remove(cgroup)
-            raise
-        return proc, procs.Tree(pgid=proc.pid, cgroup=cgroup)
+    async def _start(self, job: Job, argv: list[str], env: dict[str, str], log_fd: int, log_path: Path) -> Attempt:
+        """Start the harness through the run's backend; its task file (`AIDP_TASK_FILE`) is its
+        stdin with `stdin = "task"`. While a backend waits for a place (a remote slot), the
+        workstream stays `queued`, saying what it waits for."""
 
-    async def _kill(self, proc: asyncio.subprocess.Process, tree: procs.Tree) -> None:
-        tree.signal(signal.SIGKILL)
-        await proc.wait()
-        await procs.terminate([tree], 0)
+        async def waiting(why: str) -> None:
+            job.waiting = why
+            await self._db.write(self._db.store.set_waiting, self.run_id, {job.ws.slug: why})
+            self._bus.emit(
+                StatusChanged(
+                    run_id=self.run_id,
+                    slug=job.ws.slug,
+                    status=Status.QUEUED,
+                    waiting=why,
+                    attempt=job.attempt,
+                    max_attempts=job.max_attempts,
+                )
+            )
 
-    async def _wait(self, job: Job, proc: asyncio.subprocess.Process, tree: procs.Tree) -> tuple[Status, str | None]:
+        launch = Launch(
+            run_id=self.run_id,
+            ws=job.ws,
+            attempt=job.attempt,
+            argv=argv,
+            env=env,
+            log_fd=log_fd,
+            log_path=log_path,
+            stdin=Path(env["AIDP_TASK_FILE"]) if self.options.stdin == "task" else None,
+            sandbox=job.box.prefix if job.box else (),
+            waiting=waiting,
+        )
+        return await self.options.backend.start(launch)
+
+    async def _wait(self, job: Job, attempt: Attempt) -> tuple[Status, str | None]:
         """Wait for the harness to exit, be cancelled or time out; afterwards nothing it started
         is left (not even a grandchild that outlived a clean exit, or one that called `setsid`)."""
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(attempt.wait())
         cancelled = asyncio.ensure_future(job.cancel.wait())
         try:
             await asyncio.wait({exited, cancelled}, timeout=self.options.timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             cancelled.cancel()
-        if exited.done():
-            status, why = (Status.COMPLETED, None) if proc.returncode == 0 else (Status.FAILED, None)
+        why: str | None = None
+        if exited.done() and attempt.lost is not None:
+            status, why = Status.FAILED, f"remote worker lost: {attempt.lost}"
+        elif exited.done():
+            status = Status.COMPLETED if attempt.returncode == 0 else Status.FAILED
         elif job.cancel.is_set():
             status, why = Status.CANCELLED, job.why_cancelled
         else:
             job.timed_out = True
             status, why = Status.FAILED, f"timed out after {self.options.timeout_s:g} s"
-        if tree.cgroup is not None:  # the kernel's count, read before the cgroup goes
+        tree = attempt.tree
+        if tree is not None and tree.cgroup is not None:  # the kernel's count, read before the cgroup goes
             job.cpu_s = cgroups.cpu_s(tree.cgroup) or job.cpu_s
-        await procs.terminate([tree, *await self._escaped(job, tree)], self.options.grace_s, self._hurry)
+        await attempt.stop(self.options.grace_s, self._hurry)
         await exited
         return status, why
 
-    async def _escaped(self, job: Job, tree: procs.Tree) -> list[procs.Tree]:
-        """Without a cgroup, what left the harness's group (`setsid`) is found by the environment
-        marker it inherited (a /proc scan, so only then, and off the event loop)."""
-        if tree.cgroup is not None:
-            return []
-        groups = await asyncio.to_thread(procs.marked_groups, self.run_id, job.ws.slug) - {tree.pgid}
-        return [procs.Tree(pgid=g) for g in groups]
+    async def _bring_back(
+        self, job: Job, attempt: Attempt, status: Status, why: str | None
+    ) -> tuple[Status, str | None]:
+        """A remote attempt's commits into the local branch (fast-forward only); a refusal (the
+        local branch moved meanwhile) ends it `error`, saying so. Nothing to do for a local one."""
+        notes, refused = await attempt.bring_back()
+        for note in notes:
+            try:
+                await self._db.call(self._db.store.note, job.ws.slug, self.run_id, Status.RUNNING, note)
+            except sqlite3.Error as exc:  # the work came back either way; the result must still be recorded
+                log.warning("%s: %s, but the event could not be recorded: %s", job.ws.slug, note, exc)
+        if refused is not None:
+            return Status.ERROR, f"{why}; {refused}" if why else refused
+        return status, why
 
     async def _record(
         self,

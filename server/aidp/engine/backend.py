@@ -1,0 +1,143 @@
+"""Where one attempt's harness runs: the seam between the scheduler (`executor.Run`, which keeps
+the queue, the bound, retries and the recording) and what starts, ends and waits for a harness.
+
+`LocalBackend` runs it on this machine (its own process group and cgroup); `ray_backend` runs it
+in a Ray actor on a cluster. Either way the harness's output ends up in the attempt's log file,
+which the executor's ticker reads as the live view, so every face sees the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aidp.engine import cgroups, procs
+from aidp.engine.harness import StartError, spawn
+from aidp.engine.model import Workstream
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a backend needs to start one attempt: the argv and environment are built by the
+    executor (placeholders substituted per argument, never a shell string)."""
+
+    run_id: str
+    ws: Workstream
+    attempt: int
+    argv: list[str]
+    env: dict[str, str]
+    log_fd: int  # the attempt's log, open for appending; valid only during `start`
+    log_path: Path
+    stdin: Path | None  # the task file with `[harness] stdin = "task"`, else /dev/null
+    sandbox: Sequence[str] = ()  # an argv prefix that runs the harness inside a sandbox
+    # What to say while the start waits (a remote slot): the workstream stays `queued` with it.
+    waiting: Callable[[str], Awaitable[None]] | None = None
+
+
+class Attempt(Protocol):
+    """One started harness, wherever it runs."""
+
+    host: str | None  # the machine it runs on; None on this one (the local backend)
+    child: tuple[int, int | None, Path | None]  # pid, start time, cgroup: recorded with the claim
+    lost: str | None  # set when a remote worker was lost: the attempt then ends `failed`
+
+    @property
+    def tree(self) -> procs.Tree | None:
+        """Its processes on this machine (sampled for memory and CPU), if it runs here."""
+
+    @property
+    def returncode(self) -> int | None:
+        """Once it exited: its exit code; negative: killed by that signal."""
+
+    async def wait(self) -> None:
+        """Until the harness has exited (or its remote worker was lost)."""
+
+    async def stop(self, grace_s: float, hurry: asyncio.Event) -> None:
+        """End its whole tree: SIGTERM, a grace period (cut short by `hurry`), SIGKILL; return
+        when nothing it started is left (also after a clean exit: grandchildren go too)."""
+
+    async def kill(self) -> None:
+        """SIGKILL its whole tree now and wait for it (aidp is being stopped)."""
+
+    async def bring_back(self) -> tuple[list[str], str | None]:
+        """After it ended: its work into the local branch. Returns notes for the workstream's
+        events and an error that ends the attempt `error` (the local branch moved), or None."""
+
+
+class Backend(Protocol):
+    async def start(self, launch: Launch) -> Attempt:
+        """Start the harness; raise `harness.StartError` (saying what to fix) when it cannot."""
+
+    async def close(self) -> None:
+        """Release what the backend holds (a Ray connection) when the engine closes."""
+
+
+class LocalAttempt:
+    """A harness on this machine: its process group (and cgroup, where the system allows)."""
+
+    host: str | None = None
+    lost: str | None = None
+
+    def __init__(self, proc: asyncio.subprocess.Process, tree: procs.Tree, run_id: str, slug: str) -> None:
+        self._proc = proc
+        self.tree = tree
+        self._run_id = run_id
+        self._slug = slug
+        self.child = (proc.pid, procs.start_time(proc.pid), tree.cgroup)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> None:
+        await self._proc.wait()
+
+    async def stop(self, grace_s: float, hurry: asyncio.Event) -> None:
+        await procs.terminate([self.tree, *await self._escaped()], grace_s, hurry)
+        await self._proc.wait()
+
+    async def kill(self) -> None:
+        self.tree.signal(signal.SIGKILL)
+        await self._proc.wait()
+        await procs.terminate([self.tree], 0)
+
+    async def bring_back(self) -> tuple[list[str], str | None]:
+        return [], None  # it worked in the local worktree itself
+
+    async def _escaped(self) -> list[procs.Tree]:
+        """Without a cgroup, what left the harness's group (`setsid`) is found by the environment
+        marker it inherited (a /proc scan, so only then, and off the event loop)."""
+        if self.tree.cgroup is not None:
+            return []
+        groups = await asyncio.to_thread(procs.marked_groups, self._run_id, self._slug) - {self.tree.pgid}
+        return [procs.Tree(pgid=g) for g in groups]
+
+
+class LocalBackend:
+    """Harnesses on this machine, output straight into the log file (never through Python)."""
+
+    async def start(self, launch: Launch) -> LocalAttempt:
+        """In a cgroup of its own where the system allows, else without."""
+        cgroup = cgroups.create(cgroups.place(launch.run_id, launch.ws.slug, launch.attempt))
+        try:
+            proc = await spawn(
+                launch.argv,
+                Path(launch.ws.path),
+                launch.env,
+                launch.log_fd,
+                cgroup,
+                stdin=launch.stdin,
+                sandbox=launch.sandbox,
+            )
+        except StartError:
+            if cgroup is not None:
+                cgroups.remove(cgroup)
+            raise
+        return LocalAttempt(proc, procs.Tree(pgid=proc.pid, cgroup=cgroup), launch.run_id, launch.ws.slug)
+
+    async def close(self) -> None:
+        return None
