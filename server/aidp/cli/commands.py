@@ -149,6 +149,8 @@ async def status_lines(engine: Engine, ws: Workstream) -> list[str]:
         lines.append(f"run:        {ws.status} in run {run.run_id}{since}, attempt {run.attempt}/{run.max_attempts}")
         if run.waiting:
             lines.append(f"  waiting: {run.waiting}")
+        if run.host:
+            lines.append(f"  host: {run.host}")
         if run.progress is not None:
             lines.append(f"  progress: {progress_text(run.progress)}")
     if (r := ws.last_result) is not None:
@@ -157,7 +159,8 @@ async def status_lines(engine: Engine, ws: Workstream) -> list[str]:
         details = ", ".join(part for part in parts if part)
         lines.append(f"last run:   {r.status}" + (f" ({details})" if details else ""))
         why = "reason" if r.status == Status.BLOCKED else "error"
-        lines += [f"  {label}: {indented(text)}" for label, text in ((why, r.error), ("log", r.log_path)) if text]
+        said = ((why, r.error), ("host", r.host), ("log", r.log_path))
+        lines += [f"  {label}: {indented(text)}" for label, text in said if text]
         if usage := resources(r.cpu_s, r.peak_rss_kb):
             lines.append(f"  used: {usage}")
     lines.append("recent events:")

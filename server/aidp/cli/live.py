@@ -113,12 +113,15 @@ class _Row:
     waiting: str | None = None  # while queued: what it waits for
     why: str = ""  # why it ended as it did (a blocked one never ran, so has no output to show)
     progress: Progress | None = None  # what a running harness last said of its progress
+    host: str | None = None  # while running remotely: the machine it runs on
 
     def update(self, event: StatusChanged) -> None:
         """A status change, or (same status `running`) a new progress report: the latter keeps
         the elapsed time counting from the start."""
         if event.status == Status.RUNNING and (self.status != Status.RUNNING or self.started is None):
             self.started = time.monotonic()
+        running_on = self.host if self.status == event.status == Status.RUNNING else None
+        self.host = event.host or running_on
         if not event.status.in_flight and self.status.in_flight:
             self.ended = time.monotonic()
         self.status = event.status
@@ -136,13 +139,14 @@ class _Row:
         return ""
 
     def detail(self) -> str:
-        """What the row says after its status and time: the wait, the attempt, the progress
-        without a percentage, the output, the reason."""
+        """What the row says after its status and time: the wait, the machine, the attempt, the
+        progress without a percentage, the output, the reason."""
         if self.status == Status.QUEUED:
             return self.waiting or ""
         if self.status == Status.RUNNING:
             said = "" if self.progress is None or self.progress.percent is not None else progress_text(self.progress)
-            return " · ".join(part for part in (self.attempt, said, self.last_line) if part)
+            remote = f"on {self.host}" if self.host else ""
+            return " · ".join(part for part in (remote, self.attempt, said, self.last_line) if part)
         return self.last_line or self.why
 
     def rank(self) -> tuple[int, float]:

@@ -154,10 +154,10 @@ def indented(text: str, prefix: str = "    ") -> str:
 
 
 def status_line(event: StatusChanged) -> str:
-    """One line per status change: the plain (non-terminal) view and the repl print these. A
-    queued one says what it waits for (a dependency, a slot, a retry's back-off, which names the
-    attempt); a retried one which attempt it is."""
-    line = f"{clock()} {event.slug} {event.status}"
+    """One line per status change: the plain (non-terminal) view and the repl print these. A remote
+    one says its machine; a queued one what it waits for (a dependency, a slot, a retry's back-off,
+    which names the attempt); a retried one which attempt it is."""
+    line = f"{clock()} {event.slug} {event.status}" + (f" on {event.host}" if event.host else "")
     retry = "" if event.waiting else attempt_text(event.attempt, event.max_attempts)
     if details := ", ".join(part for part in (outcome(event.exit_code, event.duration_s), retry) if part):
         line += f" ({details})"
@@ -260,11 +260,13 @@ def schedule_text(ws: Workstream) -> str:
 
 
 def state_note(ws: Workstream) -> str:
-    """What a status alone does not say: what a queued one waits for, which attempt a retried one
-    is on, why a blocked one did not run; '' when there is nothing to add."""
+    """What a status alone does not say: what a queued one waits for, the machine a remote one runs
+    on, which attempt a retried one is on, why a blocked one did not run; '' when there is nothing
+    to add."""
     run = ws.current_run
     if run is not None:
-        said = (attempt_text(run.attempt, run.max_attempts), progress_text(run.progress))
+        remote = f"on {run.host}" if run.host else ""
+        said = (remote, attempt_text(run.attempt, run.max_attempts), progress_text(run.progress))
         return (ws.status == Status.QUEUED and run.waiting) or " · ".join(part for part in said if part)
     if ws.status == Status.BLOCKED and ws.last_result is not None:
         return first_line(ws.last_result.error)

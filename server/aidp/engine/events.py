@@ -21,6 +21,8 @@ class StatusChanged(Record):
     # With `running`: when the harness started, so every viewer counts elapsed time from the same moment.
     started_at: str | None = None
     sandbox: str | None = None  # with the final status: how the run was sandboxed (WorkstreamResult.sandbox)
+    # With `running` and the final status: the machine the harness runs on (a Ray node); None: this one.
+    host: str | None = None
     # With retries (`[harness] retries`): which attempt this is, of how many at most.
     attempt: int | None = None
     max_attempts: int | None = None

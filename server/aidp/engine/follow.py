@@ -62,6 +62,7 @@ class Follower:
                         status=Status.RUNNING,
                         started_at=run.started_at,
                         progress=run.progress,
+                        host=run.host,
                     )
                 )
         for key in self._progress.keys() - runs.keys():

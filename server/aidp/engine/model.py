@@ -101,6 +101,7 @@ class WorkstreamResult(Record):
     error: str | None = None
     log_path: str | None = None
     sandbox: str | None = None  # how it ran sandboxed ("bwrap", "bwrap, no network"); None: it did not
+    host: str | None = None  # the machine its harness ran on ([executor] kind = "ray"); None: this one
     attempt: int = 1  # with retries, each attempt is its own record; this says which one
     # What the harness's process tree used, sampled from /proc (None where it never started).
     cpu_s: float | None = None
@@ -126,6 +127,7 @@ class CurrentRun(Record):
     max_attempts: int = 1
     waiting: str | None = None  # while queued: what it waits for (a dependency, a slot, a retry's back-off)
     progress: Progress | None = None  # while running: the harness's latest progress report
+    host: str | None = None  # while running: the machine its harness runs on; None: this one
 
 
 SETUP_STATUSES = ("none", "running", "ok", "failed")

@@ -149,6 +149,8 @@ MIGRATIONS: list[str] = [
     "ALTER TABLE workstreams ADD COLUMN setup TEXT;",
     # 8: how a run was sandboxed (`[sandbox]`), None when it was not.
     "ALTER TABLE runs ADD COLUMN sandbox TEXT;",
+    # 9: the machine an attempt's harness ran on (`[executor] kind = "ray"`), None on this one.
+    "ALTER TABLE runs ADD COLUMN host TEXT;",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -164,8 +166,8 @@ _WS_COLUMNS = (
     "w.slug, w.task, w.status, w.branch, w.path, w.base_branch, w.command, w.created_at, w.updated_at, w.base_commit, "
     "w.priority, w.after, "
     "r.slug, r.status, r.exit_code, r.started_at, r.finished_at, r.duration_s, r.error, r.log_path, r.attempt, "
-    "r.cpu_s, r.peak_rss_kb, r.sandbox, "
-    "c.run_id, cr.started_at, c.attempt, c.max_attempts, c.waiting, c.progress"
+    "r.cpu_s, r.peak_rss_kb, r.sandbox, r.host, "
+    "c.run_id, cr.started_at, c.attempt, c.max_attempts, c.waiting, c.progress, cr.host"
 )
 # r: the last finished run (attempt); c and cr: the claim and run (attempt) of the one in flight, if any.
 _WS_QUERY = (
@@ -221,11 +223,12 @@ class RunInFlight(msgspec.Struct, frozen=True):
     log_path: str | None
     started_at: str | None = None
     progress: Progress | None = None  # its harness's latest report, as stored (at most once a second)
+    host: str | None = None  # the machine its harness runs on, when not the owner's (a Ray node)
 
 
 def _workstream(row: tuple[Any, ...]) -> Workstream:
     (slug, task, status, branch, path, base, command, created, updated, base_commit, priority, after, *rest) = row
-    last, (run_id, run_start, attempt, max_attempts, waiting, progress) = rest[:12], rest[12:]
+    last, (run_id, run_start, attempt, max_attempts, waiting, progress, run_host) = rest[:13], rest[13:]
     result = None
     if last[0] is not None:
         (
@@ -241,6 +244,7 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
             cpu_s,
             peak_rss_kb,
             sandbox,
+            host,
         ) = last
         result = WorkstreamResult(
             slug=str(r_slug),
@@ -255,6 +259,7 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
             cpu_s=cpu_s,
             peak_rss_kb=peak_rss_kb,
             sandbox=sandbox,
+            host=host,
         )
     return Workstream(
         slug=str(slug),
@@ -275,6 +280,7 @@ def _workstream(row: tuple[Any, ...]) -> Workstream:
                 max_attempts=max_attempts,
                 waiting=waiting,
                 progress=_progress(progress),
+                host=run_host,
             )
             if run_id
             else None
@@ -742,22 +748,34 @@ class Store:
         started_at: str,
         attempt: int = 1,
         command: list[str] | None = None,
+        host: str | None = None,
     ) -> None:
         """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery.
-        `command`: the harness command (before placeholders), which history is matched by."""
+        `command`: the harness command (before placeholders), which history is matched by.
+        `host`: the machine the harness runs on when that is not this one (a Ray node)."""
         pid, start, cgroup = child
         with self._tx() as db:
             db.execute(
-                "UPDATE runs SET status = ?, started_at = ?, log_path = ?, command = ? "
+                "UPDATE runs SET status = ?, started_at = ?, log_path = ?, command = ?, host = ? "
                 "WHERE run_id = ? AND slug = ? AND attempt = ?",
-                (Status.RUNNING, started_at, log_path, json.dumps(command) if command else None, run_id, slug, attempt),
+                (
+                    Status.RUNNING,
+                    started_at,
+                    log_path,
+                    json.dumps(command) if command else None,
+                    host,
+                    run_id,
+                    slug,
+                    attempt,
+                ),
             )
             db.execute(
                 "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ?, waiting = NULL, progress = NULL "
                 "WHERE slug = ? AND run_id = ?",
                 (pid, start, _optional_str(cgroup), slug, run_id),
             )
-            message = f"pid {pid}" if attempt == 1 else f"pid {pid}, attempt {attempt}"
+            message = f"pid {pid}" if host is None else f"pid {pid} on {host}"
+            message += "" if attempt == 1 else f", attempt {attempt}"
             self._set_status(slug, Status.RUNNING, run_id, message)
 
     def finish(self, run_id: str, result: WorkstreamResult, message: str | None = None) -> None:
@@ -776,8 +794,8 @@ class Store:
     def _record_attempt(self, run_id: str, result: WorkstreamResult) -> None:
         self._db.execute(
             "UPDATE runs SET status = ?, exit_code = ?, started_at = COALESCE(?, started_at), finished_at = ?, "
-            "duration_s = ?, error = ?, log_path = COALESCE(?, log_path), cpu_s = ?, peak_rss_kb = ?, sandbox = ? "
-            "WHERE run_id = ? AND slug = ? AND attempt = ?",
+            "duration_s = ?, error = ?, log_path = COALESCE(?, log_path), cpu_s = ?, peak_rss_kb = ?, sandbox = ?, "
+            "host = COALESCE(?, host) WHERE run_id = ? AND slug = ? AND attempt = ?",
             (
                 result.status,
                 result.exit_code,
@@ -789,6 +807,7 @@ class Store:
                 result.cpu_s,
                 result.peak_rss_kb,
                 result.sandbox,
+                result.host,
                 run_id,
                 result.slug,
                 result.attempt,
@@ -891,12 +910,13 @@ class Store:
     def runs_in_flight(self) -> list[RunInFlight]:
         """Every claimed workstream's run, with its owner and, once its harness started, its log."""
         rows = self._db.execute(
-            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path, r.started_at, c.progress FROM claims c "
+            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path, r.started_at, c.progress, r.host "
+            "FROM claims c "
             "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug AND r.attempt = c.attempt"
         ).fetchall()
         return [
-            RunInFlight(slug, run_id, pid, start, log_path, started_at, _progress(progress))
-            for slug, run_id, pid, start, log_path, started_at, progress in rows
+            RunInFlight(slug, run_id, pid, start, log_path, started_at, _progress(progress), host)
+            for slug, run_id, pid, start, log_path, started_at, progress, host in rows
         ]
 
     # -- setup: how each worktree was made ready ---------------------------------------------------
