@@ -161,6 +161,7 @@ class Job:
     cpu_s: float | None = None
     tracker: Tracker | None = None  # while an attempt runs: its progress reports
     started_at: str | None = None  # when the current attempt's harness started
+    host: str | None = None  # the machine the current attempt's harness runs on; None: this one
 
 
 class Run:
@@ -560,6 +561,7 @@ class Run:
                         attempt=job.attempt,
                         max_attempts=job.max_attempts,
                         progress=latest,
+                        host=job.host,
                     )
                 )
             if (latest := tracker.to_store()) is not None:
@@ -652,7 +654,7 @@ class Run:
             os.close(log_fd)
         try:
             job.tail = LogTail(log_path)
-            job.tree = attempt.tree
+            job.tree, job.host = attempt.tree, attempt.host
             job.started_at = started_at
             self._watch_progress(job, progress_path, template)
             await self._db.write(
@@ -664,6 +666,7 @@ class Run:
                 started_at,
                 job.attempt,
                 template,
+                attempt.host,
             )
             self._bus.emit(
                 StatusChanged(
@@ -673,6 +676,7 @@ class Run:
                     started_at=started_at,
                     attempt=job.attempt,
                     max_attempts=job.max_attempts,
+                    host=attempt.host,
                 )
             )
             status, why = await self._wait(job, attempt)
@@ -840,6 +844,7 @@ class Run:
             attempt=job.attempt,
             cpu_s=None if job.cpu_s is None else round(job.cpu_s, 3),
             peak_rss_kb=job.peak_rss_kb,
+            host=job.host,
         )
         await self._conclude(job, result, log_path)
 
@@ -938,6 +943,7 @@ class Run:
                 attempt=result.attempt,
                 max_attempts=job.max_attempts,
                 sandbox=result.sandbox,
+                host=result.host,
             )
         )
 
