@@ -1,6 +1,7 @@
 /** The Workstreams tree view: a thin layer over WorkstreamStore, core/format and core/review. */
 import * as vscode from "vscode";
 import { ariaLabel, contextValue, describe, iconFor, tooltip } from "./core/format";
+import { hostParts, hostTooltip } from "./core/host";
 import { setupFlags, setupLines, setupParts } from "./core/ready";
 import { changesSuffix, changesTooltip, fileDescription, fileNodeId, formatChanges, hasChangedFiles, reviewFlags, type FileNode } from "./core/review";
 import { scheduleParts, scheduleTooltip } from "./core/schedule";
@@ -58,10 +59,12 @@ export class WorkstreamTreeProvider implements vscode.TreeDataProvider<TreeEleme
     if (hasChangedFiles(view.ws)) item.collapsibleState = vscode.TreeItemCollapsibleState.Collapsed;
     // The badge (conflict or uncommitted changes) comes from Review's decoration of this URI.
     item.resourceUri = workstreamUri(slug);
-    item.description = [describe(view, now), ...setupParts(view.ws), ...schedule, ...(changes ? [changes] : [])].join(" · ");
+    const host = hostParts(view.ws);
+    item.description = [describe(view, now), ...host, ...setupParts(view.ws), ...schedule, ...(changes ? [changes] : [])].join(" · ");
     item.iconPath = new vscode.ThemeIcon(icon.id, icon.color ? new vscode.ThemeColor(icon.color) : undefined);
     item.tooltip = [
       tooltip(view, now),
+      hostTooltip(view.ws).join("\n"),
       setupLines(view.ws).join("\n"),
       scheduleTooltip(view.ws).join("\n"),
       changesTooltip(view.ws).join("\n"),
@@ -69,7 +72,7 @@ export class WorkstreamTreeProvider implements vscode.TreeDataProvider<TreeEleme
       .filter((part) => part.length > 0)
       .join("\n\n");
     item.contextValue = [contextValue(view), ...reviewFlags(view.ws), ...setupFlags(view.ws)].join(" ");
-    item.accessibilityInformation = { label: [ariaLabel(view, now), ...schedule, ...changesSuffix(view.ws)].join(", ") };
+    item.accessibilityInformation = { label: [ariaLabel(view, now), ...host, ...schedule, ...changesSuffix(view.ws)].join(", ") };
     return item;
   }
 

@@ -81,13 +81,14 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
       runningSince = null;
       ws = { ...ws, currentRun: currentRun(n, null) };
       break;
-    case "running":
-      // A progress update of the same run says nothing new of its start: keep counting from it.
-      runningSince =
-        epochMs(raw.startedAt) ?? (old.ws.status === "running" && old.runId === n.runId ? old.runningSince : null) ?? now;
+    case "running": {
+      // A progress update of the same run says nothing new of its start or its host: keep them.
+      const sameRun = old.ws.status === "running" && old.runId === n.runId;
+      runningSince = epochMs(raw.startedAt) ?? (sameRun ? old.runningSince : null) ?? now;
       runId = n.runId;
-      ws = { ...ws, currentRun: currentRun(n, new Date(runningSince).toISOString()) };
+      ws = { ...ws, currentRun: currentRun(n, new Date(runningSince).toISOString(), sameRun ? (old.ws.currentRun?.host ?? null) : null) };
       break;
+    }
     case "completed":
     case "failed":
     case "error":
@@ -110,6 +111,8 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
         // The new run's log path arrives with the run summary (or wsList / wsLog).
         logPath: null,
         sandbox: n.sandbox ?? null,
+        // Where it ran: said with the final status, else as it was said when it started running.
+        host: n.host ?? old.ws.currentRun?.host ?? null,
       };
       ws = { ...ws, lastResult: result, currentRun: null };
       runId = null;
@@ -129,8 +132,11 @@ export function reduceStatus(prev: State, raw: WsStatusNotification, now: number
   return { state: { order: prev.order, items }, changed: [n.slug], unknown: false };
 }
 
-/** The run a `queued`/`running` notification tells of: which attempt, and what a queued one waits for. */
-function currentRun(n: WsStatusNotification, startedAt: string | null): CurrentRun | null {
+/**
+ * The run a `queued`/`running` notification tells of: which attempt, what a queued one waits for, and
+ * the machine a running one runs on (`knownHost`: as an earlier notification of the same run said).
+ */
+function currentRun(n: WsStatusNotification, startedAt: string | null, knownHost: string | null = null): CurrentRun | null {
   if (n.runId === null) return null;
   return {
     runId: n.runId,
@@ -139,6 +145,7 @@ function currentRun(n: WsStatusNotification, startedAt: string | null): CurrentR
     maxAttempts: n.maxAttempts ?? 1,
     waiting: n.waiting ?? null,
     progress: n.progress ?? null,
+    host: n.host ?? knownHost,
   };
 }
 

@@ -47,6 +47,7 @@ describe("reduceList", () => {
       maxAttempts: 1,
       waiting: "waiting for b",
       progress: null,
+      host: null,
     });
     s = reduceStatus(s, status("a", "running", "r1", { attempt: 2, maxAttempts: 3, startedAt: "2026-11-25T20:00:01.000Z" }), T0 + 2000).state;
     assert.deepEqual(s.items.get("a")?.ws.currentRun, {
@@ -56,6 +57,7 @@ describe("reduceList", () => {
       maxAttempts: 3,
       waiting: null,
       progress: null,
+      host: null,
     });
     s = reduceStatus(s, status("a", "blocked", "r1", { error: "blocked: its dependency b failed" }), T0 + 3000).state;
     const a = s.items.get("a")?.ws;
@@ -139,6 +141,7 @@ describe("reduceStatus", () => {
       error: "exit code 3\nboom",
       logPath: null,
       sandbox: null,
+      host: null,
     });
   });
 
