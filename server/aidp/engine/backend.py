@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -23,10 +23,12 @@ from aidp.engine.model import Workstream
 @dataclass(frozen=True)
 class Launch:
     """Everything a backend needs to start one attempt: the argv and environment are built by the
-    executor (placeholders substituted per argument, never a shell string)."""
+    executor (placeholders substituted per argument, never a shell string); a remote backend
+    builds them again where it runs, from `command`, `values` and `extra_env`."""
 
     run_id: str
-    ws: Workstream
+    slug: str
+    worktree: Path
     attempt: int
     argv: list[str]
     env: dict[str, str]
@@ -36,6 +38,13 @@ class Launch:
     sandbox: Sequence[str] = ()  # an argv prefix that runs the harness inside a sandbox
     # What to say while the start waits (a remote slot): the workstream stays `queued` with it.
     waiting: Callable[[str], Awaitable[None]] | None = None
+    cancel: asyncio.Event | None = None  # set: stop waiting and raise StartError (the attempt is cancelled)
+    command: list[str] = field(default_factory=list)  # the argv before placeholders
+    values: Mapping[str, str] = field(default_factory=dict)  # the placeholders' values
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # `[harness] env`
+    grace_s: float = 0.0  # between SIGTERM and SIGKILL
+    commit: str = "never"  # `[harness] commit`, for a backend that commits where the harness ran
+    commit_message: str = ""
 
 
 class Attempt(Protocol):
@@ -85,8 +94,8 @@ class LocalAttempt:
     def __init__(self, proc: asyncio.subprocess.Process, tree: procs.Tree, run_id: str, slug: str) -> None:
         self._proc = proc
         self.tree = tree
-        self._run_id = run_id
-        self._slug = slug
+        self.run_id = run_id
+        self.slug = slug
         self.child = (proc.pid, procs.start_time(proc.pid), tree.cgroup)
 
     @property
@@ -113,7 +122,7 @@ class LocalAttempt:
         marker it inherited (a /proc scan, so only then, and off the event loop)."""
         if self.tree.cgroup is not None:
             return []
-        groups = await asyncio.to_thread(procs.marked_groups, self._run_id, self._slug) - {self.tree.pgid}
+        groups = await asyncio.to_thread(procs.marked_groups, self.run_id, self.slug) - {self.tree.pgid}
         return [procs.Tree(pgid=g) for g in groups]
 
 
@@ -122,11 +131,11 @@ class LocalBackend:
 
     async def start(self, launch: Launch) -> LocalAttempt:
         """In a cgroup of its own where the system allows, else without."""
-        cgroup = cgroups.create(cgroups.place(launch.run_id, launch.ws.slug, launch.attempt))
+        cgroup = cgroups.create(cgroups.place(launch.run_id, launch.slug, launch.attempt))
         try:
             proc = await spawn(
                 launch.argv,
-                Path(launch.ws.path),
+                launch.worktree,
                 launch.env,
                 launch.log_fd,
                 cgroup,
@@ -137,7 +146,12 @@ class LocalBackend:
             if cgroup is not None:
                 cgroups.remove(cgroup)
             raise
-        return LocalAttempt(proc, procs.Tree(pgid=proc.pid, cgroup=cgroup), launch.run_id, launch.ws.slug)
+        return LocalAttempt(proc, procs.Tree(pgid=proc.pid, cgroup=cgroup), launch.run_id, launch.slug)
 
     async def close(self) -> None:
         return None
+
+
+def commit_message(ws: Workstream) -> str:
+    """`[harness] commit`'s message: the slug and the task's first line."""
+    return f"{ws.slug}: {ws.task.strip().splitlines()[0][:100]}"

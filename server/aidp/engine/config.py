@@ -131,6 +131,28 @@ class State(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keep_runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
+ResourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")]
+
+
+class Executor(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[executor]`: where harnesses run. "local": on this machine. "ray": each running workstream
+    in a Ray actor on a cluster (`pip install 'aidp[ray]'`), its branch shipped there and back."""
+
+    kind: Literal["local", "ray"] = "local"
+    # The Ray cluster to join ("ray://host:10001" or "host:6379"); empty: aidp starts a Ray instance
+    # of its own for as long as it runs, on 127.0.0.1 only (never reachable from the network).
+    address: str = ""
+    # The custom resource a node offers per workstream slot (`ray start --resources '{"aidp_ws": 4}'`);
+    # each running workstream takes one.
+    slot_resource: ResourceName = "aidp_ws"
+    # More resources each running workstream asks for, beside its slot (like {CPU = 1} or {GPU = 1}).
+    resources: dict[ResourceName, Annotated[int, msgspec.Meta(ge=1)]] = msgspec.field(default_factory=dict)
+    # A workstream that finds no node with its resources within this time ends `error`, naming them.
+    placement_timeout_s: Annotated[float, msgspec.Meta(ge=MIN_TIMEOUT_S)] = 300.0
+    # No sign of life from a running workstream's worker for this long: it ends `failed` (worker lost).
+    heartbeat_timeout_s: Annotated[float, msgspec.Meta(ge=1)] = 60.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     harness: Harness = msgspec.field(default_factory=Harness)
     scheduler: Scheduler = msgspec.field(default_factory=Scheduler)
@@ -138,6 +160,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     worktree: Worktree = msgspec.field(default_factory=Worktree)
     hooks: Hooks = msgspec.field(default_factory=Hooks)
     state: State = msgspec.field(default_factory=State)
+    executor: Executor = msgspec.field(default_factory=Executor)
 
     @property
     def max_concurrent(self) -> int | Literal["auto"]:
@@ -172,6 +195,11 @@ def load_config(state_dir: Path) -> Config:
         except re.error as exc:
             raise ConfigError(f"{path}: [harness] rate_limit_pattern is not a valid regular expression: {exc}") from exc
     _check_worktree(path, config.worktree)
+    if config.executor.kind == "ray" and config.sandbox.kind != "none":
+        raise ConfigError(
+            f'{path}: [sandbox] kind = "{config.sandbox.kind}" is for harnesses on this machine; '
+            'with [executor] kind = "ray" each runs in a scratch clone on a cluster node instead'
+        )
     config.sandbox.writable = [_writable(path, entry) for entry in config.sandbox.writable]
     return config
 

@@ -22,11 +22,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling, setup
+from aidp.engine.backend import Backend, LocalBackend
 from aidp.engine.config import CONFIG_NAME, DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
 from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
@@ -53,6 +54,9 @@ from aidp.engine.model import (
     validate_slug,
 )
 from aidp.engine.store import AsyncStore, Claim, History, Store, state_exists
+
+if TYPE_CHECKING:
+    from aidp.engine.ray_backend import RayBackend
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,8 @@ class Engine:
         self._unrecorded: list[tuple[str, WorkstreamResult]] = []  # (run id, result) to record later
         self._config: tuple[tuple[int, int, int, int], Config] | None = None  # (file's stat, parsed)
         self.hooks = HookRunner(root, self.logs_dir, db, self.config, self.events)
+        self._local = LocalBackend()
+        self._remote: RayBackend | None = None  # once `[executor] kind = "ray"` was used
 
     @classmethod
     async def open(cls, root: Path, settle: bool = True, *, create: bool = True, start_over: bool = False) -> Engine:
@@ -157,6 +163,8 @@ class Engine:
         await self.settled()
         await self._record_unrecorded()
         await self.hooks.drain()
+        if self._remote is not None:
+            await self._remote.close()
         for _, result in self._unrecorded:
             log.error("%s: its result (%s) could not be recorded; it stays claimed", result.slug, result.status)
         self.db.close()
@@ -634,6 +642,7 @@ class Engine:
             base_from_deps=config.scheduler.base_from_deps if base_from_deps is None else base_from_deps,
             expected={slug: h.expected_s for slug, h in history.items()},
             concurrency_note=note,
+            backend=self._backend(config),
         )
         workstreams = await self._with_setup(workstreams)  # the executor blocks those not ready
         run_id = new_run_id()
@@ -648,6 +657,18 @@ class Engine:
         task = asyncio.create_task(self._execute(run), name=f"aidp-run-{run_id}")
         self._runs[run_id] = (run, task)
         return run
+
+    def _backend(self, config: Config) -> Backend:
+        """Where this run's harnesses go (`[executor] kind`). Ray is an optional extra, imported
+        (and connected to) only when configured."""
+        if config.executor.kind == "local":
+            return self._local
+        if self._remote is None:
+            from aidp.engine import ray_backend  # slow to import, and missing without the extra
+
+            self._remote = ray_backend.RayBackend(self.root)
+        self._remote.configure(config)
+        return self._remote
 
     async def _refuse_unready(self, slugs: list[str]) -> None:
         """`ws run` refuses workstreams whose setup failed or still runs, saying why and what to do

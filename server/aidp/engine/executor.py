@@ -31,7 +31,7 @@ from pathlib import Path
 import msgspec
 
 from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling
-from aidp.engine.backend import Attempt, Backend, Launch, LocalBackend
+from aidp.engine.backend import Attempt, Backend, Launch, LocalBackend, commit_message
 from aidp.engine.config import Sandbox
 from aidp.engine.errors import AidpError, GitError
 from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
@@ -644,11 +644,15 @@ class Run:
                 job.box = await sandbox.prepare(
                     self.options.sandbox, Path(ws.path), ws.branch, env, self._root, [progress_path, task_file]
                 )
-            attempt = await self._start(job, build_argv(template, values), env, log_fd, log_path)
+            attempt = await self._start(job, template, values, env, log_fd, log_path)
         except StartError as exc:
             with contextlib.suppress(OSError):
                 os.write(log_fd, f"[aidp] {exc}\n".encode())
-            await self._conclude(job, self._result(job, Status.ERROR, str(exc), started_at), log_path)
+            if job.cancel.is_set():  # cancelled while a backend waited for a place to start it
+                result = self._result(job, Status.CANCELLED, f"{job.why_cancelled} before it started", started_at)
+            else:
+                result = self._result(job, Status.ERROR, str(exc), started_at)
+            await self._conclude(job, result, log_path)
             return
         finally:
             os.close(log_fd)
@@ -722,9 +726,8 @@ class Run:
         said in the events and changes nothing else: the work stays in the worktree."""
         if self.options.commit == "never" or (self.options.commit == "on-success" and status != Status.COMPLETED):
             return
-        task = job.ws.task.strip().splitlines()[0][:100]
         try:
-            commit = await gitrepo.commit_all(Path(job.ws.path), f"{job.ws.slug}: {task}")
+            commit = await gitrepo.commit_all(Path(job.ws.path), commit_message(job.ws))
         except (GitError, OSError) as exc:
             message = f"auto-commit failed: {exc}"
         else:
@@ -736,7 +739,9 @@ class Run:
         except sqlite3.Error as exc:  # the commit is in git either way; the result must still be recorded
             log.warning("%s: %s, but the event could not be recorded: %s", job.ws.slug, message, exc)
 
-    async def _start(self, job: Job, argv: list[str], env: dict[str, str], log_fd: int, log_path: Path) -> Attempt:
+    async def _start(
+        self, job: Job, template: list[str], values: dict[str, str], env: dict[str, str], log_fd: int, log_path: Path
+    ) -> Attempt:
         """Start the harness through the run's backend; its task file (`AIDP_TASK_FILE`) is its
         stdin with `stdin = "task"`. While a backend waits for a place (a remote slot), the
         workstream stays `queued`, saying what it waits for."""
@@ -757,15 +762,23 @@ class Run:
 
         launch = Launch(
             run_id=self.run_id,
-            ws=job.ws,
+            slug=job.ws.slug,
+            worktree=Path(job.ws.path),
             attempt=job.attempt,
-            argv=argv,
+            argv=build_argv(template, values),
             env=env,
             log_fd=log_fd,
             log_path=log_path,
             stdin=Path(env["AIDP_TASK_FILE"]) if self.options.stdin == "task" else None,
             sandbox=job.box.prefix if job.box else (),
             waiting=waiting,
+            cancel=job.cancel,
+            command=template,
+            values=values,
+            extra_env=self.options.env,
+            grace_s=self.options.grace_s,
+            commit=self.options.commit,
+            commit_message=commit_message(job.ws),
         )
         return await self.options.backend.start(launch)
 
