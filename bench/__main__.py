@@ -21,7 +21,20 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import check, conflicts, containment, flood, makespan, memory, order, overhead, retention, sandbox, startup
+from bench import (
+    check,
+    cluster,
+    conflicts,
+    containment,
+    flood,
+    makespan,
+    memory,
+    order,
+    overhead,
+    retention,
+    sandbox,
+    startup,
+)
 from bench.common import Params, Section
 from bench.report import machine_info, merge_docs, print_table, write_docs
 
@@ -38,6 +51,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "sandbox": sandbox.run,
     "order": order.run,
     "retention": retention.run,
+    "ray": cluster.run,
 }
 
 

@@ -37,6 +37,8 @@ class Params:
     order_reps: int = 5
     retention_ws: int = 100
     retention_rounds: int = 1000
+    ray_n: int = 200  # `true` runs per executor, 8 at a time (issue 14's Ray executor)
+    ray_reps: int = 2
 
     @classmethod
     def for_mode(cls, quick: bool, work: Path) -> Params:
@@ -63,6 +65,8 @@ class Params:
             order_reps=1,
             retention_ws=20,
             retention_rounds=50,
+            ray_n=40,
+            ray_reps=1,
         )
 
 
