@@ -92,7 +92,7 @@ export interface WorkstreamResult {
   logPath: string | null;
   /** How it ran sandboxed ("bwrap", maybe with ", no network", ", others hidden"); null: unsandboxed. */
   sandbox?: string | null;
-  /** The machine its harness ran on (`[executor] kind = "ray"`: a Ray node's address); null: the server's own. */
+  /** The machine its harness ran on (`[executor] kind = "ray"`: a Ray node's host name); null: the server's own. */
   host?: string | null;
   /** Which attempt this result is (with `[harness] retries`, each attempt is its own record); 1 without retries. */
   attempt?: number;
@@ -159,7 +159,7 @@ export interface CurrentRun {
   waiting?: string | null;
   /** While running: the harness's latest progress report (at most a second old); null when it said none. */
   progress?: Progress | null;
-  /** While running: the machine its harness runs on (a Ray node's address); null: the server's own. */
+  /** While running: the machine its harness runs on (a Ray node's host name); null: the server's own. */
   host?: string | null;
 }
 
@@ -423,7 +423,7 @@ export interface WsStatusNotification {
   waiting?: string | null;
   /** With `running`: the harness's latest progress; a `running` notification is sent again when it changes. */
   progress?: Progress | null;
-  /** With `running` and the final status: the machine the harness runs on (a Ray node); null: the server's own. */
+  /** With `running` and the final status: the machine the harness runs on (a Ray node's host name); null: the server's own. */
   host?: string | null;
 }
 
