@@ -19,6 +19,8 @@ import signal
 from functools import cache
 from pathlib import Path
 
+from aidp.engine import kernfs
+
 log = logging.getLogger(__name__)
 
 _disabled = False
@@ -61,7 +63,7 @@ def place(run_id: str, slug: str, attempt: int = 1) -> Path | None:
 def cpu_s(path: Path) -> float | None:
     """CPU time used by everything that ever ran in the cgroup (the kernel counts the dead too)."""
     try:
-        stat = (path / "cpu.stat").read_text()
+        stat = kernfs.read_text(path / "cpu.stat")
     except OSError:
         return None
     usec = next((int(line.split()[1]) for line in stat.splitlines() if line.startswith("usage_usec ")), None)
@@ -84,7 +86,7 @@ def create(path: Path | None) -> Path | None:
 
 def members(path: Path) -> list[int]:
     try:
-        return [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+        return [int(pid) for pid in kernfs.read_text(path / "cgroup.procs").split()]
     except (FileNotFoundError, ProcessLookupError):
         return []
 
@@ -92,7 +94,7 @@ def members(path: Path) -> list[int]:
 def populated(path: Path) -> bool:
     """Any live process left (zombies count until reaped, as for a process group)."""
     try:
-        return "populated 1" in (path / "cgroup.events").read_text()
+        return "populated 1" in kernfs.read_text(path / "cgroup.events")
     except FileNotFoundError:
         return False
 

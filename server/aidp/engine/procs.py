@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from aidp.engine import cgroups
+from aidp.engine import cgroups, kernfs
 
 PROC = Path("/proc")
 
@@ -24,7 +24,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     """Fields 3.. of /proc/<pid>/stat (state first); the command name may hold spaces and
     parentheses, so split after the last ')'."""
     try:
-        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return kernfs.read_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
 
@@ -81,7 +81,7 @@ def usage(tree: Tree) -> tuple[int, float]:
     for pid in pids:
         fields = _stat_fields(pid)
         try:
-            resident = int((PROC / str(pid) / "statm").read_text().split()[1])
+            resident = int(kernfs.read_text(f"/proc/{pid}/statm").split()[1])
         except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
             continue
         if fields:
