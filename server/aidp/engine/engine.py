@@ -374,16 +374,15 @@ class Engine:
 
     async def leftover_worktrees(self) -> list[gitrepo.Worktree]:
         """Worktrees in the worktrees folder that are no workstream (an interrupted `create` or `remove`
-        left them): `create` of their slug adopts them."""
+        left them): `create` of their slug adopts them. git is asked only when the folder holds
+        something that is no workstream's (`git worktree list` reads every worktree: seconds at
+        thousands)."""
         if not self.worktrees_dir.is_dir():
             return []
-        known = {ws.path for ws in await self.db.call(self.db.store.all)}
+        known = set(await self.db.call(self.db.store.paths))
         held = {op.slug for op in await self.db.call(self.db.store.operations)}
-        return [
-            w
-            for w in await gitrepo.worktrees(self.root)
-            if w.path.parent == self.worktrees_dir and str(w.path) not in known and w.path.name not in held
-        ]
+        strangers = {p for p in self.worktrees_dir.iterdir() if str(p) not in known and p.name not in held}
+        return [w for w in await gitrepo.worktrees(self.root) if w.path in strangers] if strangers else []
 
     async def _settled_workstreams(self) -> list[Workstream]:
         """For a run: what a dead process left running is stopped first, so its workstreams can run."""

@@ -522,6 +522,10 @@ class Store:
     def all(self) -> list[Workstream]:
         return [_workstream(row) for row in self._db.execute(f"{_WS_QUERY} ORDER BY w.created_at, w.slug")]
 
+    def paths(self) -> list[str]:
+        """Every workstream's worktree path (what `all` reads, without building the records)."""
+        return [row[0] for row in self._db.execute("SELECT path FROM workstreams")]
+
     def delete(self, slug: str, token: str | None = None) -> list[str]:
         """Delete the workstream and end the removal that `token` held, in one transaction. Its
         dependents stop waiting for it (said in their events); returns them."""
