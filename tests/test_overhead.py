@@ -7,7 +7,9 @@ Real SQLite files, real git repositories, real processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -18,9 +20,9 @@ import pytest
 from conftest import toml_list, write_config
 from support import PYTHON
 
-from aidp.engine import Engine, Status
+from aidp.engine import Engine, Status, procs
 from aidp.engine.errors import ConfigError
-from aidp.engine.harness import PidfdWatcher, spawn
+from aidp.engine.harness import spawn
 from aidp.engine.store import AsyncStore, Store
 
 pytestmark = pytest.mark.timeout(120)
@@ -99,13 +101,50 @@ async def test_children_are_reaped_through_their_pidfd_with_their_exit_status(tm
         gate = tmp_path / "gate"
         wait_for_gate = f"import os, time, sys\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\nsys.exit(3)"
         proc = await spawn([PYTHON, "-c", wait_for_gate], tmp_path, dict(os.environ), log_fd)
-        assert isinstance(asyncio.get_child_watcher(), PidfdWatcher)
         assert not [t for t in threading.enumerate() if t.name == f"waitpid-{proc.pid}"]  # no thread for it
         gate.touch()
         assert await proc.wait() == 3
+        assert proc.returncode == 3
         killed = await spawn(["sleep", "30"], tmp_path, dict(os.environ), log_fd)
-        killed.kill()
+        os.killpg(killed.pid, signal.SIGKILL)
         assert await killed.wait() == -9
+    finally:
+        os.close(log_fd)
+
+
+def carrying(marker: bytes) -> list[int]:
+    """Live processes whose environment holds `marker` (a zombie's reads empty)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+def our_zombies() -> list[int]:
+    """Children of this process (any of its threads) that exited and were never reaped."""
+    children = [
+        int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()
+    ]
+    return [pid for pid in children if (fields := procs._stat_fields(pid)) is not None and fields[0] == "Z"]
+
+
+async def test_a_spawn_cancelled_while_its_thread_starts_the_child_kills_and_reaps_it(tmp_path: Path) -> None:
+    """The child is started on a worker thread; a cancel that comes meanwhile must not leave it
+    running (nobody would end it) nor unreaped."""
+    marker = f"AIDP_TEST_MARK=cancelled-spawn-{os.getpid()}"
+    env = {**os.environ, "AIDP_TEST_MARK": marker.split("=", 1)[1]}
+    log_fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        starting = asyncio.create_task(spawn(["sleep", "30"], tmp_path, env, log_fd))
+        await asyncio.sleep(0)  # the task now waits for the thread
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert not carrying(marker.encode())
+        assert not our_zombies()
     finally:
         os.close(log_fd)
 

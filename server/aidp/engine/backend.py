@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aidp.engine import cgroups, procs
-from aidp.engine.harness import StartError, spawn
+from aidp.engine.harness import Child, StartError, spawn
 from aidp.engine.model import Workstream
 
 
@@ -91,7 +91,7 @@ class LocalAttempt:
     host: str | None = None
     lost: str | None = None
 
-    def __init__(self, proc: asyncio.subprocess.Process, tree: procs.Tree, run_id: str, slug: str) -> None:
+    def __init__(self, proc: Child, tree: procs.Tree, run_id: str, slug: str) -> None:
         self._proc = proc
         self.tree = tree
         self.run_id = run_id

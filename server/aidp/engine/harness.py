@@ -4,10 +4,12 @@ its environment, and the spawn itself (own session, stdin closed, output straigh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +81,9 @@ class PidfdWatcher(asyncio.AbstractChildWatcher):
 
     def remove_child_handler(self, pid: int) -> bool:
         return self._fallback.remove_child_handler(pid)
+
+
+_REAPER = PidfdWatcher()  # `Child`'s: the policy's watcher is deprecated API from Python 3.12 on
 
 
 def watch_children_by_pidfd() -> None:
@@ -177,7 +182,7 @@ async def spawn(
     cgroup: Path | None = None,
     stdin: Path | None = None,
     sandbox: Sequence[str] = (),
-) -> asyncio.subprocess.Process:
+) -> Child:
     """Start the harness in its own session (so cancel reaches its whole tree) and, given one, in
     its cgroup before its first instruction. The child writes into the log file itself: every byte
     is kept, and a flood costs the engine nothing. Its stdin is `stdin` (a file: never aidp's own
@@ -194,16 +199,20 @@ async def spawn(
             argv = ["/bin/sh", "-c", _JOIN_THEN_EXEC, "aidp-join", str(cgroup), *argv]
         if stdin is not None:
             stdin_fd = os.open(stdin, os.O_RDONLY | os.O_CLOEXEC)
-        watch_children_by_pidfd()
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        stdin_arg = subprocess.DEVNULL if stdin_fd is None else stdin_fd
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=stdin_arg, stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+        loop = asyncio.get_running_loop()
+        started = loop.run_in_executor(None, start)
+        try:
+            return Child(await asyncio.shield(started), loop)
+        except asyncio.CancelledError:
+            await _abandon(started)
+            raise
     except FileNotFoundError as exc:
         if not cwd.is_dir():
             raise StartError(f"worktree {cwd} is missing; remove the workstream and create it again") from exc
@@ -220,6 +229,46 @@ async def spawn(
     finally:
         if stdin_fd is not None:
             os.close(stdin_fd)
+
+
+class Child:
+    """A started harness: its pid and, once reaped, its exit code (negative: the signal that ended
+    it), as `asyncio.subprocess.Process` has them. `spawn` starts it on a worker thread: with vfork
+    the caller stands still until the child has exec'd, which on a loaded machine took milliseconds
+    of the event loop per harness (bench: overhead). Its exit is reaped through its pidfd."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.pid = popen.pid
+        self._popen = popen  # told the exit code too, so it never reaps the child itself
+        self._loop = loop
+        self._exited: asyncio.Future[int] = loop.create_future()
+        _REAPER.add_child_handler(self.pid, self._reaped)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        """Until the child has exited; a cancelled wait leaves the others waiting."""
+        return await asyncio.shield(self._exited)
+
+    def _reaped(self, pid: int, code: int) -> None:  # from the loop, or from a waiter thread
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            self._loop.call_soon_threadsafe(self._set, code)
+
+    def _set(self, code: int) -> None:
+        self._popen.returncode = code
+        self._exited.set_result(code)
+
+
+async def _abandon(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    """A spawn cancelled while its thread starts the child: the child is killed and reaped before
+    the cancellation goes on (as asyncio does with a cancelled `create_subprocess_exec`)."""
+    with contextlib.suppress(Exception):
+        child = Child(await started, asyncio.get_running_loop())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        await child.wait()
 
 
 def check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
