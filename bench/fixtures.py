@@ -25,7 +25,7 @@ GIT_IDENTITY = {
 }
 ENV = {**os.environ, **GIT_IDENTITY}
 SERVE_FALLBACK = (
-    "from aidp.server.app import serve; from pathlib import Path; import sys; "
+    "from aidp.server.lifecycle import serve; from pathlib import Path; import sys; "
     "raise SystemExit(serve(Path(sys.argv[1])))"
 )
 

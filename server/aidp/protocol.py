@@ -7,12 +7,11 @@ Every incoming payload is validated with `msgspec.convert(params, <Params>)`, so
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
 from aidp.engine.config import MIN_TIMEOUT_S
-from aidp.engine.doctor import DoctorReport, Finding
 from aidp.engine.events import RunProgress, StatusChanged
 from aidp.engine.model import (
     PRIORITY_RANGE,
@@ -25,6 +24,9 @@ from aidp.engine.model import (
     Workstream,
     WorkstreamResult,
 )
+
+if TYPE_CHECKING:
+    from aidp.engine.doctor import DoctorReport, Finding
 
 # The status and progress notifications are the engine's own events, forwarded unchanged.
 WsStatusNotification = StatusChanged
@@ -43,6 +45,17 @@ __all__ = [
     "WsOutputNotification",
     "WsStatusNotification",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`aidp/doctor`'s records, imported on first use: the doctor imports the whole engine, and
+    the server answers `initialize` with this module loaded (PEP 562)."""
+    if name in ("DoctorReport", "Finding"):
+        from aidp.engine import doctor
+
+        return getattr(doctor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 WS_RUN = "aidp/wsRun"
 WS_RUN_ALL = "aidp/wsRunAll"
@@ -188,3 +201,80 @@ class WsOutputNotification(Record):
     run_id: str
     slug: str
     text: str
+
+
+# -- the LSP lifecycle: as much of it as aidp speaks ---------------------------------------------
+# aidp is no language server: it answers these itself (`aidp.server.lifecycle`), so the LSP's type
+# library (lsprotocol, about a thousand classes) is never needed to start or to report progress.
+
+INITIALIZE = "initialize"
+INITIALIZED = "initialized"
+SHUTDOWN = "shutdown"
+EXIT = "exit"
+CANCEL_REQUEST = "$/cancelRequest"
+PROGRESS = "$/progress"
+WORK_DONE_PROGRESS_CREATE = "window/workDoneProgress/create"
+
+
+class Lsp(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """Base for LSP's own messages: camelCase, unknown fields ignored (clients send many)."""
+
+
+class WorkspaceFolder(Lsp):
+    uri: str
+    name: str = ""
+
+
+class WindowClientCapabilities(Lsp):
+    work_done_progress: bool = False
+
+
+class ClientCapabilities(Lsp):
+    window: WindowClientCapabilities | None = None
+
+
+class InitializeParams(Lsp):
+    process_id: int | None = None
+    root_uri: str | None = None
+    workspace_folders: list[WorkspaceFolder] | None = None
+    capabilities: ClientCapabilities = msgspec.field(default_factory=ClientCapabilities)
+
+
+class ServerInfo(Lsp):
+    name: str
+    version: str
+
+
+class InitializeResult(Lsp):
+    """`capabilities` is empty: no LSP feature is offered, everything aidp does is a custom method."""
+
+    capabilities: dict[str, Any]
+    server_info: ServerInfo
+
+
+class CancelParams(Lsp):
+    id: int | str
+
+
+class WorkDoneProgressCreateParams(Lsp):
+    token: str
+
+
+class WorkDoneProgressBegin(Lsp, tag_field="kind", tag="begin"):
+    title: str
+    percentage: int | None = None
+    cancellable: bool = False
+
+
+class WorkDoneProgressReport(Lsp, tag_field="kind", tag="report"):
+    message: str | None = None
+    percentage: int | None = None
+
+
+class WorkDoneProgressEnd(Lsp, tag_field="kind", tag="end"):
+    message: str | None = None
+
+
+class ProgressParams(Lsp):
+    token: str
+    value: WorkDoneProgressBegin | WorkDoneProgressReport | WorkDoneProgressEnd

@@ -106,8 +106,8 @@ function serverArgv(repo) {
     return { via: 'cli', argv: ['-m', 'aidp', 'serve', '--root', repo] };
   }
   const code =
-    'from aidp.server.app import serve; from pathlib import Path; import sys; raise SystemExit(serve(Path(sys.argv[1])))';
-  return { via: 'aidp.server.app.serve', argv: ['-c', code, repo] };
+    'from aidp.server.lifecycle import serve; from pathlib import Path; import sys; raise SystemExit(serve(Path(sys.argv[1])))';
+  return { via: 'aidp.server.lifecycle.serve', argv: ['-c', code, repo] };
 }
 
 describe('aidp serve, driven by vscode-jsonrpc', { timeout: 300_000 }, () => {

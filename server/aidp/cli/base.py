@@ -5,10 +5,12 @@ module can import it without a circle: base <- render <- handlers <- wiring <- m
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aidp.engine import Engine
 from aidp.engine.errors import AidpError, ConfigError, InvalidInput, NotARepository
+
+if TYPE_CHECKING:
+    from aidp.engine import Engine
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -29,7 +31,7 @@ class Args(Protocol):
     def __getattr__(self, name: str) -> Any: ...
 
 
-Handler = Callable[[Engine, "Args"], Awaitable[int]]  # `aidp ws <name>`: runs on the repository's engine
+Handler = Callable[["Engine", "Args"], Awaitable[int]]  # `aidp ws <name>`: runs on the repository's engine
 
 
 class UsageError(Exception):

@@ -11,10 +11,7 @@ from pathlib import Path
 import msgspec
 
 from aidp.cli import ready
-from aidp.cli.agents import task_of
 from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args, Handler
-from aidp.cli.bulk import create_all
-from aidp.cli.live import choose_view, watch_run
 from aidp.cli.patterns import expand
 from aidp.cli.progress_text import progress_text
 from aidp.cli.render import (
@@ -69,17 +66,14 @@ def main_ws(handler: Handler, args: Args) -> int:
     return with_engine(handler, args, create=creating, start_over=creating)
 
 
-def main_serve(args: Args) -> int:
-    from aidp.server.app import serve  # imported late: the CLI works without the server's dependencies loaded
-
-    return serve(args.root)
-
-
 def print_json(value: object) -> None:
     print(msgspec.json.encode(value).decode(), flush=True)
 
 
 async def ws_new(engine: Engine, args: Args) -> int:
+    from aidp.cli.agents import task_of
+    from aidp.cli.bulk import create_all
+
     if args.from_file is not None:  # the parser let through either --from or a slug and its task
         return await create_all(engine, args.from_file)
     priority = 0 if args.priority is None else args.priority
@@ -209,6 +203,8 @@ def print_summary(summary: RunSummary, as_json: bool) -> int:
 
 
 async def ws_run(engine: Engine, args: Args) -> int:
+    from aidp.cli.live import choose_view, watch_run  # rich's live display: only a run needs it
+
     summary = await watch_run(engine, lambda: start_run(engine, args), choose_view(args.json))
     if args.notify:
         await ready.notify(summary)

@@ -8,14 +8,15 @@ import shutil
 import sys
 import textwrap
 import time
-
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from aidp.cli.progress_text import progress_text
 from aidp.engine.events import StatusChanged
-from aidp.engine.executor import Run
-from aidp.engine.gitrepo import Worktree
 from aidp.engine.model import ChangeSummary, RunSummary, Status, Workstream, WorkstreamResult, priority_name
+
+if TYPE_CHECKING:
+    from aidp.engine.executor import Run
+    from aidp.engine.gitrepo import Worktree
 
 EMOJI = {
     Status.QUEUED: "🕒",
@@ -129,7 +130,12 @@ def terminal_width() -> int:
 
 
 def cut(text: str, width: int) -> str:
-    """`text` within `width` terminal cells (wide characters count two), '…' where it was cut."""
+    """`text` within `width` terminal cells (wide characters count two), '…' where it was cut.
+    Short ASCII text is left as it is without importing rich (`aidp ws list` starts faster)."""
+    if text.isascii() and text.isprintable() and len(text) <= width:
+        return text
+    from rich.text import Text
+
     line = Text(text)
     line.truncate(max(width, 1), overflow="ellipsis")
     return line.plain

@@ -1,6 +1,11 @@
 """`aidp serve`: the engine over JSON-RPC (pygls, LSP framing on stdio). A thin adapter: each
 request is validated with its msgspec Struct from `aidp.protocol`, handed to the engine, and the
 engine's events are forwarded as notifications. The contract is `docs/protocol.md`.
+
+pygls is the JSON-RPC layer only (`JsonRPCServer`): aidp is no language server, so the LSP
+lifecycle it speaks (`initialize`, `shutdown`, `exit`, `$/cancelRequest`, work-done progress) is
+answered here with aidp's own types, and `aidp.server.lifecycle` answers `initialize` before this
+module is even imported.
 """
 
 from __future__ import annotations
@@ -9,7 +14,6 @@ import asyncio
 import logging
 import math
 import signal
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +21,6 @@ from typing import Any, TypeVar
 
 import attrs
 import msgspec
-from lsprotocol import types as lsp
 from pygls.exceptions import (
     JsonRpcException,
     JsonRpcInternalError,
@@ -25,11 +28,9 @@ from pygls.exceptions import (
     JsonRpcInvalidRequest,
     JsonRpcServerError,
 )
-from pygls.lsp.server import LanguageServer
-from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, LanguageServerProtocol, default_converter
-from pygls.uris import to_fs_path
+from pygls.protocol import JsonRPCNotification, JsonRPCProtocol, JsonRPCRequestMessage, default_converter
+from pygls.server import JsonRPCServer
 
-import aidp
 from aidp import protocol as p
 from aidp.engine import Engine
 from aidp.engine.doctor import diagnose
@@ -38,9 +39,9 @@ from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, RunProgres
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
 from aidp.engine.model import FINAL_STATUSES, RunSummary, Workstream
-from aidp.server import wire
+from aidp.server import lifecycle, wire
 from aidp.server.coalesce import Coalesced
-from aidp.server.stdio import PipeWriter, detach_stdout, open_pipes
+from aidp.server.stdio import PipeWriter
 
 log = logging.getLogger("aidp.server")
 
@@ -98,11 +99,11 @@ def to_jsonrpc(exc: AidpError) -> JsonRpcException:
     return JsonRpcException(str(exc), p.REQUEST_FAILED)
 
 
-class AidpProtocol(LanguageServerProtocol):
+class AidpProtocol(JsonRPCProtocol):
     """pygls's message handling, with every request answered: a body that cannot be decoded gets
-    the JSON-RPC error for it (`wire.decode`), a standard request whose params do not fit LSP's
-    types gets -32602 (pygls would answer nothing), a second `initialize` and any request after
-    the `shutdown` reply get an error (pygls would switch repositories, or stay silent)."""
+    the JSON-RPC error for it (`wire.decode`), `initialize` with params that do not fit LSP's
+    shape gets -32602, a second `initialize` and any request after the `shutdown` reply get an
+    error. The lifecycle messages are handled here, the rest by pygls's dispatch."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -127,21 +128,68 @@ class AidpProtocol(LanguageServerProtocol):
             if refusal := self._refusal(method):
                 self._send_response(data["id"], error=refusal.to_response_error())
                 return
+            if method == p.INITIALIZE:
+                self._initialize(data["id"], data.get("params"))
+                return
             if method not in (p.WS_RUN, p.WS_RUN_ALL):
                 self.unanswered.add(data["id"])
+        elif method == p.EXIT:
+            self._exit()
+        elif method == p.CANCEL_REQUEST:
+            self._cancel(data.get("params"))
+            return
+        elif method == p.INITIALIZED:
+            return
         try:
             message = self.structure_message(data)
         except JsonRpcException as exc:  # a notification or response pygls cannot make sense of
             log.warning("skipped a message pygls cannot read: %s", exc)
             return
-        if message is not None and method == lsp.INITIALIZE:
-            self.initialized = True
         self.handle_message(message)
+
+    def _initialize(self, msg_id: Any, params: Any) -> None:
+        """`initialize` that came after another message (usually `aidp.server.lifecycle` answers it)."""
+        try:
+            parsed = lifecycle.initialize_params(params)
+        except lifecycle.BadInitialize as exc:
+            self._send_response(msg_id, error=JsonRpcInvalidParams(str(exc)).to_response_error())
+            return
+        self.aidp.begin(parsed)
+        self._send_response(msg_id, result=msgspec.to_builtins(lifecycle.RESULT))
+
+    def _cancel(self, params: Any) -> None:
+        """`$/cancelRequest`: pygls cancels the request's task (a run then cancels its workstreams)."""
+        try:
+            cancel = msgspec.convert(params, p.CancelParams)
+        except msgspec.ValidationError as exc:
+            log.warning("skipped a $/cancelRequest it cannot read: %s", exc)
+            return
+        self._handle_cancel_notification(cancel.id)
+
+    def _exit(self) -> None:
+        """`exit`: code 0 after `shutdown`, else 1 (LSP); the server stops like at end of input."""
+        if isinstance(self.writer, PipeWriter):
+            self.writer.close()
+        raise SystemExit(0 if self._shutdown else 1)
+
+    def shut_down(self) -> None:
+        """After `shutdown` was handled: every other request still open is cancelled (answered so),
+        and from now on only `exit` is accepted."""
+        current = self.msg_id
+        for msg_id, future in self._request_futures.items():
+            if msg_id != current and not future.done():
+                future.cancel()
+        self._shutdown = True
+
+    @property
+    def aidp(self) -> AidpServer:
+        assert isinstance(self._server, AidpServer)
+        return self._server
 
     def _refusal(self, method: str) -> JsonRpcException | None:
         if self._shutdown:
             return JsonRpcException("the server has shut down: only 'exit' is accepted", p.REQUEST_FAILED)
-        if method == lsp.INITIALIZE and self.initialized:
+        if method == p.INITIALIZE and self.initialized:
             return JsonRpcInvalidRequest(
                 "the server is already initialized: one server serves one repository; start another for another"
             )
@@ -167,16 +215,17 @@ class AidpProtocol(LanguageServerProtocol):
             super().handle_message(message)
 
 
-class AidpServer(LanguageServer):
+class AidpServer(JsonRPCServer):
     protocol: AidpProtocol
 
     def __init__(self, root: Path | None) -> None:
-        super().__init__("aidp", aidp.__version__, protocol_cls=AidpProtocol, converter_factory=_converter)
+        super().__init__(protocol_cls=AidpProtocol, converter_factory=_converter)
         self.root_arg = root
         self.root: Path | None = None  # the repository, known even when its engine could not open
         self.engine: Engine | None = None
         self.engine_error: str | None = None
         self._initializing: asyncio.Future[None] | None = None
+        self.progress_supported = False  # the client accepts `window/workDoneProgress/create`
         self.stopping = False
         self.pending: set[asyncio.Task[Any]] = set()
         self._watch: asyncio.Task[None] | None = None
@@ -188,19 +237,15 @@ class AidpServer(LanguageServer):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def open_engine(self, params: lsp.InitializeParams) -> None:
-        self._initializing = asyncio.get_running_loop().create_future()
-        try:
-            await self._open_engine(params)
-        finally:
-            self._initializing.set_result(None)
+    def begin(self, params: p.InitializeParams) -> None:
+        """`initialize` is answered: note what the client supports and open the repository in the
+        background; requests that come before it is open wait for it (`require_engine`)."""
+        self.protocol.initialized = True
+        window = params.capabilities.window
+        self.progress_supported = window is not None and window.work_done_progress
+        self._initializing = asyncio.ensure_future(self._open_engine(lifecycle.start_dir(self.root_arg, params)))
 
-    async def _open_engine(self, params: lsp.InitializeParams) -> None:
-        start = self.root_arg
-        if start is None and params.workspace_folders:
-            start = Path(to_fs_path(params.workspace_folders[0].uri) or ".")
-        if start is None and params.root_uri:
-            start = Path(to_fs_path(params.root_uri) or ".")
+    async def _open_engine(self, start: Path | None) -> None:
         try:
             root = self.root = await asyncio.to_thread(find_root, start or Path.cwd())
             self.engine = await Engine.open(root, settle=False)
@@ -269,13 +314,16 @@ class AidpServer(LanguageServer):
         self.engine = None
         self.engine_error = "the server is shutting down"
 
-    async def read(self, frames: wire.FrameReader) -> int:
-        """Handle messages until end of input (0), `exit` (its exit code) or broken framing (1).
-        Backpressure: the next message is not read while MAX_UNANSWERED requests wait for their
-        answer or the client has too much unread; the client's pipe fills and it waits."""
+    async def read(self, frames: wire.FrameReader, first: bytes | None = None) -> int:
+        """Handle messages (`first`, if the start-up left one, then the stream's) until end of
+        input (0), `exit` (its exit code) or broken framing (1). Backpressure: the next message is
+        not read while MAX_UNANSWERED requests wait for their answer or the client has too much
+        unread; the client's pipe fills and it waits."""
+        left = first
         while True:
+            body, left = left, None
             try:
-                body = await frames.next_body()
+                body = body or await frames.next_body()
             except wire.FramingError as exc:
                 log.error("the message framing is broken (%s): ending the connection, so the client restarts", exc)
                 return 1
@@ -362,31 +410,37 @@ class AidpServer(LanguageServer):
             summary = await engine.wait(run)
         except asyncio.CancelledError:
             if token:
-                self.work_done_progress.end(token, lsp.WorkDoneProgressEnd(message="cancelled"))
+                self.send_progress(token, p.WorkDoneProgressEnd(message="cancelled"))
             raise
         finally:
             self._progress.pop(run.run_id, None)
         if token:
             message = ", ".join(summary.counts()) or "nothing to run"
-            self.work_done_progress.end(token, lsp.WorkDoneProgressEnd(message=message))
+            self.send_progress(token, p.WorkDoneProgressEnd(message=message))
         return summary
 
+    def send_progress(
+        self, token: str, value: p.WorkDoneProgressBegin | p.WorkDoneProgressReport | p.WorkDoneProgressEnd
+    ) -> None:
+        self.protocol.notify(p.PROGRESS, msgspec.to_builtins(p.ProgressParams(token=token, value=value)))
+
     async def _progress_begin(self, run: Run) -> str | None:
-        caps = self.client_capabilities.window
-        if not (caps and caps.work_done_progress):
+        if not self.progress_supported:
             return None
         token = str(uuid.uuid4())  # never reuse: clients keep finished tokens
+        create = msgspec.to_builtins(p.WorkDoneProgressCreateParams(token=token))
         try:
-            await asyncio.wait_for(self.work_done_progress.create_async(token), PROGRESS_CREATE_TIMEOUT_S)
+            await asyncio.wait_for(
+                self.protocol.send_request_async(p.WORK_DONE_PROGRESS_CREATE, create), PROGRESS_CREATE_TIMEOUT_S
+            )
         except (TimeoutError, JsonRpcException) as exc:
             log.warning("client refused progress token: %s", exc)
             return None
         total = len(run.jobs)
         noun = "workstream" if total == 1 else "workstreams"
-        self.work_done_progress.begin(
-            token, lsp.WorkDoneProgressBegin(title=f"Running {total} {noun}", percentage=0, cancellable=True)
-        )
-        report = ProgressReport(total, lambda r: self.work_done_progress.report(token, r))
+        begin = p.WorkDoneProgressBegin(title=f"Running {total} {noun}", percentage=0, cancellable=True)
+        self.send_progress(token, begin)
+        report = ProgressReport(total, lambda r: self.send_progress(token, r))
         self._progress[run.run_id] = report
         for slug, job in run.jobs.items():  # ended while the client was accepting the token
             if job.result is not None:
@@ -401,7 +455,7 @@ class ProgressReport:
     own progress (`percent` of their latest report), over the total. A report goes out only when
     its text or its (whole) percentage changes."""
 
-    def __init__(self, total: int, send: Callable[[lsp.WorkDoneProgressReport], None]) -> None:
+    def __init__(self, total: int, send: Callable[[p.WorkDoneProgressReport], None]) -> None:
         self._total = total
         self._send = send
         self._done: set[str] = set()
@@ -445,7 +499,7 @@ class ProgressReport:
         message, percentage = self._message(), self._percentage()
         if (message, percentage) != self._last:
             self._last = (message, percentage)
-            self._send(lsp.WorkDoneProgressReport(message=message, percentage=percentage))
+            self._send(p.WorkDoneProgressReport(message=message, percentage=percentage))
 
 
 def rough_duration(seconds: float) -> str:
@@ -461,13 +515,10 @@ def rough_duration(seconds: float) -> str:
 def create_server(root: Path | None) -> AidpServer:
     server = AidpServer(root)
 
-    @server.feature(lsp.INITIALIZE)
-    async def initialize(ls: AidpServer, params: lsp.InitializeParams) -> None:
-        await ls.open_engine(params)
-
-    @server.feature(lsp.SHUTDOWN)
+    @server.feature(p.SHUTDOWN)
     async def shutdown(ls: AidpServer, *_: Any) -> None:
         await ls.stop()
+        ls.protocol.shut_down()
 
     def request(
         method: str, params_cls: type[P]
@@ -581,15 +632,17 @@ def create_server(root: Path | None) -> AidpServer:
     return server
 
 
-async def _serve(server: AidpServer, stdin: Any, stdout: Any) -> int:
-    """Serve until end of input, `exit`, broken framing or a stop signal; then stop like at end
-    of input. The exit code: 0, or 1 for `exit` without `shutdown` and for broken framing, or
-    128 + the signal's number."""
-    frames, writer = await open_pipes(stdin, stdout)
+async def run(root: Path | None, frames: wire.FrameReader, writer: PipeWriter, opening: lifecycle.Opening) -> int:
+    """Serve what `aidp.server.lifecycle` started until end of input, `exit`, broken framing or a
+    stop signal; then stop like at end of input. The exit code: 0, or 1 for `exit` without
+    `shutdown` and for broken framing, or 128 + the signal's number."""
+    server = create_server(root)
     server.out = writer
     server.protocol.set_writer(writer)
+    if opening.initialize is not None:
+        server.begin(opening.initialize)
     loop = asyncio.get_running_loop()
-    reading = asyncio.ensure_future(server.read(frames))
+    reading = asyncio.ensure_future(server.read(frames, opening.first))
     stopped_by: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -608,15 +661,3 @@ async def _serve(server: AidpServer, stdin: Any, stdout: Any) -> int:
         await server.stop()
         await writer.drain(timeout_s=5)
         writer.close()
-
-
-def serve(root: Path | None) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="aidp serve: %(levelname)s %(message)s")
-    # pygls logs every error response with a traceback; `report_server_error` says what matters.
-    logging.getLogger("pygls").setLevel(logging.CRITICAL)
-    stdout = detach_stdout()
-    server = create_server(root)
-    try:
-        return asyncio.run(_serve(server, sys.stdin.buffer, stdout))
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT

@@ -17,9 +17,8 @@ import asyncio
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-
-import attrs
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_HEADER = 8 * 1024
@@ -163,10 +162,16 @@ class FrameReader:
         raise FramingError(f"Content-Length {length} is longer than the message, which ended after {end} bytes")
 
 
+def frame(message: dict[str, Any]) -> bytes:
+    """One message in LSP framing, as pygls writes it (JSON in ASCII, so characters = bytes)."""
+    body = json.dumps(message).encode()
+    return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
 # -- one body -> one message ------------------------------------------------------------------------
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Rejected:
     """A body that is no JSON-RPC message: the error to answer (to `msg_id`, JSON null if None),
     unless `answer` is False (a broken notification or response has nobody waiting for it)."""
