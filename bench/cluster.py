@@ -4,8 +4,9 @@ Two repositories, one per executor, each with its own `aidp serve`; the Ray one 
 instance aidp starts for itself (empty `[executor] address`: a one-node cluster on 127.0.0.1, the
 actors on this machine). Measured: the per-workstream cost of N runs of `true`, 8 at a time
 (wall, and CPU of each server's whole process tree), how late output lines reach a client (a
-harness printing the wall clock), the first run that starts the Ray instance, and the memory of
-each server's process tree (the Ray one's includes its Ray processes).
+harness printing the wall clock), the first run that starts the Ray instance, the memory of
+each server's process tree (the Ray one's includes its Ray processes), and, apart, what starting 8
+empty Ray actors at once costs (each is a fresh worker process, as each workstream's actor is).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ async def run(p: Params) -> list[Section]:
     finally:
         for client in clients.values():
             await client.close()
-    return [_section(p, n, first, idle, memory, times, cpu, latency)]
+    actors = _empty_actor_starts(p.ray_reps + 1)
+    return [_section(p, n, first, idle, memory, times, cpu, latency, actors)]
 
 
 async def _run(client: RpcClient, slugs: list[str], during: Callable[[], None] | None = None) -> float:
@@ -113,6 +115,31 @@ async def _latency(client: RpcClient, stampers: list[str]) -> list[float]:
     return ages
 
 
+def _empty_actor_starts(reps: int) -> list[float]:
+    """Seconds from asking for 8 actors that do nothing to hearing from all 8, in a Ray instance of
+    this process (after aidp's are gone): Ray's own cost of an actor, apart from aidp's work."""
+    import ray  # the optional extra, needed here only by this measure
+
+    @ray.remote
+    class Empty:
+        def ping(self) -> int:
+            return 1
+
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            actors = [Empty.options(num_cpus=0).remote() for _ in range(CONCURRENCY)]  # type: ignore[attr-defined]
+            ray.get([actor.ping.remote() for actor in actors])
+            times.append(time.perf_counter() - t0)
+            for actor in actors:
+                ray.kill(actor)
+        return times
+    finally:
+        ray.shutdown()
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     root = psutil.Process(pid)
     return [root, *root.children(recursive=True)]
@@ -157,6 +184,7 @@ def _section(
     times: dict[str, list[float]],
     cpu: dict[str, list[float]],
     latency: dict[str, list[float]],
+    actors: list[float],
 ) -> Section:
     section = Section("ray", f"Ray executor: {n} workstreams running `true`, {CONCURRENCY} at a time, Ray vs local")
     base, base_cpu = median(times["local"]), median(cpu["local"])
@@ -190,6 +218,13 @@ def _section(
                 f"with {CONCURRENCY} running",
             )
         )
+    section.rows.append(
+        Row(
+            f"{CONCURRENCY} empty Ray actors started at once",
+            fmt_s(median(actors)),
+            f"{fmt_ms(median(actors) / CONCURRENCY)} per actor; {len(actors)} repetitions",
+        )
+    )
     heavy = sorted(((v, k[4:]) for k, v in idle["ray"].items() if k.startswith("rss:")), reverse=True)[:6]
     section.figures = {
         "n": n,
@@ -199,6 +234,7 @@ def _section(
         "idle_memory": idle,
         "busy_memory": memory,
         "latency_s": latency,
+        "empty_actors_s": actors,
     }
     section.notes.append(
         "Both sides go through a running `aidp serve` (`aidp/wsRun` of the same N workstreams, request to answer), "
