@@ -31,6 +31,7 @@ class Params:
     memory_n: int = 64  # the most the repository's bound allows at once
     memory_sleep_s: float = 4.0
     memory_reps: int = 3
+    memory_listed: int = 10_000
     startup_reps: int = 10
     conflicts_n: int = 20
     conflicts_reps: int = 7
@@ -60,6 +61,7 @@ class Params:
             idle_samples=50,
             memory_sleep_s=2.0,
             memory_reps=1,
+            memory_listed=2_000,
             startup_reps=3,
             conflicts_reps=3,
             order_reps=1,

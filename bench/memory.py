@@ -1,18 +1,25 @@
-"""Scenario 5: the server's memory idle and with 100 workstreams running at once.
+"""Scenario 5: the server's memory idle, with n workstreams running at once, and after listing
+many (issue 13: 10,000).
 
-`maxConcurrent` is capped at 64 by the protocol, so 100 at once are two concurrent `aidp/wsRun`
-requests of 50 each (disjoint slugs, one server): the server holds 100 running jobs either way.
+`maxConcurrent` is capped at 64 by the protocol, so n at once are two concurrent `aidp/wsRun`
+requests of n/2 each (disjoint slugs, one server): the server holds n running jobs either way.
+The listed workstreams are rows inserted into the store directly (creating 10,000 worktrees takes
+hours): their worktrees and branches do not exist, so the list carries no change summaries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
+from aidp.engine.model import Status, Workstream, utc_now
+from aidp.engine.store import Store
 from bench.common import Params, Row, Section, fmt_mb, median
 from bench.fixtures import create_workstreams, make_repo, proc_status, start_server
 
 BATCHES = 2
+INSERTS_PER_TRANSACTION = 1000
 
 
 async def run(p: Params) -> list[Section]:
@@ -55,18 +62,61 @@ async def run(p: Params) -> list[Section]:
             assert summary["completed"] == size, summary
         await client.close()
 
+    listed = await _listed_rss(p)
     rss_idle, rss_busy = median(idle), median(busy)
     section = Section("memory", f"Memory: server RSS idle and with {n} workstreams running")
     section.rows.append(Row("server RSS idle", fmt_mb(rss_idle)))
     section.rows.append(Row(f"server RSS, {n} running", fmt_mb(rss_busy)))
     section.rows.append(Row("per running workstream", f"{(rss_busy - rss_idle) / n / 1e3:.1f} kB"))
-    section.figures = {"n": n, "idle_rss": idle, "busy_rss": busy}
+    section.rows.append(
+        Row(f"server RSS after listing {p.memory_listed:,}", fmt_mb(median(listed)), f"max {fmt_mb(max(listed))}")
+    )
+    section.figures = {"n": n, "idle_rss": idle, "busy_rss": busy, "listed_n": p.memory_listed, "listed_rss": listed}
     section.notes.append(
         f"VmRSS of the server process (children not included) from `/proc/<pid>/status`: idle after "
         f"`initialize` and one `aidp/wsList` with {n} workstreams defined; busy = the largest of 5 samples "
         f"taken once all {n} `sleep {p.memory_sleep_s:g}` harnesses are `running`. The protocol caps "
         f"`maxConcurrent` at 64, so the {n} run as {BATCHES} concurrent `aidp/wsRun` requests of {n // BATCHES}. "
         f"A fresh server per repetition, {p.memory_reps} repetitions, medians; "
-        "per workstream = (busy − idle) / n."
+        "per workstream = (busy − idle) / n. "
+        f"Listed: {p.memory_listed:,} workstreams inserted into `.aidp/state.db` directly (no worktrees or "
+        "branches: no change summaries), VmRSS after `initialize` and 3 `aidp/wsList` requests answered "
+        f"(the largest of the samples after each), a fresh server per repetition."
     )
     return [section]
+
+
+async def _listed_rss(p: Params) -> list[float]:
+    repo = make_repo(p.work / "memory-listed", ["true"])
+    store = Store(repo / ".aidp" / "state.db", True)
+    try:
+        now = utc_now()
+        rows = [
+            Workstream(
+                slug=f"listed-{i:05d}",
+                task=f"bench task {i}: a line of text about the size of a real task",
+                status=Status.ACTIVE,
+                branch=f"aidp/listed-{i:05d}",
+                path=str(repo / ".worktrees" / f"listed-{i:05d}"),
+                base_branch="main",
+                command=None,
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(p.memory_listed)
+        ]
+        for start in range(0, len(rows), INSERTS_PER_TRANSACTION):
+            store.group([functools.partial(store.insert, ws) for ws in rows[start : start + INSERTS_PER_TRANSACTION]])
+    finally:
+        store.close()
+    samples: list[float] = []
+    for _ in range(p.memory_reps):
+        client = await start_server(repo, p.work / "server-memory-listed.log")
+        peak = 0
+        for _ in range(3):
+            answer = await client.request("aidp/wsList", {})
+            assert len(answer["workstreams"]) == p.memory_listed
+            peak = max(peak, proc_status(client.pid, "VmRSS"))
+        samples.append(peak)
+        await client.close()
+    return samples
