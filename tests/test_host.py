@@ -1,7 +1,8 @@
 """The `host` of a run: the machine its harness runs on when that is not this one (`[executor]
 kind = "ray"`). Recorded with the run (`runs.host`, migration 9), kept with its result, and shown on
 every face: `ws status`, `ws list`, the plain status lines, `--json` and JSON-RPC. A local run has none,
-and says nothing of it."""
+and says nothing of it. Here the host is recorded as a backend's start records it; the same faces
+through a real Ray cluster are in test_ray.py."""
 
 from __future__ import annotations
 
