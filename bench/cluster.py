@@ -225,6 +225,16 @@ def _section(
             f"{fmt_ms(median(actors) / CONCURRENCY)} per actor; {len(actors)} repetitions",
         )
     )
+    per_ws, per_actor = median(times["ray"]) / n, median(actors) / CONCURRENCY
+    section.notes.append(
+        f"Where the time goes: a workstream costs {fmt_ms(per_ws)} through Ray against "
+        f"{fmt_ms(median(times['local']) / n)} locally, while the Ray side's whole process tree spends "
+        f"{fmt_ms(median(cpu['ray']) / n)} of CPU on it; {CONCURRENCY} actors that do nothing take "
+        f"{fmt_s(median(actors))} to start at once ({fmt_ms(per_actor)} each), because each actor is a Ray "
+        "worker process of its own. An actor per workstream (so that nothing ever runs twice, and a cancel or "
+        "a lost node ends exactly one harness) is the price; it matters for many short workstreams, not for "
+        "agents that run for minutes."
+    )
     heavy = sorted(((v, k[4:]) for k, v in idle["ray"].items() if k.startswith("rss:")), reverse=True)[:6]
     section.figures = {
         "n": n,

@@ -234,6 +234,15 @@ def headlines(sections: list[Section]) -> list[str]:
         )
     if f := by_key.get("order"):
         lines.append(_order_headline(f))
+    if f := by_key.get("ray"):
+        ray, local = median(f["times_s"]["ray"]) / f["n"], median(f["times_s"]["local"]) / f["n"]
+        ages = {kind: percentile(f["latency_s"][kind], 50) * 1e3 for kind in ("local", "ray")}
+        lines.append(
+            f"**Ray executor** ({f['n']} × `true`, 8 at a time, aidp's own one-node Ray): {ray * 1e3:.0f} ms per "
+            f"workstream against {local * 1e3:.0f} ms locally (each one an actor in a worker process of its own); "
+            f"output lines reach the client after {ages['ray']:.0f} ms (p50) against {ages['local']:.0f} ms; the "
+            f"server with its Ray instance holds {f['idle_memory']['ray']['rss'] / 1e6:.0f} MB RSS idle."
+        )
     if f := by_key.get("retention"):
         sizes = ", ".join(f"{name}: {size / 1e6:.1f} MB" for name, size in f["sizes_bytes"].items())
         lines.append(f"**Retention** (`state.db` after {f['runs']:,} runs): {sizes}.")
