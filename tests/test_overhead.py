@@ -158,6 +158,32 @@ async def test_without_pidfd_a_thread_reaps_the_child(tmp_path: Path, monkeypatc
     assert await proc.wait() == 5
 
 
+async def test_expected_durations_come_from_the_latest_runs_only(engine: Engine, repo: Path, tmp_path: Path) -> None:
+    """History is read per workstream through its index (not a window over every run): still each
+    one's own latest `history_runs` completed runs, else its command's latest by any workstream."""
+    seconds = tmp_path / "seconds"
+    write_config(repo, "[scheduler]\nhistory_runs = 2\n")
+    command = ["sh", "-c", f'sleep "$(cat {seconds})"']
+    await engine.create("a", "runs slow, then fast", command=command)
+
+    async def expected() -> dict[str, float | None]:
+        return {ws.slug: ws.expected_s for ws in await engine.workstreams(changes=False)}
+
+    seconds.write_text("3")
+    assert (await engine.run(["a"])).ok
+    slow = (await expected())["a"]
+    assert slow is not None and slow >= 3
+    seconds.write_text("0")
+    for _ in range(2):
+        assert (await engine.run(["a"])).ok
+    await engine.create("b", "never ran, same command", command=command)
+    await engine.create("c", "never ran, its own command", command=["true"])
+    now = await expected()
+    assert now["a"] is not None and now["a"] < 3  # the slow run is no longer among the latest 2
+    assert now["b"] == now["a"]  # the command's latest 2, whoever ran them
+    assert now["c"] is None
+
+
 async def test_the_config_is_read_again_after_every_edit(engine: Engine, repo: Path) -> None:
     assert engine.config().harness.command is None
     path = write_config(repo, f"[harness]\ncommand = {toml_list(['echo', 'one'])}\n")

@@ -597,22 +597,29 @@ class Store:
     def history(self, commands: Mapping[str, str], n: int) -> dict[str, History]:
         """For each slug in `commands` (slug -> its harness command as JSON): the median duration of
         its own latest `n` completed runs, else of the latest `n` completed runs of that command by
-        any workstream; and the highest peak memory among those same runs."""
+        any workstream; and the highest peak memory among those same runs.
+
+        Read at every run's start and every list, so it costs what the workstreams asked about
+        have, not every run ever recorded (a window over all runs took 0.3 s at 23,000 runs): each
+        one's latest runs come through its index, newest start first, which is newest end first
+        since one workstream's runs never overlap; a command's runs only for those without any."""
         own: dict[str, list[tuple[float, int | None]]] = {}
-        by_command: dict[str, list[tuple[float, int | None]]] = {}
         rows = self._db.execute(
-            "SELECT w.slug, r.command, r.duration_s, r.peak_rss_kb, "
-            "ROW_NUMBER() OVER (PARTITION BY r.ws_id ORDER BY r.finished_at DESC), "
-            "ROW_NUMBER() OVER (PARTITION BY r.command ORDER BY r.finished_at DESC) "
-            "FROM runs r LEFT JOIN workstreams w ON w.id = r.ws_id "
-            "WHERE r.status = ? AND r.duration_s IS NOT NULL AND r.command IS NOT NULL",
-            (Status.COMPLETED,),
+            "SELECT w.slug, r.duration_s, r.peak_rss_kb FROM workstreams w JOIN runs r ON r.rowid IN ("
+            "SELECT rowid FROM runs WHERE ws_id = w.id AND status = ? AND duration_s IS NOT NULL "
+            "AND command IS NOT NULL ORDER BY started_at DESC LIMIT ?) "
+            "WHERE w.slug IN (SELECT value FROM json_each(?))",
+            (Status.COMPLETED, n, json.dumps(list(commands))),
         )
-        for slug, command, duration, peak, nth_own, nth_command in rows:
-            if slug is not None and nth_own <= n:
-                own.setdefault(slug, []).append((duration, peak))
-            if nth_command <= n:
-                by_command.setdefault(command, []).append((duration, peak))
+        for slug, duration, peak in rows:
+            own.setdefault(slug, []).append((duration, peak))
+        by_command: dict[str, list[tuple[float, int | None]]] = {}
+        for command in {command for slug, command in commands.items() if slug not in own}:
+            by_command[command] = self._db.execute(
+                "SELECT duration_s, peak_rss_kb FROM runs WHERE command = ? AND status = ? "
+                "AND duration_s IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+                (command, Status.COMPLETED, n),
+            ).fetchall()
         found = {}
         for slug, command in commands.items():
             runs = own.get(slug) or by_command.get(command) or []
