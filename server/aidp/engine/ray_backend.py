@@ -282,6 +282,7 @@ class RayBackend:
             self._connected = address
 
     def _init(self, address: str) -> None:
+        _keep_stdout_clean()
         common: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
         if address:
             ray.init(address=address, **common)
@@ -394,6 +395,19 @@ class RayBackend:
             setup=worktree.setup if worktree else None,
             setup_timeout_s=worktree.setup_timeout_s if worktree else 1800.0,
         )
+
+
+def _keep_stdout_clean() -> None:
+    """Ray's driver prints the cluster's error messages (a node died) on sys.stdout, which is the
+    JSON-RPC channel of `aidp serve` and the JSON of `--json`: they go to aidp's log instead, and
+    Ray's own chatter at start-up (token authentication, signal handlers) below warnings is muted."""
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        for line in data.get("lines", []):
+            log.warning("ray (%s): %s", data.get("pid"), str(line).strip())
+
+    ray._private.worker.print_to_stdstream = to_log
+    logging.getLogger("ray").setLevel(logging.ERROR)
 
 
 async def _await(ref: Any) -> Any:

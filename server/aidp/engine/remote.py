@@ -122,18 +122,14 @@ class RemoteRun:
             yield {"error": str(exc)}
             return
         self._attempt = attempt
-        watchdog = _watch(attempt)
-        try:
-            yield {"started": attempt.child[0], "host": socket.gethostname()}
-            exited = asyncio.ensure_future(attempt.wait())
-            async for event in reader.follow(exited):
-                yield event
-            await attempt.stop(spec.grace_s, self._hurry)  # what outlived the harness goes too
-            async for event in reader.drain():
-                yield event
-        finally:
-            watchdog.kill()
-            watchdog.wait()
+        await asyncio.to_thread(_watch, attempt)
+        yield {"started": attempt.child[0], "host": socket.gethostname()}
+        exited = asyncio.ensure_future(attempt.wait())
+        async for event in reader.follow(exited):
+            yield event
+        await attempt.stop(spec.grace_s, self._hurry)  # what outlived the harness goes too
+        async for event in reader.drain():
+            yield event
         code = attempt.returncode
         notes, bundle = await self._bring_out(code == 0 and not self._stopped)
         yield {"end": code, "notes": notes, "bundle": bundle}
@@ -225,21 +221,26 @@ def _pread(path: Path, pos: int) -> bytes:
         os.close(fd)
 
 
-def _watch(attempt: LocalAttempt) -> subprocess.Popen[bytes]:
-    """The watchdog of this harness: a process of its own that outlives this worker."""
+def _watch(attempt: LocalAttempt) -> None:
+    """Start the watchdog of this harness. It detaches (a double fork): Ray ends a dying worker's
+    children, and the watchdog must outlive the worker to end what the harness left."""
     tree = attempt.tree
-    argv = [sys.executable, "-m", "aidp.engine.remote", str(os.getpid()), str(tree.pgid), str(tree.cgroup or "")]
-    return subprocess.Popen(
-        [*argv, attempt.run_id, attempt.slug], stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
-    )
+    pid, start = procs.self_identity()
+    argv = [sys.executable, "-m", "aidp.engine.remote", str(pid), str(start), str(tree.pgid), str(tree.cgroup or "")]
+    subprocess.run([*argv, attempt.run_id, attempt.slug], stdin=subprocess.DEVNULL, start_new_session=True, check=True)
 
 
 def main(argv: list[str]) -> None:
-    """The watchdog: when the worker process (`argv[0]`) is gone, SIGKILL the harness's tree:
-    its group, its cgroup, and what carries its environment marker."""
-    worker, pgid, cgroup, run_id, slug = int(argv[0]), int(argv[1]), argv[2], argv[3], argv[4]
+    """The watchdog: once detached, wait while the worker process (pid and start time) lives and
+    the harness's tree has processes; if the worker went first, SIGKILL the tree: its group, its
+    cgroup, and what carries its environment marker (a grandchild in a session of its own)."""
+    worker, started, pgid, cgroup, run_id, slug = int(argv[0]), int(argv[1]), int(argv[2]), argv[3], argv[4], argv[5]
+    if os.fork() > 0:
+        os._exit(0)  # the starter returns at once; this process is init's child now
     tree = procs.Tree(pgid=pgid, cgroup=Path(cgroup) if cgroup else None)
-    while os.getppid() == worker:
+    while procs.is_alive(worker, started):
+        if not tree.alive():
+            return
         time.sleep(WATCH_S)
     trees = [tree, *(procs.Tree(pgid=g) for g in procs.marked_groups(run_id, slug))]
     for each in trees:
