@@ -1060,6 +1060,25 @@ async function main(): Promise<void> {
       "Open Worktree showed no error",
     );
 
+    // ---- A workstream run through Ray ([executor] kind = "ray", aidp's own Ray instance): its row says
+    // which host runs it, as the server's notifications tell; the repository goes back to local after.
+    const configPath = path.join(repo, ".aidp", "config.toml");
+    const localConfig = fs.readFileSync(configPath, "utf8");
+    fs.writeFileSync(configPath, `${localConfig}\n[executor]\nkind = "ray"\n`);
+    const rayGate = path.join(base, "ray-gate-open");
+    run(PYTHON, ["-m", "aidp", "ws", "new", "ray-ws", "run", "on", "ray", "--command", `sh ${harness} gate ${rayGate}`], { cwd: repo });
+    await wb.waitStatus("ray-ws", "active");
+    const rayRow = wb.row("ray-ws");
+    await rayRow.hover();
+    await rayRow.locator('.action-label[aria-label="Run Workstream"]').click();
+    const onHost = await wb.waitStatus("ray-ws", `on ${os.hostname()}`);
+    check(onHost.includes("running"), `a workstream run through Ray shows running on its host ("${onHost}")`);
+    await wb.shot("19c-ray-running");
+    fs.writeFileSync(rayGate, "");
+    const rayDone = await wb.waitStatus("ray-ws", "completed");
+    check(!rayDone.includes(`on ${os.hostname()}`), `once it ended, its row no longer says a host ("${rayDone}")`);
+    fs.writeFileSync(configPath, localConfig);
+
     // ---- The walkthrough again: the real commands run since completed its steps ------------------------
     await openWalkthrough();
     for (const title of stepTitles.slice(1)) {
