@@ -370,7 +370,7 @@ class Engine:
         found = await self._with_setup(
             await self._with_expected([_with_worktree_state(ws) for ws in await self.db.call(self.db.store.all)])
         )
-        return await review.changes_of(self, found) if changes else found
+        return await review.changes_of(self, found, everything=True) if changes else found
 
     async def leftover_worktrees(self) -> list[gitrepo.Worktree]:
         """Worktrees in the worktrees folder that are no workstream (an interrupted `create` or `remove`

@@ -16,7 +16,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Awaitable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 import msgspec
 
 from aidp.engine import gitrepo
+from aidp.engine.dirty import DirtyCache
 from aidp.engine.errors import AidpError, Busy, CannotLand, GitError, InvalidInput, Refused
 from aidp.engine.events import ListChanged, StatusChanged
 from aidp.engine.model import (
@@ -214,11 +216,21 @@ class Refs:
         return self.heads.get(ref) or await gitrepo.resolve_commit(root, ref)
 
 
-async def summary(root: Path, ws: Workstream, refs: Refs | None = None) -> ChangeSummary:
+async def has_uncommitted(path: Path, head: str) -> bool:
+    """Whether `git status` shows anything in the worktree (`head`: its branch's commit)."""
+    return bool(await gitrepo.status_short(path))
+
+
+async def summary(
+    root: Path,
+    ws: Workstream,
+    refs: Refs | None = None,
+    has_work: Callable[[Path, str], Awaitable[bool]] = has_uncommitted,
+) -> ChangeSummary:
     """Commits ahead and behind the base branch, lines and files changed since the merge-base,
     uncommitted work, and whether it would merge cleanly into the base branch as it is now. Runs
     for every workstream of every list, so what depends on commits alone is computed once per pair
-    of commits (`_committed`); only the worktree's status is asked each time."""
+    of commits (`_committed`); only the worktree's status is asked each time (`has_work`)."""
     refs = refs or await Refs.read(root)
     base = ws.base_branch or refs.current
     if base is None:
@@ -228,7 +240,7 @@ async def summary(root: Path, ws: Workstream, refs: Refs | None = None) -> Chang
     if head is None:
         raise Refused(f"the branch {ws.branch} of {ws.slug} no longer exists")
     committed = await _committed(root, base_commit, head)
-    dirty = (Path(ws.path) / ".git").exists() and bool(await gitrepo.status_short(Path(ws.path)))
+    dirty = (Path(ws.path) / ".git").exists() and await has_work(Path(ws.path), head)
     return msgspec.structs.replace(committed, base_branch=base, dirty=dirty)
 
 
@@ -519,24 +531,41 @@ def check_ref_name(value: object, what: str) -> str:
 # -- the operations behind the Engine's methods --------------------------------------------------
 
 
-async def changes_of(engine: Engine, workstreams: list[Workstream]) -> list[Workstream]:
+async def changes_of(engine: Engine, workstreams: list[Workstream], everything: bool = False) -> list[Workstream]:
     """The records with `changes` filled, computed concurrently; a workstream whose branch or base
-    is gone keeps `changes` None rather than failing the whole list."""
+    is gone keeps `changes` None rather than failing the whole list. Uncommitted work is what git
+    said last time wherever nothing changed since (`DirtyCache`); `everything`: these are all the
+    workstreams, so what is kept for others is dropped."""
 
     try:
         refs = await Refs.read(engine.root)
     except AidpError as exc:
         log.warning("no change summaries: %s", exc)
         return workstreams
+    cache = DirtyCache(engine.state_dir, gitrepo.common_dir(engine.root))
+    pairs = [(Path(ws.path), refs.heads.get(ws.branch, "")) for ws in workstreams]
+    kept = await asyncio.to_thread(cache.reusable, pairs)
+
+    async def has_work(path: Path, head: str) -> bool:
+        if (dirty := kept.get(path)) is not None:
+            return dirty
+        asked = time.time_ns()
+        dirty = await has_uncommitted(path, head)
+        cache.record(path, head, asked, dirty)
+        return dirty
 
     async def one(ws: Workstream) -> Workstream:
         try:
-            return msgspec.structs.replace(ws, changes=await summary(engine.root, ws, refs))
+            return msgspec.structs.replace(ws, changes=await summary(engine.root, ws, refs, has_work))
         except AidpError as exc:
             log.info("%s: no change summary: %s", ws.slug, exc)
             return ws
 
-    return await gather_bounded(one(ws) for ws in workstreams)
+    found = await gather_bounded(one(ws) for ws in workstreams)
+    if everything:
+        cache.forget_except(path for path, _ in pairs)
+    await asyncio.to_thread(cache.save)
+    return found
 
 
 async def diff(engine: Engine, slug: str, base: str | None, max_bytes: int | None) -> Diff:
