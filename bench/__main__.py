@@ -33,6 +33,7 @@ from bench import (
     overhead,
     retention,
     sandbox,
+    scale,
     startup,
 )
 from bench.common import Params, Section
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "sandbox": sandbox.run,
     "order": order.run,
     "retention": retention.run,
+    "scale": scale.run,
     "ray": cluster.run,
 }
 
