@@ -345,3 +345,55 @@ def test_the_cli_says_where_a_run_through_ray_ran(cluster_repo: tuple[Path, dict
     assert f" on {host}" in status.split("recent events:")[1]  # "pid N on <host>": where it started
     (listed,) = json.loads(cli(repo, "ws", "list", "--json", env=env).stdout)
     assert listed["lastResult"]["host"] == host and listed["currentRun"] is None
+
+
+def test_aidp_killed_mid_run_takes_its_actors_along(ray_cluster: Cluster, tmp_path: Path) -> None:
+    """SIGKILL of the aidp process running a workstream on the cluster: its actor dies with it (not
+    detached), the watchdog ends the harness's tree, and the next aidp records the run interrupted,
+    as for a local run."""
+    repo = make_repo(tmp_path)
+    env = configure(repo, "ray", ray_cluster)
+    pids, marker = tmp_path / "pids", f"aidp-test-{uuid.uuid4().hex}"
+    (tmp_path / "tree.py").write_text(tree_code(pids, marker))
+    new_ws(repo, "orphan", shlex.join([PYTHON, str(tmp_path / "tree.py"), marker]), env)
+    run = spawn_cli(repo, "ws", "run", "orphan", env=env)
+    try:
+        wait_until_sync(pids.exists, timeout=WAIT_S * 2, what="the harness's tree to start")
+    finally:
+        run.kill()
+        run.communicate()
+    wait_until_sync(lambda: marked(marker) == [], what="the harness's tree to be ended without aidp")
+    listed = cli(repo, "ws", "list", "--json", env=env)
+    ws = {w["slug"]: w for w in json.loads(listed.stdout)}["orphan"]
+    assert ws["status"] == "cancelled"
+    assert f"the aidp process (pid {run.pid}) that ran it is gone" in ws["lastResult"]["error"]
+
+
+def test_ray_config_is_checked_where_it_enters(tmp_path: Path) -> None:
+    """A bad `[executor]` is a clear error naming the key; `kind = "ray"` without Ray installed
+    says how to install it (Ray hidden by a module that fails to import, first on the path)."""
+    repo = make_repo(tmp_path)
+    new_ws(repo, "cfg", shlex.join([PYTHON, "-c", "print('ran')"]), {})
+    config = repo / ".aidp" / "config.toml"
+    config.write_text('[executor]\nkind = "dask"\n')
+    bad = cli(repo, "ws", "run", "cfg")
+    assert bad.returncode == 2 and "executor.kind" in bad.stderr and "dask" not in listed_statuses(repo)
+    config.write_text('[executor]\nkind = "ray"\nresources = { CPU = 0 }\n')
+    bad = cli(repo, "ws", "run", "cfg")
+    assert bad.returncode == 2 and "executor.resources" in bad.stderr
+    config.write_text('[executor]\nkind = "ray"\n[sandbox]\nkind = "bwrap"\n')
+    bad = cli(repo, "ws", "run", "cfg")
+    assert bad.returncode == 2 and '[sandbox] kind = "bwrap"' in bad.stderr
+    hidden = tmp_path / "no-ray"
+    (hidden / "ray").mkdir(parents=True)
+    (hidden / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    config.write_text('[executor]\nkind = "ray"\n')
+    missing = cli(repo, "ws", "run", "cfg", env={"PYTHONPATH": str(hidden)})
+    assert missing.returncode == 2, missing.stderr
+    assert "pip install 'aidp[ray]'" in missing.stderr
+    assert listed_statuses(repo) == {"cfg": "active"}  # nothing ran, nothing lost
+
+
+def listed_statuses(repo: Path) -> dict[str, str]:
+    listed = cli(repo, "ws", "list", "--json")
+    return {w["slug"]: w["status"] for w in json.loads(listed.stdout)}

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidp.engine import gitrepo, oneshot, procs
+from aidp.engine import cgroups, gitrepo, oneshot, procs
 from aidp.engine.backend import Launch, LocalAttempt, LocalBackend
 from aidp.engine.errors import GitError
 from aidp.engine.harness import StartError, build_argv, build_env, write_task_file
@@ -33,7 +33,6 @@ from aidp.engine.harness import StartError, build_argv, build_env, write_task_fi
 TICK_S = 0.1
 CHUNK_MAX = 64 * 1024  # one message's bytes of output at most; more waits for the next message
 BEAT_S = 1.0  # a heartbeat at least this often when there is no output
-WATCH_S = 0.2  # how often the watchdog looks at its parent
 
 Event = dict[str, object]  # {"out": bytes} | {"progress": bytes} | {"beat": 1} | {"started": pid, ...} | {"end": ...}
 
@@ -116,20 +115,24 @@ class RemoteRun:
             if (outcome := setup.result()).error is not None:
                 yield {"error": f"the [worktree] setup failed on {socket.gethostname()}: {outcome.error}"}
                 return
+        watchdog = await asyncio.to_thread(_watch, spec)
         try:
-            attempt = await self._start(values, env)
-        except StartError as exc:
-            yield {"error": str(exc)}
-            return
-        self._attempt = attempt
-        await asyncio.to_thread(_watch, attempt)
-        yield {"started": attempt.child[0], "host": socket.gethostname()}
-        exited = asyncio.ensure_future(attempt.wait())
-        async for event in reader.follow(exited):
-            yield event
-        await attempt.stop(spec.grace_s, self._hurry)  # what outlived the harness goes too
-        async for event in reader.drain():
-            yield event
+            try:
+                attempt = await self._start(values, env)
+            except StartError as exc:
+                yield {"error": str(exc)}
+                return
+            self._attempt = attempt
+            yield {"started": attempt.child[0], "host": socket.gethostname()}
+            exited = asyncio.ensure_future(attempt.wait())
+            async for event in reader.follow(exited):
+                yield event
+            await attempt.stop(spec.grace_s, self._hurry)  # what outlived the harness goes too
+            async for event in reader.drain():
+                yield event
+        finally:
+            os.write(watchdog, b"done")  # nothing is left to end: the watchdog goes quietly
+            os.close(watchdog)
         code = attempt.returncode
         notes, bundle = await self._bring_out(code == 0 and not self._stopped)
         yield {"end": code, "notes": notes, "bundle": bundle}
@@ -221,27 +224,31 @@ def _pread(path: Path, pos: int) -> bytes:
         os.close(fd)
 
 
-def _watch(attempt: LocalAttempt) -> None:
-    """Start the watchdog of this harness. It detaches (a double fork): Ray ends a dying worker's
+def _watch(spec: Spec) -> int:
+    """Start the watchdog of this attempt, before its harness; returns the pipe that keeps it
+    waiting. It detaches (a double fork, done when this returns): Ray ends a dying worker's
     children, and the watchdog must outlive the worker to end what the harness left."""
-    tree = attempt.tree
-    pid, start = procs.self_identity()
-    argv = [sys.executable, "-m", "aidp.engine.remote", str(pid), str(start), str(tree.pgid), str(tree.cgroup or "")]
-    subprocess.run([*argv, attempt.run_id, attempt.slug], stdin=subprocess.DEVNULL, start_new_session=True, check=True)
+    cgroup = cgroups.place(spec.run_id, spec.slug, spec.attempt)  # where `LocalBackend` puts it
+    argv = [sys.executable, "-m", "aidp.engine.remote", spec.run_id, spec.slug, str(cgroup or "")]
+    read, write = os.pipe()
+    try:
+        subprocess.run(argv, stdin=read, start_new_session=True, check=True)
+    finally:
+        os.close(read)
+    return write
 
 
 def main(argv: list[str]) -> None:
-    """The watchdog: once detached, wait while the worker process (pid and start time) lives and
-    the harness's tree has processes; if the worker went first, SIGKILL the tree: its group, its
-    cgroup, and what carries its environment marker (a grandchild in a session of its own)."""
-    worker, started, pgid, cgroup, run_id, slug = int(argv[0]), int(argv[1]), int(argv[2]), argv[3], argv[4], argv[5]
+    """The watchdog: detached, it reads its stdin, a pipe the worker holds. "done" ends it
+    quietly; an end of file without it means the worker died: SIGKILL the harness's tree, by its
+    cgroup and by the environment marker every process of it carries (a grandchild in a session
+    of its own too)."""
+    run_id, slug, cgroup = argv
     if os.fork() > 0:
         os._exit(0)  # the starter returns at once; this process is init's child now
-    tree = procs.Tree(pgid=pgid, cgroup=Path(cgroup) if cgroup else None)
-    while procs.is_alive(worker, started):
-        if not tree.alive():
-            return
-        time.sleep(WATCH_S)
+    if os.read(0, 4) == b"done":
+        return
+    tree = procs.Tree(cgroup=Path(cgroup) if cgroup else None)
     trees = [tree, *(procs.Tree(pgid=g) for g in procs.marked_groups(run_id, slug))]
     for each in trees:
         each.signal(signal.SIGKILL)
