@@ -397,3 +397,29 @@ def test_ray_config_is_checked_where_it_enters(tmp_path: Path) -> None:
 def listed_statuses(repo: Path) -> dict[str, str]:
     listed = cli(repo, "ws", "list", "--json")
     return {w["slug"]: w["status"] for w in json.loads(listed.stdout)}
+
+
+def test_silent_worker_is_lost_after_the_heartbeat_timeout(ray_cluster: Cluster, tmp_path: Path) -> None:
+    """A worker that stops answering (SIGSTOP: a frozen node) ends the attempt `failed` once no
+    heartbeat came for `heartbeat_timeout_s`; the actor is killed and the harness's tree goes."""
+    repo = make_repo(tmp_path)
+    env = configure(repo, "ray", ray_cluster)
+    config = repo / ".aidp" / "config.toml"
+    config.write_text(config.read_text() + "heartbeat_timeout_s = 5\n")
+    pids, marker = tmp_path / "pids", f"aidp-test-{uuid.uuid4().hex}"
+    (tmp_path / "tree.py").write_text(tree_code(pids, marker))
+    new_ws(repo, "frozen", shlex.join([PYTHON, str(tmp_path / "tree.py"), marker]), env)
+    run = spawn_cli(repo, "ws", "run", "--json", "frozen", env=env)
+    try:
+        wait_until_sync(pids.exists, timeout=WAIT_S * 2, what="the harness's tree to start")
+        worker = psutil.Process(int(pids.read_text().split()[0])).parent()
+        assert worker is not None and "ray::" in worker.name() + " ".join(worker.cmdline())
+        worker.send_signal(signal.SIGSTOP)
+        out, err = run.communicate(timeout=WAIT_S * 2)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    got = results(json.loads(out))["frozen"]
+    assert got["status"] == "failed", (got, err)
+    assert got["error"].startswith("remote worker lost: no heartbeat for 5 s")
+    wait_until_sync(lambda: marked(marker) == [], what="the harness's tree to be ended")
