@@ -27,14 +27,20 @@ WALK_MAX = 2_000  # entries walked in one worktree before it counts as too big (
 
 class Verified(msgspec.Struct, array_like=True):
     """What git said of one worktree: `dirty`, asked at `asked_ns`, its branch at `head`, its
-    index as git left it (`git status` itself rewrites the index: that write is no change);
-    `big`: too many entries to walk, so never reused."""
+    admin folder (`.git/worktrees/<id>`, as its `.git` file named it) and its index as git left it
+    (`git status` itself rewrites the index: that write is no change); `big`: too many entries to
+    walk, so never reused."""
 
     asked_ns: int
     dirty: bool
     head: str
+    admin: str
     index: tuple[int, ...]
     big: bool = False
+
+
+class TooBig(Exception):
+    """More entries than `WALK_MAX` in one worktree."""
 
 
 class DirtyCache:
@@ -62,20 +68,30 @@ class DirtyCache:
             kept = self._known.get(str(path))
             if kept is None or kept.big or kept.head != head or kept.asked_ns > now:  # the clock was set back
                 continue
-            if _index_of(path) != kept.index:
-                continue
-            newest = _newest_in(path, WALK_MAX)
-            if newest is None:
+            try:
+                if _index_of(kept.admin) != kept.index:
+                    continue
+                newest = _newest_in(str(path), kept.admin, WALK_MAX)
+            except TooBig:
                 self._known[str(path)] = msgspec.structs.replace(kept, big=True)
                 self._changed = True
-            elif max(newest, shared) < kept.asked_ns - RACY_NS:
+                continue
+            except OSError:  # not readable as it was: git says what it is
+                continue
+            if max(newest, shared) < kept.asked_ns - RACY_NS:
                 found[path] = kept.dirty
         return found
 
     def record(self, path: Path, head: str, asked_ns: int, dirty: bool) -> None:
         """What git said (`asked_ns`: `time.time_ns()` taken before git was started)."""
         was = self._known.get(str(path))
-        self._known[str(path)] = Verified(asked_ns, dirty, head, _index_of(path), big=was is not None and was.big)
+        try:
+            admin = (path / ".git").read_text().removeprefix("gitdir:").strip()
+            index = _index_of(admin)
+        except OSError:
+            self._known.pop(str(path), None)
+            return
+        self._known[str(path)] = Verified(asked_ns, dirty, head, admin, index, big=was is not None and was.big)
         self._changed = True
 
     def forget_except(self, paths: Iterable[Path]) -> None:
@@ -108,42 +124,27 @@ def _newest(paths: Iterable[Path]) -> int:
     return newest
 
 
-def _admin(worktree: Path) -> Path | None:
-    """The worktree's own folder in the repository's git dir (`.git/worktrees/<id>`)."""
-    try:
-        return Path((worktree / ".git").read_text().removeprefix("gitdir:").strip())
-    except OSError:
-        return None
-
-
-def _index_of(worktree: Path) -> tuple[int, ...]:
+def _index_of(admin: str) -> tuple[int, ...]:
     """The index file's identity: git replaces it (a new inode) on every write. () when missing."""
-    admin = _admin(worktree)
     try:
-        st = os.lstat(admin / "index") if admin else None
-    except OSError:
+        st = os.lstat(f"{admin}/index")
+    except FileNotFoundError:
         return ()
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st else ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _newest_in(worktree: Path, limit: int) -> int | None:
+def _newest_in(worktree: str, admin: str, limit: int) -> int:
     """The latest ctime of the worktree's folders and files, and of its HEAD in its admin folder
-    (the index is compared whole); None when it has more than `limit` entries (or cannot be read)."""
-    admin = _admin(worktree)
-    if admin is None:
-        return None
-    newest = _newest([admin / "HEAD", worktree])
+    (the index is compared whole). Raises TooBig past `limit` entries, OSError when unreadable."""
+    newest = max(os.lstat(f"{admin}/HEAD").st_ctime_ns, os.lstat(worktree).st_ctime_ns)
     folders, seen = [worktree], 0
-    try:
-        while folders:
-            with os.scandir(folders.pop()) as entries:
-                for entry in entries:
-                    seen += 1
-                    if seen > limit:
-                        return None
-                    newest = max(newest, entry.stat(follow_symlinks=False).st_ctime_ns)
-                    if entry.is_dir(follow_symlinks=False):
-                        folders.append(Path(entry.path))
-    except OSError:
-        return None
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                seen += 1
+                if seen > limit:
+                    raise TooBig(worktree)
+                newest = max(newest, entry.stat(follow_symlinks=False).st_ctime_ns)
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
     return newest
