@@ -89,7 +89,8 @@ async def _run(client: RpcClient, slugs: list[str], during: Callable[[], None] |
         elapsed = time.perf_counter() - t0
     finally:
         client.handlers.remove(count)
-    assert summary["completed"] == len(slugs), f"completed {summary['completed']} of {len(slugs)}: {summary}"
+    others = [(r["slug"], r["status"], r["error"]) for r in summary["results"] if r["status"] != "completed"]
+    assert not others, f"completed {summary['completed']} of {len(slugs)}; the others: {others}"
     return elapsed
 
 
