@@ -35,7 +35,7 @@ from aidp.engine.backend import Attempt, Backend, Launch, LocalBackend, commit_m
 from aidp.engine.config import Sandbox
 from aidp.engine.errors import AidpError, GitError
 from aidp.engine.events import EventBus, OutputChunk, RunProgress, StatusChanged
-from aidp.engine.harness import StartError, build_argv, build_env, open_attempt_files, write_task_file
+from aidp.engine.harness import StartError, build_argv, build_env, open_making_folder, write_task_file
 from aidp.engine.model import DONE_STATUSES, RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.progress import StreamJson, Tracker, is_stream_json
 from aidp.engine.store import AsyncStore
@@ -631,7 +631,8 @@ class Run:
         progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
         started_at, t0 = utc_now(), time.monotonic()
         try:
-            log_fd = await open_attempt_files(progress_path, log_path)
+            os.close(open_making_folder(progress_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             error = f"cannot write its log {log_path}: {exc.strerror or exc}"
             await self._conclude(job, self._result(job, Status.ERROR, error, started_at))

@@ -129,24 +129,6 @@ def write_task_file(path: Path, task: str) -> Path:
     return path
 
 
-async def open_attempt_files(progress: Path, log: Path) -> int:
-    """An attempt's empty progress file (its `$AIDP_PROGRESS`), and its log, returned open for
-    appending. On a worker thread: creating files waits on the file system's journal, which on a
-    busy machine held the event loop for a millisecond or more per attempt (bench: overhead)."""
-
-    def create() -> int:
-        os.close(open_making_folder(progress, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
-        return os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-    opening = asyncio.get_running_loop().run_in_executor(None, create)
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        with contextlib.suppress(OSError):
-            os.close(await opening)
-        raise
-
-
 def open_making_folder(path: Path, flags: int, mode: int = 0o644) -> int:
     """`os.open` that makes the folder only when it is missing: a run's files go into a folder
     that exists from the slug's second run on, and a `mkdir` per file showed in the profile."""
