@@ -59,21 +59,21 @@ class DirtyCache:
         self._shared = [common_dir / "config", common_dir / "info" / "exclude", home / ".gitconfig"]
         self._shared += [config / "config", config / "ignore"]
 
-    def reusable(self, worktrees: Iterable[tuple[Path, str]]) -> dict[Path, bool]:
+    def reusable(self, worktrees: Iterable[tuple[str, str]]) -> dict[str, bool]:
         """The kept answers still true for these (worktree, branch head) pairs; the others are to
         be asked of git. Walks each worktree's entries (blocking: call it off the event loop)."""
         shared, now = _newest(self._shared), time.time_ns()
-        found: dict[Path, bool] = {}
+        found: dict[str, bool] = {}
         for path, head in worktrees:
-            kept = self._known.get(str(path))
+            kept = self._known.get(path)
             if kept is None or kept.big or kept.head != head or kept.asked_ns > now:  # the clock was set back
                 continue
             try:
                 if _index_of(kept.admin) != kept.index:
                     continue
-                newest = _newest_in(str(path), kept.admin, WALK_MAX)
+                newest = _newest_in(path, kept.admin, WALK_MAX)
             except TooBig:
-                self._known[str(path)] = msgspec.structs.replace(kept, big=True)
+                self._known[path] = msgspec.structs.replace(kept, big=True)
                 self._changed = True
                 continue
             except OSError:  # not readable as it was: git says what it is
@@ -94,9 +94,9 @@ class DirtyCache:
         self._known[str(path)] = Verified(asked_ns, dirty, head, admin, index, big=was is not None and was.big)
         self._changed = True
 
-    def forget_except(self, paths: Iterable[Path]) -> None:
+    def forget_except(self, paths: Iterable[str]) -> None:
         """Drop what is kept for worktrees that are no longer listed."""
-        keep = {str(p) for p in paths}
+        keep = set(paths)
         if any(k not in keep for k in self._known):
             self._known = {k: v for k, v in self._known.items() if k in keep}
             self._changed = True

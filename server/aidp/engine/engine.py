@@ -959,7 +959,7 @@ def _available_kb() -> int | None:
 
 def _with_worktree_state(ws: Workstream) -> Workstream:
     """The record with `worktree_missing` set: a worktree's folder has its `.git` file."""
-    return msgspec.structs.replace(ws, worktree_missing=not (Path(ws.path) / ".git").exists())
+    return msgspec.structs.replace(ws, worktree_missing=not os.path.exists(os.path.join(ws.path, ".git")))
 
 
 async def _aidp_worktrees(root: Path, folder: Path) -> list[gitrepo.Worktree]:

@@ -240,7 +240,8 @@ async def summary(
     if head is None:
         raise Refused(f"the branch {ws.branch} of {ws.slug} no longer exists")
     committed = await _committed(root, base_commit, head)
-    dirty = (Path(ws.path) / ".git").exists() and await has_work(Path(ws.path), head)
+    worktree = Path(ws.path)
+    dirty = (worktree / ".git").exists() and await has_work(worktree, head)
     return msgspec.structs.replace(committed, base_branch=base, dirty=dirty)
 
 
@@ -543,11 +544,11 @@ async def changes_of(engine: Engine, workstreams: list[Workstream], everything: 
         log.warning("no change summaries: %s", exc)
         return workstreams
     cache = DirtyCache(engine.state_dir, gitrepo.common_dir(engine.root))
-    pairs = [(Path(ws.path), refs.heads.get(ws.branch, "")) for ws in workstreams]
+    pairs = [(ws.path, refs.heads.get(ws.branch, "")) for ws in workstreams]
     kept = await asyncio.to_thread(cache.reusable, pairs)
 
     async def has_work(path: Path, head: str) -> bool:
-        if (dirty := kept.get(path)) is not None:
+        if (dirty := kept.get(str(path))) is not None:
             return dirty
         asked = time.time_ns()
         dirty = await has_uncommitted(path, head)
