@@ -287,6 +287,13 @@ class RayBackend:
         if address:
             ray.init(address=address, **common)
             return
+        # Ray binds some of its ports on every interface even for a node on 127.0.0.1: aidp's own
+        # instance never runs without Ray's token authentication (its default).
+        if os.environ.get("RAY_AUTH_MODE", "token") != "token":
+            raise ConfigError(
+                f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} in aidp's environment: aidp starts no Ray instance "
+                "without token authentication (unset it, or set [executor] address to a cluster of yours)"
+            )
         ray.init(
             _node_ip_address="127.0.0.1",
             resources={self._settings.slot_resource: LOCAL_SLOTS},
