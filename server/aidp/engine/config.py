@@ -138,9 +138,11 @@ class Executor(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """`[executor]`: where harnesses run. "local": on this machine. "ray": each running workstream
     in a Ray actor on a cluster (`pip install 'aidp[ray]'`), its branch shipped there and back."""
 
+    # "local": harnesses run on this machine; "ray": on the Ray cluster of `address`.
     kind: Literal["local", "ray"] = "local"
-    # The Ray cluster to join ("ray://host:10001" or "host:6379"); empty: aidp starts a Ray instance
-    # of its own for as long as it runs, on 127.0.0.1 only (never reachable from the network).
+    # The Ray cluster to join, as "host:port" of its head (the GCS port, 6379 by default); empty:
+    # aidp starts a Ray instance of its own on 127.0.0.1 for as long as it runs, with Ray's token
+    # authentication (see the security notes on running a cluster).
     address: str = ""
     # The custom resource a node offers per workstream slot (`ray start --resources '{"aidp_ws": 4}'`);
     # each running workstream takes one.

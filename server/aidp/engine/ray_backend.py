@@ -42,7 +42,7 @@ except ImportError as exc:  # an optional extra
 
 log = logging.getLogger(__name__)
 
-SAY_WAITING_S = 0.5  # a placement that takes longer than this is said (queued, waiting for a slot)
+SAY_WAITING_S = 2.0  # a placement that takes longer is said (queued, waiting for a slot); an actor takes ~1 s
 KILL_MARGIN_S = 5.0  # after the grace period, the actor is killed if the harness is still not ended
 LOCAL_SLOTS = 64  # a Ray instance aidp starts offers this many slots: the repository's bound decides
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
