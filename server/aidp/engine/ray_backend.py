@@ -212,7 +212,8 @@ class RayBackend:
         self._config: Config | None = None
         self._connected: str | None = None  # the address connected to ("" for a local instance)
         self._connecting = asyncio.Lock()
-        self._bundles: dict[tuple[str, str, str], Any] = {}  # (run id, slug, head) -> object ref
+        # slug -> ((run id, head), object ref): the latest bundle of each workstream's branch
+        self._bundles: dict[str, tuple[tuple[str, str], Any]] = {}
 
     def configure(self, config: Config) -> None:
         """The settings for the next starts (read again for each run)."""
@@ -310,17 +311,18 @@ class RayBackend:
 
     async def _bundle(self, launch: Launch, branch: str, base: str) -> Any:
         """The branch as a git bundle in the object store, once per run and head (a retry of an
-        attempt that committed nothing reuses it)."""
-        key = (launch.run_id, launch.slug, base)
-        if key not in self._bundles:
+        attempt that committed nothing reuses it); a workstream's next one replaces it."""
+        key = (launch.run_id, base)
+        kept = self._bundles.get(launch.slug)
+        if kept is None or kept[0] != key:
             with tempfile.TemporaryDirectory(prefix="aidp-bundle-") as folder:
                 path = Path(folder) / "branch.bundle"
                 try:
                     await gitrepo.git(launch.worktree, "bundle", "create", "--quiet", str(path), f"refs/heads/{branch}")
                 except GitError as exc:
                     raise StartError(f"cannot bundle {branch} to ship it: {exc}") from exc
-                self._bundles[key] = await asyncio.to_thread(ray.put, path.read_bytes())
-        return self._bundles[key]
+                self._bundles[launch.slug] = (key, await asyncio.to_thread(ray.put, path.read_bytes()))
+        return self._bundles[launch.slug][1]
 
     async def _placed(self, actor: Any, launch: Launch, resources: dict[str, int]) -> str:
         """Wait until a node took the actor: `queued` while none has the resources free, `error`
