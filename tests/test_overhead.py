@@ -184,6 +184,36 @@ async def test_expected_durations_come_from_the_latest_runs_only(engine: Engine,
     assert now["c"] is None
 
 
+async def test_finding_runs_in_flight_reads_no_finished_run(engine: Engine, repo: Path) -> None:
+    """A server polls for other processes' runs five times a second, forever: the work must follow
+    the claims, not every run ever recorded (SQLite's planner scanned them all)."""
+    store = engine.db.store
+
+    def steps() -> int:
+        """SQLite virtual machine instructions one `runs_in_flight` takes (a count, not a time)."""
+        count = 0
+
+        def step() -> int:
+            nonlocal count
+            count += 1
+            return 0
+
+        store._db.set_progress_handler(step, 1)
+        try:
+            store.runs_in_flight()
+        finally:
+            store._db.set_progress_handler(None, 1)
+        return count
+
+    slugs = [f"ws-{i}" for i in range(30)]
+    for slug in slugs:
+        await engine.create(slug, "a task", command=["true"])
+    before = await engine.db.call(steps)
+    for _ in range(2):
+        assert (await engine.run(slugs, max_concurrent=8)).completed == len(slugs)
+    assert await engine.db.call(steps) == before
+
+
 async def test_the_config_is_read_again_after_every_edit(engine: Engine, repo: Path) -> None:
     assert engine.config().harness.command is None
     path = write_config(repo, f"[harness]\ncommand = {toml_list(['echo', 'one'])}\n")

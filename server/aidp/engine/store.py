@@ -919,11 +919,13 @@ class Store:
             return True
 
     def runs_in_flight(self) -> list[RunInFlight]:
-        """Every claimed workstream's run, with its owner and, once its harness started, its log."""
+        """Every claimed workstream's run, with its owner and, once its harness started, its log.
+        Polled five times a second by a server: CROSS JOIN keeps the claims outside, so each finds
+        its run by key (SQLite's planner chose to scan every run ever recorded: 14 ms at 22,000)."""
         rows = self._db.execute(
             "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path, r.started_at, c.progress, r.host "
             "FROM claims c "
-            "JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug AND r.attempt = c.attempt"
+            "CROSS JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug AND r.attempt = c.attempt"
         ).fetchall()
         return [
             RunInFlight(slug, run_id, pid, start, log_path, started_at, _progress(progress), host)
