@@ -1,5 +1,5 @@
 """Start-up (issue 13, goal 2): `aidp serve` answers `initialize` with only its start-up modules
-loaded (no pygls, lsprotocol or executor), then opens the repository; requests sent right after
+loaded (no asyncio, pygls, lsprotocol or executor), then opens the repository; requests sent right after
 the answer wait for it. `aidp ws list` imports no UI or server library."""
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ from support import PYTHON, child_env, cli, make_repo
 import aidp
 
 # Loaded by the server after it answers `initialize`, or by the commands that need them.
-HEAVY = ("pygls", "lsprotocol", "cattrs", "rich", "prompt_toolkit", "aidp.engine.engine", "aidp.engine.executor")
+HEAVY = (
+    "asyncio",
+    "pygls",
+    "lsprotocol",
+    "cattrs",
+    "rich",
+    "prompt_toolkit",
+    "aidp.engine.engine",
+    "aidp.engine.executor",
+)
 
 
 def loaded_heavy(code: str) -> list[str]:
@@ -23,7 +32,7 @@ def loaded_heavy(code: str) -> list[str]:
     return [name for name in out.split() if name.startswith(HEAVY)]
 
 
-def test_what_initialize_needs_imports_neither_pygls_nor_the_engine() -> None:
+def test_what_initialize_needs_imports_no_asyncio_pygls_or_engine() -> None:
     assert loaded_heavy("import aidp.cli.main, aidp.server.lifecycle") == []
     assert loaded_heavy("import aidp.server.app") != []  # the probe sees them when they are there
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import sys
 import threading
 from typing import BinaryIO
 
-from aidp.server.wire import FrameReader
+from aidp.server.wire import READ_CHUNK, FrameReader
 
-READ_CHUNK = 64 * 1024
 # Past this much unread by the client, the server stops reading requests until it catches up.
 WRITE_HIGH_WATER = 1024 * 1024
 
@@ -150,31 +148,21 @@ class FileWriter(PipeWriter):
         self._stream.close()
 
 
-def detach_stdout() -> BinaryIO:
-    """Keep the real stdout for JSON-RPC only: hand back a private copy of it and point fd 1 (and
-    `sys.stdout`) at stderr, so a stray print or a child process can never corrupt the channel."""
-    private = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sys.stdout = sys.stderr
-    return private
-
-
 def _is_pipe(stream: BinaryIO) -> bool:
     mode = os.fstat(stream.fileno()).st_mode
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-async def open_pipes(stdin: BinaryIO, stdout: BinaryIO) -> tuple[FrameReader, PipeWriter]:
+async def open_pipes(stdin: BinaryIO, stdout: BinaryIO, frames: FrameReader) -> PipeWriter:
     """Pipes (what editors give) as asyncio transports; anything else (a regular file, /dev/null,
     a terminal: epoll refuses some of them, and only later, from a callback) through a reader
-    thread and plain writes, so scripted use works too."""
+    thread and plain writes, so scripted use works too. stdin feeds `frames`."""
     loop = asyncio.get_running_loop()
-    frames = FrameReader()
     if _is_pipe(stdin):
         await loop.connect_read_pipe(lambda: _PipeInput(frames), stdin)
     else:
         _read_in_thread(stdin, frames)
     if not _is_pipe(stdout):
-        return frames, FileWriter(stdout)
+        return FileWriter(stdout)
     transport, flow = await loop.connect_write_pipe(_WriteFlow, stdout)
-    return frames, PipeWriter(transport, flow)
+    return PipeWriter(transport, flow)

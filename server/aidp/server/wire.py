@@ -13,13 +13,17 @@ that pipelines thousands of requests waits in its own pipe rather than in the se
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    import asyncio
+
+READ_CHUNK = 64 * 1024
 MAX_BODY = 8 * 1024 * 1024
 MAX_HEADER = 8 * 1024
 # The source is paused while this much is buffered beyond what the frame being read needs.
@@ -54,7 +58,7 @@ class FrameReader:
         self._buf = bytearray()
         self._length: int | None = None  # of the body being read, once its headers are parsed
         self._eof = False
-        self._arrived = asyncio.Event()
+        self._arrived: asyncio.Event | None = None  # made by `next_body`: `read_first` runs before asyncio is loaded
         self._pause: Callable[[bool], None] = lambda paused: None
         self._paused = False
 
@@ -64,26 +68,33 @@ class FrameReader:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
         self._flow()
 
     def feed_eof(self) -> None:
         self._eof = True
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
+
+    def take(self) -> bytes | None:
+        """The next message body if it has arrived whole, else None (also at the end of input)."""
+        body = self._take()
+        self._flow()
+        if body is None and self._eof and (self._buf.strip() or self._length is not None):
+            raise FramingError("the input ended inside a message")
+        return body
 
     async def next_body(self) -> bytes | None:
         """The next message body, or None at the end of input."""
-        while True:
-            body = self._take()
-            self._flow()
-            if body is not None:
-                return body
-            if self._eof:
-                if self._buf.strip() or self._length is not None:
-                    raise FramingError("the input ended inside a message")
-                return None
+        import asyncio  # not at the top: `read_first` reads the first message before asyncio is loaded
+
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        while (body := self.take()) is None and not self._eof:
             self._arrived.clear()
             await self._arrived.wait()
+        return body
 
     def _flow(self) -> None:
         """Pause the source while enough is buffered for the frame being read, and more."""
@@ -160,6 +171,18 @@ class FrameReader:
         except (ValueError, RecursionError):  # still incomplete (or undecodable: the body's business)
             return
         raise FramingError(f"Content-Length {length} is longer than the message, which ended after {end} bytes")
+
+
+def read_first(fd: int, frames: FrameReader) -> bytes | None:
+    """The first message body, read with blocking reads before there is an event loop (None: the
+    input ended first). What arrived after it stays in `frames` for `next_body`."""
+    while (body := frames.take()) is None and not frames._eof:
+        data = os.read(fd, READ_CHUNK)
+        if data:
+            frames.feed(data)
+        else:
+            frames.feed_eof()
+    return body
 
 
 def frame(message: dict[str, Any]) -> bytes:
