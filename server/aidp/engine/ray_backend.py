@@ -69,7 +69,11 @@ class Worker:
 
 
 def _reason(exc: BaseException) -> str:
-    """A Ray error's first line, without its traceback."""
+    """A Ray error's first line, without its traceback; for an exception raised in the actor,
+    that exception (the first line names only the actor)."""
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__} in the actor: {_reason(cause)}"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 

@@ -4,17 +4,15 @@ cluster node): a scratch clone of the workstream's branch from a git bundle, `[w
 node allows, same argv and environment building), its output and progress reports read back in
 bounded chunks about ten times a second with a heartbeat, and a bundle of the new commits.
 
-A watchdog process (this module's `main`) ends the harness's tree when the worker process that
-started it dies, so a crashed worker leaves no orphan behind.
+A watchdog process (`watchdog`) ends the harness's tree when the worker process that started it
+dies, so a crashed worker leaves no orphan behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidp.engine import cgroups, gitrepo, oneshot, procs
+from aidp.engine import cgroups, gitrepo, oneshot
 from aidp.engine.backend import Launch, LocalAttempt, LocalBackend
 from aidp.engine.errors import GitError
 from aidp.engine.harness import StartError, build_argv, build_env, write_task_file
@@ -229,32 +227,10 @@ def _watch(spec: Spec) -> int:
     waiting. It detaches (a double fork, done when this returns): Ray ends a dying worker's
     children, and the watchdog must outlive the worker to end what the harness left."""
     cgroup = cgroups.place(spec.run_id, spec.slug, spec.attempt)  # where `LocalBackend` puts it
-    argv = [sys.executable, "-m", "aidp.engine.remote", spec.run_id, spec.slug, str(cgroup or "")]
+    argv = [sys.executable, "-m", "aidp.engine.watchdog", spec.run_id, spec.slug, str(cgroup or "")]
     read, write = os.pipe()
     try:
         subprocess.run(argv, stdin=read, start_new_session=True, check=True)
     finally:
         os.close(read)
     return write
-
-
-def main(argv: list[str]) -> None:
-    """The watchdog: detached, it reads its stdin, a pipe the worker holds. "done" ends it
-    quietly; an end of file without it means the worker died: SIGKILL the harness's tree, by its
-    cgroup and by the environment marker every process of it carries (a grandchild in a session
-    of its own too)."""
-    run_id, slug, cgroup = argv
-    if os.fork() > 0:
-        os._exit(0)  # the starter returns at once; this process is init's child now
-    if os.read(0, 4) == b"done":
-        return
-    tree = procs.Tree(cgroup=Path(cgroup) if cgroup else None)
-    trees = [tree, *(procs.Tree(pgid=g) for g in procs.marked_groups(run_id, slug))]
-    for each in trees:
-        each.signal(signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        asyncio.run(procs.terminate(trees, 0))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
