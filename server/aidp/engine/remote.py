@@ -11,6 +11,7 @@ dies, so a crashed worker leaves no orphan behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -113,7 +114,11 @@ class RemoteRun:
             if (outcome := setup.result()).error is not None:
                 yield {"error": f"the [worktree] setup failed on {socket.gethostname()}: {outcome.error}"}
                 return
-        watchdog = await asyncio.to_thread(_watch, spec)
+        try:
+            watchdog = await asyncio.to_thread(_watch, spec)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            yield {"error": f"cannot start the watchdog on {socket.gethostname()}: {exc}"}
+            return
         try:
             try:
                 attempt = await self._start(values, env)
@@ -129,7 +134,8 @@ class RemoteRun:
             async for event in reader.drain():
                 yield event
         finally:
-            os.write(watchdog, b"done")  # nothing is left to end: the watchdog goes quietly
+            with contextlib.suppress(OSError):  # a watchdog already gone has nothing to hear
+                os.write(watchdog, b"done")  # nothing is left to end: the watchdog goes quietly
             os.close(watchdog)
         code = attempt.returncode
         notes, bundle = await self._bring_out(code == 0 and not self._stopped)
