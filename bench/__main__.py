@@ -53,6 +53,7 @@ SCENARIOS: dict[str, Callable[[Params], Coroutine[Any, Any, list[Section]]]] = {
     "order": order.run,
     "retention": retention.run,
     "scale": scale.run,
+    "list10k": scale.run_list,
     "ray": cluster.run,
 }
 

@@ -1,17 +1,36 @@
-"""Scenario: thousands of workstreams (issue 13, goal 3). The create curve: how long the Nth
-`aidp/wsNew` takes as worktrees accumulate, against `git worktree add -b` in the same repository at
-the same count, the two alternating; and the list at each count: `aidp/wsList` on the same server
-and the whole `aidp ws list` process."""
+"""Scenarios: thousands of workstreams (issue 13, goal 3).
+
+`scale`: the create curve: how long the Nth `aidp/wsNew` takes as worktrees accumulate, against
+`git worktree add -b` in the same repository at the same count, the two alternating; and the list
+at each count: `aidp/wsList` on the same server and the whole `aidp ws list` process.
+
+`list10k`: the list at 10,000 workstreams, in a repository made in bulk (creating 10,000 one by one
+takes most of an hour on this machine): real branches, worktrees in git's layout, records in the
+state database, as `aidp/wsNew` leaves them."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import time
 from pathlib import Path
 
+from aidp.engine import gitrepo
+from aidp.engine.engine import Engine
+from aidp.engine.store import Store
 from bench.common import Params, Row, Section, Stopwatch, fmt_ms, median, percentile
-from bench.fixtures import aidp_cli, make_repo, process_cpu, sh, sh_cpu, start_server
+from bench.fixtures import (
+    ENV,
+    aidp_cli,
+    create_workstreams,
+    make_repo,
+    proc_status,
+    process_cpu,
+    sh,
+    sh_cpu,
+    start_server,
+)
 from bench.rpc import RpcClient
 
 CHECKPOINTS = (10, 100, 1000, 2000, 5000, 10000)
@@ -127,3 +146,69 @@ def section(curve: list[Point]) -> Section:
         "at each count."
     )
     return s
+
+
+LIST_N = 10_000
+
+
+async def run_list(p: Params) -> list[Section]:
+    n = 300 if p.quick else LIST_N
+    repo = make_repo(p.work / "list10k", ["true"])
+    with Stopwatch() as made:
+        await bulk(repo, n)
+    client = await start_server(repo, p.work / "server-list10k.log")
+    try:
+        at = await point(client, repo, n, [], [])
+        rss = proc_status(client.pid, "VmRSS")
+    finally:
+        await client.close()
+    lists, cli = at.ws_list_s, at.cli_list_s
+    s = Section("list10k", f"The list at {n:,} workstreams")
+    s.rows = [
+        Row(
+            "aidp/wsList p50 / p99",
+            f"{fmt_ms(median(lists))} / {fmt_ms(percentile(lists, 99))}",
+            f"CPU {fmt_ms(at.ws_list_cpu_s)} a request; load {at.load:.1f}",
+        ),
+        Row("aidp/wsList, the first after making them", fmt_ms(at.first_list_s), "git asked about every worktree"),
+        Row(
+            "aidp ws list",
+            fmt_ms(median(cli)),
+            f"range {fmt_ms(min(cli))}–{fmt_ms(max(cli))}; CPU {fmt_ms(median(at.cli_list_cpu_s))}",
+        ),
+        Row("server RSS after the lists", f"{rss / 1e6:.1f} MB"),
+    ]
+    s.figures = {"point": dataclasses.asdict(at), "rss_bytes": rss, "made_s": made.elapsed}
+    s.notes.append(
+        f"{n:,} workstreams made in bulk in {made.elapsed:.0f} s: the first through `Engine.create`, the others "
+        "with its branch (one `git update-ref --stdin` for all), its worktree registered in git's layout "
+        "(`gitrepo._register`, as `aidp/wsNew` does) holding a copy of the first one's index, and its record "
+        f"(`Store.insert`). Then, on a fresh server: one `aidp/wsList` (git is asked about every worktree), "
+        f"{LISTS} more once {RACY_S} s have passed, p50 / p99 and the server's CPU per request; "
+        f"{CLI_LISTS} whole `aidp ws list` processes, median wall and CPU."
+    )
+    return [s]
+
+
+async def bulk(repo: Path, n: int) -> None:
+    """`n` workstreams as `aidp/wsNew` leaves them, made without a process per workstream (but the
+    first, which is made by the engine and lends the others its index)."""
+    await create_workstreams(repo, ["ws-00000"])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, env=ENV, capture_output=True, text=True, check=True)
+    commit = head.stdout.strip()
+    slugs = [f"ws-{i:05d}" for i in range(1, n)]
+    refs = "".join(f"create refs/heads/aidp/{slug} {commit}\n" for slug in slugs)
+    subprocess.run(["git", "update-ref", "--stdin"], cwd=repo, env=ENV, input=refs, text=True, check=True)
+    common = repo / ".git"
+    index = (common / "worktrees" / "ws-00000" / "index").read_bytes()
+    store = Store(repo / gitrepo.STATE_DIR / "state.db")
+    try:
+        for slug in slugs:
+            path = repo / gitrepo.WORKTREES_DIR / slug
+            admin = gitrepo._register(common, path, f"aidp/{slug}")
+            (admin / "index").write_bytes(index)
+            (admin / "locked").unlink()
+            record = Engine._new_record(slug, f"bench task {slug}", f"aidp/{slug}", path, "main", None, commit)
+            store.insert(record)
+    finally:
+        store.close()
