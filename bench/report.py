@@ -248,6 +248,21 @@ def headlines(sections: list[Section]) -> list[str]:
     if f := by_key.get("retention"):
         sizes = ", ".join(f"{name}: {size / 1e6:.1f} MB" for name, size in f["sizes_bytes"].items())
         lines.append(f"**Retention** (`state.db` after {f['runs']:,} runs): {sizes}.")
+    if f := by_key.get("scale"):
+        first, last = f["curve"][0], f["curve"][-1]
+        aidp = median(last["ws_new_s"]) / median(first["ws_new_s"])
+        git = median(last["git_add_s"]) / median(first["git_add_s"])
+        lines.append(
+            f"**Create curve** (target: flat): the {last['n']:,}th `aidp/wsNew` {aidp:.2f}x the {first['n']}th "
+            f"({median(last['ws_new_s']) * 1000:.0f} ms); `git worktree add` at the same counts {git:.2f}x."
+        )
+    if f := by_key.get("list10k"):
+        at = f["point"]
+        lines.append(
+            f"**The list at 10,000** (targets: `aidp/wsList` p99 ≤ 20 ms, `aidp ws list` ≤ 250 ms): `aidp/wsList` "
+            f"p50 / p99 {median(at['ws_list_s']) * 1000:.0f} / {percentile(at['ws_list_s'], 99) * 1000:.0f} ms, "
+            f"`aidp ws list` {median(at['cli_list_s']) * 1000:.0f} ms ({median(at['cli_list_cpu_s']) * 1000:.0f} ms CPU)."
+        )
     return lines
 
 
