@@ -261,7 +261,8 @@ def headlines(sections: list[Section]) -> list[str]:
         lines.append(
             f"**The list at 10,000** (targets: `aidp/wsList` p99 ≤ 20 ms, `aidp ws list` ≤ 250 ms): `aidp/wsList` "
             f"p50 / p99 {median(at['ws_list_s']) * 1000:.0f} / {percentile(at['ws_list_s'], 99) * 1000:.0f} ms, "
-            f"`aidp ws list` {median(at['cli_list_s']) * 1000:.0f} ms ({median(at['cli_list_cpu_s']) * 1000:.0f} ms CPU)."
+            f"`aidp ws list` {median(at['cli_list_s']) * 1000:.0f} ms "
+            f"({median(at['cli_list_cpu_s']) * 1000:.0f} ms CPU)."
         )
     return lines
 
