@@ -174,7 +174,7 @@ class AidpProtocol(JsonRPCProtocol):
 
     def notify(self, method: str, params: Any | None = None) -> None:
         """pygls's `notify` wraps the params in an attrs message that cattrs unstructures value by
-        value (a tenth of the server's event-loop time on 500 short workstreams, bench: overhead);
+        value (5% of the server's busy event-loop time on 500 short workstreams, bench: overhead);
         aidp's are plain data already (`msgspec.to_builtins`), so they go out as they are."""
         self._send_data({"jsonrpc": JsonRPCProtocol.VERSION, "method": method, "params": params})
 
