@@ -11,6 +11,7 @@ empty Ray actors at once costs (each is a fresh worker process, as each workstre
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,8 @@ async def run(p: Params) -> list[Section]:
         await create_workstreams(repos[kind], slugs + stampers, [None] * n + [stamp_command] * CONCURRENCY)
     clients = {kind: await start_server(repo, p.work / f"server-cluster-{kind}.log") for kind, repo in repos.items()}
     try:
-        first = {kind: await _run(client, slugs[:1]) for kind, client in clients.items()}
+        lost: dict[str, list[str]] = {kind: [] for kind in EXECUTORS}  # why runs did not complete
+        first = {kind: await _run(client, slugs[:1], lost[kind]) for kind, client in clients.items()}
         idle = {kind: _memory(client.pid) for kind, client in clients.items()}
         cpu: dict[str, list[float]] = {kind: [] for kind in EXECUTORS}
         memory: dict[str, list[dict[str, int]]] = {kind: [] for kind in EXECUTORS}
@@ -51,7 +53,11 @@ async def run(p: Params) -> list[Section]:
             async def timed() -> float:
                 pid = clients[kind].pid
                 before = _tree_cpu(pid)
-                elapsed = await _run(clients[kind], slugs, during=lambda: memory[kind].append(_memory(pid)))
+
+                def sample() -> None:
+                    memory[kind].append(_memory(pid))
+
+                elapsed = await _run(clients[kind], slugs, lost[kind], during=sample)
                 cpu[kind].append(_tree_cpu(pid) - before)
                 return elapsed
 
@@ -62,16 +68,17 @@ async def run(p: Params) -> list[Section]:
                 reset_statuses(repo)
 
         times = await alternate(p.ray_reps, {kind: side(kind) for kind in EXECUTORS}, between=reset)
-        latency = {kind: await _latency(client, stampers) for kind, client in clients.items()}
+        latency = {kind: await _latency(client, stampers, lost[kind]) for kind, client in clients.items()}
     finally:
         for client in clients.values():
             await client.close()
     actors = _empty_actor_starts(p.ray_reps + 1)
-    return [_section(p, n, first, idle, memory, times, cpu, latency, actors)]
+    return [_section(p, n, first, idle, memory, times, cpu, latency, actors, lost)]
 
 
-async def _run(client: RpcClient, slugs: list[str], during: Callable[[], None] | None = None) -> float:
-    """One `aidp/wsRun` of these workstreams, 8 at a time: its wall time, request to answer.
+async def _run(client: RpcClient, slugs: list[str], lost: list[str], during: Callable[[], None] | None = None) -> float:
+    """One `aidp/wsRun` of these workstreams, 8 at a time: its wall time, request to answer. Why
+    any did not complete goes into `lost` (the figures say how many; the run is not retried).
     `during`: called once while it runs (a memory sample), after half of them ended."""
     halfway = len(slugs) // 2
     ended: list[str] = []
@@ -89,12 +96,17 @@ async def _run(client: RpcClient, slugs: list[str], during: Callable[[], None] |
         elapsed = time.perf_counter() - t0
     finally:
         client.handlers.remove(count)
-    others = [(r["slug"], r["status"], r["error"]) for r in summary["results"] if r["status"] != "completed"]
-    assert not others, f"completed {summary['completed']} of {len(slugs)}; the others: {others}"
+    lost += [f"{r['status']}: {_first_line(r['error'])}" for r in summary["results"] if r["status"] != "completed"]
     return elapsed
 
 
-async def _latency(client: RpcClient, stampers: list[str]) -> list[float]:
+def _first_line(error: str | None) -> str:
+    """An error's first line without terminal colours or Ray's per-process details (pid, ids)."""
+    line = re.sub(r"\x1b\[[0-9;]*m", "", error.splitlines()[0] if error else "")
+    return re.sub(r" \(pid=.*", "", line)
+
+
+async def _latency(client: RpcClient, stampers: list[str], lost: list[str]) -> list[float]:
     """How old each stamped line is when its `aidp/wsOutput` reaches the client (same clock)."""
     partial: dict[str, str] = {}
     ages: list[float] = []
@@ -109,10 +121,9 @@ async def _latency(client: RpcClient, stampers: list[str]) -> list[float]:
 
     client.handlers.append(receive)
     try:
-        await _run(client, stampers)
+        await _run(client, stampers, lost)
     finally:
         client.handlers.remove(receive)
-    assert len(ages) == STAMPS * len(stampers), f"{len(ages)} stamped lines arrived of {STAMPS * len(stampers)}"
     return ages
 
 
@@ -186,6 +197,7 @@ def _section(
     cpu: dict[str, list[float]],
     latency: dict[str, list[float]],
     actors: list[float],
+    lost: dict[str, list[str]],
 ) -> Section:
     section = Section("ray", f"Ray executor: {n} workstreams running `true`, {CONCURRENCY} at a time, Ray vs local")
     base, base_cpu = median(times["local"]), median(cpu["local"])
@@ -203,7 +215,7 @@ def _section(
             Row(
                 f"{kind} executor: output line to client, p50 / p99",
                 f"{percentile(ages, 50) * 1e3:.0f} / {percentile(ages, 99) * 1e3:.0f} ms",
-                f"{len(ages)} lines, {CONCURRENCY} harnesses at once",
+                f"{len(ages)} of {STAMPS * CONCURRENCY} lines, {CONCURRENCY} harnesses at once",
             )
         )
     for kind in EXECUTORS:
@@ -219,6 +231,11 @@ def _section(
                 f"with {CONCURRENCY} running",
             )
         )
+    runs = n * p.ray_reps + 1 + CONCURRENCY  # the timed runs, the first one, the latency run
+    for kind in EXECUTORS:
+        reasons = "; ".join(f"{count} × {why}" for why, count in Counter(lost[kind]).most_common()) or "-"
+        label = f"{kind} executor: runs that did not complete"
+        section.rows.append(Row(label, f"{len(lost[kind])} of {runs}", reasons))
     section.rows.append(
         Row(
             f"{CONCURRENCY} empty Ray actors started at once",
@@ -246,6 +263,7 @@ def _section(
         "busy_memory": memory,
         "latency_s": latency,
         "empty_actors_s": actors,
+        "lost": lost,
     }
     section.notes.append(
         "Both sides go through a running `aidp serve` (`aidp/wsRun` of the same N workstreams, request to answer), "
