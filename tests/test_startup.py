@@ -4,10 +4,11 @@ the answer wait for it. `aidp ws list` imports no UI or server library."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
-from server_helpers import raw_session, server_command
+from server_helpers import frame, raw_session, server_command
 from support import PYTHON, child_env, cli, make_repo
 
 import aidp
@@ -75,3 +76,21 @@ def test_ws_list_imports_no_ui_or_server_library(tmp_path: Path) -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time")}
     assert "aidp.engine.engine" in imported  # the list needs the engine
     assert not {name for name in imported if name.startswith(("pygls", "lsprotocol", "rich", "prompt_toolkit"))}
+
+
+async def test_requests_sent_with_initialize_in_one_write_are_all_answered(tmp_path: Path) -> None:
+    """The first message is read before the event loop exists: what came with it in the same
+    read is handed on, not lost."""
+    repo = make_repo(tmp_path)
+    assert cli(repo, "ws", "new", "first", "a task").returncode == 0
+    async with raw_session(server_command(repo), repo) as raw:
+        messages = [
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": None, "capabilities": {}}},
+            {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+            {"jsonrpc": "2.0", "id": 2, "method": "aidp/wsList", "params": {}},
+            {"jsonrpc": "2.0", "id": 3, "method": "aidp/wsNew", "params": {"slug": "second", "task": "another"}},
+        ]
+        raw.send_raw(b"".join(frame(json.dumps(message).encode()) for message in messages))
+        assert (await raw.response(1))["result"]["serverInfo"]["name"] == "aidp"
+        assert [ws["slug"] for ws in (await raw.response(2))["result"]["workstreams"]] == ["first"]
+        assert (await raw.response(3))["result"]["slug"] == "second"
