@@ -272,13 +272,29 @@ def _status(repo: Path, slug: str, env: dict[str, str]) -> str:
 def test_placement_that_cannot_be_satisfied_ends_error(
     cluster_repo: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
+    """While no node offers what a workstream asks for it stays queued, saying so; after
+    `placement_timeout_s` it ends `error`, naming the resource no node has."""
     repo, env = cluster_repo
     config = repo / ".aidp" / "config.toml"
-    text = config.read_text().replace("placement_timeout_s = 120", "placement_timeout_s = 2")
+    text = config.read_text().replace("placement_timeout_s = 120", "placement_timeout_s = 15")
     config.write_text(text + "resources = { aidp_test_gpu = 1 }\n")
     new_ws(repo, "nowhere", harness(tmp_path, "nowhere", "print('never')\n"), env)
-    got = results(run_json(repo, env, "nowhere"))["nowhere"]
-    assert got["status"] == "error"
+    run = spawn_cli(repo, "ws", "run", "--json", "nowhere", env=env)
+    try:
+
+        def waiting() -> str | None:
+            listed = cli(repo, "ws", "list", "--json", env=env)
+            current = {ws["slug"]: ws for ws in json.loads(listed.stdout)}["nowhere"]["currentRun"]
+            return current["waiting"] if current else None
+
+        wait_until_sync(lambda: (waiting() or "").startswith("waiting for a Ray node"), what="the wait said")
+        assert "aidp_test_gpu 1" in (waiting() or "")
+        out, err = run.communicate(timeout=WAIT_S * 2)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    got = results(json.loads(out))["nowhere"]
+    assert got["status"] == "error", (got, err)
     assert "aidp_test_gpu 1" in got["error"] and "no node of the cluster has it" in got["error"]
     assert "never" not in Path(got["logPath"]).read_text()
 
