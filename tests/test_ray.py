@@ -146,6 +146,35 @@ def test_output_complete_and_in_order(repo_env: tuple[Path, dict[str, str]], tmp
     assert numbers == list(range(3000))
 
 
+def test_progress_reports_reach_every_viewer(repo_env: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """A progress report the harness writes to $AIDP_PROGRESS shows in `ws list` while it runs."""
+    repo, env = repo_env
+    gate = tmp_path / "gate"
+    code = (
+        "import json, os, pathlib, time\n"
+        "with open(os.environ['AIDP_PROGRESS'], 'a') as f:\n"
+        "    f.write(json.dumps({'percent': 40, 'message': 'on its way'}) + '\\n')\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+    )
+    new_ws(repo, "busy", harness(tmp_path, "busy", code), env)
+    run = spawn_cli(repo, "ws", "run", "--json", "busy", env=env)
+    try:
+
+        def progress() -> Any:
+            listed = cli(repo, "ws", "list", "--json", env=env)
+            current = {ws["slug"]: ws for ws in json.loads(listed.stdout)}["busy"]["currentRun"]
+            return current and current["progress"]
+
+        wait_until_sync(lambda: bool(progress()), timeout=WAIT_S * 2, what="the progress report")
+        assert progress() == {"percent": 40, "step": None, "message": "on its way"}
+        gate.touch()
+        out, err = run.communicate(timeout=WAIT_S * 2)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert results(json.loads(out))["busy"]["status"] == "completed", err
+
+
 def tree_code(pids: Path, marker: str) -> str:
     """A harness that starts a child and a grandchild in a session of its own, records their pids,
     then waits (all three carry `marker` in their argv)."""
