@@ -183,7 +183,8 @@ async def measure_runs(p: Params, repo: Path) -> Section:
         + "\n".join(f"- **{name}**: {SIDES_DOC[name]}" for name in times)
         + "\n\naidp does more per workstream than the baselines, and all of it is inside the timing: it opens "
         "a log file and hands it to the child as stdout/stderr, starts the child in its own session with "
-        "an environment carrying `AIDP_*`, records `running` and the result in SQLite (two transactions), "
+        "an environment carrying `AIDP_*`, records `running` and the result in SQLite (two transitions, each "
+        "durable before it is announced; group commit lets workstreams that end together share a transaction), "
         "and, for the server, sends 3 `aidp/wsStatus` notifications and a `$/progress` report per workstream "
         f"(the client read {median([float(x) for x in notifications]):.0f} notifications per run). "
         "Command-line sides are timed as whole processes (interpreter start-up included); the server side "
