@@ -222,13 +222,13 @@ def _section(
         label = "first run of one workstream" + (" (starts aidp's own Ray instance)" if kind == "ray" else "")
         section.rows.append(Row(f"{kind} executor: {label}", fmt_s(first[kind])))
     for kind in EXECUTORS:
-        busy = median([float(m["rss"]) for m in memory[kind]])
+        busy, count = median([float(m["rss"]) for m in memory[kind]]), idle[kind]["processes"]
+        processes = f"{count} process" + ("" if count == 1 else "es")
         section.rows.append(
             Row(
                 f"{kind} executor: memory of the server's process tree",
                 f"{fmt_mb(idle[kind]['rss'])} RSS idle",
-                f"{fmt_mb(idle[kind]['pss'])} PSS idle, {idle[kind]['processes']} processes; {fmt_mb(busy)} RSS "
-                f"with {CONCURRENCY} running",
+                f"{fmt_mb(idle[kind]['pss'])} PSS idle, {processes}; {fmt_mb(busy)} RSS with {CONCURRENCY} running",
             )
         )
     runs = n * p.ray_reps + 1 + CONCURRENCY  # the timed runs, the first one, the latency run
@@ -242,16 +242,6 @@ def _section(
             fmt_s(median(actors)),
             f"{fmt_ms(median(actors) / CONCURRENCY)} per actor; {len(actors)} repetitions",
         )
-    )
-    per_ws, per_actor = median(times["ray"]) / n, median(actors) / CONCURRENCY
-    section.notes.append(
-        f"Where the time goes: a workstream costs {fmt_ms(per_ws)} through Ray against "
-        f"{fmt_ms(median(times['local']) / n)} locally, while the Ray side's whole process tree spends "
-        f"{fmt_ms(median(cpu['ray']) / n)} of CPU on it; {CONCURRENCY} actors that do nothing take "
-        f"{fmt_s(median(actors))} to start at once ({fmt_ms(per_actor)} each), because each actor is a Ray "
-        "worker process of its own. An actor per workstream (so that nothing ever runs twice, and a cancel or "
-        "a lost node ends exactly one harness) is the price; it matters for many short workstreams, not for "
-        "agents that run for minutes."
     )
     heavy = sorted(((v, k[4:]) for k, v in idle["ray"].items() if k.startswith("rss:")), reverse=True)[:6]
     section.figures = {
@@ -268,8 +258,9 @@ def _section(
     section.notes.append(
         "Both sides go through a running `aidp serve` (`aidp/wsRun` of the same N workstreams, request to answer), "
         'each in its own repository; the Ray side has `[executor] kind = "ray"` with an empty `address`, so '
-        "aidp starts a Ray instance of its own on 127.0.0.1 at its first run (a one-node cluster: the actors run "
-        "on this machine, so this measures what Ray adds, not a network). Per workstream, the Ray side creates "
+        "aidp starts a Ray instance of its own (its node on 127.0.0.1) at its first run (a one-node cluster: "
+        "the actors run on this machine, so this measures what Ray adds, not a network). Per workstream, the Ray "
+        "side creates "
         "an actor, ships the branch as a git bundle through the object store, clones it there, runs the harness, "
         "streams its output back and brings back a bundle of new commits (none here). CPU is user + system time "
         "of the server and every process under it (Ray's included), with what each reaped. "
@@ -281,8 +272,20 @@ def _section(
         f"{STAMP_DELAY_S * 1e3:.0f} ms apart; a line's age is the client's clock when the `aidp/wsOutput` "
         "notification holding it was read, minus the stamp (same machine, same clock). Memory: RSS (and PSS, "
         "which divides shared pages among their users) of the server and every process under it, after the "
-        "first run (idle) and halfway through a timed run; the Ray instance's largest, idle: "
+        "first run (idle) and halfway through a timed run; the largest processes of the Ray side, idle "
+        "(`python` is the aidp server itself, with Ray's driver loaded): "
         + ", ".join(f"{name} {fmt_mb(rss)}" for rss, name in heavy)
         + "."
+    )
+    per_ws, held = median(times["ray"]) / n, median(times["ray"]) / n * CONCURRENCY
+    section.notes.append(
+        f"Where the time goes: a workstream costs {fmt_ms(per_ws)} through Ray against "
+        f"{fmt_ms(median(times['local']) / n)} locally, so each one holds its slot for about {fmt_s(held)}, "
+        f"while the Ray side's whole process tree spends {fmt_ms(median(cpu['ray']) / n)} of CPU on it: most of "
+        f"the time is waiting, not work. {CONCURRENCY} actors that do nothing take {fmt_s(median(actors))} to "
+        f"start at once, {median(actors) / held:.0%} of that: each actor is a Ray worker process of its own; "
+        "the rest is the git bundle there, the clone, the stream of output and the end. An actor per workstream "
+        "(so that nothing ever runs twice, and a cancel or a lost node ends exactly one harness) is the price; "
+        "it matters for many short workstreams, not for agents that run for minutes."
     )
     return section
