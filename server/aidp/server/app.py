@@ -202,7 +202,15 @@ class AidpProtocol(JsonRPCProtocol):
         return None
 
     def _send_response(self, msg_id: Any, result: Any = None, error: Any = None) -> None:
-        super()._send_response(msg_id, result, error)
+        """A result goes out as the plain data it is, like `notify`'s params: pygls wraps it in an
+        attrs message that cattrs unstructures value by value (54 ms for a list of 2,000
+        workstreams, against 13 ms as it is; bench: list10k). Anything not plain data still goes
+        through pygls's converter (`_send_data`'s `default`)."""
+        if error is None:
+            self._result_types.pop(msg_id, None)
+            self._send_data({"jsonrpc": JsonRPCProtocol.VERSION, "id": msg_id, "result": result})
+        else:
+            super()._send_response(msg_id, result, error)
         if msg_id in self.unanswered:
             self.unanswered.discard(msg_id)
             self.answered.set()
