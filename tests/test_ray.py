@@ -328,6 +328,18 @@ def test_placement_that_cannot_be_satisfied_ends_error(
     assert "never" not in Path(got["logPath"]).read_text()
 
 
+def test_cpu_in_resources_is_asked_of_ray_as_cpus(cluster_repo: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """`resources = { CPU = 1 }` is what the config reference suggests: Ray takes CPU only as
+    `num_cpus`, so the actor must ask for it that way, and the run completes."""
+    repo, env = cluster_repo
+    config = repo / ".aidp" / "config.toml"
+    config.write_text(config.read_text() + "resources = { CPU = 1 }\n")
+    new_ws(repo, "one-cpu", harness(tmp_path, "one-cpu", "print('on a cpu')\n"), env)
+    got = results(run_json(repo, env, "one-cpu"))["one-cpu"]
+    assert got["status"] == "completed", got
+    assert "on a cpu" in Path(got["logPath"]).read_text()
+
+
 def test_worker_node_killed_mid_run_fails_it_and_leaves_nothing(ray_cluster: Cluster, tmp_path: Path) -> None:
     """SIGKILL of the raylet of the node running the harness: `failed`, "remote worker lost",
     and the harness's whole tree is gone (the watchdog), not only the actor."""

@@ -242,8 +242,15 @@ class RayBackend:
         bundle = await self._bundle(launch, branch, base)
         spec = await self._spec(launch, branch, base)
         resources = {settings.slot_resource: 1, **settings.resources}
+        # Ray takes CPU and GPU only as their own keywords, every other resource by name.
+        custom = {name: amount for name, amount in resources.items() if name not in ("CPU", "GPU")}
         actor = Worker.options(  # type: ignore[attr-defined]
-            num_cpus=0, resources=resources, max_restarts=0, max_task_retries=0, max_concurrency=8
+            num_cpus=resources.get("CPU", 0),
+            num_gpus=resources.get("GPU", 0),
+            resources=custom,
+            max_restarts=0,
+            max_task_retries=0,
+            max_concurrency=8,
         ).remote()
         try:
             host = await self._placed(actor, launch, resources)
