@@ -710,6 +710,10 @@ class Store:
                 raise Busy(sorted(held))
             if busy := db.execute(f"SELECT slug, op FROM operations WHERE slug IN ({marks})", slugs).fetchall():
                 raise Busy(sorted(slug for slug, _ in busy), state=OPERATION_STATES[busy[0][1]])
+            # Read before the claim: a removal by another process may have ended since.
+            known = {r[0] for r in db.execute(f"SELECT slug FROM workstreams WHERE slug IN ({marks})", slugs)}
+            if gone := sorted(set(slugs) - known):
+                raise UnknownSlugs(gone, hint="removed by another aidp process meanwhile")
             db.executemany(
                 "INSERT INTO claims (slug, run_id, owner_pid, owner_start, claimed_at, cgroup, max_attempts) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
