@@ -869,6 +869,10 @@ async function main(): Promise<void> {
     await wb.command("AIDP: Set Dependencies");
     await quickInput.fill("dep-a");
     await wb.pickRow("dep-a").click();
+    // dep-b also shows in the first picker (its task names dep-a): pick it only in the second one.
+    await page
+      .locator(".quick-input-widget .quick-input-title", { hasText: "'dep-a' runs after" })
+      .waitFor({ state: "visible", timeout: 30_000 });
     await wb.pickExactly(["dep-b"], ["dep-b"]);
     await page.keyboard.press("Enter");
     const cycle = wb.toast("cannot set the dependencies");
