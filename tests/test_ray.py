@@ -14,7 +14,7 @@ import os
 import shlex
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -344,25 +344,37 @@ def test_worker_node_killed_mid_run_fails_it_and_leaves_nothing(ray_cluster: Clu
     """SIGKILL of the raylet of the node running the harness: `failed`, "remote worker lost",
     and the harness's whole tree is gone (the watchdog), not only the actor."""
     node = ray_cluster.add_node("doomed", {"aidp_doomed": 1})
+    extra = 'slot_resource = "aidp_doomed"\nheartbeat_timeout_s = 30\n'
+    got = lose_a_running_tree(
+        ray_cluster, tmp_path, extra, lambda _: ray_cluster.raylet_of(node).send_signal(signal.SIGKILL)
+    )
+    assert got["error"].startswith("remote worker lost: ")
+
+
+def lose_a_running_tree(
+    ray_cluster: Cluster, tmp_path: Path, executor_config: str, lose: Callable[[Path], None]
+) -> dict[str, Any]:
+    """Run a tree of marked processes on the cluster (`executor_config` added to [executor]), call
+    `lose(pids)` once it started, and return its result: `failed`, with its whole tree gone."""
     repo = make_repo(tmp_path)
     env = configure(repo, "ray", ray_cluster)
     config = repo / ".aidp" / "config.toml"
-    config.write_text(config.read_text() + 'slot_resource = "aidp_doomed"\nheartbeat_timeout_s = 30\n')
+    config.write_text(config.read_text() + executor_config)
     pids, marker = tmp_path / "pids", f"aidp-test-{uuid.uuid4().hex}"
     (tmp_path / "tree.py").write_text(tree_code(pids, marker))
-    new_ws(repo, "doomed", shlex.join([PYTHON, str(tmp_path / "tree.py"), marker]), env)
-    run = spawn_cli(repo, "ws", "run", "--json", "doomed", env=env)
+    new_ws(repo, "lost", shlex.join([PYTHON, str(tmp_path / "tree.py"), marker]), env)
+    run = spawn_cli(repo, "ws", "run", "--json", "lost", env=env)
     try:
         wait_until_sync(pids.exists, timeout=WAIT_S * 2, what="the harness's tree to start")
-        ray_cluster.raylet_of(node).send_signal(signal.SIGKILL)
+        lose(pids)
         out, err = run.communicate(timeout=WAIT_S * 2)
     finally:
         if run.poll() is None:
             run.kill()
-    got = results(json.loads(out))["doomed"]
+    got: dict[str, Any] = results(json.loads(out))["lost"]
     assert got["status"] == "failed", (got, err)
-    assert got["error"].startswith("remote worker lost: ")
     wait_until_sync(lambda: marked(marker) == [], what="the harness's tree to be ended")
+    return got
 
 
 async def test_serve_runs_on_the_cluster(ray_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,24 +471,11 @@ def listed_statuses(repo: Path) -> dict[str, str]:
 def test_silent_worker_is_lost_after_the_heartbeat_timeout(ray_cluster: Cluster, tmp_path: Path) -> None:
     """A worker that stops answering (SIGSTOP: a frozen node) ends the attempt `failed` once no
     heartbeat came for `heartbeat_timeout_s`; the actor is killed and the harness's tree goes."""
-    repo = make_repo(tmp_path)
-    env = configure(repo, "ray", ray_cluster)
-    config = repo / ".aidp" / "config.toml"
-    config.write_text(config.read_text() + "heartbeat_timeout_s = 5\n")
-    pids, marker = tmp_path / "pids", f"aidp-test-{uuid.uuid4().hex}"
-    (tmp_path / "tree.py").write_text(tree_code(pids, marker))
-    new_ws(repo, "frozen", shlex.join([PYTHON, str(tmp_path / "tree.py"), marker]), env)
-    run = spawn_cli(repo, "ws", "run", "--json", "frozen", env=env)
-    try:
-        wait_until_sync(pids.exists, timeout=WAIT_S * 2, what="the harness's tree to start")
+
+    def freeze(pids: Path) -> None:
         worker = psutil.Process(int(pids.read_text().split()[0])).parent()
         assert worker is not None and "ray::" in worker.name() + " ".join(worker.cmdline())
         worker.send_signal(signal.SIGSTOP)
-        out, err = run.communicate(timeout=WAIT_S * 2)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    got = results(json.loads(out))["frozen"]
-    assert got["status"] == "failed", (got, err)
+
+    got = lose_a_running_tree(ray_cluster, tmp_path, "heartbeat_timeout_s = 5\n", freeze)
     assert got["error"].startswith("remote worker lost: no heartbeat for 5 s")
-    wait_until_sync(lambda: marked(marker) == [], what="the harness's tree to be ended")
