@@ -32,6 +32,7 @@ class Params:
     memory_sleep_s: float = 4.0
     memory_reps: int = 3
     memory_listed: int = 10_000
+    memory_run_n: int = 200  # issue 13's "200 running": one run of them, the repository's bound at once
     startup_reps: int = 10
     conflicts_n: int = 20
     conflicts_reps: int = 7
@@ -62,6 +63,7 @@ class Params:
             memory_sleep_s=2.0,
             memory_reps=1,
             memory_listed=2_000,
+            memory_run_n=80,
             startup_reps=3,
             conflicts_reps=3,
             order_reps=1,

@@ -18,9 +18,11 @@ from typing import Any
 from aidp.engine.model import Status, utc_now
 from aidp.engine.store import Store
 from bench.common import Params, Row, Section, fmt_mb, median
-from bench.fixtures import create_workstreams, make_repo, proc_status, start_server
+from bench.fixtures import create_workstreams, make_repo, proc_status, reset_statuses, start_server
 
 BATCHES = 2
+RUN_SLEEP_S = 1.0
+RUN_SAMPLE_S = 0.05
 
 
 async def run(p: Params) -> list[Section]:
@@ -63,6 +65,7 @@ async def run(p: Params) -> list[Section]:
             assert summary["completed"] == size, summary
         await client.close()
 
+    in_run = await _run_rss(p)
     listed = await _listed_rss(p)
     rss_idle, rss_busy = median(idle), median(busy)
     section = Section("memory", f"Memory: server RSS idle and with {n} workstreams running")
@@ -70,9 +73,24 @@ async def run(p: Params) -> list[Section]:
     section.rows.append(Row(f"server RSS, {n} running", fmt_mb(rss_busy)))
     section.rows.append(Row("per running workstream", f"{(rss_busy - rss_idle) / n / 1e3:.1f} kB"))
     section.rows.append(
+        Row(
+            f"server RSS, a run of {p.memory_run_n} ({n} at once)",
+            fmt_mb(median(in_run)),
+            f"max {fmt_mb(max(in_run))}; the rest queued in the same run",
+        )
+    )
+    section.rows.append(
         Row(f"server RSS after listing {p.memory_listed:,}", fmt_mb(median(listed)), f"max {fmt_mb(max(listed))}")
     )
-    section.figures = {"n": n, "idle_rss": idle, "busy_rss": busy, "listed_n": p.memory_listed, "listed_rss": listed}
+    section.figures = {
+        "n": n,
+        "idle_rss": idle,
+        "busy_rss": busy,
+        "run_n": p.memory_run_n,
+        "run_rss": in_run,
+        "listed_n": p.memory_listed,
+        "listed_rss": listed,
+    }
     section.notes.append(
         f"VmRSS of the server process (children not included) from `/proc/<pid>/status`: idle after "
         f"`initialize` and one `aidp/wsList` with {n} workstreams defined; busy = the largest of 5 samples "
@@ -85,6 +103,29 @@ async def run(p: Params) -> list[Section]:
         f"(the largest of the samples after each), a fresh server per repetition."
     )
     return [section]
+
+
+async def _run_rss(p: Params) -> list[float]:
+    """The server's largest RSS while one run holds `memory_run_n` workstreams, as many at once as
+    a repository allows."""
+    n = p.memory_run_n
+    repo = make_repo(p.work / "memory-run", ["sleep", f"{RUN_SLEEP_S:g}"], max_concurrent=p.memory_n)
+    slugs = [f"run-{i:03d}" for i in range(n)]
+    await create_workstreams(repo, slugs)
+    peaks: list[float] = []
+    for _ in range(p.memory_reps):
+        reset_statuses(repo)  # run again what the last repetition completed
+        client = await start_server(repo, p.work / "server-memory-run.log")
+        run = asyncio.create_task(client.request("aidp/wsRun", {"slugs": slugs, "maxConcurrent": p.memory_n}))
+        peak = 0
+        while not run.done():
+            peak = max(peak, proc_status(client.pid, "VmRSS"))
+            await asyncio.sleep(RUN_SAMPLE_S)
+        summary = await run
+        assert summary["completed"] == n, summary
+        peaks.append(peak)
+        await client.close()
+    return peaks
 
 
 async def _listed_rss(p: Params) -> list[float]:
