@@ -9,38 +9,83 @@ change just before git was asked may share its timestamp's tick (git's "racy" ca
 changed within `RACY_NS` of that moment is asked again. Worktrees too big to walk cheaply
 (`WALK_MAX` entries) are always asked. The file is only a shortcut: a lost or stale one costs git
 processes, never a wrong answer, so concurrent writers need no lock.
+
+The checks themselves (`holds`, `shared_files`, `newest`) use os alone, and msgspec is imported
+only to read and write the file: `aidp.engine.listing` reuses them in `aidp ws list`'s fast path,
+which must start in a few milliseconds.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
-from pathlib import Path
 
-import msgspec
+TYPE_CHECKING = False  # typing itself costs milliseconds here: mypy reads this name as True
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
 
 CACHE_FILE = "dirty.json"
 RACY_NS = 2_000_000_000  # file times tick coarsely (jiffies; 2 s on FAT): well past any tick
 WALK_MAX = 2_000  # entries walked in one worktree before it counts as too big (always asked)
 
+# One answer as dirty.json keeps it: (asked_ns, dirty, head, admin, index, big); see `Verified`.
+Kept = tuple[int, bool, str, str, tuple[int, ...], bool]
 
-class Verified(msgspec.Struct, array_like=True):
+
+class Verified:
     """What git said of one worktree: `dirty`, asked at `asked_ns`, its branch at `head`, its
     admin folder (`.git/worktrees/<id>`, as its `.git` file named it) and its index as git left it
     (`git status` itself rewrites the index: that write is no change); `big`: too many entries to
-    walk, so never reused."""
+    walk, so never reused. A plain class, not a msgspec Struct, so that importing this module
+    imports no msgspec."""
 
-    asked_ns: int
-    dirty: bool
-    head: str
-    admin: str
-    index: tuple[int, ...]
-    big: bool = False
+    __slots__ = ("admin", "asked_ns", "big", "dirty", "head", "index")
+
+    def __init__(
+        self, asked_ns: int, dirty: bool, head: str, admin: str, index: tuple[int, ...], big: bool = False
+    ) -> None:
+        self.asked_ns, self.dirty, self.head = asked_ns, dirty, head
+        self.admin, self.index, self.big = admin, index, big
+
+    def as_kept(self) -> Kept:
+        return (self.asked_ns, self.dirty, self.head, self.admin, self.index, self.big)
 
 
 class TooBig(Exception):
     """More entries than `WALK_MAX` in one worktree."""
+
+
+def load(state_dir: Path) -> dict[str, Verified]:
+    """The answers kept in the repository's `dirty.json` ({} when missing or unreadable)."""
+    import msgspec
+
+    try:
+        kept = msgspec.json.decode((state_dir / CACHE_FILE).read_bytes(), type=dict[str, Kept])
+    except (OSError, msgspec.DecodeError):
+        return {}
+    return {path: Verified(*fields) for path, fields in kept.items()}
+
+
+def shared_files(common_dir: str) -> list[str]:
+    """What git reads besides the worktree that can change its answer (untracked files ignored or
+    not): the repository's config and excludes, the user's."""
+    home = os.path.expanduser("~")
+    config = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "git")
+    own = [os.path.join(common_dir, "config"), os.path.join(common_dir, "info", "exclude")]
+    return [*own, os.path.join(home, ".gitconfig"), os.path.join(config, "config"), os.path.join(config, "ignore")]
+
+
+def holds(worktree: str, kept: Verified, shared: int) -> bool:
+    """Whether git's answer `kept` is still true of `worktree`: its index is the one git left,
+    and nothing in it, its HEAD or the shared files (`shared`: their newest ctime, see `newest`)
+    changed since `RACY_NS` before git was asked. Walks the worktree; raises TooBig past
+    `WALK_MAX` entries, OSError when it is not readable as it was."""
+    if kept.big or kept.asked_ns > time.time_ns():  # the clock was set back
+        return False
+    if index_of(kept.admin) != kept.index:
+        return False
+    return max(_newest_in(worktree, kept.admin, WALK_MAX), shared) < kept.asked_ns - RACY_NS
 
 
 class DirtyCache:
@@ -49,37 +94,26 @@ class DirtyCache:
     def __init__(self, state_dir: Path, common_dir: Path) -> None:
         self._path = state_dir / CACHE_FILE
         self._changed = False
-        try:
-            self._known = msgspec.json.decode(self._path.read_bytes(), type=dict[str, Verified])
-        except (OSError, msgspec.DecodeError):
-            self._known = {}
-        home = Path.home()
-        config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
-        # What git reads besides the worktree that can change its answer (untracked files ignored or not).
-        self._shared = [common_dir / "config", common_dir / "info" / "exclude", home / ".gitconfig"]
-        self._shared += [config / "config", config / "ignore"]
+        self._known = load(state_dir)
+        self._shared = shared_files(str(common_dir))
 
     def reusable(self, worktrees: Iterable[tuple[str, str]]) -> dict[str, bool]:
         """The kept answers still true for these (worktree, branch head) pairs; the others are to
         be asked of git. Walks each worktree's entries (blocking: call it off the event loop)."""
-        shared, now = _newest(self._shared), time.time_ns()
+        shared = newest(self._shared)
         found: dict[str, bool] = {}
         for path, head in worktrees:
             kept = self._known.get(path)
-            if kept is None or kept.big or kept.head != head or kept.asked_ns > now:  # the clock was set back
+            if kept is None or kept.head != head:
                 continue
             try:
-                if _index_of(kept.admin) != kept.index:
-                    continue
-                newest = _newest_in(path, kept.admin, WALK_MAX)
+                if holds(path, kept, shared):
+                    found[path] = kept.dirty
             except TooBig:
-                self._known[path] = msgspec.structs.replace(kept, big=True)
+                self._known[path] = Verified(*kept.as_kept()[:-1], big=True)
                 self._changed = True
-                continue
             except OSError:  # not readable as it was: git says what it is
                 continue
-            if max(newest, shared) < kept.asked_ns - RACY_NS:
-                found[path] = kept.dirty
         return found
 
     def record(self, path: Path, head: str, asked_ns: int, dirty: bool) -> None:
@@ -87,7 +121,7 @@ class DirtyCache:
         was = self._known.get(str(path))
         try:
             admin = (path / ".git").read_text().removeprefix("gitdir:").strip()
-            index = _index_of(admin)
+            index = index_of(admin)
         except OSError:
             self._known.pop(str(path), None)
             return
@@ -103,28 +137,30 @@ class DirtyCache:
 
     def save(self) -> None:
         """Written whole and renamed into place, so a reader never sees half a file."""
+        import msgspec
+
         if not self._changed:
             return
         temporary = self._path.with_name(f"{CACHE_FILE}.{os.getpid()}.tmp")
         try:
-            temporary.write_bytes(msgspec.json.encode(self._known))
+            temporary.write_bytes(msgspec.json.encode({k: v.as_kept() for k, v in self._known.items()}))
             temporary.replace(self._path)
         except OSError:  # a read-only state folder: the next list asks git again
             temporary.unlink(missing_ok=True)
 
 
-def _newest(paths: Iterable[Path]) -> int:
+def newest(paths: Iterable[str]) -> int:
     """The latest ctime among these files (0 for missing ones)."""
-    newest = 0
+    found = 0
     for path in paths:
         try:
-            newest = max(newest, os.lstat(path).st_ctime_ns)
+            found = max(found, os.lstat(path).st_ctime_ns)
         except OSError:
             continue
-    return newest
+    return found
 
 
-def _index_of(admin: str) -> tuple[int, ...]:
+def index_of(admin: str) -> tuple[int, ...]:
     """The index file's identity: git replaces it (a new inode) on every write. () when missing."""
     try:
         st = os.lstat(f"{admin}/index")
@@ -136,7 +172,7 @@ def _index_of(admin: str) -> tuple[int, ...]:
 def _newest_in(worktree: str, admin: str, limit: int) -> int:
     """The latest ctime of the worktree's folders and files, and of its HEAD in its admin folder
     (the index is compared whole). Raises TooBig past `limit` entries, OSError when unreadable."""
-    newest = max(os.lstat(f"{admin}/HEAD").st_ctime_ns, os.lstat(worktree).st_ctime_ns)
+    found = max(os.lstat(f"{admin}/HEAD").st_ctime_ns, os.lstat(worktree).st_ctime_ns)
     folders, seen = [worktree], 0
     while folders:
         with os.scandir(folders.pop()) as entries:
@@ -144,7 +180,7 @@ def _newest_in(worktree: str, admin: str, limit: int) -> int:
                 seen += 1
                 if seen > limit:
                     raise TooBig(worktree)
-                newest = max(newest, entry.stat(follow_symlinks=False).st_ctime_ns)
+                found = max(found, entry.stat(follow_symlinks=False).st_ctime_ns)
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
-    return newest
+    return found

@@ -1,0 +1,198 @@
+"""The fingerprint of everything a list of the workstreams reads, so a list made earlier can be
+shown again, unchanged, without opening the state database or asking git.
+
+A list reads the state database, the config, the worktrees folder, git's refs and, per worktree,
+whether it has uncommitted work. `take` stamps each of those files and folders (inode, size,
+mtime, ctime) BEFORE the list reads them; `still_true` stamps them again: when nothing changed, the
+list made after `take` is still what a new one would show. A folder's stamp changes when an entry
+is added, removed or renamed in it, which is how git writes a loose ref (a rename into
+`refs/heads/...`) and how SQLite's log, a new worktree or a removed one show.
+
+File times tick coarsely (a jiffy), so a change just after `take` may carry the same stamp as one
+just before it: as git does with its index ("racy git"), a fingerprint with any input stamped
+within `dirty.RACY_NS` of the moment it was taken is not trusted, and never holds.
+
+Uncommitted work is per worktree what `aidp.engine.dirty` checks (its index, its HEAD, the ctimes
+of its files, git's shared config and excludes): `with_worktrees` adds, for each worktree, git's
+last answer kept in `.aidp/dirty.json` and the flag the list showed; it holds while that answer
+still holds and says the same.
+
+Imports nothing but os and time (and `dirty`'s checks, which import nothing more): `aidp ws list`
+checks a fingerprint before anything else is imported. Both the CLI (its table cache,
+`aidp.cli.fastlist`) and the server can keep one with what they listed. Use:
+
+    fp = take(root, state_dir, worktrees_dir)   # before reading anything
+    ...list...                                  # (with its uncommitted-work flags: shown)
+    fp = with_worktrees(fp, state_dir, shown)   # None: some worktree cannot be checked
+    ...later...
+    if fp is not None and still_true(fp): reuse what was listed
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from aidp.engine import dirty
+
+TYPE_CHECKING = False  # typing itself costs milliseconds here: mypy reads this name as True
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+# The engine's file names (engine.STATE_DB, config.CONFIG_NAME), here too: importing those modules
+# would import SQLite and the engine (tests/test_cli_fastlist.py checks they agree).
+STATE_DB = "state.db"
+CONFIG_NAME = "config.toml"
+
+Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns); None: missing
+# Per worktree: (path, the uncommitted flag the list showed, git's answer as dirty.json keeps it).
+Checked = tuple[str, bool, dirty.Kept]
+
+
+class Fingerprint:
+    """The stamps of a list's inputs, taken at `taken_ns`; `trusted`: none was racy then;
+    `common`: the repository's git common dir (whose config and excludes git reads)."""
+
+    __slots__ = ("common", "files", "taken_ns", "trusted", "worktrees")
+
+    def __init__(
+        self,
+        taken_ns: int,
+        trusted: bool,
+        common: str,
+        files: tuple[tuple[str, Stamp], ...],
+        worktrees: tuple[Checked, ...] = (),
+    ) -> None:
+        self.taken_ns, self.trusted, self.common = taken_ns, trusted, common
+        self.files, self.worktrees = files, worktrees
+
+    def as_data(self) -> tuple[int, bool, str, tuple[tuple[str, Stamp], ...], tuple[Checked, ...]]:
+        """Plain tuples, ints, bools and strings (for `marshal`, json or memory)."""
+        return (self.taken_ns, self.trusted, self.common, self.files, self.worktrees)
+
+    @classmethod
+    def from_data(cls, data: object) -> Fingerprint | None:
+        """The fingerprint `as_data` gave, or None when `data` is not exactly of that shape."""
+        if not (isinstance(data, tuple) and len(data) == 5):
+            return None
+        taken_ns, trusted, common, files, worktrees = data
+        if not (type(taken_ns) is int and type(trusted) is bool and type(common) is str and isinstance(files, tuple)):
+            return None
+        if not (isinstance(worktrees, tuple) and all(map(_is_file, files)) and all(map(_is_checked, worktrees))):
+            return None
+        return cls(taken_ns, trusted, common, files, worktrees)
+
+
+def take(root: str, state_dir: str, worktrees_dir: str) -> Fingerprint:
+    """Stamp every input of a list of the repository at `root` (state in `state_dir`, worktrees
+    made in `worktrees_dir`); call it before the list reads anything."""
+    now = time.time_ns()
+    try:
+        git_dir, common = _git_dirs(root)
+    except OSError:
+        return Fingerprint(now, False, "", ())  # not a repository as expected: never trusted
+    paths = [
+        os.path.join(state_dir, STATE_DB),
+        os.path.join(state_dir, STATE_DB + "-wal"),
+        os.path.join(state_dir, CONFIG_NAME),
+        worktrees_dir,
+        os.path.join(git_dir, "HEAD"),  # the main worktree's HEAD (the base of 'HEAD at creation')
+        os.path.join(common, "HEAD"),
+        os.path.join(common, "packed-refs"),
+        os.path.join(common, "worktrees"),
+        *_folders(os.path.join(common, "refs")),
+        *dirty.shared_files(common),
+    ]
+    files = tuple((path, _stamp(path)) for path in dict.fromkeys(paths))
+    racy = now - dirty.RACY_NS
+    trusted = all(stamp is None or max(stamp[2], stamp[3]) < racy for _, stamp in files)
+    return Fingerprint(now, trusted, common, files)
+
+
+def with_worktrees(fp: Fingerprint, state_dir: str, shown: Iterable[tuple[str, bool]]) -> Fingerprint | None:
+    """`fp` with each worktree's check: `shown` holds (worktree path, the uncommitted flag the list
+    showed) for each workstream whose changes it showed. None when a worktree has no answer of
+    git's kept (`dirty.json`) that says the same: it cannot be checked without git."""
+    from pathlib import Path
+
+    kept = dirty.load(Path(state_dir))
+    checked = []
+    for path, flag in shown:
+        answer = kept.get(path)
+        if answer is None or answer.dirty != flag or answer.big:
+            return None
+        checked.append((path, flag, answer.as_kept()))
+    return Fingerprint(fp.taken_ns, fp.trusted, fp.common, fp.files, tuple(checked))
+
+
+def still_true(fp: Fingerprint) -> bool:
+    """Whether every input is as it was when `fp` was taken (and `fp` is trusted): a list made
+    after `take` shows what a new list would."""
+    if not fp.trusted or time.time_ns() < fp.taken_ns:  # the clock was set back
+        return False
+    if any(_stamp(path) != stamp for path, stamp in fp.files):
+        return False
+    shared = dirty.newest(dirty.shared_files(fp.common))
+    for path, flag, answer in fp.worktrees:
+        kept = dirty.Verified(*answer)
+        try:
+            if kept.dirty != flag or not dirty.holds(path, kept, shared):
+                return False
+        except (dirty.TooBig, OSError):
+            return False
+    return True
+
+
+def _git_dirs(root: str) -> tuple[str, str]:
+    """The main worktree's git dir and the repository's common dir: `<root>/.git` for both, unless
+    `.git` is a file naming the git dir (`gitdir: ...`), whose `commondir` names the common one."""
+    dot_git = os.path.join(root, ".git")
+    if os.path.isdir(dot_git):
+        return dot_git, dot_git
+    with open(dot_git) as f:
+        git_dir = os.path.join(root, f.read().removeprefix("gitdir:").strip())
+    try:
+        with open(os.path.join(git_dir, "commondir")) as f:
+            return git_dir, os.path.normpath(os.path.join(git_dir, f.read().strip()))
+    except FileNotFoundError:
+        return git_dir, git_dir
+
+
+def _folders(top: str) -> list[str]:
+    """`top` and every folder under it (a ref written, added or removed changes one of their stamps)."""
+    found, todo = [], [top]
+    while todo:
+        folder = todo.pop()
+        found.append(folder)
+        try:
+            with os.scandir(folder) as entries:
+                todo += [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def _stamp(path: str) -> Stamp:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _is_file(item: object) -> bool:
+    if not (isinstance(item, tuple) and len(item) == 2 and type(item[0]) is str):
+        return False
+    stamp = item[1]
+    return stamp is None or (isinstance(stamp, tuple) and len(stamp) == 4 and all(type(n) is int for n in stamp))
+
+
+def _is_checked(item: object) -> bool:
+    if not (isinstance(item, tuple) and len(item) == 3 and type(item[0]) is str and type(item[1]) is bool):
+        return False
+    answer = item[2]
+    if not (isinstance(answer, tuple) and len(answer) == 6):
+        return False
+    asked_ns, flag, head, admin, index, big = answer
+    kinds = (type(asked_ns) is int, type(flag) is bool, type(head) is str, type(admin) is str, type(big) is bool)
+    return all(kinds) and isinstance(index, tuple) and all(type(n) is int for n in index)
