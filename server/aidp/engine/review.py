@@ -245,6 +245,25 @@ async def summary(
     return msgspec.structs.replace(committed, base_branch=base, dirty=dirty)
 
 
+def _kept_summary(ws: Workstream, refs: Refs, kept: Mapping[str, bool]) -> ChangeSummary | None:
+    """`summary` without a task or a git process, when its pair of commits and its worktree's
+    state are both known already (most of a list at thousands of workstreams; a task each cost
+    more than the rest of the list); None when git is to be asked (or `summary` to refuse)."""
+    base = ws.base_branch or refs.current
+    head = refs.heads.get(ws.branch)
+    base_commit = refs.heads.get(base) if base is not None else None
+    committed = _COMMITTED.get((base_commit, head)) if base_commit is not None and head is not None else None
+    if committed is None:
+        return None
+    if ws.worktree_missing:  # as `changes_of`'s records say (`Engine._with_worktree_state`)
+        dirty = False
+    elif (known := kept.get(ws.path)) is None:
+        return None
+    else:
+        dirty = known
+    return msgspec.structs.replace(committed, base_branch=base, dirty=dirty)
+
+
 # Commits never change, so what two commits give is kept (bounded; the oldest goes first).
 _COMMITTED: dict[tuple[str, str], ChangeSummary] = {}
 COMMITTED_MAX = 4096
@@ -536,7 +555,8 @@ async def changes_of(engine: Engine, workstreams: list[Workstream], everything: 
     """The records with `changes` filled, computed concurrently; a workstream whose branch or base
     is gone keeps `changes` None rather than failing the whole list. Uncommitted work is what git
     said last time wherever nothing changed since (`DirtyCache`); `everything`: these are all the
-    workstreams, so what is kept for others is dropped."""
+    workstreams, so what is kept for others is dropped. The records' `worktree_missing` is trusted
+    (they come from `Engine.workstreams` or `Engine.get`)."""
 
     try:
         refs = await Refs.read(engine.root)
@@ -562,7 +582,12 @@ async def changes_of(engine: Engine, workstreams: list[Workstream], everything: 
             log.info("%s: no change summary: %s", ws.slug, exc)
             return ws
 
-    found = await gather_bounded(one(ws) for ws in workstreams)
+    known = [_kept_summary(ws, refs, kept) for ws in workstreams]
+    asked = iter(await gather_bounded(one(ws) for ws, s in zip(workstreams, known, strict=True) if s is None))
+    found = [
+        next(asked) if s is None else msgspec.structs.replace(ws, changes=s)
+        for ws, s in zip(workstreams, known, strict=True)
+    ]
     if everything:
         cache.forget_except(path for path, _ in pairs)
     await asyncio.to_thread(cache.save)
