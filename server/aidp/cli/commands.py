@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from aidp.cli import ready
+from aidp.cli import fastlist, ready
 from aidp.cli.base import EXIT_FAILURE, EXIT_OK, Args, Handler
 from aidp.cli.patterns import expand
 from aidp.cli.progress_text import progress_text
@@ -26,10 +26,11 @@ from aidp.cli.render import (
     resources,
     schedule_text,
     summary_lines,
-    workstream_table,
+    table_rows,
     wrapped,
 )
-from aidp.engine import Engine, RunSummary, Status
+from aidp.cli.table import lay_out, terminal_width
+from aidp.engine import Engine, RunSummary, Status, listing
 from aidp.engine.errors import InvalidInput
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
@@ -99,12 +100,17 @@ async def ws_set(engine: Engine, args: Args) -> int:
 
 
 async def ws_list(engine: Engine, args: Args) -> int:
-    workstreams = await engine.workstreams()
+    """The table (kept, with the fingerprint of what it was made from, taken before reading it, for
+    the next `aidp ws list`: `fastlist`), or with --json the records."""
     if args.json:
-        print_json(workstreams)
-    else:
-        lines = workstream_table(workstreams) + out_of_step(workstreams, await engine.leftover_worktrees())
-        print("\n".join(lines), flush=True)
+        print_json(await engine.workstreams())
+        return EXIT_OK
+    root, state_dir = str(engine.root), str(engine.state_dir)
+    inputs = listing.take(root, state_dir, str(engine.worktrees_dir))
+    workstreams = await engine.workstreams()
+    rows, after = table_rows(workstreams), out_of_step(workstreams, await engine.leftover_worktrees())
+    print("\n".join(lay_out(rows, terminal_width()) + after), flush=True)
+    fastlist.keep(root, inputs, workstreams, rows, after)
     return EXIT_OK
 
 

@@ -2,26 +2,46 @@
 
 Expected errors (the engine's `AidpError`s) are one line on stderr, `aidp: error: <message>`, never
 a traceback: input errors exit 2, runtime failures exit 1 (see the epilog of `aidp --help`).
+
+`aidp ws list` is tried first from the table the last list kept (`fastlist`), before argparse, the
+engine or asyncio are imported: this module imports only what that needs at the top, the rest when
+a command runs.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import signal
 import sys
-from collections.abc import Sequence
 
-from aidp.cli import wiring
-from aidp.cli.base import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, exit_code
-from aidp.cli.parser import build_parser, parse
-from aidp.cli.render import report, set_fancy
-from aidp.engine.errors import AidpError
+from aidp.cli import fastlist
 
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool the closed pipe ended
+TYPE_CHECKING = False  # typing itself costs milliseconds here: mypy reads this name as True
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE: what a shell reports for a tool the closed pipe ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        if fastlist.serve(sys.argv[1:] if argv is None else list(argv)):
+            return 0
+        return _run(argv)
+    except BrokenPipeError:  # `aidp ws list | head -2`: the reader has gone; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit finds no pipe
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Parse the command line and run the command (the full path of every command)."""
+    import io
+
+    from aidp.cli import wiring
+    from aidp.cli.base import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, exit_code
+    from aidp.cli.parser import build_parser, parse
+    from aidp.cli.render import report, set_fancy
+    from aidp.engine.errors import AidpError
+
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # a pipe sees each line as it comes
     parser = build_parser()
@@ -36,9 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_fancy(sys.stdout.isatty() and not os.environ.get("NO_COLOR") and not args.no_color)
     try:
         return wiring.run(args)
-    except BrokenPipeError:  # `aidp ws list | head -2`: the reader has gone; end quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit finds no pipe
-        return EXIT_BROKEN_PIPE
     except AidpError as exc:
         report(str(exc))
         return exit_code(exc)

@@ -4,13 +4,13 @@ defined here once, so the live view, the summary and the repl say things the sam
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 import textwrap
 import time
 from typing import TYPE_CHECKING
 
 from aidp.cli.progress_text import progress_text
+from aidp.cli.table import Row, terminal_width
 from aidp.engine.events import StatusChanged
 from aidp.engine.model import ChangeSummary, RunSummary, Status, Workstream, WorkstreamResult, priority_name
 
@@ -38,7 +38,6 @@ STYLES = {
     Status.CANCELLED: "yellow",
     Status.BLOCKED: "yellow",
 }
-TASK_MIN_WIDTH = 24  # a task in a table is cut to what the width leaves, but never to less than this
 _fancy = True  # colours and emoji; main turns them off (see `set_fancy`)
 
 # Control characters (and ANSI sequences) in a harness's output would move our cursor around.
@@ -123,22 +122,6 @@ def resources(cpu_s: float | None, peak_rss_kb: int | None) -> str:
     if peak_rss_kb is not None:
         parts.append(f"peak memory {peak_rss_kb / 1024:.1f} MB")
     return ", ".join(parts)
-
-
-def terminal_width() -> int:
-    return shutil.get_terminal_size().columns
-
-
-def cut(text: str, width: int) -> str:
-    """`text` within `width` terminal cells (wide characters count two), '…' where it was cut.
-    Short ASCII text is left as it is without importing rich (`aidp ws list` starts faster)."""
-    if text.isascii() and text.isprintable() and len(text) <= width:
-        return text
-    from rich.text import Text
-
-    line = Text(text)
-    line.truncate(max(width, 1), overflow="ellipsis")
-    return line.plain
 
 
 def wrapped(label: str, text: str) -> list[str]:
@@ -279,35 +262,26 @@ def state_note(ws: Workstream) -> str:
     return ""
 
 
-def workstream_table(workstreams: list[Workstream]) -> list[str]:
-    """One row per workstream, and under a row that has one, what its status alone does not say."""
-    if not workstreams:
-        return ["no workstreams yet: create one with 'aidp ws new <slug> <task...>'"]
-    header = ("SLUG", "STATUS", "BRANCH", "PRIORITY", "AFTER", "CHANGES", "LAST RUN", "EXPECTED", "TASK")
-    rows = [header] + [
+def table_rows(workstreams: list[Workstream]) -> list[Row]:
+    """The workstream table's cells, not laid out yet (`table.lay_out`), and under each row what its
+    status alone does not say."""
+    return [
         (
-            w.slug,
-            str(w.status),
-            w.branch,
-            priority_name(w.priority),
-            after_text(w.after),
-            change_summary(w.changes),
-            last_run(w),
-            expected(w.expected_s),
-            first_line(w.task),
+            (
+                w.slug,
+                str(w.status),
+                w.branch,
+                priority_name(w.priority),
+                after_text(w.after),
+                change_summary(w.changes),
+                last_run(w),
+                expected(w.expected_s),
+                first_line(w.task),
+            ),
+            state_note(w),
         )
         for w in workstreams
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    widths[-1] = 0  # the task, last, is not padded: its first line, cut to what is left of the width
-    room = max(terminal_width() - sum(widths) - 2 * (len(widths) - 1), TASK_MIN_WIDTH)
-    lines = []
-    for row, ws in zip(rows, [None, *workstreams], strict=True):
-        cells = [*row[:-1], cut(row[-1], room)]
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))
-        if ws is not None and (note := state_note(ws)):
-            lines.append(f"  ↳ {note}")
-    return lines
 
 
 def missing_worktree(ws: Workstream) -> str:

@@ -31,6 +31,7 @@ checks a fingerprint before anything else is imported. Both the CLI (its table c
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from aidp.engine import dirty
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 STATE_DB = "state.db"
 CONFIG_NAME = "config.toml"
 
-Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns); None: missing
+Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns); None: missing or empty
 # Per worktree: (path, the uncommitted flag the list showed, git's answer as dirty.json keeps it).
 Checked = tuple[str, bool, dirty.Kept]
 
@@ -173,9 +174,14 @@ def _folders(top: str) -> list[str]:
 
 
 def _stamp(path: str) -> Stamp:
+    """An empty file reads as a missing one: every input means the same by both (no state, no
+    config, no refs), and SQLite makes its log empty when the database is opened and deletes it
+    when the last connection closes, without a change to what it holds."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
+        return None
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 

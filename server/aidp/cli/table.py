@@ -1,0 +1,64 @@
+"""The workstream table laid out for the terminal: cells in, lines out.
+
+Kept apart from `render` (which makes the cells) and importing nothing but os and sys, because
+`aidp ws list` lays out a table it kept from the last list (`aidp.cli.fastlist`) before anything
+else is imported; the full list lays its cells out with this same code, so both print the same
+bytes for the same width.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TASK_MIN_WIDTH = 24  # a task in a table is cut to what the width leaves, but never to less than this
+EMPTY = "no workstreams yet: create one with 'aidp ws new <slug> <task...>'"
+HEADER = ("SLUG", "STATUS", "BRANCH", "PRIORITY", "AFTER", "CHANGES", "LAST RUN", "EXPECTED", "TASK")
+
+# One workstream: its cells (as `HEADER`) and the note shown under it ('' for none).
+Row = tuple[tuple[str, ...], str]
+
+
+def terminal_width() -> int:
+    """The terminal's columns as `shutil.get_terminal_size` says them (COLUMNS, then the terminal of
+    stdout, else 80), without importing shutil."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+def cut(text: str, width: int) -> str:
+    """`text` within `width` terminal cells (wide characters count two), '…' where it was cut.
+    Short ASCII text is left as it is without importing rich (`aidp ws list` starts faster)."""
+    if text.isascii() and text.isprintable() and len(text) <= width:
+        return text
+    from rich.text import Text
+
+    line = Text(text)
+    line.truncate(max(width, 1), overflow="ellipsis")
+    return line.plain
+
+
+def lay_out(rows: list[Row], width: int) -> list[str]:
+    """The table in `width` columns: a line per row, columns padded to their widest cell, the task
+    (last, not padded) cut to what is left, and under a row that has one, its note."""
+    if not rows:
+        return [EMPTY]
+    cells = [HEADER, *(row for row, _ in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    widths[-1] = 0  # the task, last, is not padded: its first line, cut to what is left of the width
+    room = max(width - sum(widths) - 2 * (len(widths) - 1), TASK_MIN_WIDTH)
+    lines = []
+    for row, note in [(HEADER, ""), *rows]:
+        laid = [*row[:-1], cut(row[-1], room)]
+        lines.append("  ".join(cell.ljust(size) for cell, size in zip(laid, widths, strict=True)))
+        if note:
+            lines.append(f"  ↳ {note}")
+    return lines
