@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import heapq
 import logging
 import math
 import os
@@ -205,6 +206,9 @@ class Run:
         self._halted: str | None = None  # why nothing more starts
         self._known: dict[str, tuple[Status, int]] = {}  # status and priority, read at most every STATE_TTL_S
         self._known_at = -math.inf
+        self._keys: dict[str, tuple[int, float, int]] = {}  # `_key`s, valid until `_known` is read again
+        self._slots_said: list[Job] = []  # jobs whose `slot_reason` is set
+        self._done = 0  # jobs with a result
         self._changes = -1  # `schedule_changes` when they were read
         self._progress: tuple[object, ...] = ()
         self._eta: float | None = None  # the last forecast, made at most every ETA_EVERY_S
@@ -269,8 +273,7 @@ class Run:
     async def _dispatch(self) -> None:
         while True:
             self._wake.clear()  # before looking: what happens from here on wakes the wait below
-            await self._conclude_unstartable()
-            pending = [j for j in self.jobs.values() if j.state is State.PENDING]
+            pending = await self._conclude_unstartable()
             if not pending and not self._tasks:
                 self._report_progress()  # the last word: every job done (viewers wait for done == total)
                 return
@@ -299,6 +302,7 @@ class Run:
         self._changes = await self._db.call(self._db.store.schedule_changes)
         self._known = await self._db.call(self._db.store.schedule_state, [*(j.ws.slug for j in pending), *outside])
         self._known_at = now
+        self._keys.clear()
 
     def _deps_waiting(self, job: Job) -> list[str]:
         """The dependencies not done yet (in this run, or elsewhere: another run, an earlier one)."""
@@ -330,8 +334,11 @@ class Run:
                 return f"blocked: its dependency {dep} no longer exists"
         return None
 
-    async def _conclude_unstartable(self) -> None:
-        """End the pending jobs that will never start: cancelled, halted, or blocked."""
+    async def _conclude_unstartable(self) -> list[Job]:
+        """End the pending jobs that will never start: cancelled, halted, or blocked; returns the
+        others, still pending. One pass at every pick, so a job without dependencies or setup
+        (nothing can block it) costs two checks."""
+        pending, ended = [], False
         for job in [j for j in self.jobs.values() if j.state is State.PENDING]:
             if job.cancel.is_set():
                 why = (
@@ -342,16 +349,27 @@ class Run:
                 await self._end(job, Status.CANCELLED, why)
             elif self._halted is not None:
                 await self._end(job, Status.CANCELLED, f"not started: {self._halted}")
-            elif (blocker := self._blocker(job)) is not None:
+            elif (job.ws.after or job.ws.setup is not None) and (blocker := self._blocker(job)) is not None:
                 await self._end(job, Status.BLOCKED, blocker)
+            else:
+                pending.append(job)
+                continue
+            ended = True
+        if ended:  # others changed meanwhile (a retry queued while the end was recorded)
+            return [j for j in self.jobs.values() if j.state is State.PENDING]
+        return pending
 
     async def _end(self, job: Job, status: Status, why: str) -> None:
         job.state = State.DONE
         await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=status, error=why, attempt=job.attempt))
 
     def _key(self, slug: str) -> tuple[int, float, int]:
-        priority = self._known.get(slug, (Status.QUEUED, self.jobs[slug].ws.priority))[1]
-        return scheduling.order_key(priority, self._levels.get(slug, 0.0), self._index[slug])
+        """Kept until the priorities are read again: every pick orders all the ready jobs."""
+        key = self._keys.get(slug)
+        if key is None:
+            priority = self._known.get(slug, (Status.QUEUED, self.jobs[slug].ws.priority))[1]
+            key = self._keys[slug] = scheduling.order_key(priority, self._levels.get(slug, 0.0), self._index[slug])
+        return key
 
     async def _start_ready(self, pending: list[Job], now: float) -> bool:
         """Start what may start now; True when something waits on other processes (poll again soon)."""
@@ -359,16 +377,23 @@ class Run:
         if not pending or free <= 0:
             return False
         await self._read_known(pending)
-        ready = [j for j in pending if j.not_before <= now and not self._deps_waiting(j)]
+        ready, outside = [], False
+        for job in pending:
+            deps = self._deps_waiting(job) if job.ws.after else None
+            if deps:
+                outside = outside or any(d not in self.jobs for d in deps)
+            elif job.not_before <= now:
+                ready.append(job)
         if len(ready) > free:
             await self._read_known(pending, order_matters=True)
-        outside = any(d not in self.jobs for j in pending for d in self._deps_waiting(j))
         if not ready:
             return outside
-        ready.sort(key=lambda j: self._key(j.ws.slug))
-        for job in pending:
+        for job in self._slots_said:
             job.slot_reason = None  # said again below while other processes still hold the slots
-        wanted = [j.ws.slug for j in ready[:free]]
+        self._slots_said = []
+        # Only the first `free` start: picking them is linear in the ready jobs, sorting them is not.
+        first = heapq.nsmallest(free, ready, key=lambda j: self._key(j.ws.slug))
+        wanted = [j.ws.slug for j in first]
         taken = await self._take_slots(wanted)
         for slug in taken:
             self._launch(self.jobs[slug])
@@ -400,6 +425,7 @@ class Run:
         )
         for job in jobs:
             job.slot_reason = why
+        self._slots_said += jobs
 
     def _launch(self, job: Job) -> None:
         job.state = State.RUNNING
@@ -418,7 +444,7 @@ class Run:
         for job in pending:
             if job.state is not State.PENDING:
                 continue
-            deps = self._deps_waiting(job)
+            deps = self._deps_waiting(job) if job.ws.after else None
             why = job.slot_reason or (f"waiting for {', '.join(deps)}" if deps else job.backoff_reason)
             if why != job.waiting:
                 job.waiting = changed[job.ws.slug] = why
@@ -473,7 +499,7 @@ class Run:
 
     def _report_progress(self) -> None:
         """A `RunProgress` when the counts, the pace or (at most every ETA_EVERY_S) the forecast changed."""
-        done = sum(1 for j in self.jobs.values() if j.result is not None)
+        done = self._done
         counts = (done, len(self._tasks), self.limit, self.note)
         now = time.monotonic()
         stale = now - self._eta_at >= ETA_EVERY_S or done == len(self.jobs)
@@ -945,6 +971,7 @@ class Run:
             result.finished_at = utc_now()
         result = await self._store_result(result)
         job.result = result
+        self._done += 1
         self._bus.emit(
             StatusChanged(
                 run_id=self.run_id,
