@@ -679,7 +679,10 @@ class Engine:
 
     async def _history(self, workstreams: list[Workstream], default: list[str] | None, n: int) -> dict[str, History]:
         """What recorded runs say of each workstream (matched by its harness command too)."""
-        commands = {ws.slug: json.dumps(ws.command or default) for ws in workstreams}
+        command_of: dict[tuple[str, ...] | None, str] = {None: json.dumps(default)}  # once per command
+        for command in {tuple(ws.command) for ws in workstreams if ws.command}:
+            command_of[command] = json.dumps(list(command))
+        commands = {ws.slug: command_of[tuple(ws.command) if ws.command else None] for ws in workstreams}
         return await self.db.call(self.db.store.history, commands, n) if commands else {}
 
     async def _execute(self, run: Run) -> RunSummary:
