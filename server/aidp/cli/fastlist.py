@@ -4,16 +4,17 @@ A full list imports asyncio, SQLite and the engine, opens the state database and
 third of a second before the first row, seconds at 10,000 workstreams. So each plain `aidp ws list`
 keeps what it printed, as data (`.aidp/ws-list.cache`): the cells of each row and the note under it
 (the layout depends on the terminal's width at print time, so it is made again each time, by the
-same `table.lay_out`), the lines after the table, and the fingerprint of every input of that list,
+same `table.lay_out`), and the fingerprint of every input of that list,
 taken before it read them (`aidp.engine.listing`). The next `aidp ws list` (`serve`, called by
 `main` before anything else is imported) prints the kept table when the fingerprint still holds.
 
 It is not used, and the full list runs, when anything is unusual: no file, one of another format or
-aidp version, a damaged or truncated one, a fingerprint that does not hold or was taken within the
-racy window, another HOME or git environment, a run from a linked worktree (`.git` a file), a
-colour setting the kept cells depend on (conflicts are marked '⚠' only in colour). The full list
-keeps nothing while a workstream is in flight (queued, running, cancelling: a dead process's claims
-are corrected by its `recover`) or one has no change summary.
+aidp version or code, a damaged or truncated one, a fingerprint that does not hold or was taken
+within the racy window, another HOME or git environment, a run from a linked worktree (`.git` a
+file), a colour setting the kept cells depend on (conflicts are marked '⚠' only in colour). The full
+list keeps nothing (and removes what was kept) while a workstream is in flight (queued, running,
+cancelling: a dead process's claims are corrected by its `recover`), one has no change summary, or
+worktrees are out of step with the records (the '!' lines).
 
 The file is `marshal` data of plain tuples, strings, ints, bools and None, behind a magic string and
 a format number, and its shape is checked before use: reading it executes nothing (unlike pickle),
@@ -38,14 +39,30 @@ if TYPE_CHECKING:
 
 CACHE_FILE = "ws-list.cache"
 MAGIC = "aidp ws list table"
-FORMAT = 1
+FORMAT = 2
 STATE_DIR = ".aidp"  # gitrepo.STATE_DIR (gitrepo imports asyncio)
 ASKED = (["ws", "list"], ["--no-color", "ws", "list"])  # the command lines served from the file
+# The code that makes the cells: a kept table is of this code (a checkout between two releases too).
+_CLI = os.path.dirname(__file__)
+CODE = [os.path.join(_CLI, name) for name in ("fastlist.py", "render.py", "progress_text.py")]
+CODE.append(os.path.join(os.path.dirname(_CLI), "engine", "model.py"))
 
 
-def environment() -> tuple[tuple[str, str], ...]:
-    """What besides the files can change a list: where the user's git config is, git's variables."""
-    return tuple(sorted((k, v) for k, v in os.environ.items() if k in ("HOME", "XDG_CONFIG_HOME") or k[:4] == "GIT_"))
+Identity = tuple[str, int, str, tuple[tuple[int, int], ...], tuple[tuple[str, str], ...]]
+
+
+def identity() -> Identity | None:
+    """What besides the repository's files a kept table depends on: aidp's version and code, where
+    the user's git config is, and git's variables."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k in ("HOME", "XDG_CONFIG_HOME") or k[:4] == "GIT_"))
+    code = []
+    for path in CODE:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        code.append((st.st_size, st.st_mtime_ns))
+    return (MAGIC, FORMAT, __version__, tuple(code), env)
 
 
 def serve(argv: list[str]) -> bool:
@@ -58,15 +75,14 @@ def serve(argv: list[str]) -> bool:
         return False
     try:
         with open(os.path.join(root, STATE_DIR, CACHE_FILE), "rb") as f:
-            data = marshal.load(f)
+            data = marshal.loads(f.read())  # (`marshal.load` reads a file in small pieces: 5x slower)
     except (OSError, EOFError, ValueError, TypeError):
         return False
     fancy = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and "--no-color" not in argv
     kept = _checked(data, root, fancy)
     if kept is None:
         return False
-    rows, after = kept
-    sys.stdout.write("".join(f"{line}\n" for line in lay_out(rows, terminal_width()) + after))
+    sys.stdout.write("".join(f"{line}\n" for line in lay_out(kept, terminal_width())))
     sys.stdout.flush()
     return True
 
@@ -75,30 +91,39 @@ def keep(
     root: str, inputs: listing.Fingerprint, workstreams: list[Workstream], rows: list[Row], after: list[str]
 ) -> None:
     """Keep the table a full list printed (`rows` laid out, then the lines `after` it), with the
-    fingerprint of its `inputs` taken before it read them; nothing when it cannot be checked later."""
-    import contextlib
-
+    fingerprint of its `inputs` taken before it read them. When it cannot be checked later (see the
+    module's docstring), or lines after it tell of worktrees out of step (rare, and read from what
+    the fingerprint does not stamp), the kept one is removed instead."""
     from aidp.cli.render import fancy
 
+    path = os.path.join(root, STATE_DIR, CACHE_FILE)
     changes = [ws.changes for ws in workstreams]
-    if any(ws.status.in_flight for ws in workstreams) or None in changes:
-        return
-    state_dir = os.path.join(root, STATE_DIR)
-    shown = [(ws.path, ws.changes.dirty) for ws in workstreams if ws.changes is not None]
-    inputs_now = listing.with_worktrees(inputs, state_dir, shown)
-    if inputs_now is None or not inputs_now.trusted:
+    checked = None
+    if not after and None not in changes and not any(ws.status.in_flight for ws in workstreams):
+        shown = [(ws.path, c.dirty) for ws, c in zip(workstreams, changes, strict=True) if c is not None]
+        checked = listing.with_worktrees(inputs, os.path.dirname(path), shown)
+    kind = identity()
+    if checked is None or not checked.trusted or kind is None:
+        _remove(path)
         return
     coloured = fancy() if any(c is not None and c.conflicts for c in changes) else None
-    data = (MAGIC, FORMAT, __version__, root, environment(), coloured, inputs_now.as_data(), tuple(rows), tuple(after))
-    path = os.path.join(state_dir, CACHE_FILE)
+    columns = tuple(zip(*(cells for cells, _ in rows), strict=True)) if rows else ((),) * len(HEADER)
+    notes = tuple(note for _, note in rows)
+    data = (kind, root, coloured, checked.as_data(), columns, notes)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         with open(temporary, "wb") as f:
             marshal.dump(data, f)
         os.replace(temporary, path)
-    except OSError:  # a read-only state folder: the next list is a full one
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+    except OSError:  # no state folder (a repository aidp never wrote to) or a read-only one
+        _remove(temporary)
+
+
+def _remove(path: str) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _root(start: str) -> str | None:
@@ -121,24 +146,25 @@ def _root(start: str) -> str | None:
         return folder if os.path.isdir(dot_git) and st.st_uid == os.geteuid() else None
 
 
-def _checked(data: object, root: str, fancy: bool) -> tuple[list[Row], list[str]] | None:
-    """The rows and the lines after them, when `data` is a kept table of this aidp, repository,
-    environment and colour setting whose fingerprint still holds; None otherwise."""
-    ours = (MAGIC, FORMAT, __version__, root, environment())
-    if not (isinstance(data, tuple) and len(data) == 9 and data[:5] == ours):
+def _checked(data: object, root: str, fancy: bool) -> list[Row] | None:
+    """The rows, when `data` is a table kept by this aidp for this repository, environment and
+    colour setting, of the expected shape (checked by what raises TypeError on anything else, in C),
+    whose fingerprint still holds; None otherwise."""
+    kind = identity()
+    if kind is None or not (isinstance(data, tuple) and len(data) == 6 and data[:2] == (kind, root)):
         return None
-    coloured, inputs, rows, after = data[5:]
-    if (coloured is not None and coloured is not fancy) or not isinstance(rows, tuple) or not isinstance(after, tuple):
+    coloured, inputs, columns, notes = data[2:]
+    if (coloured is not None and coloured is not fancy) or not isinstance(notes, tuple):
         return None
-    if not (all(map(_is_row, rows)) and all(type(line) is str for line in after)):
+    if not (isinstance(columns, tuple) and len(columns) == len(HEADER) and all(type(c) is tuple for c in columns)):
+        return None
+    if {len(column) for column in (*columns, notes)} != {len(notes)}:
+        return None
+    try:
+        "".join(map("".join, columns)) + "".join(notes)
+    except TypeError:
         return None
     fp = listing.Fingerprint.from_data(inputs)
     if fp is None or not listing.still_true(fp):
         return None
-    return list(rows), list(after)
-
-
-def _is_row(row: object) -> bool:
-    if not (isinstance(row, tuple) and len(row) == 2 and type(row[1]) is str and isinstance(row[0], tuple)):
-        return False
-    return len(row[0]) == len(HEADER) and all(type(cell) is str for cell in row[0])
+    return list(zip(zip(*columns, strict=True), notes, strict=True))

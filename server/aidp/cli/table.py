@@ -51,14 +51,13 @@ def lay_out(rows: list[Row], width: int) -> list[str]:
     (last, not padded) cut to what is left, and under a row that has one, its note."""
     if not rows:
         return [EMPTY]
-    cells = [HEADER, *(row for row, _ in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    widths = [max(map(len, column)) for column in zip(HEADER, *(cells for cells, _ in rows), strict=True)]
     widths[-1] = 0  # the task, last, is not padded: its first line, cut to what is left of the width
     room = max(width - sum(widths) - 2 * (len(widths) - 1), TASK_MIN_WIDTH)
+    line = "  ".join(f"{{:<{size}}}" for size in widths[:-1]) + "  {}"  # each cell padded as str.ljust
     lines = []
     for row, note in [(HEADER, ""), *rows]:
-        laid = [*row[:-1], cut(row[-1], room)]
-        lines.append("  ".join(cell.ljust(size) for cell, size in zip(laid, widths, strict=True)))
+        lines.append(line.format(*row[:-1], cut(row[-1], room)))
         if note:
             lines.append(f"  ↳ {note}")
     return lines

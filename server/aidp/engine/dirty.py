@@ -76,16 +76,14 @@ def shared_files(common_dir: str) -> list[str]:
     return [*own, os.path.join(home, ".gitconfig"), os.path.join(config, "config"), os.path.join(config, "ignore")]
 
 
-def holds(worktree: str, kept: Verified, shared: int) -> bool:
-    """Whether git's answer `kept` is still true of `worktree`: its index is the one git left,
-    and nothing in it, its HEAD or the shared files (`shared`: their newest ctime, see `newest`)
-    changed since `RACY_NS` before git was asked. Walks the worktree; raises TooBig past
-    `WALK_MAX` entries, OSError when it is not readable as it was."""
-    if kept.big or kept.asked_ns > time.time_ns():  # the clock was set back
+def holds(worktree: str, admin: str, index: tuple[int, ...], asked_ns: int, shared: int) -> bool:
+    """Whether what git answered of `worktree` at `asked_ns` is still true: its index is the one
+    git left (`index`, in its admin folder `admin`), and nothing in it, its HEAD or the shared files
+    (`shared`: their newest ctime, see `newest`) changed since `RACY_NS` before git was asked.
+    Walks the worktree; raises TooBig past `WALK_MAX` entries, OSError when it is not readable."""
+    if asked_ns > time.time_ns() or index_of(admin) != index:  # (or the clock was set back)
         return False
-    if index_of(kept.admin) != kept.index:
-        return False
-    return max(_newest_in(worktree, kept.admin, WALK_MAX), shared) < kept.asked_ns - RACY_NS
+    return max(_newest_in(worktree, admin, WALK_MAX), shared) < asked_ns - RACY_NS
 
 
 class DirtyCache:
@@ -104,10 +102,10 @@ class DirtyCache:
         found: dict[str, bool] = {}
         for path, head in worktrees:
             kept = self._known.get(path)
-            if kept is None or kept.head != head:
+            if kept is None or kept.head != head or kept.big:
                 continue
             try:
-                if holds(path, kept, shared):
+                if holds(path, kept.admin, kept.index, kept.asked_ns, shared):
                     found[path] = kept.dirty
             except TooBig:
                 self._known[path] = Verified(*kept.as_kept()[:-1], big=True)
