@@ -187,7 +187,11 @@ def read_first(fd: int, frames: FrameReader) -> bytes | None:
 
 def frame(message: dict[str, Any]) -> bytes:
     """One message in LSP framing, as pygls writes it (JSON in ASCII, so characters = bytes)."""
-    body = json.dumps(message).encode()
+    return framed(json.dumps(message).encode())
+
+
+def framed(body: bytes) -> bytes:
+    """A body already encoded (UTF-8 JSON) in LSP framing: `Content-Length` counts bytes."""
     return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
