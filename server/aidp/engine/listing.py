@@ -3,7 +3,7 @@ shown again, unchanged, without opening the state database or asking git.
 
 A list reads the state database, the config, the worktrees folder, git's refs and, per worktree,
 whether it has uncommitted work. `take` stamps each of those files and folders (inode, size,
-mtime, ctime) BEFORE the list reads them; `still_true` stamps them again: when nothing changed, the
+mtime) BEFORE the list reads them; `still_true` stamps them again: when nothing changed, the
 list made after `take` is still what a new one would show. A folder's stamp changes when an entry
 is added, removed or renamed in it, which is how git writes a loose ref (a rename into
 `refs/heads/...`) and how SQLite's log, a new worktree or a removed one show.
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 STATE_DB = "state.db"
 CONFIG_NAME = "config.toml"
 
-Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns); None: missing or empty
+Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns); None: missing or empty
 # The worktrees checked, as columns (cheap to check the types of at 10,000): their paths, the
 # uncommitted flag the list showed for each, and git's answer as `dirty.json` keeps it (the admin
 # folder, the index's identity, when git was asked).
@@ -109,7 +109,7 @@ def take(root: str, state_dir: str, worktrees_dir: str) -> Fingerprint:
     ]
     files = tuple((path, _stamp(path)) for path in dict.fromkeys(paths))
     racy = now - dirty.RACY_NS
-    trusted = all(stamp is None or max(stamp[2], stamp[3]) < racy for _, stamp in files)
+    trusted = all(stamp is None or stamp[2] < racy for _, stamp in files)
     return Fingerprint(now, trusted, common, files)
 
 
@@ -177,21 +177,22 @@ def _folders(top: str) -> list[str]:
 def _stamp(path: str) -> Stamp:
     """An empty file reads as a missing one: every input means the same by both (no state, no
     config, no refs), and SQLite makes its log empty when the database is opened and deletes it
-    when the last connection closes, without a change to what it holds."""
+    when the last connection closes, without a change to what it holds. No ctime: SQLite running as
+    root gives its log the database's owner each time it opens it (a new ctime, nothing written)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
     if st.st_size == 0 and stat.S_ISREG(st.st_mode):
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _is_file(item: object) -> bool:
     if not (isinstance(item, tuple) and len(item) == 2 and type(item[0]) is str):
         return False
     stamp = item[1]
-    return stamp is None or (isinstance(stamp, tuple) and len(stamp) == 4 and all(type(n) is int for n in stamp))
+    return stamp is None or (isinstance(stamp, tuple) and len(stamp) == 3 and all(type(n) is int for n in stamp))
 
 
 def _are_worktrees(columns: object) -> bool:
