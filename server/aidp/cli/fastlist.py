@@ -107,8 +107,10 @@ def keep(
         _remove(path)
         return
     coloured = fancy() if any(c is not None and c.conflicts for c in changes) else None
-    columns = tuple(zip(*(cells for cells, _ in rows), strict=True)) if rows else ((),) * len(HEADER)
-    notes = tuple(note for _, note in rows)
+    same: dict[str, str] = {}  # one object per distinct cell: marshal writes a repeat as a reference
+    cells = zip(HEADER, *(row for row, _ in rows), strict=True)  # (with the header: nine columns, even of no rows)
+    columns = tuple(tuple(same.setdefault(cell, cell) for cell in column[1:]) for column in cells)
+    notes = tuple(same.setdefault(note, note) for _, note in rows)
     data = (kind, root, coloured, checked.as_data(), columns, notes)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
