@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_helpers import gated, harness, spawn_cli
+from cli_helpers import Terminal, gated, harness, spawn_cli
 from support import PYTHON, WAIT_S, child_env, cli, git, make_repo, wait_until_sync
 from test_dirty_cache import settle
 
@@ -191,6 +191,30 @@ def test_kept_and_full_tables_are_the_same_bytes(lister: Lister, tmp_path: Path)
         assert not kept
         again, kept = lister.run(*args, env=env)
         assert kept and again == full, env
+
+
+def on_a_terminal(lister: Lister) -> tuple[str, bool]:
+    """`aidp ws list` on a terminal (colour on): (its table, whether it was the kept one)."""
+    term = Terminal(lister.repo, "ws", "list", columns=120, env={**lister.env, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert term.close() == 0
+    lines = term.raw.decode().replace("\r\n", "\n").splitlines()
+    table = [line for line in lines if not line.startswith("import time:")]
+    return "\n".join(table), not FULL_ONLY.search("\n".join(lines))
+
+
+def test_conflicts_are_marked_in_colour_only_where_colour_is_on(lister: Lister, tmp_path: Path) -> None:
+    """The one cell that depends on colour: a table kept without it is not printed with it, nor
+    the other way round."""
+    repo, mine = lister.repo, lister.repo / ".worktrees" / "a"
+    for where, text in ((mine, "from a\n"), (repo, "from main\n")):
+        (where / "README.md").write_text(text)
+        git(where, "commit", "-q", "-am", text)
+    piped = lister.quiet(tmp_path)
+    assert "conflicts" in row(piped, "a") and "⚠" not in piped
+    shown, kept = on_a_terminal(lister)
+    assert not kept and "⚠ conflicts" in row(shown, "a")
+    assert on_a_terminal(lister) == (shown, True)
+    assert lister.run() == (piped, False)
 
 
 def test_two_lists_racing_leave_one_whole_table(lister: Lister, tmp_path: Path) -> None:
