@@ -206,11 +206,14 @@ class AidpProtocol(JsonRPCProtocol):
         attrs message that cattrs unstructures value by value (54 ms for a list of 2,000
         workstreams, against 13 ms as it is; bench: list10k). Anything not plain data still goes
         through pygls's converter (`_send_data`'s `default`). A result `Encoded` already (the list
-        snapshot's) is framed as it is: 10,000 workstreams are not encoded again for each request."""
+        snapshot's) is written as it is around the response's own bytes, never copied into one: 6 MB
+        at 10,000 workstreams, neither encoded nor copied again for each request."""
         if isinstance(result, Encoded) and error is None and self.writer is not None:
             self._result_types.pop(msg_id, None)
-            body = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (msgspec.json.encode(msg_id), result.body)
-            self.writer.write(wire.framed(body))
+            head = b'{"jsonrpc":"2.0","id":%s,"result":' % msgspec.json.encode(msg_id)
+            self.writer.write(wire.header(len(head) + len(result.body) + 1) + head)
+            self.writer.write(result.body)
+            self.writer.write(b"}")
         elif error is None:
             self._result_types.pop(msg_id, None)
             self._send_data({"jsonrpc": JsonRPCProtocol.VERSION, "id": msg_id, "result": result})

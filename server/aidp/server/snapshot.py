@@ -37,7 +37,7 @@ from aidp.server.coalesce import Coalesced
 log = logging.getLogger("aidp.server")
 
 CHEAP_S = 0.005  # a check of git and the worktrees this fast runs on every request
-RECHECK_S = 2.0  # past it, at most one background check this often while clients ask
+RECHECK_S = 2.0  # past it, at most one background check this often while clients ask (see `_stale`)
 
 
 class Encoded:
@@ -132,7 +132,8 @@ class ListSnapshot:
         if not self.deferred:
             return None if await self._unchanged(snapshot) else "git or a worktree changed"
         loop = asyncio.get_running_loop()
-        if self._checking is None and loop.time() - self._checked_at >= self._recheck_s:
+        # Every `recheck_s`, or less often when a check takes long: at most a tenth of the time.
+        if self._checking is None and loop.time() - self._checked_at >= max(self._recheck_s, 10 * self._check_s):
             self._checked_at = loop.time()
             self._checking = asyncio.create_task(self._check_in_background(snapshot), name="aidp-list-check")
         return None

@@ -10,12 +10,18 @@ falls behind, so live output can be dropped instead of piling up in memory. stdi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import stat
 import threading
 from typing import BinaryIO
 
 from aidp.server.wire import READ_CHUNK, FrameReader
+
+# The output pipe's size (Linux's default limit for it; 64 KiB otherwise): a list of 10,000
+# workstreams is 6 MB, which crosses in 6 turns of both processes rather than 90.
+PIPE_SIZE = 1 << 20
 
 # Past this much unread by the client, the server stops reading requests until it catches up.
 WRITE_HIGH_WATER = 1024 * 1024
@@ -164,5 +170,7 @@ async def open_pipes(stdin: BinaryIO, stdout: BinaryIO, frames: FrameReader) -> 
         _read_in_thread(stdin, frames)
     if not _is_pipe(stdout):
         return FileWriter(stdout)
+    with contextlib.suppress(OSError):  # a socket, or the user's pipe pages used up: as it is
+        fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     transport, flow = await loop.connect_write_pipe(_WriteFlow, stdout)
     return PipeWriter(transport, flow)

@@ -187,12 +187,13 @@ def read_first(fd: int, frames: FrameReader) -> bytes | None:
 
 def frame(message: dict[str, Any]) -> bytes:
     """One message in LSP framing, as pygls writes it (JSON in ASCII, so characters = bytes)."""
-    return framed(json.dumps(message).encode())
+    body = json.dumps(message).encode()
+    return header(len(body)) + body
 
 
-def framed(body: bytes) -> bytes:
-    """A body already encoded (UTF-8 JSON) in LSP framing: `Content-Length` counts bytes."""
-    return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+def header(length: int) -> bytes:
+    """The LSP header of a body of `length` bytes (UTF-8: `Content-Length` counts bytes)."""
+    return b"Content-Length: %d\r\n\r\n" % length
 
 
 # -- one body -> one message ------------------------------------------------------------------------
