@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aidp.engine import cgroups
 from aidp.engine.executor import CHUNK_MAX, LogTail, _describe_exit
 from aidp.engine.harness import StartError, build_argv, build_env, spawn
 
@@ -87,6 +88,29 @@ async def test_a_harness_that_cannot_join_its_cgroup_never_runs(tmp_path: Path) 
         assert await proc.wait() != 0
     assert not marker.exists()
     assert "cgroup.procs" in (tmp_path / "log").read_text()
+
+
+async def test_spawn_makes_the_cgroup_it_joins_and_removes_it_when_the_start_fails(tmp_path: Path) -> None:
+    """`make_cgroup`: the cgroup is made on the spawning thread; the child is in it from its first
+    instruction, and a start that fails leaves no cgroup behind (where cgroups are unavailable the
+    child runs without one, and says so by `Child.cgroup`)."""
+    place, refused = (cgroups.place("test-make", f"p{os.getpid()}", attempt) for attempt in (1, 2))
+    with open(tmp_path / "log", "wb") as log:
+        proc = await spawn(
+            ["cat", "/proc/self/cgroup"], tmp_path, dict(os.environ), log.fileno(), place, make_cgroup=True
+        )
+        assert await proc.wait() == 0
+        with pytest.raises(StartError, match="no such program"):
+            await spawn(
+                ["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), log.fileno(), refused, make_cgroup=True
+            )
+    if cgroups.available():
+        assert place is not None and proc.cgroup == place
+        assert (tmp_path / "log").read_text().endswith(f"/{place.name}\n")
+        cgroups.remove(place)
+    else:
+        assert proc.cgroup is None
+    assert not any(p is not None and p.exists() for p in (place, refused))
 
 
 def test_describe_exit() -> None:

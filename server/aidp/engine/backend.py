@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aidp.engine import cgroups, procs
-from aidp.engine.harness import Child, StartError, spawn
+from aidp.engine.harness import Child, spawn
 from aidp.engine.model import Workstream
 
 
@@ -130,23 +130,18 @@ class LocalBackend:
     """Harnesses on this machine, output straight into the log file (never through Python)."""
 
     async def start(self, launch: Launch) -> LocalAttempt:
-        """In a cgroup of its own where the system allows, else without."""
-        cgroup = cgroups.create(cgroups.place(launch.run_id, launch.slug, launch.attempt))
-        try:
-            proc = await spawn(
-                launch.argv,
-                launch.worktree,
-                launch.env,
-                launch.log_fd,
-                cgroup,
-                stdin=launch.stdin,
-                sandbox=launch.sandbox,
-            )
-        except StartError:
-            if cgroup is not None:
-                cgroups.remove(cgroup)
-            raise
-        return LocalAttempt(proc, procs.Tree(pgid=proc.pid, cgroup=cgroup), launch.run_id, launch.slug)
+        """In a cgroup of its own where the system allows, else without (`spawn` makes it)."""
+        proc = await spawn(
+            launch.argv,
+            launch.worktree,
+            launch.env,
+            launch.log_fd,
+            cgroups.place(launch.run_id, launch.slug, launch.attempt),
+            stdin=launch.stdin,
+            sandbox=launch.sandbox,
+            make_cgroup=True,
+        )
+        return LocalAttempt(proc, procs.Tree(pgid=proc.pid, cgroup=proc.cgroup), launch.run_id, launch.slug)
 
     async def close(self) -> None:
         return None
