@@ -36,6 +36,8 @@ from bench.rpc import RpcClient
 CHECKPOINTS = (10, 100, 1000, 2000, 5000, 10000)
 WINDOW = 5  # creations timed on each side around a checkpoint (alternating)
 LISTS = 20  # `aidp/wsList` requests per checkpoint
+LIST10K_LISTS = 100  # `aidp/wsList` requests on the idle 10,000 (p99 is then a value, not the maximum)
+SETS = 3  # `aidp/wsSet` of one workstream, each followed by a list, at 10,000
 CLI_LISTS = 3  # `aidp ws list` processes per checkpoint
 RACY_S = 2.1  # dirty.RACY_NS and a little: after it, a list reuses what git said (see aidp.engine.dirty)
 
@@ -77,30 +79,50 @@ class Point:
     ws_new_s: list[float]
     git_add_s: list[float]
     first_list_s: float
+    next_list_s: float  # once RACY_S passed: the server checks every worktree on this request, once
     ws_list_s: list[float]
+    ws_list_read_s: list[float]  # the same lists until the answer's last byte was read, before decoding
     ws_list_cpu_s: float  # the server's CPU per request (its git children included)
     cli_list_s: list[float]
     cli_list_cpu_s: list[float]
     load: float
 
 
-async def point(client: RpcClient, repo: Path, n: int, aidp: list[float], git: list[float]) -> Point:
+async def point(
+    client: RpcClient, repo: Path, n: int, aidp: list[float], git: list[float], lists: int = LISTS
+) -> Point:
     """The lists at this count. The first after creating asks git of every new worktree; once the
-    racy window has passed, what git said is reused where nothing changed: both are measured."""
-    with Stopwatch() as first:
-        await client.request("aidp/wsList", {})
+    racy window has passed, the next one checks every worktree against the server's snapshot
+    (aidp.server.snapshot: on the request, once, until the check proves dear), and the `lists`
+    after it are answered from the snapshot while nothing changed: all are measured."""
+    first, _ = await ws_list(client)
     time.sleep(RACY_S)
-    ws_list = []
+    next_list, _ = await ws_list(client)
     cpu = process_cpu(client.pid)
-    for _ in range(LISTS):
-        with Stopwatch() as watch:
-            await client.request("aidp/wsList", {})
-        ws_list.append(watch.elapsed)
-    cpu = (process_cpu(client.pid) - cpu) / LISTS
+    lists_s = [await ws_list(client) for _ in range(lists)]
+    cpu = (process_cpu(client.pid) - cpu) / lists
     cli = [sh_cpu([*aidp_cli(), "ws", "list"], cwd=repo) for _ in range(CLI_LISTS)]
     return Point(
-        n, aidp, git, first.elapsed, ws_list, cpu, [t for t, _ in cli], [c for _, c in cli], os.getloadavg()[0]
+        n,
+        aidp,
+        git,
+        first,
+        next_list,
+        [decoded for decoded, _ in lists_s],
+        [read for _, read in lists_s],
+        cpu,
+        [t for t, _ in cli],
+        [c for _, c in cli],
+        os.getloadavg()[0],
     )
+
+
+async def ws_list(client: RpcClient) -> tuple[float, float]:
+    """One `aidp/wsList`: until the client decoded the answer, and until its last byte was read
+    (what the server took and the pipe; at 10,000 the client's `json.loads` of 6 MB costs more)."""
+    started = time.perf_counter()
+    await client.request("aidp/wsList", {})
+    return time.perf_counter() - started, client.answer_read_at - started
 
 
 def section(curve: list[Point]) -> Section:
@@ -124,7 +146,8 @@ def section(curve: list[Point]) -> Section:
             Row(
                 f"{n}: aidp/wsList p50 / p99",
                 f"{fmt_ms(median(lists))} / {fmt_ms(percentile(lists, 99))}",
-                f"CPU {fmt_ms(at.ws_list_cpu_s)} a request; the first list after creating: {fmt_ms(at.first_list_s)}",
+                f"CPU {fmt_ms(at.ws_list_cpu_s)} a request; the first list after creating: {fmt_ms(at.first_list_s)}, "
+                f"the next (every worktree checked on the request): {fmt_ms(at.next_list_s)}",
             ),
             Row(
                 f"{n}: aidp ws list",
@@ -138,8 +161,9 @@ def section(curve: list[Point]) -> Section:
         f"workstream's own worktree and branch, its record). Around each count, {WINDOW} `aidp/wsNew` and "
         f"{WINDOW} `git worktree add -b <branch> <path> HEAD` alternate (the references count as worktrees "
         "too); medians, and the ratio against the first count. Then the list: one `aidp/wsList` right after "
-        f"creating (git is asked about every new worktree), {LISTS} more once {RACY_S} s have passed (what "
-        "git said is reused where nothing changed: `aidp.engine.dirty`), p50 / p99, and the server's CPU "
+        f"creating (git is asked about every new worktree), one more once {RACY_S} s have passed (every worktree "
+        "checked against the server's list snapshot on that request: `aidp.server.snapshot`), then "
+        f"{LISTS} more (answered from the snapshot while nothing changed), p50 / p99, and the server's CPU "
         f"per request (`/proc/<pid>/stat`, its git children included); and {CLI_LISTS} whole `aidp ws list` "
         "processes (start-up included), median wall and CPU (user + system, children included). On a shared "
         "machine wall times follow the load; CPU is the steadier figure. Load average: the 1-minute figure "
@@ -158,19 +182,40 @@ async def run_list(p: Params) -> list[Section]:
         await bulk(repo, n)
     client = await start_server(repo, p.work / "server-list10k.log")
     try:
-        at = await point(client, repo, n, [], [])
+        at = await point(client, repo, n, [], [], LIST10K_LISTS)
+        after_set = []
+        for i in range(SETS):  # a change by aidp: the next list is computed again, whatever the size
+            await client.request("aidp/wsSet", {"slug": f"ws-{i:05d}", "priority": "high"})
+            after_set.append((await ws_list(client))[0])
         rss = proc_status(client.pid, "VmRSS")
     finally:
         await client.close()
-    lists, cli = at.ws_list_s, at.cli_list_s
+    lists, read, cli = at.ws_list_s, at.ws_list_read_s, at.cli_list_s
     s = Section("list10k", f"The list at {n:,} workstreams")
     s.rows = [
         Row(
-            "aidp/wsList p50 / p99",
+            "aidp/wsList p50 / p99, nothing changed",
             f"{fmt_ms(median(lists))} / {fmt_ms(percentile(lists, 99))}",
-            f"CPU {fmt_ms(at.ws_list_cpu_s)} a request; load {at.load:.1f}",
+            f"{len(lists)} lists from the server's snapshot, decoded by the client (json.loads); CPU "
+            f"{fmt_ms(at.ws_list_cpu_s)} a request; load {at.load:.1f}",
+        ),
+        Row(
+            "aidp/wsList p50 / p99 until the answer was read",
+            f"{fmt_ms(median(read))} / {fmt_ms(percentile(read, 99))}",
+            "the same lists, until the answer's last byte was read, before the client decoded it",
         ),
         Row("aidp/wsList, the first after making them", fmt_ms(at.first_list_s), "git asked about every worktree"),
+        Row(
+            "aidp/wsList, the next one",
+            fmt_ms(at.next_list_s),
+            "once the racy window passed: every worktree checked on the request, or the list computed again if "
+            "its inputs were too recent to trust (then too dear: checked in the background after)",
+        ),
+        Row(
+            "aidp/wsList right after an aidp/wsSet",
+            fmt_ms(median(after_set)),
+            f"median of {SETS}, range {fmt_ms(min(after_set))}–{fmt_ms(max(after_set))}: the whole list computed again",
+        ),
         Row(
             "aidp ws list",
             fmt_ms(median(cli)),
@@ -178,14 +223,18 @@ async def run_list(p: Params) -> list[Section]:
         ),
         Row("server RSS after the lists", f"{rss / 1e6:.1f} MB"),
     ]
-    s.figures = {"point": dataclasses.asdict(at), "rss_bytes": rss, "made_s": made.elapsed}
+    s.figures = {"point": dataclasses.asdict(at), "after_set_s": after_set, "rss_bytes": rss, "made_s": made.elapsed}
     s.notes.append(
         f"{n:,} workstreams made in bulk in {made.elapsed:.0f} s: the first through `Engine.create`, the others "
         "with its branch (one `git update-ref --stdin` for all), its worktree registered in git's layout "
         "(`gitrepo._register`, as `aidp/wsNew` does) holding a copy of the first one's index, and its record "
-        f"(`Store.insert`). Then, on a fresh server: one `aidp/wsList` (git is asked about every worktree), "
-        f"{LISTS} more once {RACY_S} s have passed, p50 / p99 and the server's CPU per request; "
-        f"{CLI_LISTS} whole `aidp ws list` processes, median wall and CPU."
+        f"(`Store.insert`). Then, on a fresh server: one `aidp/wsList` (git is asked about every worktree); once "
+        f"{RACY_S} s have passed, one more (every worktree checked against the server's list snapshot on the "
+        f"request; at this size the check is too dear for a request, so from then on it runs in the background "
+        f"every 2 s: `aidp.server.snapshot`), then {LIST10K_LISTS} more, p50 / p99 and the server's CPU per "
+        f"request (the client's decoding of each answer included in the times); then {SETS} times an "
+        "`aidp/wsSet` of one workstream followed by a list (computed again in full, as after any change aidp "
+        f"makes); {CLI_LISTS} whole `aidp ws list` processes, median wall and CPU."
     )
     return [s]
 
