@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from aidp.cli import fastlist
 from aidp.engine import gitrepo
 from aidp.engine.engine import Engine
 from aidp.engine.store import Store
@@ -32,6 +33,7 @@ from bench.fixtures import (
     start_server,
 )
 from bench.rpc import RpcClient
+from bench.startup import keep_table, script
 
 CHECKPOINTS = (10, 100, 1000, 2000, 5000, 10000)
 WINDOW = 5  # creations timed on each side around a checkpoint (alternating)
@@ -190,6 +192,7 @@ async def run_list(p: Params) -> list[Section]:
         rss = proc_status(client.pid, "VmRSS")
     finally:
         await client.close()
+    shown, full, kept = cli_lists(repo)
     lists, read, cli = at.ws_list_s, at.ws_list_read_s, at.cli_list_s
     s = Section("list10k", f"The list at {n:,} workstreams")
     s.rows = [
@@ -222,8 +225,11 @@ async def run_list(p: Params) -> list[Section]:
             f"range {fmt_ms(min(cli))}–{fmt_ms(max(cli))}; CPU {fmt_ms(median(at.cli_list_cpu_s))}",
         ),
         Row("server RSS after the lists", f"{rss / 1e6:.1f} MB"),
+        cli_row("aidp ws list, unchanged since the last", kept, f"the table the last list kept (shown: {shown})"),
+        cli_row("aidp ws list, the first after a change", full, "the full list (the kept table removed first)"),
     ]
     s.figures = {"point": dataclasses.asdict(at), "after_set_s": after_set, "rss_bytes": rss, "made_s": made.elapsed}
+    s.figures |= {"cli_kept": kept, "cli_full": full}
     s.notes.append(
         f"{n:,} workstreams made in bulk in {made.elapsed:.0f} s: the first through `Engine.create`, the others "
         "with its branch (one `git update-ref --stdin` for all), its worktree registered in git's layout "
@@ -234,9 +240,31 @@ async def run_list(p: Params) -> list[Section]:
         f"every 2 s: `aidp.server.snapshot`), then {LIST10K_LISTS} more, p50 / p99 and the server's CPU per "
         f"request (the client's decoding of each answer included in the times); then {SETS} times an "
         "`aidp/wsSet` of one workstream followed by a list (computed again in full, as after any change aidp "
-        f"makes); {CLI_LISTS} whole `aidp ws list` processes, median wall and CPU."
+        f"makes); {CLI_LISTS} whole `aidp ws list` processes, median wall and CPU. Then, the server closed and "
+        f"{RACY_S} s later, the console script `{' '.join(script())} ws list` {CLI_LISTS} times each: the first "
+        "after a change (the table the last list kept is removed before each run: the full list, git asked "
+        "only of worktrees changed since it last answered) and unchanged since (the kept table printed again, "
+        "after checking every input of the list, each worktree's files included; 'shown' says the check "
+        "before timing found it printed without importing asyncio)."
     )
     return [s]
+
+
+def cli_lists(repo: Path) -> tuple[bool, list[tuple[float, float]], list[tuple[float, float]]]:
+    """`aidp ws list` as users type it, (wall, CPU) of each: the first after a change (the kept
+    table removed first) and unchanged since; and whether the kept table was the one shown."""
+    shown = keep_table(repo)
+    full = []
+    for _ in range(CLI_LISTS):
+        (repo / gitrepo.STATE_DIR / fastlist.CACHE_FILE).unlink(missing_ok=True)
+        full.append(sh_cpu([*script(), "ws", "list"], cwd=repo))
+    return shown, full, [sh_cpu([*script(), "ws", "list"], cwd=repo) for _ in range(CLI_LISTS)]
+
+
+def cli_row(what: str, times: list[tuple[float, float]], detail: str) -> Row:
+    wall, cpu = [t for t, _ in times], median([c for _, c in times])
+    spread = f"range {fmt_ms(min(wall))}–{fmt_ms(max(wall))}; CPU {fmt_ms(cpu)}"
+    return Row(what, fmt_ms(median(wall)), f"{detail}; {spread}")
 
 
 async def bulk(repo: Path, n: int) -> None:
