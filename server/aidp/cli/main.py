@@ -30,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `aidp ws list | head -2`: the reader has gone; end quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit finds no pipe
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        from aidp.cli.base import EXIT_FAILURE
+        from aidp.cli.render import report
+
+        report("interrupted")
+        return EXIT_FAILURE
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -37,7 +43,7 @@ def _run(argv: Sequence[str] | None) -> int:
     import io
 
     from aidp.cli import wiring
-    from aidp.cli.base import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, exit_code
+    from aidp.cli.base import EXIT_USAGE, ParserExit, UsageError, exit_code
     from aidp.cli.parser import build_parser, parse
     from aidp.cli.render import report, set_fancy
     from aidp.engine.errors import AidpError
@@ -59,6 +65,3 @@ def _run(argv: Sequence[str] | None) -> int:
     except AidpError as exc:
         report(str(exc))
         return exit_code(exc)
-    except KeyboardInterrupt:
-        report("interrupted")
-        return EXIT_FAILURE
