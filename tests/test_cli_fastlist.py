@@ -144,6 +144,22 @@ def test_a_run_in_flight_is_never_the_kept_table(lister: Lister, tmp_path: Path)
     assert "exit 0" in row(lister.changed(), "c")
 
 
+def test_a_workstream_being_created_by_another_process_is_never_the_kept_table(lister: Lister, tmp_path: Path) -> None:
+    """`ws new` holds the workstream while its setup command runs: were it to die, only the full
+    list's recovery would correct what it left."""
+    gate, script = tmp_path / "gate", tmp_path / "setup.py"
+    script.write_text(gated(gate, "setting up", "set up"))
+    (lister.repo / ".aidp" / "config.toml").write_text(f'[worktree]\nsetup = ["{PYTHON}", "{script}"]\n')
+    creating = spawn_cli(lister.repo, "ws", "new", "c", "task c", "--command", "true", env=lister.env)
+    wait_until_sync(lambda: "c " in lister.run()[0], what="c listed")
+    settle(tmp_path)  # nothing changes while the setup command waits
+    for _ in range(2):
+        assert row(lister.changed(), "c")
+    gate.touch()
+    assert creating.wait(timeout=WAIT_S) == 0
+    assert row(lister.quiet(tmp_path), "c")
+
+
 def test_another_process_writing_while_the_database_is_held_open(lister: Lister, tmp_path: Path) -> None:
     """With the database open elsewhere (a server), a write stays in SQLite's log: the log's stamp
     is what changes."""

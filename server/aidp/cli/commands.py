@@ -110,7 +110,8 @@ async def ws_list(engine: Engine, args: Args) -> int:
     workstreams = await engine.workstreams()
     rows, after = table_rows(workstreams), out_of_step(workstreams, await engine.leftover_worktrees())
     print("\n".join(lay_out(rows, terminal_width()) + after), flush=True)
-    fastlist.keep(root, inputs, workstreams, rows, after)
+    held = await engine.db.call(engine.db.store.operations)  # a `ws new`, `ws rm` or `land` under way
+    fastlist.keep(root, inputs, workstreams, rows, after, busy=bool(held))
     return EXIT_OK
 
 

@@ -13,8 +13,8 @@ aidp version or code, a damaged or truncated one, a fingerprint that does not ho
 within the racy window, another HOME or git environment, a run from a linked worktree (`.git` a
 file), a colour setting the kept cells depend on (conflicts are marked '⚠' only in colour). The full
 list keeps nothing (and removes what was kept) while a workstream is in flight (queued, running,
-cancelling: a dead process's claims are corrected by its `recover`), one has no change summary, or
-worktrees are out of step with the records (the '!' lines).
+cancelling: a dead process's claims are corrected by its `recover`) or being created, removed or
+landed, one has no change summary, or worktrees are out of step with the records (the '!' lines).
 
 The file is `marshal` data of plain tuples, strings, ints, bools and None, behind a magic string and
 a format number, and its shape is checked before use: reading it executes nothing (unlike pickle),
@@ -88,18 +88,25 @@ def serve(argv: list[str]) -> bool:
 
 
 def keep(
-    root: str, inputs: listing.Fingerprint, workstreams: list[Workstream], rows: list[Row], after: list[str]
+    root: str,
+    inputs: listing.Fingerprint,
+    workstreams: list[Workstream],
+    rows: list[Row],
+    after: list[str],
+    busy: bool = False,
 ) -> None:
     """Keep the table a full list printed (`rows` laid out, then the lines `after` it), with the
     fingerprint of its `inputs` taken before it read them. When it cannot be checked later (see the
-    module's docstring), or lines after it tell of worktrees out of step (rare, and read from what
-    the fingerprint does not stamp), the kept one is removed instead."""
+    module's docstring), lines after it tell of worktrees out of step (rare, and read from what the
+    fingerprint does not stamp), or the list was made while another process was `busy` creating,
+    removing or landing a workstream (if it dies, only the full list's recovery corrects what it
+    left), the kept one is removed instead."""
     from aidp.cli.render import fancy
 
     path = os.path.join(root, STATE_DIR, CACHE_FILE)
     changes = [ws.changes for ws in workstreams]
     checked = None
-    if not after and None not in changes and not any(ws.status.in_flight for ws in workstreams):
+    if not (after or busy or None in changes or any(ws.status.in_flight for ws in workstreams)):
         shown = [(ws.path, c.dirty) for ws, c in zip(workstreams, changes, strict=True) if c is not None]
         checked = listing.with_worktrees(inputs, os.path.dirname(path), shown)
     kind = identity()
