@@ -9,8 +9,9 @@ last list is kept, with what it was computed from, and answered again while:
   left anything to correct (`Engine.recover`, run on every request, as a full list always did);
 - git's refs and configuration, the state and config files and every worktree's files are as
   they were (`aidp.engine.listing`'s fingerprint, taken before the list was computed).
-That last check walks every worktree (about 15 µs each). While it is cheap (`CHEAP_S`) it runs on
-every request, so every answer is exact; past that (thousands of worktrees) the snapshot is
+That last check walks every worktree (about 15 µs each). While it is cheap (`CHEAP_S`, estimated
+from the worktrees' count and what the last check cost each) it runs on every request, so every
+answer is exact; past that (thousands of worktrees) the snapshot is
 answered at once and the check runs in the background, at most every `RECHECK_S` while clients keep
 asking; when it finds a change the list is computed again and `aidp/wsListChanged` sent, so a change
 made by hand inside a worktree shows within a few seconds. Whatever aidp itself changes stays exact
@@ -38,6 +39,7 @@ log = logging.getLogger("aidp.server")
 
 CHEAP_S = 0.005  # a check of git and the worktrees this fast runs on every request
 RECHECK_S = 2.0  # past it, at most one background check this often while clients ask (see `_stale`)
+PER_WORKTREE_S = 15e-6  # what checking one worktree costs, until a check measured it
 
 
 class Encoded:
@@ -56,6 +58,7 @@ class Snapshot:
     data_version: int
     fingerprint: listing.Fingerprint | None
     workstreams: list[Workstream]
+    worktrees: int  # how many worktrees the fingerprint checks
     encoded: Encoded | None = None
     reused: int = 0  # answers from it after the first
 
@@ -81,18 +84,13 @@ class ListSnapshot:
         self._lists: Coalesced[Snapshot] = Coalesced()
         self._generation = 0
         self._current: Snapshot | None = None
-        # What checking git and the worktrees took last time (a whole list when they cannot be checked).
-        self._check_s = 0.0
+        self._per_worktree_s = PER_WORKTREE_S  # CPU time, as the last whole check measured it
+        self._list_s = 0.0  # what the last list took: the check when a worktree cannot be checked otherwise
         self._checked_at = -math.inf  # the loop's time when the last background check started
         self._checking: asyncio.Task[None] | None = None
         self.computed = 0  # full lists computed
         self.reused = 0  # answers from the snapshot
         self._unsubscribe: Callable[[], None] | None = engine.events.subscribe(self._on_event)
-
-    @property
-    def deferred(self) -> bool:
-        """Whether git and the worktrees are checked in the background (too dear on a request)."""
-        return self._check_s > self._cheap_s
 
     def _on_event(self, event: EngineEvent) -> None:
         """Something this process did (or `Engine.watch_others` saw) changed the list: the next
@@ -129,21 +127,25 @@ class ListSnapshot:
             return "this server changed it"
         if await self._engine.db.call(self._engine.db.store.data_version) != snapshot.data_version:
             return "another aidp process changed the state"
-        if not self.deferred:
+        cost = self._list_s if snapshot.fingerprint is None else self._per_worktree_s * snapshot.worktrees
+        if cost <= self._cheap_s:
             return None if await self._unchanged(snapshot) else "git or a worktree changed"
         loop = asyncio.get_running_loop()
         # Every `recheck_s`, or less often when a check takes long: at most a tenth of the time.
-        if self._checking is None and loop.time() - self._checked_at >= max(self._recheck_s, 10 * self._check_s):
+        if self._checking is None and loop.time() - self._checked_at >= max(self._recheck_s, 10 * cost):
             self._checked_at = loop.time()
             self._checking = asyncio.create_task(self._check_in_background(snapshot), name="aidp-list-check")
         return None
 
     async def _unchanged(self, snapshot: Snapshot) -> bool:
-        """Whether git and every worktree are as the snapshot's fingerprint says; what the check
-        cost is kept (`deferred`)."""
+        """Whether git and every worktree are as the snapshot's fingerprint says. A check that
+        held walked every worktree: what it cost each is kept for the next estimate (one that did
+        not may have stopped early, or not walked at all when the fingerprint was too recent)."""
         if snapshot.fingerprint is None:
             return False
-        unchanged, self._check_s = await asyncio.to_thread(_timed_check, snapshot.fingerprint)
+        unchanged, spent = await asyncio.to_thread(_timed_check, snapshot.fingerprint)
+        if unchanged:
+            self._per_worktree_s = spent / max(1, snapshot.worktrees)
         return unchanged
 
     async def _check_in_background(self, snapshot: Snapshot) -> None:
@@ -169,9 +171,8 @@ class ListSnapshot:
         workstreams = await engine.workstreams()
         shown = [(w.path, w.changes.dirty) for w in workstreams if w.changes is not None and not w.worktree_missing]
         fingerprint = await asyncio.to_thread(listing.with_worktrees, taken, state_dir, shown)
-        if fingerprint is None:  # the only check there is: computing it again
-            self._check_s = time.perf_counter() - started
-        self._current = Snapshot(generation, data_version, fingerprint, workstreams)
+        self._list_s = time.perf_counter() - started
+        self._current = Snapshot(generation, data_version, fingerprint, workstreams, len(shown))
         self.computed += 1
         log.info(
             "wsList: computed %d workstreams (%s; %d computed, %d answered from the snapshot)",
