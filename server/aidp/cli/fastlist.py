@@ -4,8 +4,8 @@ A full list imports asyncio, SQLite and the engine, opens the state database and
 third of a second before the first row, seconds at 10,000 workstreams. So each plain `aidp ws list`
 keeps what it printed, as data (`.aidp/ws-list.cache`): the cells of each row and the note under it
 (the layout depends on the terminal's width at print time, so it is made again each time, by the
-same `table.lay_out`), and the fingerprint of every input of that list,
-taken before it read them (`aidp.engine.listing`). The next `aidp ws list` (`serve`, called by
+same `table.lay_out`), and the fingerprint of every input of that list, taken before it read them
+(`aidp.engine.listing`). The next `aidp ws list` (`serve`, called by
 `main` before anything else is imported) prints the kept table when the fingerprint still holds.
 
 It is not used, and the full list runs, when anything is unusual: no file, one of another format or
@@ -70,10 +70,10 @@ def serve(argv: list[str]) -> bool:
     False when it printed nothing (the full list runs). BrokenPipeError as `print` raises it."""
     if argv not in ASKED:
         return False
-    root = _root(os.getcwd())
-    if root is None:
-        return False
     try:
+        root = _root(os.getcwd())
+        if root is None:
+            return False
         with open(os.path.join(root, STATE_DIR, CACHE_FILE), "rb") as f:
             data = marshal.loads(f.read())  # (`marshal.load` reads a file in small pieces: 5x slower)
     except (OSError, EOFError, ValueError, TypeError):
