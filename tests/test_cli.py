@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from cli_helpers import harness, new_ws, workstreams
-from support import cli, git, make_repo
+from support import PYTHON, child_env, cli, git, make_repo
 
 OK = "print('ok')"
 
@@ -124,6 +125,17 @@ def test_outside_a_git_repository(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("aidp: error: not inside a git repository")
     assert "Traceback" not in result.stderr
+
+
+def test_in_a_directory_removed_under_the_shell(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = 'cd "$1" && rmdir "$1" && exec "$2" -m aidp ws list'
+    result = subprocess.run(
+        ["sh", "-c", script, "sh", str(gone), PYTHON], env=child_env(), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "aidp: error: the current directory no longer exists (removed?): cd into the repository\n"
 
 
 def test_bad_slugs_are_usage_errors(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ MARKS = {"ok": "ok", "warning": "warning", "problem": "PROBLEM"}
 
 
 def main_init(args: Args) -> int:
-    root = gitrepo.find_root(Path.cwd())
+    root = gitrepo.find_root(gitrepo.current_dir())
     path = root / gitrepo.STATE_DIR / CONFIG_NAME
     if path.exists() and not args.force:
         raise AidpError(f"{path} exists; 'aidp init --force' replaces it (or edit it)")
@@ -56,7 +56,7 @@ def _choose(found: list[presets.Preset]) -> presets.Preset | None:
 
 
 def main_doctor(args: Args) -> int:
-    report = asyncio.run(diagnose(gitrepo.find_root(Path.cwd())))
+    report = asyncio.run(diagnose(gitrepo.find_root(gitrepo.current_dir())))
     if args.json:
         print(msgspec.json.encode(report).decode(), flush=True)
     else:

@@ -33,7 +33,7 @@ from aidp.cli.table import lay_out, terminal_width
 from aidp.engine import Engine, RunSummary, Status, listing
 from aidp.engine.errors import InvalidInput
 from aidp.engine.executor import Run
-from aidp.engine.gitrepo import find_root
+from aidp.engine.gitrepo import current_dir, find_root
 from aidp.engine.model import Workstream, priority_name
 
 CANCEL_EXTRA_WAIT_S = 10.0  # beyond the harness grace period, for the owning process to act
@@ -43,7 +43,7 @@ POLL_S = 0.2
 async def open_engine(create: bool = True, start_over: bool = False) -> Engine:
     """The engine of the repository around the current directory (any directory inside it); see
     `Engine.open` for `create` and `start_over`."""
-    return await Engine.open(find_root(Path.cwd()), create=create, start_over=start_over)
+    return await Engine.open(find_root(current_dir()), create=create, start_over=start_over)
 
 
 def with_engine(handler: Handler, args: Args, create: bool = True, start_over: bool = False) -> int:

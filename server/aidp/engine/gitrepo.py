@@ -51,6 +51,15 @@ def _rev_parse(cwd: Path, *args: str) -> list[str] | None:
     return out.stdout.splitlines() if out.returncode == 0 else None
 
 
+def current_dir() -> Path:
+    """The current directory: one removed under the process (a shell left in a removed worktree)
+    is said, not a traceback."""
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise NotARepository("the current directory no longer exists (removed?): cd into the repository") from None
+
+
 def find_root(start: Path) -> Path:
     """The main working tree's root, also from inside one of its linked worktrees (so `aidp` works
     from any directory of the repository, including a workstream's own checkout). `.git` may be a
