@@ -75,6 +75,8 @@ test-e2e: venv apt client-vscode/node_modules
 
 bench: venv apt
 	$(PY) -m pip install --quiet matplotlib==3.11.2
+	# compiled, as on a user's machine (PYTHONDONTWRITEBYTECODE would make every start compile aidp anew)
+	$(PY) -m compileall -q server/aidp
 	$(PY) -m bench
 
 clean:
