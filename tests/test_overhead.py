@@ -1,7 +1,8 @@
 """The per-workstream overhead cuts (issue 13) keep every record: group commit still answers each
 transition only once it is durable and rolls a failing one back alone; children are reaped through
 their pidfd (no thread per child) with the right exit status, and by a thread where pidfd_open
-fails; the config is parsed again only when its file changed, but every edit still counts.
+fails; the config is parsed again only when its file changed, but every edit still counts; the
+environment marker found without cgroups matches whole entries only.
 Real SQLite files, real git repositories, real processes."""
 
 from __future__ import annotations
@@ -269,3 +270,21 @@ async def test_a_write_after_close_is_refused_every_time(tmp_path: Path) -> None
     for _ in range(2):  # the refused one is not left queued for a thread that will never come
         with pytest.raises(RuntimeError):
             await db.write(db.store.schedule_changes)
+
+
+async def test_marked_groups_match_whole_environment_entries_only(tmp_path: Path) -> None:
+    """Without cgroups, what left a harness's group is found by its environment marker, searched
+    unparsed: a run id or slug that only starts like the marker (or ends like it) is not ours."""
+    started = []
+    for run_id, slug in [("run-1", "sl"), ("run-1", "sl2"), ("xrun-1", "sl")]:
+        env = {**os.environ, "AIDP_RUN_ID": run_id, "AIDP_SLUG": slug}
+        proc = await asyncio.create_subprocess_exec("sleep", "30", env=env, start_new_session=True)
+        started.append(proc)
+    try:
+        ours = await asyncio.to_thread(procs.marked_groups, "run-1", "sl")
+        assert ours & {p.pid for p in started} == {started[0].pid}
+        assert await asyncio.to_thread(procs.marked_groups, "run-", "sl") & {p.pid for p in started} == set()
+    finally:
+        for proc in started:
+            proc.kill()
+            await proc.wait()

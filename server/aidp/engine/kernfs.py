@@ -17,6 +17,11 @@ CHUNK = 64 * 1024
 def read_text(path: Path | str) -> str:
     """The whole file as text; raises what `open` raises (FileNotFoundError, PermissionError,
     ProcessLookupError for a /proc entry of a process that just went)."""
+    return read_bytes(path).decode(errors="replace")
+
+
+def read_bytes(path: Path | str) -> bytes:
+    """The whole file; raises as `read_text` does."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
@@ -24,4 +29,4 @@ def read_text(path: Path | str) -> str:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks)

@@ -92,18 +92,20 @@ def usage(tree: Tree) -> tuple[int, float]:
 
 def marked_groups(run_id: str, slug: str) -> set[int]:
     """Process groups holding a process started for this workstream run, found by the
-    environment the harness inherited (so a reused pid or pgid is never mistaken for ours)."""
-    marker = {f"AIDP_RUN_ID={run_id}".encode(), f"AIDP_SLUG={slug}".encode()}
+    environment the harness inherited (so a reused pid or pgid is never mistaken for ours).
+    Without cgroups this reads every process on the machine once per ended workstream, so each
+    environment is searched for the two whole entries as it is read, neither split nor parsed
+    (1.5 ms a scan at 73 processes before, bench: overhead with AIDP_CGROUPS=0)."""
+    markers = (f"\0AIDP_RUN_ID={run_id}\0".encode(), f"\0AIDP_SLUG={slug}\0".encode())
     groups = set()
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
+    for name in os.listdir(PROC):
+        if not name.isdigit():
             continue
         try:
-            env = set((entry / "environ").read_bytes().split(b"\0"))
+            env = b"\0" + kernfs.read_bytes(f"/proc/{name}/environ") + b"\0"  # entries end in NUL
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        fields = _stat_fields(int(entry.name))
-        if marker <= env and fields and fields[0] != "Z":
+        if all(marker in env for marker in markers) and (fields := _stat_fields(int(name))) and fields[0] != "Z":
             groups.add(int(fields[2]))
     return groups
 
