@@ -30,6 +30,15 @@ def cgroup_env(cgroups: str) -> dict[str, str]:
     return {"AIDP_CGROUPS": "0"} if cgroups == "off" else {}
 
 
+def cgroup_mount() -> Path:
+    """Where the cgroup v2 hierarchy is mounted (read as aidp reads it, independently of aidp)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            return Path(fields[4])
+    raise AssertionError("no cgroup2 mount")
+
+
 def results(completed: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
     return {r["slug"]: r for r in json.loads(completed.stdout)["results"]}
 
@@ -151,8 +160,9 @@ def test_a_refused_start_write_ends_error_and_stops_the_harness(tmp_path: Path) 
 @CGROUPS
 def test_env_scrubbing_harness_is_stopped_by_recovery(tmp_path: Path, cgroups: str) -> None:
     repo = make_repo(tmp_path)
-    pids = tmp_path / "pids"
-    scrubbed = ["env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"]
+    pids, joined = tmp_path / "pids", tmp_path / "cgroup"
+    script = f"cat /proc/self/cgroup > {joined}; sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    scrubbed = ["env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", script]
     new_ws(repo, "scrub", shlex.join(scrubbed))
     env = cgroup_env(cgroups)
     owner = spawn_cli(repo, "ws", "run", "scrub", env=env)
@@ -165,6 +175,9 @@ def test_env_scrubbing_harness_is_stopped_by_recovery(tmp_path: Path, cgroups: s
     assert listed.returncode == 0, listed.stderr
     assert {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)} == {"scrub": "cancelled"}
     assert not any(pid_alive(pid) for pid in read_pids(pids))
+    own = next(line[3:] for line in joined.read_text().splitlines() if line.startswith("0::"))
+    if cgroups == "auto" and Path(own).name.startswith("aidp-"):  # the run had a cgroup: recovery removed it
+        assert not (cgroup_mount() / own.lstrip("/")).exists()
 
 
 @CGROUPS

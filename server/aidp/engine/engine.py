@@ -845,6 +845,9 @@ class Engine:
                 tree.signal(signal.SIGTERM)
             left = await _still_alive(stale, trees, min(self.grace_s(), PROMPT_EXIT_S))
             done = [c for c in stale if c not in left]
+            for tree in (t for c in done for t in trees[c]):
+                if tree.cgroup is not None:  # empty now: nothing else would ever remove it
+                    cgroups.remove(tree.cgroup)
             if left:
                 self._stopping.update((c.slug, c.run_id) for c in left)
                 log.warning(
