@@ -196,7 +196,7 @@ async def run_list(p: Params) -> list[Section]:
     finally:
         await client.close()
     shown, full, kept = cli_lists(repo)
-    lists, read, cli = at.ws_list_s, at.ws_list_read_s, at.cli_list_s
+    lists, read = at.ws_list_s, at.ws_list_read_s
     s = Section("list10k", f"The list at {n:,} workstreams")
     s.rows = [
         Row(
@@ -221,11 +221,6 @@ async def run_list(p: Params) -> list[Section]:
             "aidp/wsList right after an aidp/wsSet",
             fmt_ms(median(after_set)),
             f"median of {SETS}, range {fmt_ms(min(after_set))}–{fmt_ms(max(after_set))}: the whole list computed again",
-        ),
-        Row(
-            "aidp ws list",
-            fmt_ms(median(cli)),
-            f"range {fmt_ms(min(cli))}–{fmt_ms(max(cli))}; CPU {fmt_ms(median(at.cli_list_cpu_s))}",
         ),
         Row("server RSS after the lists", f"{rss / 1e6:.1f} MB"),
         cli_row("aidp ws list, unchanged since the last", kept, f"the table the last list kept (shown: {shown})"),
