@@ -6,6 +6,7 @@ in the background and announced, while aidp's own changes stay exact."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from server_helpers import WS_LIST_CHANGED, AidpClient, initialize_params, lsp_session, server_command
 from support import cli, git, wait_until
 
-from aidp.engine import Engine
+from aidp.engine import Engine, dirty
 from aidp.server.snapshot import ListSnapshot
 
 pytestmark = pytest.mark.timeout(150)
@@ -120,5 +121,35 @@ async def test_many_worktrees_are_checked_in_the_background(engine: Engine, repo
         assert (await listed())["a"]["status"] == "paused"
         assert cli(repo, "ws", "set", "a", "--priority", "low").returncode == 0
         assert (await listed())["a"]["priority"] == -10
+    finally:
+        await snapshot.close()
+
+
+async def test_a_worktree_only_git_can_check_keeps_every_list_exact(engine: Engine, repo: Path) -> None:
+    """A worktree too big to walk (most real checkouts) gives the list no fingerprint once a list
+    found it so: each list is computed, exact at once, never deferred to a background check (as
+    what the last list cost, a whole list with git, would have it)."""
+    await engine.create("a", "task of a", command=["true"])
+    many = worktree(repo, "a") / "many"
+    many.mkdir()
+    for i in range(dirty.WALK_MAX + 1):
+        (many / f"{i}.txt").write_text(f"{i}\n")
+    git(worktree(repo, "a"), "add", "many")
+    git(worktree(repo, "a"), "commit", "-q", "-m", "many files")
+    snapshot = ListSnapshot(engine, lambda: None)
+
+    async def listed() -> dict[str, Any]:
+        return {ws["slug"]: ws for ws in json.loads((await snapshot.answer()).body)["workstreams"]}
+
+    try:
+        assert (await listed())["a"]["changes"]["dirty"] is False
+        await asyncio.sleep(dirty.RACY_NS / 1e9)  # past the racy window: a fingerprint could be trusted now
+        for _ in range(2):  # the first walk finds the worktree too big (dirty.json says so from then on)
+            assert (await listed())["a"]["changes"]["dirty"] is False
+        (many / "0.txt").write_text("edited by hand\n")
+        assert (await listed())["a"]["changes"]["dirty"] is True
+        commit(worktree(repo, "a"), "more.txt")
+        assert (await listed())["a"]["changes"]["ahead"] == 2
+        assert snapshot.reused == 0
     finally:
         await snapshot.close()

@@ -15,7 +15,10 @@ answer is exact; past that (thousands of worktrees) the snapshot is
 answered at once and the check runs in the background, at most every `RECHECK_S` while clients keep
 asking; when it finds a change the list is computed again and `aidp/wsListChanged` sent, so a change
 made by hand inside a worktree shows within a few seconds. Whatever aidp itself changes stays exact
-at any size: it comes through the first two checks.
+at any size: it comes through the first two checks. A worktree only git can check (too big to walk,
+`dirty.WALK_MAX`: most real checkouts) leaves no fingerprint, and every list is computed, exact, as
+it was before there was a snapshot: deferring those would leave a commit or an edit by hand unseen
+for seconds in an ordinary repository.
 """
 
 from __future__ import annotations
@@ -85,7 +88,6 @@ class ListSnapshot:
         self._generation = 0
         self._current: Snapshot | None = None
         self._per_worktree_s = PER_WORKTREE_S  # CPU time, as the last whole check measured it
-        self._list_s = 0.0  # what the last list took: the check when a worktree cannot be checked otherwise
         self._checked_at = -math.inf  # the loop's time when the last background check started
         self._checking: asyncio.Task[None] | None = None
         self.computed = 0  # full lists computed
@@ -127,32 +129,34 @@ class ListSnapshot:
             return "this server changed it"
         if await self._engine.db.call(self._engine.db.store.data_version) != snapshot.data_version:
             return "another aidp process changed the state"
-        cost = self._list_s if snapshot.fingerprint is None else self._per_worktree_s * snapshot.worktrees
+        fingerprint = snapshot.fingerprint
+        if fingerprint is None:
+            return "a worktree only git can check"
+        cost = self._per_worktree_s * snapshot.worktrees
         if cost <= self._cheap_s:
-            return None if await self._unchanged(snapshot) else "git or a worktree changed"
+            return None if await self._unchanged(snapshot, fingerprint) else "git or a worktree changed"
         loop = asyncio.get_running_loop()
         # Every `recheck_s`, or less often when a check takes long: at most a tenth of the time.
         if self._checking is None and loop.time() - self._checked_at >= max(self._recheck_s, 10 * cost):
             self._checked_at = loop.time()
-            self._checking = asyncio.create_task(self._check_in_background(snapshot), name="aidp-list-check")
+            check = self._check_in_background(snapshot, fingerprint)
+            self._checking = asyncio.create_task(check, name="aidp-list-check")
         return None
 
-    async def _unchanged(self, snapshot: Snapshot) -> bool:
+    async def _unchanged(self, snapshot: Snapshot, fingerprint: listing.Fingerprint) -> bool:
         """Whether git and every worktree are as the snapshot's fingerprint says. A check that
         held walked every worktree: what it cost each is kept for the next estimate (one that did
         not may have stopped early, or not walked at all when the fingerprint was too recent)."""
-        if snapshot.fingerprint is None:
-            return False
-        unchanged, spent = await asyncio.to_thread(_timed_check, snapshot.fingerprint)
+        unchanged, spent = await asyncio.to_thread(_timed_check, fingerprint)
         if unchanged:
             self._per_worktree_s = spent / max(1, snapshot.worktrees)
         return unchanged
 
-    async def _check_in_background(self, snapshot: Snapshot) -> None:
+    async def _check_in_background(self, snapshot: Snapshot, fingerprint: listing.Fingerprint) -> None:
         """A change found: the list computed again (requests meanwhile still get the old one),
         then announced if it differs, so clients fetch the new one."""
         try:
-            if snapshot is not self._current or await self._unchanged(snapshot):
+            if snapshot is not self._current or await self._unchanged(snapshot, fingerprint):
                 return
             new = await self._lists.get(lambda: self._compute("the background check found git or a worktree changed"))
             if new.workstreams != snapshot.workstreams:
@@ -164,14 +168,12 @@ class ListSnapshot:
 
     async def _compute(self, why: str) -> Snapshot:
         engine, generation = self._engine, self._generation
-        started = time.perf_counter()
         data_version = await engine.db.call(engine.db.store.data_version)
         state_dir = str(engine.state_dir)
         taken = await asyncio.to_thread(listing.take, str(engine.root), state_dir, str(engine.worktrees_dir))
         workstreams = await engine.workstreams()
         shown = [(w.path, w.changes.dirty) for w in workstreams if w.changes is not None and not w.worktree_missing]
         fingerprint = await asyncio.to_thread(listing.with_worktrees, taken, state_dir, shown)
-        self._list_s = time.perf_counter() - started
         self._current = Snapshot(generation, data_version, fingerprint, workstreams, len(shown))
         self.computed += 1
         log.info(
