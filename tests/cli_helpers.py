@@ -43,13 +43,15 @@ def harness(tmp_path: Path, name: str, code: str) -> str:
     return shlex.join([PYTHON, str(script), "{slug}"])
 
 
+def wait_for(gate: Path) -> str:
+    """Harness code (with `pathlib` and `time` imported) that waits until `gate` exists."""
+    return f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+
+
 def gated(gate: Path, first: str, last: str) -> str:
     """Harness code that prints `first`, waits until `gate` exists, then prints `last`: tests order
     events by creating the file, never by sleeping."""
-    return (
-        f"import pathlib, time\nprint({first!r}, flush=True)\n"
-        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\nprint({last!r})\n"
-    )
+    return f"import pathlib, time\nprint({first!r}, flush=True)\n{wait_for(gate)}print({last!r})\n"
 
 
 def new_ws(repo: Path, slug: str, command: str, task: str = "do the thing") -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
-from cli_helpers import spawn_cli
+from cli_helpers import spawn_cli, wait_for
 from ray_helpers import Cluster
 from server_helpers import initialize_params as init_params
 from server_helpers import lsp_session, server_command
@@ -85,6 +86,12 @@ def run_json(repo: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
 
 def results(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["slug"]: r for r in summary["results"]}
+
+
+def ended(run: subprocess.Popen[str], slug: str) -> tuple[dict[str, Any], str]:
+    """The result of `slug` once the `ws run --json` process `run` has ended, and what it said on stderr."""
+    out, err = run.communicate(timeout=WAIT_S * 2)
+    return results(json.loads(out))[slug], err
 
 
 def marked(marker: str) -> list[psutil.Process]:
@@ -153,8 +160,7 @@ def test_progress_reports_reach_every_viewer(repo_env: tuple[Path, dict[str, str
     code = (
         "import json, os, pathlib, time\n"
         "with open(os.environ['AIDP_PROGRESS'], 'a') as f:\n"
-        "    f.write(json.dumps({'percent': 40, 'message': 'on its way'}) + '\\n')\n"
-        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+        "    f.write(json.dumps({'percent': 40, 'message': 'on its way'}) + '\\n')\n" + wait_for(gate)
     )
     new_ws(repo, "busy", harness(tmp_path, "busy", code), env)
     run = spawn_cli(repo, "ws", "run", "--json", "busy", env=env)
@@ -168,11 +174,11 @@ def test_progress_reports_reach_every_viewer(repo_env: tuple[Path, dict[str, str
         wait_until_sync(lambda: bool(progress()), timeout=WAIT_S * 2, what="the progress report")
         assert progress() == {"percent": 40, "step": None, "message": "on its way"}
         gate.touch()
-        out, err = run.communicate(timeout=WAIT_S * 2)
+        got, err = ended(run, "busy")
     finally:
         if run.poll() is None:
             run.kill()
-    assert results(json.loads(out))["busy"]["status"] == "completed", err
+    assert got["status"] == "completed", err
 
 
 def tree_code(pids: Path, marker: str) -> str:
@@ -204,11 +210,10 @@ def test_cancel_ends_the_whole_tree(repo_env: tuple[Path, dict[str, str]], tmp_p
         assert all(psutil.pid_exists(p) for p in started)
         cancel = cli(repo, "ws", "cancel", "tree", env=env)
         assert cancel.returncode == 0, cancel.stderr
-        out, err = run.communicate(timeout=WAIT_S * 2)
+        got, err = ended(run, "tree")
     finally:
         if run.poll() is None:
             run.kill()
-    got = results(json.loads(out))["tree"]
     assert got["status"] == "cancelled", (got, err)
     assert marked(marker) == []
 
@@ -265,9 +270,7 @@ def test_local_branch_moved_meanwhile_is_refused(cluster_repo: tuple[Path, dict[
     gate = tmp_path / "gate"
     code = (
         "import pathlib, subprocess, time\n"
-        "print('started', flush=True)\n"
-        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
-        "open('remote.txt', 'w').write('remote\\n')\n"
+        "print('started', flush=True)\n" + wait_for(gate) + "open('remote.txt', 'w').write('remote\\n')\n"
         "subprocess.run(['git', 'add', 'remote.txt'], check=True)\n"
         "subprocess.run(['git', '-c', 'user.name=h', '-c', 'user.email=h@x', 'commit', '-qm', 'remote'], check=True)\n"
     )
@@ -281,11 +284,10 @@ def test_local_branch_moved_meanwhile_is_refused(cluster_repo: tuple[Path, dict[
         git(worktree, "commit", "-qm", "local")
         local = git(repo, "rev-parse", "aidp/moved").strip()
         gate.touch()
-        out, err = run.communicate(timeout=WAIT_S * 2)
+        got, err = ended(run, "moved")
     finally:
         if run.poll() is None:
             run.kill()
-    got = results(json.loads(out))["moved"]
     assert got["status"] == "error", (got, err)
     assert "moved during the run" in got["error"]
     assert git(repo, "rev-parse", "aidp/moved").strip() == local  # nothing overwritten
@@ -318,11 +320,10 @@ def test_placement_that_cannot_be_satisfied_ends_error(
 
         wait_until_sync(lambda: (waiting() or "").startswith("waiting for a Ray node"), what="the wait said")
         assert "aidp_test_gpu 1" in (waiting() or "")
-        out, err = run.communicate(timeout=WAIT_S * 2)
+        got, err = ended(run, "nowhere")
     finally:
         if run.poll() is None:
             run.kill()
-    got = results(json.loads(out))["nowhere"]
     assert got["status"] == "error", (got, err)
     assert "aidp_test_gpu 1" in got["error"] and "no node of the cluster has it" in got["error"]
     assert "never" not in Path(got["logPath"]).read_text()
@@ -367,11 +368,10 @@ def lose_a_running_tree(
     try:
         wait_until_sync(pids.exists, timeout=WAIT_S * 2, what="the harness's tree to start")
         lose(pids)
-        out, err = run.communicate(timeout=WAIT_S * 2)
+        got, err = ended(run, "lost")
     finally:
         if run.poll() is None:
             run.kill()
-    got: dict[str, Any] = results(json.loads(out))["lost"]
     assert got["status"] == "failed", (got, err)
     wait_until_sync(lambda: marked(marker) == [], what="the harness's tree to be ended")
     return got

@@ -336,8 +336,7 @@ class Run:
 
     async def _conclude_unstartable(self) -> list[Job]:
         """End the pending jobs that will never start: cancelled, halted, or blocked; returns the
-        others, still pending. One pass at every pick, so a job without dependencies or setup
-        (nothing can block it) costs two checks."""
+        others, still pending (one pass at every pick)."""
         pending, ended = [], False
         for job in [j for j in self.jobs.values() if j.state is State.PENDING]:
             if job.cancel.is_set():
@@ -349,7 +348,7 @@ class Run:
                 await self._end(job, Status.CANCELLED, why)
             elif self._halted is not None:
                 await self._end(job, Status.CANCELLED, f"not started: {self._halted}")
-            elif (job.ws.after or job.ws.setup is not None) and (blocker := self._blocker(job)) is not None:
+            elif (blocker := self._blocker(job)) is not None:
                 await self._end(job, Status.BLOCKED, blocker)
             else:
                 pending.append(job)
@@ -379,7 +378,7 @@ class Run:
         await self._read_known(pending)
         ready, outside = [], False
         for job in pending:
-            deps = self._deps_waiting(job) if job.ws.after else None
+            deps = self._deps_waiting(job)
             if deps:
                 outside = outside or any(d not in self.jobs for d in deps)
             elif job.not_before <= now:
@@ -444,7 +443,7 @@ class Run:
         for job in pending:
             if job.state is not State.PENDING:
                 continue
-            deps = self._deps_waiting(job) if job.ws.after else None
+            deps = self._deps_waiting(job)
             why = job.slot_reason or (f"waiting for {', '.join(deps)}" if deps else job.backoff_reason)
             if why != job.waiting:
                 job.waiting = changed[job.ws.slug] = why
