@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 PYTHON = sys.executable
 WAIT_S = 60.0
 GIT_IDENTITY = {
@@ -118,3 +120,15 @@ def group_members(pgid: int) -> list[int]:
         if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """Live processes with `marker` in their argv (whatever session or group they are in)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

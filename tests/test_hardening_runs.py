@@ -17,7 +17,7 @@ import pytest
 from cli_helpers import Lines, new_ws, spawn_cli, workstreams
 from conftest import write_config
 from server_helpers import WS_OUTPUT, initialize_params, lsp_session, server_command
-from support import cli, make_repo, pid_alive, wait_until, wait_until_sync
+from support import cli, make_repo, marked, pid_alive, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -152,6 +152,23 @@ def test_a_refused_start_write_ends_error_and_stops_the_harness(tmp_path: Path) 
     for pid in read_pids(started) if started.exists() else []:
         assert not pid_alive(pid)
     assert workstreams(repo)["starter"]["status"] == "error"
+
+
+@CGROUPS
+def test_a_harness_never_runs_unrecorded_when_aidp_dies_as_it_starts(tmp_path: Path, cgroups: str) -> None:
+    """aidp killed after the spawn, before it recorded the start: the harness, which drops its
+    environment at once, would have run where no recovery could find it. It ends at the gate
+    instead, never having run, and the next list records the workstream cancelled."""
+    repo = make_repo(tmp_path)
+    ran, script = tmp_path / "ran", tmp_path / "harness.sh"
+    script.write_text(f"echo $$ > {ran}; sleep 60\n")
+    new_ws(repo, "dier", shlex.join(["env", "-i", "PATH=/usr/bin:/bin", "sh", str(script)]))
+    env = cgroup_env(cgroups)
+    owner = cli(repo, "ws", "run", "dier", env={**env, "PYTHONPATH": FAULTS, "AIDP_FAULT_DIE_RUNNING": "dier"})
+    assert owner.returncode == -signal.SIGKILL
+    wait_until_sync(lambda: not marked(str(script)), what="the launcher to end at the gate")
+    assert not ran.exists()
+    assert workstreams(repo)["dier"]["status"] == "cancelled"
 
 
 # -- B3/B4: what drops its environment or leaves its group is still found --------------------------

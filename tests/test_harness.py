@@ -47,38 +47,36 @@ def test_build_env_engine_values_win(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (env["AIDP_MODE"], env["AIDP_STEPS"], env["AIDP_WORKTREE"]) == ("execute", "a,b", "/w")
 
 
-async def test_spawn_errors_say_what_to_fix(tmp_path: Path) -> None:
-    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
-    try:
-        with pytest.raises(StartError, match="no such program"):
-            await spawn(["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), fd)
-        with pytest.raises(StartError, match=r"worktree .* is missing"):
-            await spawn(["true"], tmp_path / "gone", dict(os.environ), fd)
-        script = tmp_path / "script"
-        script.write_text("#!/bin/sh\n")
-        with pytest.raises(StartError, match="permission denied"):
-            await spawn([str(script)], tmp_path, dict(os.environ), fd)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("cgroup", [None, "in a cgroup"])
-async def test_spawn_errors_say_what_to_fix_also_through_the_cgroup_launcher(
-    tmp_path: Path, cgroup: str | None
-) -> None:
-    """Through the launcher that joins a cgroup, a bad program is still refused before anything
-    runs, with the same message (here the cgroup folder is a stand-in: exec never happens)."""
+async def test_spawn_errors_say_what_to_fix(tmp_path: Path, cgroup: str | None) -> None:
+    """A bad program is refused before anything runs (the launcher would only log it), with the
+    same message with or without a cgroup to join (a stand-in folder: exec never happens)."""
     place = tmp_path / "cg" if cgroup else None
     fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
     try:
         with pytest.raises(StartError, match="'aidp-no-such-program-xyz': no such program"):
             await spawn(["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), fd, place)
+        with pytest.raises(StartError, match=r"worktree .* is missing"):
+            await spawn(["true"], tmp_path / "gone", dict(os.environ), fd, place)
         script = tmp_path / "script"
         script.write_text("#!/bin/sh\n")
         with pytest.raises(StartError, match="permission denied"):
             await spawn(["./script"], tmp_path, dict(os.environ), fd, place)
     finally:
         os.close(fd)
+
+
+async def test_past_the_gate_the_harness_reads_its_own_stdin(tmp_path: Path) -> None:
+    """The launcher's stdin is the gate; the harness gets the file (a child never let past is in
+    tests/test_hardening_runs.py: aidp killed before it recorded the start)."""
+    ran, stdin = tmp_path / "ran", tmp_path / "stdin"
+    stdin.write_text("the task\n")
+    with open(tmp_path / "log", "wb") as log:
+        proc = await spawn(["sh", "-c", f"cat; touch {ran}"], tmp_path, dict(os.environ), log.fileno(), stdin=stdin)
+        proc.go()
+        assert await proc.wait() == 0
+    assert ran.exists()
+    assert (tmp_path / "log").read_text() == "the task\n"  # its stdin is the file, not the gate
 
 
 async def test_a_harness_that_cannot_join_its_cgroup_never_runs(tmp_path: Path) -> None:
@@ -99,6 +97,7 @@ async def test_spawn_makes_the_cgroup_it_joins_and_removes_it_when_the_start_fai
         proc = await spawn(
             ["cat", "/proc/self/cgroup"], tmp_path, dict(os.environ), log.fileno(), place, make_cgroup=True
         )
+        proc.go()
         assert await proc.wait() == 0
         with pytest.raises(StartError, match="no such program"):
             await spawn(

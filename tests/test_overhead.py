@@ -102,11 +102,13 @@ async def test_children_are_reaped_through_their_pidfd_with_their_exit_status(tm
         gate = tmp_path / "gate"
         wait_for_gate = f"import os, time, sys\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\nsys.exit(3)"
         proc = await spawn([PYTHON, "-c", wait_for_gate], tmp_path, dict(os.environ), log_fd)
+        proc.go()
         assert not [t for t in threading.enumerate() if t.name == f"waitpid-{proc.pid}"]  # no thread for it
         gate.touch()
         assert await proc.wait() == 3
         assert proc.returncode == 3
         killed = await spawn(["sleep", "30"], tmp_path, dict(os.environ), log_fd)
+        killed.go()
         os.killpg(killed.pid, signal.SIGKILL)
         assert await killed.wait() == -9
     finally:
@@ -156,6 +158,7 @@ async def test_without_pidfd_a_thread_reaps_the_child(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
     proc = await spawn(["sh", "-c", "exit 5"], tmp_path, dict(os.environ), 1)
+    proc.go()
     assert await proc.wait() == 5
 
 

@@ -25,7 +25,7 @@ from cli_helpers import spawn_cli, wait_for
 from ray_helpers import Cluster
 from server_helpers import initialize_params as init_params
 from server_helpers import lsp_session, server_command
-from support import PYTHON, WAIT_S, cli, git, make_repo, wait_until, wait_until_sync
+from support import PYTHON, WAIT_S, cli, git, make_repo, marked, wait_until, wait_until_sync
 
 SLOTS = 4
 
@@ -92,18 +92,6 @@ def ended(run: subprocess.Popen[str], slug: str) -> tuple[dict[str, Any], str]:
     """The result of `slug` once the `ws run --json` process `run` has ended, and what it said on stderr."""
     out, err = run.communicate(timeout=WAIT_S * 2)
     return results(json.loads(out))[slug], err
-
-
-def marked(marker: str) -> list[psutil.Process]:
-    """Live processes with `marker` in their argv (whatever session or group they are in)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 # -- the same suite for both backends ---------------------------------------------------------------

@@ -6,11 +6,14 @@ Python imports `sitecustomize` at start-up, so the real CLI or server runs uncha
   (the smaller write aidp falls back to).
 - AIDP_FAULT_FINISH_ALL=<slug>: recording any result of that workstream fails.
 - AIDP_FAULT_RUNNING=<slug>: recording that workstream's start fails.
+- AIDP_FAULT_DIE_RUNNING=<slug>: the process is SIGKILLed as it would record that workstream's
+  start (its harness spawned, not yet recorded).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 from typing import Any
 
@@ -26,11 +29,15 @@ def disk_full() -> sqlite3.OperationalError:
     return error
 
 
+FAULTS = ("AIDP_FAULT_FINISH", "AIDP_FAULT_FINISH_ALL", "AIDP_FAULT_RUNNING", "AIDP_FAULT_DIE_RUNNING")
+
+
 def _install() -> None:
     finish, mark_running = Store.finish, Store.mark_running
     refuse_finish = os.environ.get("AIDP_FAULT_FINISH")
     refuse_all = os.environ.get("AIDP_FAULT_FINISH_ALL")
     refuse_running = os.environ.get("AIDP_FAULT_RUNNING")
+    die_running = os.environ.get("AIDP_FAULT_DIE_RUNNING")
 
     def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> None:
         if result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR):
@@ -40,11 +47,13 @@ def _install() -> None:
     def faulty_mark_running(self: Store, run_id: str, slug: str, *args: Any, **kwargs: Any) -> None:
         if slug == refuse_running:
             raise disk_full()
+        if slug == die_running:
+            os.kill(os.getpid(), signal.SIGKILL)
         mark_running(self, run_id, slug, *args, **kwargs)
 
     Store.finish = faulty_finish  # type: ignore[method-assign]
     Store.mark_running = faulty_mark_running  # type: ignore[method-assign]
 
 
-if any(os.environ.get(v) for v in ("AIDP_FAULT_FINISH", "AIDP_FAULT_FINISH_ALL", "AIDP_FAULT_RUNNING")):
+if any(os.environ.get(v) for v in FAULTS):
     _install()

@@ -62,6 +62,9 @@ class Attempt(Protocol):
     def returncode(self) -> int | None:
         """Once it exited: its exit code; negative: killed by that signal."""
 
+    def go(self) -> None:
+        """Let the harness run: its `child` is recorded, so a recovery finds it if aidp dies."""
+
     async def wait(self) -> None:
         """Until the harness has exited (or its remote worker was lost)."""
 
@@ -101,6 +104,9 @@ class LocalAttempt:
     @property
     def returncode(self) -> int | None:
         return self._proc.returncode
+
+    def go(self) -> None:
+        self._proc.go()
 
     async def wait(self) -> None:
         await self._proc.wait()

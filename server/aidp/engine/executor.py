@@ -697,6 +697,7 @@ class Run:
                 template,
                 attempt.host,
             )
+            attempt.go()  # recorded: a recovery after aidp dies finds it
             self._bus.emit(
                 StatusChanged(
                     run_id=self.run_id,

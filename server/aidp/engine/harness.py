@@ -27,10 +27,17 @@ class StartError(Exception):
     """The program could not be started; the message says what to fix."""
 
 
-# Joins the cgroup in $1, then becomes the harness: a constant script, the harness's argv passed as
-# arguments that the shell never parses. A `preexec_fn` would do the same without sh but makes
-# Python fork instead of vfork: about 5 ms per spawn against 2 here (bench: containment).
-_JOIN_THEN_EXEC = 'echo 0 > "$1/cgroup.procs" && shift && exec "$@"'
+# The launcher every harness starts through: it joins the cgroup in $1 (if any), waits on its stdin
+# (the gate pipe) for aidp's word that the harness's identity is recorded, then becomes the harness
+# with $2 as its stdin. A constant script: the harness's argv is passed as arguments that the shell
+# never parses. The gate closes the window in which an aidp process killed right after the spawn
+# left a harness that had dropped its environment (`env -i`) running where no recovery could find
+# it; closed without the word (aidp died, or could not record the start), the harness never runs.
+# A `preexec_fn` would do this without sh but makes Python fork instead of vfork: about 5 ms per
+# spawn against 2 here (bench: containment).
+_LAUNCH = (
+    '[ -z "$1" ] || echo 0 > "$1/cgroup.procs" || exit 125; read -r go || exit 125; in=$2; shift 2; exec "$@" < "$in"'
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,37 +194,55 @@ async def spawn(
     make_cgroup: bool = False,
 ) -> Child:
     """Start the harness in its own session (so cancel reaches its whole tree) and, given one, in
-    its cgroup before its first instruction. The child writes into the log file itself: every byte
-    is kept, and a flood costs the engine nothing. Its stdin is `stdin` (a file: never aidp's own
-    stdin, which may be a JSON-RPC stream), else /dev/null. `sandbox`: an argv prefix (`sandbox.Box`)
-    that runs the harness inside; the cgroup launcher comes first, so the cgroup holds the sandbox.
-    `make_cgroup`: `cgroup` is where its cgroup goes (`cgroups.place`), made on the spawning thread
-    (a cgroup `mkdir` waits on the kernel's cgroup lock, which other harnesses joining theirs hold:
-    0.7 ms a start on the event loop, bench: overhead); `Child.cgroup` says which it joined."""
-    program = argv[0]
+    its cgroup before its first instruction. It waits at the gate until `Child.go`: the caller
+    records its identity first. The child writes into the log file itself: every byte is kept, and
+    a flood costs the engine nothing. Its stdin is `stdin` (a file: never aidp's own stdin, which
+    may be a JSON-RPC stream), else /dev/null. `sandbox`: an argv prefix (`sandbox.Box`) that runs
+    the harness inside; the launcher comes first, so the cgroup holds the sandbox. `make_cgroup`:
+    `cgroup` is where its cgroup goes (`cgroups.place`), made on the spawning thread (a cgroup
+    `mkdir` waits on the kernel's cgroup lock, which other harnesses joining theirs hold: 0.7 ms a
+    start on the event loop, bench: overhead); `Child.cgroup` says which it joined."""
     check_fits(argv, env)
-    stdin_fd: int | None = None
+    gate, word = os.pipe2(os.O_CLOEXEC)
     try:
-        if stdin is not None:
-            stdin_fd = os.open(stdin, os.O_RDONLY | os.O_CLOEXEC)
-        stdin_arg = subprocess.DEVNULL if stdin_fd is None else stdin_fd
+        popen, joined = await _started(argv, cwd, env, gate, log_fd, cgroup, stdin, sandbox, make_cgroup)
+    except BaseException:
+        os.close(word)  # a child that started never gets the word: it ends at the gate
+        raise
+    finally:
+        os.close(gate)
+    return Child(popen, joined, asyncio.get_running_loop(), word)
 
-        def start() -> tuple[subprocess.Popen[bytes], Path | None]:  # the PATH search too: it waits on the disk
-            joined = cgroups.create(cgroup) if make_cgroup else cgroup
-            try:
-                return _start(argv, cwd, env, stdin_arg, log_fd, joined, sandbox), joined
-            except BaseException:
-                if make_cgroup and joined is not None:
-                    cgroups.remove(joined)
-                raise
 
-        loop = asyncio.get_running_loop()
-        started = loop.run_in_executor(None, start)
+async def _started(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    gate: int,
+    log_fd: int,
+    cgroup: Path | None,
+    stdin: Path | None,
+    sandbox: Sequence[str],
+    make_cgroup: bool,
+) -> tuple[subprocess.Popen[bytes], Path | None]:
+    """`spawn`'s start on a worker thread, its errors said as what to fix."""
+    program = argv[0]
+
+    def start() -> tuple[subprocess.Popen[bytes], Path | None]:  # the PATH search too: it waits on the disk
+        joined = cgroups.create(cgroup) if make_cgroup else cgroup
         try:
-            return Child(*await asyncio.shield(started), loop)
-        except asyncio.CancelledError:
-            await _abandon(started, owned=make_cgroup)
+            return _start(argv, cwd, env, gate, log_fd, joined, stdin, sandbox), joined
+        except BaseException:
+            if make_cgroup and joined is not None:
+                cgroups.remove(joined)
             raise
+
+    started = asyncio.get_running_loop().run_in_executor(None, start)
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        await _abandon(started, owned=make_cgroup)
+        raise
     except FileNotFoundError as exc:
         if not cwd.is_dir():
             raise StartError(f"worktree {cwd} is missing; remove the workstream and create it again") from exc
@@ -231,29 +256,30 @@ async def spawn(
         raise StartError(f"cannot start {program!r}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # a NUL or an unencodable character in an argument or the environment
         raise StartError(f"cannot start {program!r}: {exc}") from exc
-    finally:
-        if stdin_fd is not None:
-            os.close(stdin_fd)
 
 
 def _start(
     argv: list[str],
     cwd: Path,
     env: dict[str, str],
-    stdin: int,
+    gate: int,
     log_fd: int,
     cgroup: Path | None,
+    stdin: Path | None,
     sandbox: Sequence[str],
 ) -> subprocess.Popen[bytes]:
-    """`spawn`'s start, on its worker thread: through the launcher that joins `cgroup` if any."""
-    program = argv[0]
-    if cgroup is not None or sandbox:  # through sh, a missing program would only be a log line
-        check_program(program, cwd, env)
-        argv = [*sandbox, *argv]
-    if cgroup is not None:
-        argv = ["/bin/sh", "-c", _JOIN_THEN_EXEC, "aidp-join", str(cgroup), *argv]
+    """`spawn`'s start, on its worker thread: through the launcher (through sh, a missing program
+    would only be a log line, so it is looked for here)."""
+    check_program(argv[0], cwd, env)
+    launcher = ["/bin/sh", "-c", _LAUNCH, "aidp-start", str(cgroup or ""), str(stdin or os.devnull)]
     return subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True
+        [*launcher, *sandbox, *argv],
+        cwd=cwd,
+        env=env,
+        stdin=gate,
+        stdout=log_fd,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -261,19 +287,36 @@ class Child:
     """A started harness: its pid and, once reaped, its exit code (negative: the signal that ended
     it), as `asyncio.subprocess.Process` has them. `spawn` starts it on a worker thread: with vfork
     the caller stands still until the child has exec'd, which on a loaded machine took milliseconds
-    of the event loop per harness (bench: overhead). Its exit is reaped through its pidfd."""
+    of the event loop per harness (bench: overhead). Its exit is reaped through its pidfd. It
+    waits at the launcher's gate until `go` (its `word`: the pipe's write end)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], cgroup: Path | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], cgroup: Path | None, loop: asyncio.AbstractEventLoop, word: int | None
+    ) -> None:
         self.pid = popen.pid
         self.cgroup = cgroup  # the cgroup it joined before its first instruction, if any
         self._popen = popen  # told the exit code too, so it never reaps the child itself
         self._loop = loop
+        self._word = word
         self._exited: asyncio.Future[int] = loop.create_future()
         _REAPER.add_child_handler(self.pid, self._reaped)
 
     @property
     def returncode(self) -> int | None:
         return self._popen.returncode
+
+    def go(self) -> None:
+        """Let it past the gate: from here on it runs the harness."""
+        if self._word is not None:
+            with contextlib.suppress(BrokenPipeError):  # it was killed at the gate
+                os.write(self._word, b"\n")
+            self._close_gate()
+
+    def _close_gate(self) -> None:
+        """Without the word, a child still at the gate ends there (exit 125)."""
+        if self._word is not None:
+            os.close(self._word)
+            self._word = None
 
     async def wait(self) -> int:
         """Until the child has exited; a cancelled wait leaves the others waiting."""
@@ -284,6 +327,7 @@ class Child:
             self._loop.call_soon_threadsafe(self._set, code)
 
     def _set(self, code: int) -> None:
+        self._close_gate()
         self._popen.returncode = code
         self._exited.set_result(code)
 
@@ -293,7 +337,7 @@ async def _abandon(started: asyncio.Future[tuple[subprocess.Popen[bytes], Path |
     the cancellation goes on (as asyncio does with a cancelled `create_subprocess_exec`), and the
     cgroup the spawn made for it (`owned`) is removed."""
     with contextlib.suppress(Exception):
-        child = Child(*await started, asyncio.get_running_loop())
+        child = Child(*await started, asyncio.get_running_loop(), None)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         await child.wait()

@@ -53,6 +53,7 @@ async def run_contained(
     cgroup = cgroups.create(place)
     try:
         proc = await spawn(argv, cwd, env, log_fd, cgroup)
+        proc.go()  # nothing records it: its caller ends it before going on
     except StartError as exc:
         with contextlib.suppress(OSError):
             os.write(log_fd, f"[aidp] {exc}\n".encode())

@@ -114,6 +114,9 @@ class RayAttempt:
     def returncode(self) -> int | None:
         return self._code
 
+    def go(self) -> None:
+        """Nothing here records it: the worker let it run as soon as its watchdog watched it."""
+
     async def wait(self) -> None:
         await asyncio.shield(self._pump)
 

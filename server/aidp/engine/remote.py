@@ -126,6 +126,7 @@ class RemoteRun:
                 yield {"error": str(exc)}
                 return
             self._attempt = attempt
+            attempt.go()  # its watchdog watches it: a worker that dies leaves nothing running
             yield {"started": attempt.child[0], "host": socket.gethostname()}
             exited = asyncio.ensure_future(attempt.wait())
             async for event in reader.follow(exited):
