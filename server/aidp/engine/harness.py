@@ -204,29 +204,6 @@ async def spawn(
     start on the event loop, bench: overhead); `Child.cgroup` says which it joined."""
     check_fits(argv, env)
     gate, word = os.pipe2(os.O_CLOEXEC)
-    try:
-        popen, joined = await _started(argv, cwd, env, gate, log_fd, cgroup, stdin, sandbox, make_cgroup)
-    except BaseException:
-        os.close(word)  # a child that started never gets the word: it ends at the gate
-        raise
-    finally:
-        os.close(gate)
-    return Child(popen, joined, asyncio.get_running_loop(), word)
-
-
-async def _started(
-    argv: list[str],
-    cwd: Path,
-    env: dict[str, str],
-    gate: int,
-    log_fd: int,
-    cgroup: Path | None,
-    stdin: Path | None,
-    sandbox: Sequence[str],
-    make_cgroup: bool,
-) -> tuple[subprocess.Popen[bytes], Path | None]:
-    """`spawn`'s start on a worker thread, its errors said as what to fix."""
-    program = argv[0]
 
     def start() -> tuple[subprocess.Popen[bytes], Path | None]:  # the PATH search too: it waits on the disk
         joined = cgroups.create(cgroup) if make_cgroup else cgroup
@@ -237,25 +214,36 @@ async def _started(
                 cgroups.remove(joined)
             raise
 
-    started = asyncio.get_running_loop().run_in_executor(None, start)
+    loop = asyncio.get_running_loop()
+    started = loop.run_in_executor(None, start)
     try:
-        return await asyncio.shield(started)
-    except asyncio.CancelledError:
-        await _abandon(started, owned=make_cgroup)
+        popen, joined = await asyncio.shield(started)
+    except BaseException as exc:
+        os.close(word)  # a child that started never gets the word: it ends at the gate
+        if isinstance(exc, asyncio.CancelledError):
+            await _abandon(started, owned=make_cgroup)
+        if isinstance(exc, OSError | ValueError):
+            raise _start_error(exc, argv[0], cwd) from exc
         raise
-    except FileNotFoundError as exc:
+    finally:
+        os.close(gate)
+    return Child(popen, joined, loop, word)
+
+
+def _start_error(exc: OSError | ValueError, program: str, cwd: Path) -> StartError:
+    """A failed start said as what to fix."""
+    if isinstance(exc, FileNotFoundError):
         if not cwd.is_dir():
-            raise StartError(f"worktree {cwd} is missing; remove the workstream and create it again") from exc
-        raise StartError(
+            return StartError(f"worktree {cwd} is missing; remove the workstream and create it again")
+        return StartError(
             f"cannot start {program!r}: no such program (check [harness] command in .aidp/config.toml "
             "or the workstream's --command)"
-        ) from exc
-    except PermissionError as exc:
-        raise StartError(f"cannot start {program!r}: permission denied (is it executable?)") from exc
-    except OSError as exc:
-        raise StartError(f"cannot start {program!r}: {exc.strerror or exc}") from exc
-    except ValueError as exc:  # a NUL or an unencodable character in an argument or the environment
-        raise StartError(f"cannot start {program!r}: {exc}") from exc
+        )
+    if isinstance(exc, PermissionError):
+        return StartError(f"cannot start {program!r}: permission denied (is it executable?)")
+    if isinstance(exc, OSError):
+        return StartError(f"cannot start {program!r}: {exc.strerror or exc}")
+    return StartError(f"cannot start {program!r}: {exc}")  # a NUL or an unencodable character
 
 
 def _start(
