@@ -13,82 +13,19 @@
  *   AIDP_E2E_KEEP=1      keep the temporary directory
  *   AIDP_E2E_UPDATE_DOCS=1  copy the "running" screenshot to docs/vscode-workstreams.png
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import * as fs from "node:fs";
-import * as http from "node:http";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { chromium, type Browser, type Locator, type Page } from "playwright-core";
-
-const CLIENT_DIR = path.resolve(__dirname, "..", "..", "..");
-const REPO_ROOT = path.resolve(CLIENT_DIR, "..");
-const PYTHON = process.env.AIDP_PYTHON ?? path.join(REPO_ROOT, ".venv", "bin", "python");
-const ARTIFACTS = process.env.AIDP_E2E_ARTIFACTS ?? path.join(REPO_ROOT, "test-artifacts", "vscode");
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const VSIX = path.join(CLIENT_DIR, "aidp.vsix");
-
-const LONG = 180_000; // generous: 2 noisy cores
+import type { Locator } from "playwright-core";
+import { ARTIFACTS, LONG, PYTHON, REPO_ROOT, VSIX, log, logLines, openWorkbench, run, t0, waitFor, type Session, type Workbench } from "./workbench";
 
 let passed = 0;
-const t0 = Date.now();
-
-function log(message: string): void {
-  const s = ((Date.now() - t0) / 1000).toFixed(1).padStart(6);
-  console.log(`[e2e ${s}s] ${message}`);
-}
 
 function check(condition: unknown, what: string): asserts condition {
   if (!condition) throw new Error(`check failed: ${what}`);
   passed += 1;
   log(`ok: ${what}`);
-}
-
-function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): string {
-  const r = spawnSync(cmd, args, { encoding: "utf8", cwd: opts.cwd, env: opts.env ?? process.env });
-  if (r.error) throw new Error(`${cmd} ${args.join(" ")}: ${r.error.message}`);
-  if (r.status !== 0) {
-    throw new Error(`${cmd} ${args.join(" ")} exited ${String(r.status)}:\n${r.stdout}\n${r.stderr}`);
-  }
-  return r.stdout;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const address = srv.address();
-      srv.close(() => {
-        if (address && typeof address === "object") resolve(address.port);
-        else reject(new Error("no port"));
-      });
-    });
-  });
-}
-
-function httpOk(url: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const req = http.get(url, (res) => {
-      res.resume();
-      resolve((res.statusCode ?? 500) < 500);
-    });
-    req.on("error", () => resolve(false));
-    req.setTimeout(5000, () => {
-      req.destroy();
-      resolve(false);
-    });
-  });
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = LONG): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
 }
 
 /** A temporary git repository with three workstreams made by the real CLI. */
@@ -135,190 +72,6 @@ function prepareRepository(base: string): string {
   return repo;
 }
 
-class Workbench {
-  constructor(readonly page: Page) {}
-
-  async shot(name: string): Promise<string> {
-    const file = path.join(ARTIFACTS, `${name}.png`);
-    await this.page.screenshot({ path: file });
-    log(`screenshot ${file}`);
-    return file;
-  }
-
-  /** Runs a command from the palette by its exact title ("AIDP: Run All Workstreams"). */
-  async command(title: string, timeoutMs = 30_000): Promise<void> {
-    const input = this.page.locator(".quick-input-widget input");
-    for (let attempt = 0; ; attempt++) {
-      await this.page.keyboard.press("Escape");
-      await this.page.keyboard.press("F1");
-      try {
-        await input.first().waitFor({ state: "visible", timeout: 10_000 });
-        break;
-      } catch (e) {
-        if (attempt >= 3) throw e;
-        await this.page.locator(".monaco-workbench").click({ position: { x: 700, y: 300 } });
-      }
-    }
-    await input.first().fill(`>${title}`);
-    const row = this.page
-      .locator(".quick-input-widget .monaco-list-row")
-      .filter({ has: this.page.locator(".label-name", { hasText: new RegExp(`^${escapeRe(title)}$`) }) })
-      .first();
-    await row.waitFor({ state: "visible", timeout: timeoutMs });
-    await row.click();
-  }
-
-  /** Replaces the user settings through VS Code's own settings.json editor (and saves). */
-  async editUserSettings(settings: Record<string, unknown>): Promise<void> {
-    await this.command("Preferences: Open User Settings (JSON)");
-    const editor = this.page.locator(".editor-instance .monaco-editor").first();
-    await editor.waitFor({ state: "visible", timeout: 30_000 });
-    await this.page.locator(".tabs-container .tab.active", { hasText: "settings.json" }).waitFor({ timeout: 30_000 });
-    await editor.click({ position: { x: 200, y: 50 } });
-    await this.page.keyboard.press("Control+A");
-    await this.page.keyboard.press("Delete");
-    // insertText types no key events, so auto-closing brackets and quotes do not interfere.
-    await this.page.keyboard.insertText(JSON.stringify(settings, null, 1).replace(/\n\s*/g, " "));
-    await this.page.keyboard.press("Control+S");
-    await this.page.locator(".tabs-container .tab.active.dirty").waitFor({ state: "detached", timeout: 30_000 });
-  }
-
-  row(slug: string): Locator {
-    return this.page.locator(`.part.sidebar .monaco-list-row[aria-label^="${slug},"]`).first();
-  }
-
-  async label(slug: string): Promise<string | undefined> {
-    const row = this.row(slug);
-    if ((await row.count()) === 0) return undefined;
-    return (await row.getAttribute("aria-label", { timeout: 2000 }).catch(() => null)) ?? undefined;
-  }
-
-  async waitStatus(slug: string, status: string, timeoutMs = LONG): Promise<string> {
-    return waitFor(
-      `${slug} to show ${status}`,
-      async () => {
-        const label = await this.label(slug);
-        return label !== undefined && label.includes(status) ? label : undefined;
-      },
-      timeoutMs,
-    );
-  }
-
-  toast(text: string | RegExp): Locator {
-    return this.page.locator(".notifications-toasts .notification-toast", { hasText: text }).first();
-  }
-
-  /** Dismisses every notification, so the next toast looked up is the next step's. */
-  async clearNotifications(): Promise<void> {
-    await this.command("Notifications: Clear All Notifications");
-    await waitFor("the toasts to clear", async () => (await this.page.locator(".notifications-toasts .notification-toast").count()) === 0, 30_000);
-  }
-
-  /** The rows of the open quick pick whose label is exactly `label`. */
-  pickRow(label: string): Locator {
-    return this.page
-      .locator(".quick-input-widget .monaco-list-row")
-      .filter({ has: this.page.locator(".label-name", { hasText: new RegExp(`^${escapeRe(label)}$`) }) })
-      .first();
-  }
-
-  checkbox(row: Locator): Locator {
-    return row.locator('.monaco-checkbox, [role="checkbox"], input[type="checkbox"]').first();
-  }
-
-  async isPicked(row: Locator): Promise<boolean> {
-    const aria = await row.getAttribute("aria-checked");
-    if (aria === "true" || aria === "false") return aria === "true";
-    return this.checkbox(row).isChecked();
-  }
-
-  /** In the open multi-select quick pick, checks exactly `wanted` among `labels` (by clicking checkboxes). */
-  async pickExactly(labels: string[], wanted: string[]): Promise<void> {
-    for (const label of labels) {
-      const row = this.pickRow(label);
-      await row.waitFor({ state: "visible", timeout: 30_000 });
-      const want = wanted.includes(label);
-      if ((await this.isPicked(row)) !== want) await this.checkbox(row).click();
-      await waitFor(`${label} to be ${want ? "checked" : "unchecked"}`, async () => (await this.isPicked(row)) === want, 30_000);
-    }
-  }
-
-  /** Spinning icons in the status bar: our status item while it spins, VS Code's own `$/progress` item. */
-  async statusBarSpinners(): Promise<number> {
-    return this.page.locator(".part.statusbar .codicon-modifier-spin, .part.statusbar [class*='~spin']").count();
-  }
-
-  /** The Workstreams view's welcome text, if it shows one (it does only when the tree is empty). */
-  async welcome(): Promise<string> {
-    const content = this.page.locator(".part.sidebar .welcome-view-content");
-    if ((await content.count().catch(() => 0)) === 0) return "";
-    return (await content.first().innerText().catch(() => "")).replace(/\s+/g, " ");
-  }
-
-  /** The badges (file decorations) a tree row shows: the `::after` texts of its label's parts. */
-  /** The row's badges once `badge` is among them (a decoration is drawn after the label), or what it
-   * has when the wait runs out. */
-  async waitBadge(row: Locator, badge: string, timeoutMs = 30_000): Promise<string[]> {
-    const deadline = Date.now() + timeoutMs;
-    let found = await this.badges(row);
-    while (!found.includes(badge) && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 200));
-      found = await this.badges(row);
-    }
-    return found;
-  }
-
-  async badges(row: Locator): Promise<string[]> {
-    // This file is compiled without the DOM library: describe the little of it used here.
-    interface Styled {
-      querySelectorAll(selector: string): ArrayLike<Styled>;
-      ownerDocument: { defaultView: { getComputedStyle(e: Styled, pseudo: string): { content: string } } };
-    }
-    return row.evaluate((root) => {
-      const el = root as unknown as Styled;
-      return [el, ...Array.from(el.querySelectorAll("*"))]
-        .map((e) => el.ownerDocument.defaultView.getComputedStyle(e, "::after").content)
-        .filter((c) => c !== "none" && c !== "normal" && c !== '""')
-        .map((c) => c.replace(/^"|"$/g, ""));
-    });
-  }
-
-  /** The text of the active editor area (every editor it shows), with Monaco's non-breaking spaces made plain. */
-  async editorText(): Promise<string> {
-    return (await this.page.locator(".part.editor").first().innerText().catch(() => "")).replace(/\u00a0/g, " ");
-  }
-
-  /** Opens the output channel `name` in the Output view. */
-  async showOutputChannel(name: string): Promise<void> {
-    await this.command("Output: Show Output Channels...");
-    await this.page.locator(".quick-input-widget input").first().fill(name);
-    await this.pickRow(name).click();
-  }
-
-  /** The text of the editor in the panel (the Output view), with Monaco's non-breaking spaces made plain. */
-  async outputText(): Promise<string> {
-    const lines = this.page.locator(".part.panel .monaco-editor .view-lines").first();
-    if ((await lines.count()) === 0) return "";
-    return (await lines.innerText().catch(() => "")).replace(/\u00a0/g, " ");
-  }
-}
-
-/** Lines of every log file under `dir` (VS Code's and the extension host's) that match `pattern`. */
-function logLines(dir: string, pattern: RegExp): string[] {
-  const found: string[] = [];
-  const walk = (d: string): void => {
-    for (const entry of fs.readdirSync(d, { withFileTypes: true })) {
-      const file = path.join(d, entry.name);
-      if (entry.isDirectory()) walk(file);
-      else if (entry.name.endsWith(".log")) {
-        for (const line of fs.readFileSync(file, "utf8").split("\n")) if (pattern.test(line)) found.push(`${entry.name}: ${line}`);
-      }
-    }
-  };
-  if (fs.existsSync(dir)) walk(dir);
-  return found;
-}
-
 /**
  * Errors with `message` logged by the extension hosts under `dir` whose stack passes through the aidp
  * extension (other extensions, such as VS Code's JSON support, have their own).
@@ -339,10 +92,6 @@ function aidpErrors(dir: string, message: string): string[] {
   };
   if (fs.existsSync(dir)) walk(dir);
   return found;
-}
-
-function escapeRe(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 /** Records every distinct aria-label a row shows, until stopped. */
@@ -383,109 +132,16 @@ async function main(): Promise<void> {
   run(PYTHON, ["-m", "aidp", "serve", "--help"]);
   check(true, `aidp serve is runnable with ${PYTHON}`);
 
-  log("setting up code-server (cached after the first time)");
-  const setup = run("bash", [path.join(CLIENT_DIR, "scripts", "setup-code-server.sh")]).trim().split("\n");
-  const codeServer = setup[setup.length - 1] ?? "";
-  check(fs.existsSync(codeServer), `code-server at ${codeServer}`);
-
   const base = fs.mkdtempSync(path.join(os.tmpdir(), "aidp-e2e-"));
-  const extensions = path.join(base, "extensions");
-  const userData = path.join(base, "user-data");
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    XDG_CONFIG_HOME: path.join(base, "xdg-config"),
-    XDG_DATA_HOME: path.join(base, "xdg-data"),
-  };
-  let server: ChildProcess | undefined;
-  let browser: Browser | undefined;
+  let session: Session | undefined;
   let wb: Workbench | undefined;
   try {
     const repo = prepareRepository(base);
     check(fs.existsSync(path.join(repo, ".worktrees", "slow-ws")), "the CLI created the worktrees");
 
-    fs.mkdirSync(path.join(userData, "User"), { recursive: true });
-    fs.writeFileSync(
-      path.join(userData, "User", "settings.json"),
-      JSON.stringify(
-        {
-          "aidp.server.command": [PYTHON, "-m", "aidp", "serve"],
-          "aidp.maxConcurrent": 3,
-          "security.workspace.trust.enabled": false,
-          "workbench.startupEditor": "none",
-          "workbench.tips.enabled": false,
-          "workbench.welcomePage.walkthroughs.openOnInstall": false,
-          "telemetry.telemetryLevel": "off",
-          "extensions.autoCheckUpdates": false,
-          "extensions.autoUpdate": false,
-          "extensions.ignoreRecommendations": true,
-          "update.mode": "none",
-          "window.restoreWindows": "none",
-          "workbench.colorTheme": "Default Dark Modern",
-        },
-        null,
-        2,
-      ),
-    );
-    run(codeServer, ["--extensions-dir", extensions, "--user-data-dir", userData, "--install-extension", VSIX], { env });
-    check(
-      fs.readdirSync(extensions).some((d) => d.startsWith("aidp.aidp-")),
-      "the .vsix installed into code-server",
-    );
-
-    const port = await freePort();
-    const serverLog = fs.openSync(path.join(ARTIFACTS, "code-server.log"), "w");
-    server = spawn(
-      codeServer,
-      [
-        "--bind-addr",
-        `127.0.0.1:${port}`,
-        "--auth",
-        "none",
-        "--disable-telemetry",
-        "--disable-update-check",
-        "--disable-workspace-trust",
-        "--extensions-dir",
-        extensions,
-        "--user-data-dir",
-        userData,
-        repo,
-      ],
-      { env, detached: true, stdio: ["ignore", serverLog, serverLog] },
-    );
-    await waitFor("code-server to listen", async () => httpOk(`http://127.0.0.1:${port}/healthz`));
-    log(`code-server on port ${port}`);
-
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    });
-    const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
-    page.setDefaultTimeout(60_000);
-    wb = new Workbench(page);
-    await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(repo)}`);
-    await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: LONG });
-    check(true, "the workbench loaded");
-
-    // The extension activates on .aidp/config.toml; open its view.
-    // Its commands appear in the palette once the extension host has loaded it: retry until then.
-    await waitFor(
-      "the AIDP commands in the palette",
-      async () =>
-        wb?.command("AIDP: Show Workstreams", 5000).then(
-          () => true,
-          () => false,
-        ),
-      LONG,
-    );
+    session = await openWorkbench(base, repo, check, { "aidp.maxConcurrent": 3 });
+    const { page, userData } = session;
+    wb = session.wb;
     for (const slug of ["ok-ws", "fail-ws", "slow-ws"]) await wb.waitStatus(slug, "active");
     check(true, "the tree lists the three workstreams as active");
     await wb.shot("01-workstreams");
@@ -1134,20 +790,7 @@ async function main(): Promise<void> {
     if (wb) await wb.shot("failure").catch(() => undefined);
     throw e;
   } finally {
-    await browser?.close().catch(() => undefined);
-    if (server?.pid !== undefined) {
-      try {
-        process.kill(-server.pid, "SIGTERM");
-      } catch {
-        // already gone
-      }
-      await new Promise((r) => setTimeout(r, 1500));
-      try {
-        process.kill(-server.pid, "SIGKILL");
-      } catch {
-        // already gone
-      }
-    }
+    await session?.close();
     if (process.env.AIDP_E2E_KEEP === "1") log(`kept ${base}`);
     else fs.rmSync(base, { recursive: true, force: true });
   }
