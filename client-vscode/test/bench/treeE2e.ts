@@ -23,7 +23,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { Page } from "playwright-core";
 import { GROUP_AT } from "../../src/core/groups";
-import { LONG, PYTHON, REPO_ROOT, VSIX, log, logLines, openWorkbench, run, type Check, type Session } from "../e2e/workbench";
+import { LONG, PYTHON, REPO_ROOT, VSIX, closeAndClean, log, logLines, openWorkbench, run, type Check, type Session } from "../e2e/workbench";
 
 const N = wholeNumber("AIDP_BENCH_TREE_N", 10_000);
 if (N <= GROUP_AT) throw new Error(`AIDP_BENCH_TREE_N must be above ${GROUP_AT}, where the tree groups workstreams by status`);
@@ -205,9 +205,7 @@ async function main(): Promise<void> {
     }
     throw e;
   } finally {
-    await session?.close();
-    if (process.env.AIDP_E2E_KEEP === "1") log(`kept ${base}`);
-    else fs.rmSync(base, { recursive: true, force: true });
+    await closeAndClean(session, base);
   }
 }
 

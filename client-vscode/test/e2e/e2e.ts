@@ -18,7 +18,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Locator } from "playwright-core";
-import { ARTIFACTS, LONG, PYTHON, REPO_ROOT, VSIX, log, logLines, openWorkbench, run, t0, waitFor, type Session, type Workbench } from "./workbench";
+import { ARTIFACTS, LONG, PYTHON, REPO_ROOT, VSIX, closeAndClean, log, logLines, openWorkbench, run, t0, waitFor, type Session, type Workbench } from "./workbench";
 
 let passed = 0;
 
@@ -790,9 +790,7 @@ async function main(): Promise<void> {
     if (wb) await wb.shot("failure").catch(() => undefined);
     throw e;
   } finally {
-    await session?.close();
-    if (process.env.AIDP_E2E_KEEP === "1") log(`kept ${base}`);
-    else fs.rmSync(base, { recursive: true, force: true });
+    await closeAndClean(session, base);
   }
 }
 

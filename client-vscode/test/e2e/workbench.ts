@@ -404,3 +404,10 @@ export async function openWorkbench(base: string, repo: string, check: Check, se
     throw e;
   }
 }
+
+/** Closes `session` (if it opened) and removes `base`, which AIDP_E2E_KEEP=1 keeps to look at. */
+export async function closeAndClean(session: Session | undefined, base: string): Promise<void> {
+  await session?.close();
+  if (process.env.AIDP_E2E_KEEP === "1") log(`kept ${base}`);
+  else fs.rmSync(base, { recursive: true, force: true });
+}
