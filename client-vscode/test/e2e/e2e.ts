@@ -18,7 +18,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Locator } from "playwright-core";
-import { ARTIFACTS, LONG, PYTHON, REPO_ROOT, VSIX, closeAndClean, log, logLines, openWorkbench, run, t0, waitFor, type Session, type Workbench } from "./workbench";
+import { ARTIFACTS, LONG, PYTHON, REPO_ROOT, VSIX, closeAndClean, log, logFiles, logLines, openWorkbench, run, t0, waitFor, type Session, type Workbench } from "./workbench";
 
 let passed = 0;
 
@@ -77,21 +77,13 @@ function prepareRepository(base: string): string {
  * extension (other extensions, such as VS Code's JSON support, have their own).
  */
 function aidpErrors(dir: string, message: string): string[] {
-  const found: string[] = [];
-  const walk = (d: string): void => {
-    for (const entry of fs.readdirSync(d, { withFileTypes: true })) {
-      const file = path.join(d, entry.name);
-      if (entry.isDirectory()) walk(file);
-      else if (entry.name.endsWith("exthost.log")) {
-        // An entry: its timestamped line and the stack lines after it.
-        for (const logged of fs.readFileSync(file, "utf8").split(/\n(?=\d{4}-\d\d-\d\d )/)) {
-          if (logged.includes(message) && logged.includes("aidp.aidp-")) found.push(logged);
-        }
-      }
-    }
-  };
-  if (fs.existsSync(dir)) walk(dir);
-  return found;
+  // An entry: its timestamped line and the stack lines after it.
+  return logFiles(dir, "exthost.log").flatMap((file) =>
+    fs
+      .readFileSync(file, "utf8")
+      .split(/\n(?=\d{4}-\d\d-\d\d )/)
+      .filter((logged) => logged.includes(message) && logged.includes("aidp.aidp-")),
+  );
 }
 
 /** Records every distinct aria-label a row shows, until stopped. */

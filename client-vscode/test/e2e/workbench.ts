@@ -245,20 +245,25 @@ export class Workbench {
   }
 }
 
+/** Every file under `dir` whose name ends with `suffix` (none when `dir` does not exist yet). */
+export function logFiles(dir: string, suffix: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir, { recursive: true, encoding: "utf8" })
+    .filter((name) => name.endsWith(suffix))
+    .map((name) => path.join(dir, name))
+    .filter((file) => fs.statSync(file).isFile());
+}
+
 /** Lines of every log file under `dir` (VS Code's and the extension host's) that match `pattern`. */
 export function logLines(dir: string, pattern: RegExp): string[] {
-  const found: string[] = [];
-  const walk = (d: string): void => {
-    for (const entry of fs.readdirSync(d, { withFileTypes: true })) {
-      const file = path.join(d, entry.name);
-      if (entry.isDirectory()) walk(file);
-      else if (entry.name.endsWith(".log")) {
-        for (const line of fs.readFileSync(file, "utf8").split("\n")) if (pattern.test(line)) found.push(`${entry.name}: ${line}`);
-      }
-    }
-  };
-  if (fs.existsSync(dir)) walk(dir);
-  return found;
+  return logFiles(dir, ".log").flatMap((file) =>
+    fs
+      .readFileSync(file, "utf8")
+      .split("\n")
+      .filter((line) => pattern.test(line))
+      .map((line) => `${path.basename(file)}: ${line}`),
+  );
 }
 
 function escapeRe(s: string): string {
