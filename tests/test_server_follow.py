@@ -1,7 +1,9 @@
 """A run started from a terminal (`aidp ws run` in another process) seen through `aidp serve`: its
-output arrives as `aidp/wsOutput` while it runs, and its start time is on the wire, so a client
-that noticed it late counts the elapsed time from when it really started. The server, the CLI and
-the harness are real processes; the client speaks JSON-RPC over the server's real stdio."""
+output arrives as `aidp/wsOutput` while it runs, its statuses as `aidp/wsStatus` (as the server's
+own runs' do), and its start time is on the wire, so a client that noticed it late counts the
+elapsed time from when it really started. The server, the CLI and the harness are real processes;
+the client speaks JSON-RPC over the server's real stdio. The store's part (which events are another
+process's) is checked on a real SQLite file through two connections."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ from typing import Any
 
 import pytest
 from conftest import toml_list, write_config
-from server_helpers import WS_OUTPUT, AidpClient, initialize_params, lsp_session, server_command
+from server_helpers import WS_OUTPUT, WS_STATUS, AidpClient, initialize_params, lsp_session, server_command
 from support import wait_until
+
+from aidp.engine import Engine, Status
+from aidp.engine.store import Store
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -79,3 +84,76 @@ async def test_the_servers_own_run_says_when_it_started(client: AidpClient, mark
     assert [n["startedAt"] for n in client.statuses("own") if n["status"] != "running"] == [None, None]
     # Its output is sent once: the follower leaves this server's own runs to the run itself.
     assert "".join(n["text"] for n in output(client, "own")) == "started\nreleased\n"
+
+
+async def test_a_terminals_run_is_told_as_statuses_its_end_after_its_output(
+    client: AidpClient, repo: Path, markers: Path, driver: Callable[..., Any]
+) -> None:
+    gate = markers / "gate"
+    await client.call("aidp/wsNew", {"slug": "told", "task": "from a terminal", "command": gated(gate)})
+    cli = driver(repo, "told", cli=True)
+    # Told running while the harness still waits for the gate, with the run's own id and start.
+    await wait_until(lambda: any(n["status"] == "running" for n in client.statuses("told")), what="told running")
+    running = next(n for n in client.statuses("told") if n["status"] == "running")
+    gate.touch()
+    stdout, stderr = await asyncio.to_thread(cli.communicate, timeout=60)
+    assert cli.returncode == 0, stderr
+    summary = json.loads(stdout)
+    result = summary["results"][0]
+    assert (running["runId"], running["startedAt"]) == (summary["runId"], result["startedAt"])
+
+    await wait_until(lambda: client.statuses("told")[-1]["status"] == "completed", what="told completed")
+    told = client.statuses("told")
+    final = told[-1]
+    assert (final["runId"], final["exitCode"], final["durationS"]) == (summary["runId"], 0, result["durationS"])
+    assert [n["status"] for n in told].count("completed") == 1
+    # Its whole output went out before its end was told.
+    order = [(m, params) for m, params in client.notes if params.get("slug") == "told"]
+    last_output = max(i for i, (m, _) in enumerate(order) if m == WS_OUTPUT)
+    ended = next(i for i, (m, params) in enumerate(order) if m == WS_STATUS and params["status"] == "completed")
+    assert last_output < ended
+    assert "".join(n["text"] for n in output(client, "told")) == "started\nreleased\n"
+
+
+async def test_a_terminals_run_that_ends_between_two_looks_is_told_as_it_ended(
+    client: AidpClient, repo: Path, driver: Callable[..., Any]
+) -> None:
+    await client.call("aidp/wsNew", {"slug": "quick", "task": "t", "command": ["sh", "-c", "exit 3"]})
+    cli = driver(repo, "quick", cli=True)
+    stdout, _ = await asyncio.to_thread(cli.communicate, timeout=60)
+    summary = json.loads(stdout)
+    await wait_until(lambda: any(n["status"] == "failed" for n in client.statuses("quick")), what="told failed")
+    told = client.statuses("quick")
+    assert told[-1]["status"] == "failed"
+    assert (told[-1]["runId"], told[-1]["exitCode"]) == (summary["runId"], 3)
+    assert [n["status"] for n in told].count("failed") == 1
+
+
+async def test_transitions_are_the_run_events_of_other_connections_only(engine: Engine) -> None:
+    """Two connections to one state file stand for a server and a terminal's aidp: the server is
+    told the terminal's run events, never its own, nor events of no run."""
+    await engine.create("a", "t", command=["true"])
+    server, terminal = Store(engine.db.store.path), Store(engine.db.store.path)
+    try:
+        assert server.transitions() == []  # the first call marks where to start
+        terminal.note("a", "r1", Status.RUNNING, "pid 1")
+        server.note("a", "own", Status.COMPLETED, "the server's own")
+        terminal.set_paused("a", True)  # an event of no run
+        told = server.transitions()
+        assert [(t.slug, t.run_id, t.status) for t in told] == [("a", "r1", Status.RUNNING)]
+        server.note("b", "own2", Status.RUNNING, "the server's own, while nobody else wrote")
+        assert server.transitions() == []
+
+        # An event the server wrote and rolled back gave its id back; the terminal's next event
+        # takes it, and is told.
+        with pytest.raises(RuntimeError), server._tx():
+            server._event("b", "rolled-back", Status.FAILED, None, "now")
+            rolled_back = server._db.execute("SELECT max(id) FROM events").fetchone()[0]
+            raise RuntimeError
+        terminal.note("b", "r2", Status.FAILED, "exit 1")
+        reused = terminal._db.execute("SELECT max(id) FROM events").fetchone()[0]
+        assert reused == rolled_back
+        assert [(t.event_id, t.run_id) for t in server.transitions()] == [(reused, "r2")]
+    finally:
+        server.close()
+        terminal.close()

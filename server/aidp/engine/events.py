@@ -73,7 +73,15 @@ class ListChanged(Record):
     pass
 
 
-EngineEvent = StatusChanged | OutputChunk | RunFinished | RunProgress | ListChanged
+class StatusSeen(Record):
+    """A status of another aidp process's run (a terminal's `aidp ws run` beside a server), told to
+    viewers as that process's own `StatusChanged` is told to its. Nothing here acts on it: its hooks,
+    progress and retries belong to the process that runs it."""
+
+    change: StatusChanged
+
+
+EngineEvent = StatusChanged | OutputChunk | RunFinished | RunProgress | ListChanged | StatusSeen
 Listener = Callable[[EngineEvent], None]
 
 

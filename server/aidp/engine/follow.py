@@ -3,8 +3,10 @@
 Their harnesses write into log files as ours do, and the runs table says where. A `Follower` reads
 each such log with the executor's `LogTail` (bounded reads, skipped bytes counted) and emits the
 new text as `OutputChunk` events, so a server's clients see a terminal's run as they see their own.
-Their harnesses' progress, which their owner stores on the claims, is announced the same way (a
-`running` StatusChanged with its progress, when it changed).
+Their runs' statuses are told the same way, as `StatusSeen` events: each workstream's latest run
+event since the last poll (so a harness that started and ended between two polls is told once, as it
+ended), and their harnesses' progress, which their owner stores on the claims (a `running` status
+with its progress, when it changed).
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from aidp.engine.events import EventBus, OutputChunk, StatusChanged
+from aidp.engine.events import EventBus, OutputChunk, StatusChanged, StatusSeen
 from aidp.engine.executor import LogTail
 from aidp.engine.model import Progress, Status
-from aidp.engine.store import AsyncStore, RunInFlight
+from aidp.engine.store import AsyncStore, RunInFlight, Transition
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,14 @@ class Follower:
         self._tails: dict[Key, LogTail] = {}
         self._unreadable: set[Key] = set()  # said once, not retried while the run lasts
         self._progress: dict[Key, Progress] = {}  # the progress last announced of each run followed
+        self._told: dict[str, tuple[str, Status, int | None]] = {}  # each slug's run status last told
 
     async def poll(self) -> None:
         """Start following runs that began elsewhere, emit what their logs gained, and let go of
-        runs that ended once their last bytes are out (a run's claim goes only after its harness)."""
+        runs that ended once their last bytes are out (a run's claim goes only after its harness).
+        Statuses are read first: a run told ended is no longer in flight, so its last output is out
+        before its end is told, and no progress of it comes after."""
+        transitions = await self._db.call(self._db.store.transitions)
         runs = {
             (r.run_id, r.slug, r.log_path): r
             for r in await self._db.call(self._db.store.runs_in_flight)
@@ -49,20 +55,49 @@ class Follower:
             if not self._emit(key, tail) or key not in live:
                 self._close(key)
         self._unreadable &= live
+        self._announce_transitions(transitions)
         self._announce_progress(runs)
+
+    def _announce_transitions(self, transitions: list[Transition]) -> None:
+        """Each workstream's latest only. Notes a run records while its status stays (a hook's
+        failure, a waiting reason) are not told again."""
+        latest = {t.slug: t for t in transitions}
+        for slug, t in latest.items():
+            told = (t.run_id, t.status, t.attempt)
+            if self._told.get(slug) == told:
+                continue
+            self._told[slug] = told
+            self._bus.emit(
+                StatusSeen(
+                    change=StatusChanged(
+                        run_id=t.run_id,
+                        slug=slug,
+                        status=t.status,
+                        exit_code=t.exit_code,
+                        duration_s=t.duration_s,
+                        error=t.error,
+                        started_at=t.started_at,
+                        sandbox=t.sandbox,
+                        host=t.host,
+                        attempt=t.attempt,
+                    )
+                )
+            )
 
     def _announce_progress(self, runs: dict[Key, RunInFlight]) -> None:
         for key, run in runs.items():
             if run.progress is not None and run.progress != self._progress.get(key):
                 self._progress[key] = run.progress
                 self._bus.emit(
-                    StatusChanged(
-                        run_id=run.run_id,
-                        slug=run.slug,
-                        status=Status.RUNNING,
-                        started_at=run.started_at,
-                        progress=run.progress,
-                        host=run.host,
+                    StatusSeen(
+                        change=StatusChanged(
+                            run_id=run.run_id,
+                            slug=run.slug,
+                            status=Status.RUNNING,
+                            started_at=run.started_at,
+                            progress=run.progress,
+                            host=run.host,
+                        )
                     )
                 )
         for key in self._progress.keys() - runs.keys():

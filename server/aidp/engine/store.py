@@ -226,6 +226,23 @@ class RunInFlight(msgspec.Struct, frozen=True):
     host: str | None = None  # the machine its harness runs on, when not the owner's (a Ray node)
 
 
+class Transition(msgspec.Struct, frozen=True):
+    """A run's status as another process recorded it (an event with a run), with what its attempt's
+    record says now (`Store.transitions`)."""
+
+    event_id: int
+    slug: str
+    run_id: str
+    status: Status
+    attempt: int | None = None
+    started_at: str | None = None
+    exit_code: int | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    sandbox: str | None = None
+    host: str | None = None
+
+
 def _workstream(row: tuple[Any, ...]) -> Workstream:
     (slug, task, status, branch, path, base, command, created, updated, base_commit, priority, after, *rest) = row
     last, (run_id, run_start, attempt, max_attempts, waiting, progress, run_host) = rest[:13], rest[13:]
@@ -341,6 +358,10 @@ class Store:
         empty one stays so: the store is then an empty one in memory and writes nothing to disk."""
         self.path = path
         self._grouped = False  # inside `group`: `_tx` opens savepoints of the shared transaction
+        # The events this connection recorded (ids, ascending) that `transitions` has not passed
+        # yet, so that it reports only other processes' own; and where it got to.
+        self._mine: list[int] = []
+        self._transitions_at: tuple[int, int] | None = None  # (last event id read, data_version then)
         # The file, held open for as long as the connection: `verify` compares its identity and
         # first bytes with the path's. (Closing any descriptor of the file drops SQLite's locks.)
         self._fd: int | None = None
@@ -420,6 +441,7 @@ class Store:
         except sqlite3.Error as exc:
             return [(None, exc)] * len(transitions)
         outcomes: list[tuple[object, Exception | None]] = []
+        mine = len(self._mine)
         self._grouped = True
         try:
             for transition in transitions:
@@ -427,10 +449,12 @@ class Store:
                     outcomes.append((transition(), None))
                 except Exception as exc:
                     if not self._db.in_transaction:  # SQLite rolled the whole group back (I/O, disk full)
+                        del self._mine[mine:]
                         return [(None, exc)] * len(transitions)
                     outcomes.append((None, exc))
         except BaseException:
             self._db.execute("ROLLBACK")
+            del self._mine[mine:]
             raise
         finally:
             self._grouped = False
@@ -439,6 +463,7 @@ class Store:
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
+            del self._mine[mine:]
             return [(None, exc)] * len(transitions)
         return outcomes
 
@@ -450,6 +475,7 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        mine = len(self._mine)  # events recorded inside are forgotten with a rollback (ids are reused)
         if self._grouped:  # inside `group`: a savepoint, so a failing transition rolls back alone
             self._db.execute("SAVEPOINT transition")
             try:
@@ -458,6 +484,7 @@ class Store:
                 if self._db.in_transaction:  # else SQLite already rolled the whole group back
                     self._db.execute("ROLLBACK TO transition")
                     self._db.execute("RELEASE transition")
+                    del self._mine[mine:]
                 raise
             self._db.execute("RELEASE transition")
             return
@@ -466,16 +493,19 @@ class Store:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
+            del self._mine[mine:]
             raise
         self._db.execute("COMMIT")
 
     def _event(self, slug: str, run_id: str | None, status: Status, message: str | None, at: str) -> None:
         """An event of the workstream that now has `slug` (call it before deleting the row)."""
-        self._db.execute(
+        recorded = self._db.execute(
             "INSERT INTO events (slug, ws_id, run_id, status, message, at) "
             "VALUES (?, (SELECT id FROM workstreams WHERE slug = ?), ?, ?, ?, ?)",
             (slug, slug, run_id, status, message, at),
         )
+        if recorded.lastrowid is not None:
+            self._mine.append(recorded.lastrowid)
 
     def _set_status(self, slug: str, status: Status, run_id: str | None, message: str | None) -> None:
         now = utc_now()
@@ -662,6 +692,39 @@ class Store:
     def data_version(self) -> int:
         """Changes when another connection (another aidp process) commits, never for our own."""
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def transitions(self) -> list[Transition]:
+        """The run events other processes recorded since the last call, oldest first (none at the
+        first call: it marks where to start). For one reader: a server following a terminal's runs.
+        While no other connection committed (`data_version`), every new event is this one's own and
+        nothing is read."""
+        version = self.data_version()
+        if self._transitions_at is None:
+            last = self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+            self._transitions_at = (last, version)
+            self._mine.clear()
+            return []
+        after, seen = self._transitions_at
+        if version == seen:
+            if self._mine:
+                self._transitions_at = (self._mine[-1], version)
+                self._mine.clear()
+            return []
+        rows = self._db.execute(
+            "SELECT e.id, e.slug, e.run_id, e.status, r.attempt, r.started_at, r.exit_code, r.duration_s, r.error, "
+            "r.sandbox, r.host FROM events e LEFT JOIN runs r ON r.run_id = e.run_id AND r.slug = e.slug "
+            "AND r.attempt = (SELECT max(attempt) FROM runs WHERE run_id = e.run_id AND slug = e.slug) "
+            "WHERE e.id > ? ORDER BY e.id",
+            (after,),
+        ).fetchall()
+        mine = set(self._mine)
+        self._mine.clear()
+        self._transitions_at = (max([after, *(row[0] for row in rows)]), version)
+        return [
+            Transition(event_id, slug, run_id, Status(status), *run)
+            for event_id, slug, run_id, status, *run in rows
+            if run_id is not None and event_id not in mine
+        ]
 
     def events(self, slug: str, limit: int) -> list[Event]:
         """The latest `limit` events of the workstream that now has `slug`, oldest first."""

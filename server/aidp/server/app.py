@@ -35,7 +35,7 @@ from aidp import protocol as p
 from aidp.engine import Engine
 from aidp.engine.doctor import diagnose
 from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refused, UnknownSlugs
-from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, RunProgress, StatusChanged
+from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, RunProgress, StatusChanged, StatusSeen
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
 from aidp.engine.model import FINAL_STATUSES, RunSummary
@@ -383,11 +383,7 @@ class AidpServer(JsonRPCServer):
 
     def forward(self, event: EngineEvent) -> None:
         if isinstance(event, StatusChanged):
-            # The stream ends: say what was skipped at its end too, before the final status.
-            final = event.status in FINAL_STATUSES and event.run_id is not None
-            if final and (dropped := self._dropped.pop((event.run_id or "", event.slug), 0)):
-                self._notify_output(OutputChunk(run_id=event.run_id or "", slug=event.slug, text="", skipped=dropped))
-            self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
+            final = self._notify_status(event)
             if final and event.run_id in self._progress:
                 self._progress[event.run_id].ended(event.slug)
             elif event.run_id in self._progress:  # running (maybe with progress) or queued again for a retry
@@ -404,6 +400,17 @@ class AidpServer(JsonRPCServer):
                 self._progress[event.run_id].paced(event)
         elif isinstance(event, ListChanged):
             self.protocol.notify(p.WS_LIST_CHANGED, {})
+        elif isinstance(event, StatusSeen):  # another process's: its list change comes from `watch_others`
+            self._notify_status(event.change)
+
+    def _notify_status(self, event: StatusChanged) -> bool:
+        """`aidp/wsStatus`; True when it ends the workstream's run. The stream ends then: what was
+        skipped at its end is said first."""
+        final = event.status in FINAL_STATUSES and event.run_id is not None
+        if final and (dropped := self._dropped.pop((event.run_id or "", event.slug), 0)):
+            self._notify_output(OutputChunk(run_id=event.run_id or "", slug=event.slug, text="", skipped=dropped))
+        self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
+        return final
 
     def send_output(self, chunk: OutputChunk) -> None:
         """Live output unless the client is behind: then count it as skipped, and say so with the
