@@ -130,6 +130,44 @@ def test_each_change_shows_in_the_next_list(lister: Lister, tmp_path: Path) -> N
     assert "! b: worktree" in lister.changed()
 
 
+def test_each_change_deep_in_a_worktree_shows_in_the_next_list(lister: Lister, tmp_path: Path) -> None:
+    """The kept table stamps the paths a worktree held when it was kept instead of walking it
+    again: whatever is added, removed, replaced or edited at any depth still shows."""
+    mine = lister.repo / ".worktrees" / "a"
+    deep = mine / "deep" / "er"
+    deep.mkdir(parents=True)
+    (deep / "file.txt").write_text("kept\n")
+    git(mine, "add", "deep")
+    git(mine, "commit", "-q", "-m", "deep")
+    assert "1 commit " in row(lister.quiet(tmp_path), "a")
+
+    with open(deep / "file.txt", "a") as f:  # in place: only the file's own ctime changes
+        f.write("more\n")
+    assert "uncommitted" in row(lister.changed(), "a")
+    git(mine, "checkout", "-q", "--", ".")
+
+    lister.quiet(tmp_path)
+    (deep / "new.txt").write_text("new\n")  # a new file in a folder below the top
+    assert "uncommitted" in row(lister.changed(), "a")
+    (deep / "new.txt").unlink()
+
+    lister.quiet(tmp_path)
+    (deep / "saved.tmp").write_text("saved\n")  # an editor's save: a new file renamed over the old
+    (deep / "saved.tmp").rename(deep / "file.txt")
+    assert "uncommitted" in row(lister.changed(), "a")
+    git(mine, "checkout", "-q", "--", ".")
+
+    lister.quiet(tmp_path)
+    (deep / "file.txt").unlink()
+    assert "uncommitted" in row(lister.changed(), "a")
+    git(mine, "checkout", "-q", "--", ".")
+
+    before = lister.quiet(tmp_path)
+    (deep / "empty").mkdir()  # git shows no empty folder, but the list must look again
+    assert lister.changed() == before
+    assert lister.quiet(tmp_path) == before
+
+
 def test_a_run_in_flight_is_never_the_kept_table(lister: Lister, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     lister.cli("ws", "new", "c", "task c", "--command", harness(tmp_path, "gated", gated(gate, "started", "done")))

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 CACHE_FILE = "ws-list.cache"
 MAGIC = "aidp ws list table"
-FORMAT = 3
+FORMAT = 4
 STATE_DIR = ".aidp"  # gitrepo.STATE_DIR (gitrepo imports asyncio)
 ASKED = (["ws", "list"], ["--no-color", "ws", "list"])  # the command lines served from the file
 # The code that makes the cells: a kept table is of this code (a checkout between two releases too).
