@@ -82,6 +82,7 @@ async def test_the_servers_own_run_says_when_it_started(client: AidpClient, mark
     assert running["startedAt"] == listed["startedAt"] == result["startedAt"]
     assert listed["runId"] == running["runId"]
     assert [n["startedAt"] for n in client.statuses("own") if n["status"] != "running"] == [None, None]
+    assert not any(n["elsewhere"] for n in client.statuses("own"))
     # Its output is sent once: the follower leaves this server's own runs to the run itself.
     assert "".join(n["text"] for n in output(client, "own")) == "started\nreleased\n"
 
@@ -101,12 +102,14 @@ async def test_a_terminals_run_is_told_as_statuses_its_end_after_its_output(
     summary = json.loads(stdout)
     result = summary["results"][0]
     assert (running["runId"], running["startedAt"]) == (summary["runId"], result["startedAt"])
+    assert running["elsewhere"] is True
 
     await wait_until(lambda: client.statuses("told")[-1]["status"] == "completed", what="told completed")
     told = client.statuses("told")
     final = told[-1]
     assert (final["runId"], final["exitCode"], final["durationS"]) == (summary["runId"], 0, result["durationS"])
     assert [n["status"] for n in told].count("completed") == 1
+    assert all(n["elsewhere"] for n in told if n["runId"] == summary["runId"])
     # Its whole output went out before its end was told.
     order = [(m, params) for m, params in client.notes if params.get("slug") == "told"]
     last_output = max(i for i, (m, _) in enumerate(order) if m == WS_OUTPUT)

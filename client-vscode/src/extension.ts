@@ -154,6 +154,10 @@ class Extension implements vscode.Disposable {
   // ---- notifications -------------------------------------------------------------------------------
 
   private onStatus(n: WsStatusNotification): void {
+    if (n.elsewhere === true) {
+      this.onStatusElsewhere(n);
+      return;
+    }
     if (!this.store.applyStatus(n)) void this.fetchList();
     this.notifyFailure(n);
     const owned = (runId: string): boolean =>
@@ -167,6 +171,19 @@ class Extension implements vscode.Disposable {
     } else if (this.channels.has(n.slug) && isFinalStatus(n.status)) {
       this.footer(n.slug, { ...n, status: n.status });
     }
+  }
+
+  /**
+   * Another aidp process's run, as the server follows it: the tree shows it, its channel says whose it
+   * is, and its end is written from the store as when only its output came (see onStoreChange). No
+   * progress of this window's runs adopts it and no failure of it pops up: this window did not start it.
+   */
+  private onStatusElsewhere(n: WsStatusNotification): void {
+    if (n.runId !== null && (n.status === "running" || this.announced.get(n.slug) === n.runId)) {
+      if (this.announced.get(n.slug) !== n.runId) this.announce(n.slug, n.runId, n.startedAt ?? null, " by another aidp process");
+      this.followed.add(n.slug);
+    }
+    if (!this.store.applyStatus(n)) void this.fetchList();
   }
 
   private onProgress(n: RunProgressNotification): void {

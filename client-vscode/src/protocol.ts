@@ -425,6 +425,8 @@ export interface WsStatusNotification {
   progress?: Progress | null;
   /** With `running` and the final status: the machine the harness runs on (a Ray node's host name); null: the server's own. */
   host?: string | null;
+  /** Another aidp process's run (a terminal's `aidp ws run`), told as the server follows it: never one this client started. */
+  elsewhere?: boolean;
 }
 
 /** How far a run is: sent when the counts or the pace change, and at most every 0.5 s while jobs run. */

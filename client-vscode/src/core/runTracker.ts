@@ -29,7 +29,7 @@ export class RunTracker {
 
   /** Feeds a notification; returns true when it belonged to this run (the message may have changed). */
   accept(n: WsStatusNotification, ownedElsewhere: (runId: string) => boolean = () => false): boolean {
-    if (n.runId === null) return false;
+    if (n.runId === null || n.elsewhere === true) return false; // another aidp process's run is never ours
     if (this.runId === null) {
       if (!this.expected.has(n.slug) || (n.status !== "queued" && n.status !== "running")) return false;
       if (ownedElsewhere(n.runId)) return false;

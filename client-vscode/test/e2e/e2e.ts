@@ -116,6 +116,12 @@ function watchRows(wb: Workbench, slugs: string[]): { seen: Map<string, string[]
   };
 }
 
+/** An Output channel's text from the header of the last run another aidp process ran, to its end. */
+function terminalRun(text: string): string {
+  const header = text.lastIndexOf("by another aidp process");
+  return header < 0 ? "" : text.slice(text.lastIndexOf("=== run ", header));
+}
+
 async function main(): Promise<void> {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   for (const f of fs.readdirSync(ARTIFACTS)) if (f.endsWith(".png")) fs.rmSync(path.join(ARTIFACTS, f));
@@ -457,6 +463,13 @@ async function main(): Promise<void> {
     }
     await wb.waitStatus("gate-ws", "completed");
     check(true, "when the CLI's run ends, the tree shows gate-ws completed, unasked");
+    // Its statuses and its output both came: the channel still tells its run once, and its end once.
+    await waitFor("the terminal's run's end in its channel", async () => /=== completed/.test(terminalRun((await wb?.outputText()) ?? "")));
+    const told = terminalRun(await wb.outputText());
+    check(
+      (told.match(/=== run /g) ?? []).length === 1 && (told.match(/=== completed/g) ?? []).length === 1,
+      `the terminal's run is announced once and its end written once in its channel (${JSON.stringify(told)})`,
+    );
     await wb.clearNotifications();
 
     // ---- Scheduling: priority and dependencies from the commands, a blocked dependent, the ETA --------

@@ -31,6 +31,14 @@ describe("RunTracker", () => {
     );
     assert.equal(t.runId, null);
   });
+  it("never adopts, nor counts, another aidp process's run (a terminal's, told with elsewhere)", () => {
+    const t = new RunTracker(["a", "b"]);
+    assert.equal(t.accept(status("a", "running", "term", { elsewhere: true })), false);
+    assert.equal(t.runId, null);
+    assert.equal(t.accept(status("b", "queued", "r1")), true);
+    assert.equal(t.accept(status("a", "completed", "term", { elsewhere: true })), false);
+    assert.equal(t.message(), "0/2 done");
+  });
   it("grows with its run (run all, or dependencies pulled in), never with another run", () => {
     const t = new RunTracker(["b"]);
     t.accept(status("b", "queued", "r1"));

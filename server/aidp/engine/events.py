@@ -30,6 +30,9 @@ class StatusChanged(Record):
     waiting: str | None = None
     # With `running`: the harness's latest progress report, sent again (same status) when it changes.
     progress: Progress | None = None
+    # Another aidp process's run (a terminal's), told inside a `StatusSeen`: a client tells it from
+    # its own runs (no progress of its own run adopts it, no failure of it pops up).
+    elsewhere: bool = False
 
 
 class OutputChunk(Record):
@@ -75,8 +78,8 @@ class ListChanged(Record):
 
 class StatusSeen(Record):
     """A status of another aidp process's run (a terminal's `aidp ws run` beside a server), told to
-    viewers as that process's own `StatusChanged` is told to its. Nothing here acts on it: its hooks,
-    progress and retries belong to the process that runs it."""
+    viewers as that process's own `StatusChanged` is told to its (with `elsewhere`). A wrapper, so that
+    nothing here acts on it as on its own: its hooks, progress and retries belong to that process."""
 
     change: StatusChanged
 

@@ -80,6 +80,7 @@ class Follower:
                         sandbox=t.sandbox,
                         host=t.host,
                         attempt=t.attempt,
+                        elsewhere=True,
                     )
                 )
             )
@@ -97,6 +98,7 @@ class Follower:
                             started_at=run.started_at,
                             progress=run.progress,
                             host=run.host,
+                            elsewhere=True,
                         )
                     )
                 )
