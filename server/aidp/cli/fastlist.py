@@ -4,9 +4,9 @@ A full list imports asyncio, SQLite and the engine, opens the state database and
 third of a second before the first row, seconds at 10,000 workstreams. So each plain `aidp ws list`
 keeps what it printed, as data (`.aidp/ws-list.cache`): the cells of each row and the note under it
 (the layout depends on the terminal's width at print time, so it is made again each time, by the
-same `table.lay_out`), and the fingerprint of every input of that list, taken before it read them
-(`aidp.engine.listing`). The next `aidp ws list` (`serve`, called by
-`main` before anything else is imported) prints the kept table when the fingerprint still holds.
+same code as the full list's, `table.lay_out_columns`), and the fingerprint of every input of that
+list, taken before it read them (`aidp.engine.listing`). The next `aidp ws list` (`serve`, called
+by `main` before anything else is imported) prints the kept table when the fingerprint still holds.
 
 It is not used, and the full list runs, when anything is unusual: no file, one of another format or
 aidp version or code, a damaged or truncated one, a fingerprint that does not hold or was taken
@@ -30,7 +30,7 @@ import os
 import sys
 
 from aidp import __version__
-from aidp.cli.table import HEADER, Row, lay_out, terminal_width
+from aidp.cli.table import HEADER, Row, lay_out_columns, terminal_width
 from aidp.engine import listing
 
 TYPE_CHECKING = False  # typing itself costs milliseconds here: mypy reads this name as True
@@ -82,7 +82,7 @@ def serve(argv: list[str]) -> bool:
     kept = _checked(data, root, fancy)
     if kept is None:
         return False
-    sys.stdout.write("".join(f"{line}\n" for line in lay_out(kept, terminal_width())))
+    sys.stdout.write("\n".join(lay_out_columns(*kept, terminal_width())) + "\n")
     sys.stdout.flush()
     return True
 
@@ -155,10 +155,10 @@ def _root(start: str) -> str | None:
         return folder if os.path.isdir(dot_git) and st.st_uid == os.geteuid() else None
 
 
-def _checked(data: object, root: str, fancy: bool) -> list[Row] | None:
-    """The rows, when `data` is a table kept by this aidp for this repository, environment and
-    colour setting, of the expected shape (checked by what raises TypeError on anything else, in C),
-    whose fingerprint still holds; None otherwise."""
+def _checked(data: object, root: str, fancy: bool) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]] | None:
+    """The cells, by column, and the notes, when `data` is a table kept by this aidp for this
+    repository, environment and colour setting, of the expected shape (checked by what raises
+    TypeError on anything else, in C), whose fingerprint still holds; None otherwise."""
     kind = identity()
     if kind is None or not (isinstance(data, tuple) and len(data) == 6 and data[:2] == (kind, root)):
         return None
@@ -176,4 +176,4 @@ def _checked(data: object, root: str, fancy: bool) -> list[Row] | None:
     fp = listing.Fingerprint.from_data(inputs)
     if fp is None or not listing.still_true(fp):
         return None
-    return list(zip(zip(*columns, strict=True), notes, strict=True))
+    return columns, notes

@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # typing itself costs milliseconds here: mypy reads this name as True
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 TASK_MIN_WIDTH = 24  # a task in a table is cut to what the width leaves, but never to less than this
 EMPTY = "no workstreams yet: create one with 'aidp ws new <slug> <task...>'"
 HEADER = ("SLUG", "STATUS", "BRANCH", "PRIORITY", "AFTER", "CHANGES", "LAST RUN", "EXPECTED", "TASK")
@@ -49,15 +53,23 @@ def cut(text: str, width: int) -> str:
 def lay_out(rows: list[Row], width: int) -> list[str]:
     """The table in `width` columns: a line per row, columns padded to their widest cell, the task
     (last, not padded) cut to what is left, and under a row that has one, its note."""
-    if not rows:
+    return lay_out_columns(list(zip(*(cells for cells, _ in rows), strict=True)), [note for _, note in rows], width)
+
+
+def lay_out_columns(columns: Sequence[Sequence[str]], notes: Sequence[str], width: int) -> list[str]:
+    """`lay_out` of the cells as columns (as `HEADER`), a row's note at its index in `notes`. By
+    column and in C where it can (`aidp ws list` lays out 10,000 kept rows: twice as fast as a
+    row at a time)."""
+    if not notes:
         return [EMPTY]
-    widths = [max(map(len, column)) for column in zip(HEADER, *(cells for cells, _ in rows), strict=True)]
-    widths[-1] = 0  # the task, last, is not padded: its first line, cut to what is left of the width
-    room = max(width - sum(widths) - 2 * (len(widths) - 1), TASK_MIN_WIDTH)
-    line = "  ".join(f"{{:<{size}}}" for size in widths[:-1]) + "  {}"  # each cell padded as str.ljust
-    lines = []
-    for row, note in [(HEADER, ""), *rows]:
-        lines.append(line.format(*row[:-1], cut(row[-1], room)))
-        if note:
-            lines.append(f"  ↳ {note}")
-    return lines
+    *padded, tasks = [(head, *column) for head, column in zip(HEADER, columns, strict=True)]
+    widths = [max(map(len, column)) for column in padded]
+    room = max(width - sum(widths) - 2 * len(widths), TASK_MIN_WIDTH)  # the task, last, is not padded
+    if not (max(map(len, tasks)) <= room and "".join(tasks).isascii() and "".join(tasks).isprintable()):
+        tasks = tuple(cut(task, room) for task in tasks)
+    line = "".join(f"%-{size}s  " for size in widths) + "%s"  # each cell padded as str.ljust
+    lines = list(map(line.__mod__, zip(*padded, tasks, strict=True)))
+    if not any(notes):
+        return lines
+    noted = zip(lines, ("", *notes), strict=True)
+    return [part for line, note in noted for part in ((line, f"  ↳ {note}") if note else (line,))]
