@@ -32,8 +32,9 @@ REQUEST_TIMEOUT_S = 60.0
 WS_STATUS = "aidp/wsStatus"
 WS_OUTPUT = "aidp/wsOutput"
 WS_LIST_CHANGED = "aidp/wsListChanged"
+WS_UPDATED = "aidp/wsUpdated"
 RUN_PROGRESS = "aidp/runProgress"
-AIDP_NOTIFICATIONS = (WS_STATUS, WS_OUTPUT, WS_LIST_CHANGED, RUN_PROGRESS)
+AIDP_NOTIFICATIONS = (WS_STATUS, WS_OUTPUT, WS_LIST_CHANGED, WS_UPDATED, RUN_PROGRESS)
 
 # -- the server command -------------------------------------------------------------------------
 
@@ -133,9 +134,14 @@ def initialize_params(
     progress: bool = False,
     root_uri: str | None = None,
     folders: list[str] | None = None,
+    records: bool = False,
 ) -> lsp.InitializeParams:
+    """`records`: the client takes `aidp/wsUpdated` (`capabilities.experimental.aidp.wsUpdated`)."""
     return lsp.InitializeParams(
-        capabilities=lsp.ClientCapabilities(window=lsp.WindowClientCapabilities(work_done_progress=progress)),
+        capabilities=lsp.ClientCapabilities(
+            window=lsp.WindowClientCapabilities(work_done_progress=progress),
+            experimental={"aidp": {"wsUpdated": True}} if records else None,
+        ),
         root_uri=root_uri,
         workspace_folders=[lsp.WorkspaceFolder(uri=u, name=Path(u).name) for u in folders] if folders else None,
     )

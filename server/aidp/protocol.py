@@ -77,6 +77,7 @@ WS_SETUP = "aidp/wsSetup"
 WS_STATUS = "aidp/wsStatus"
 WS_OUTPUT = "aidp/wsOutput"
 WS_LIST_CHANGED = "aidp/wsListChanged"
+WS_UPDATED = "aidp/wsUpdated"
 RUN_PROGRESS = "aidp/runProgress"
 
 # JSON-RPC error codes beyond the standard ones.
@@ -195,6 +196,12 @@ class WsLogResult(Record):
     text: str
 
 
+class WsUpdatedNotification(Record):
+    """Workstreams whose records changed, as `aidp/wsList` would give them now (see docs/protocol.md)."""
+
+    workstreams: list[Workstream]
+
+
 class WsOutputNotification(Record):
     """Live output; skipped output appears in `text` as a visible marker (see docs/protocol.md)."""
 
@@ -229,8 +236,19 @@ class WindowClientCapabilities(Lsp):
     work_done_progress: bool = False
 
 
+class AidpClientCapabilities(Lsp):
+    """What an aidp client declares it takes, beyond LSP (under `capabilities.experimental.aidp`)."""
+
+    ws_updated: bool = False  # `aidp/wsUpdated` after a run's end, in place of `aidp/wsListChanged`
+
+
+class ExperimentalCapabilities(Lsp):
+    aidp: AidpClientCapabilities | None = None
+
+
 class ClientCapabilities(Lsp):
     window: WindowClientCapabilities | None = None
+    experimental: ExperimentalCapabilities | None = None
 
 
 class InitializeParams(Lsp):

@@ -394,16 +394,22 @@ class Engine:
         """One workstream, corrected like `workstreams` (pause, remove and log come through here);
         `changes`: with its change summary (which costs a few git commands)."""
         validate_slug(slug)
-        await self.check_state()
-        await self.recover()
-        ws = await self.db.call(self.db.store.get, slug)
-        if ws is None:
+        found = await self.records([slug], changes)
+        if not found:
             leftover = self.worktrees_dir / slug
             if (leftover / ".git").exists():  # what an interrupted `create` or `remove` left
                 raise UnknownSlugs([slug], f"but {leftover} is a worktree: 'aidp ws new {slug} <task...>' adopts it")
             raise UnknownSlugs([slug])
-        found = (await self._with_setup(await self._with_expected([_with_worktree_state(ws)])))[0]
-        return (await review.changes_of(self, [found]))[0] if changes else found
+        return found[0]
+
+    async def records(self, slugs: list[str], changes: bool = True) -> list[Workstream]:
+        """The records of those of `slugs` that exist, as `workstreams` gives them: a few, without
+        the cost of all (a server sends them to its client when their runs end, not the whole list)."""
+        await self.check_state()
+        await self.recover()
+        stored = [ws for slug in slugs if (ws := await self.db.call(self.db.store.get, slug)) is not None]
+        found = await self._with_setup(await self._with_expected([_with_worktree_state(ws) for ws in stored]))
+        return await review.changes_of(self, found) if changes else found
 
     async def _with_expected(self, workstreams: list[Workstream]) -> list[Workstream]:
         """The records with `expected_s`, what their recorded history says a run takes."""

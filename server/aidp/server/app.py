@@ -38,10 +38,11 @@ from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refuse
 from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, RunProgress, StatusChanged, StatusSeen
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
-from aidp.engine.model import FINAL_STATUSES, RunSummary
+from aidp.engine.model import FINAL_STATUSES, RunSummary, Workstream
 from aidp.server import lifecycle, wire
 from aidp.server.snapshot import Encoded, ListSnapshot
 from aidp.server.stdio import PipeWriter
+from aidp.server.updates import RecordUpdates
 
 log = logging.getLogger("aidp.server")
 
@@ -256,6 +257,8 @@ class AidpServer(JsonRPCServer):
         self._progress: dict[str, ProgressReport] = {}  # the `$/progress` of each run followed, by run id
         self._moving = asyncio.Lock()
         self.lists: ListSnapshot | None = None  # `aidp/wsList`'s, once the engine is open
+        self.takes_records = False  # the client takes `aidp/wsUpdated` (see updates.py)
+        self.updates: RecordUpdates | None = None  # with it, once the engine is open
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -265,6 +268,8 @@ class AidpServer(JsonRPCServer):
         self.protocol.initialized = True
         window = params.capabilities.window
         self.progress_supported = window is not None and window.work_done_progress
+        experimental = params.capabilities.experimental
+        self.takes_records = experimental is not None and experimental.aidp is not None and experimental.aidp.ws_updated
         self._initializing = asyncio.ensure_future(self._open_engine(lifecycle.start_dir(self.root_arg, params)))
 
     async def _open_engine(self, start: Path | None) -> None:
@@ -276,7 +281,9 @@ class AidpServer(JsonRPCServer):
             log.error("cannot serve: %s", exc)
             return
         # Before `forward`: the list is invalidated before any client is told of a change.
-        self.lists = ListSnapshot(self.engine, lambda: self.protocol.notify(p.WS_LIST_CHANGED, {}))
+        self.lists = ListSnapshot(self.engine, self._notify_list_changed)
+        if self.takes_records:
+            self.updates = RecordUpdates(self.engine, self._notify_records, self._notify_list_changed)
         self.engine.events.subscribe(self.forward)
         self._watch = asyncio.create_task(self.engine.watch_others(), name="aidp-watch-others")
         log.info("serving %s", root)
@@ -336,6 +343,8 @@ class AidpServer(JsonRPCServer):
         others = self.pending - {asyncio.current_task()}
         if others:
             await asyncio.wait(others, timeout=30)
+        if self.updates is not None:
+            await self.updates.close()
         await self.engine.close()
         self.engine = None
         self.engine_error = "the server is shutting down"
@@ -390,7 +399,9 @@ class AidpServer(JsonRPCServer):
                 self._progress[event.run_id].partial(
                     event.slug, None if event.progress is None else event.progress.percent
                 )
-            if final:  # its run (or its auto-commit) changed what it changed: `changes` is stale
+            if final and self.updates is not None:  # its run changed its record beyond its status
+                self.updates.ended(event.slug)
+            elif final:  # its run (or its auto-commit) changed what it changed: `changes` is stale
                 self.protocol.notify(p.WS_LIST_CHANGED, {})
         elif isinstance(event, OutputChunk):
             self.send_output(event)
@@ -410,7 +421,15 @@ class AidpServer(JsonRPCServer):
         if final and (dropped := self._dropped.pop((event.run_id or "", event.slug), 0)):
             self._notify_output(OutputChunk(run_id=event.run_id or "", slug=event.slug, text="", skipped=dropped))
         self.protocol.notify(p.WS_STATUS, msgspec.to_builtins(event))
+        if self.updates is not None:
+            self.updates.told(event.slug)
         return final
+
+    def _notify_list_changed(self) -> None:
+        self.protocol.notify(p.WS_LIST_CHANGED, {})
+
+    def _notify_records(self, workstreams: list[Workstream]) -> None:
+        self.protocol.notify(p.WS_UPDATED, msgspec.to_builtins(p.WsUpdatedNotification(workstreams=workstreams)))
 
     def send_output(self, chunk: OutputChunk) -> None:
         """Live output unless the client is behind: then count it as skipped, and say so with the
