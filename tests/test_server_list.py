@@ -97,6 +97,13 @@ async def test_the_snapshot_is_answered_again_while_nothing_changed(
     assert len(lines(COMPUTED)) == computed + 1
     assert "git or a worktree changed" in lines(COMPUTED)[-1]
 
+    deep = worktree(repo, "b") / "deep" / "er"
+    deep.mkdir(parents=True)  # empty: git shows nothing
+    while len(lines(REUSED)) < 2:
+        await client.workstreams()
+    (deep / "new.txt").write_text("new\n")  # below the top: only its folder's stamp changes
+    assert (await client.workstreams())["b"]["changes"]["dirty"] is True
+
 
 async def test_many_worktrees_are_checked_in_the_background(engine: Engine, repo: Path) -> None:
     """With checking the worktrees too dear for a request (`cheap_s=-1`: every check is), an edit
