@@ -250,6 +250,7 @@ async def test_pause_resume_notify_and_refuse_runs(client: AidpClient) -> None:
         "waiting": None,
         "progress": None,
         "host": None,
+        "elsewhere": False,
     }
     err = await client.fails("aidp/wsRun", {"slugs": ["nap"]})
     assert err.code == -32602 and "paused" in err.message

@@ -104,6 +104,9 @@ class Extension implements vscode.Disposable {
       onStatus: (n) => this.onStatus(n),
       onOutput: (n) => this.onOutput(n),
       onListChanged: () => void this.fetchList(),
+      onRecords: (n) => {
+        if (!this.store.applyRecords(n.workstreams)) void this.fetchList();
+      },
       onProgress: (n) => this.onProgress(n),
     });
     this.review = new Review({

@@ -27,6 +27,7 @@ export const WS_SETUP = "aidp/wsSetup";
 export const WS_STATUS = "aidp/wsStatus";
 export const WS_OUTPUT = "aidp/wsOutput";
 export const WS_LIST_CHANGED = "aidp/wsListChanged";
+export const WS_UPDATED = "aidp/wsUpdated";
 export const RUN_PROGRESS = "aidp/runProgress";
 
 // JSON-RPC error codes used by the server.
@@ -427,6 +428,15 @@ export interface WsStatusNotification {
   host?: string | null;
   /** Another aidp process's run (a terminal's `aidp ws run`), told as the server follows it: never one this client started. */
   elsewhere?: boolean;
+}
+
+/**
+ * The records of workstreams whose runs ended, as `aidp/wsList` would give them now: sent in place of
+ * `aidp/wsListChanged` to a client that declared `capabilities.experimental.aidp.wsUpdated`; never older
+ * than a status the client was told.
+ */
+export interface WsUpdatedNotification {
+  workstreams: Workstream[];
 }
 
 /** How far a run is: sent when the counts or the pace change, and at most every 0.5 s while jobs run. */

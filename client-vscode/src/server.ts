@@ -16,9 +16,11 @@ import {
   WS_LIST_CHANGED,
   WS_OUTPUT,
   WS_STATUS,
+  WS_UPDATED,
   type RunProgressNotification,
   type WsOutputNotification,
   type WsStatusNotification,
+  type WsUpdatedNotification,
 } from "./protocol";
 import {
   appendTail,
@@ -35,6 +37,7 @@ export interface NotificationHandlers {
   onStatus(n: WsStatusNotification): void;
   onOutput(n: WsOutputNotification): void;
   onListChanged(): void;
+  onRecords(n: WsUpdatedNotification): void;
   onProgress(n: RunProgressNotification): void;
 }
 
@@ -63,6 +66,8 @@ class AidpLanguageClient extends LanguageClient {
   protected override fillInitializeParams(params: InitializeParams): void {
     super.fillInitializeParams(params);
     if (params.capabilities.window !== undefined) params.capabilities.window.workDoneProgress = false;
+    // The records of ended runs (`aidp/wsUpdated`), not a whole list after each: see docs/protocol.md.
+    params.capabilities.experimental = { ...(params.capabilities.experimental as object | undefined), aidp: { wsUpdated: true } };
   }
 }
 
@@ -199,6 +204,7 @@ export class AidpServer implements vscode.Disposable {
     client.onNotification(WS_STATUS, (n: WsStatusNotification) => this.handlers.onStatus(n));
     client.onNotification(WS_OUTPUT, (n: WsOutputNotification) => this.handlers.onOutput(n));
     client.onNotification(WS_LIST_CHANGED, () => this.handlers.onListChanged());
+    client.onNotification(WS_UPDATED, (n: WsUpdatedNotification) => this.handlers.onRecords(n));
     client.onNotification(RUN_PROGRESS, (n: RunProgressNotification) => this.handlers.onProgress(n));
     client.onDidChangeState((e) => {
       if (e.newState === State.Running && this.client === client) this.setState("running");

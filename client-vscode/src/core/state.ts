@@ -44,17 +44,30 @@ export interface Reduction {
 /** Replaces the whole state with a fresh `aidp/wsList` answer, keeping live run data where it still applies. */
 export function reduceList(prev: State, workstreams: readonly Workstream[], now: number): State {
   const items = new Map<string, WorkstreamView>();
-  for (const ws of workstreams) {
-    const old = prev.items.get(ws.slug);
-    const live = ws.status === "running" || ws.status === "queued";
-    const current = live ? (ws.currentRun ?? null) : null;
-    items.set(ws.slug, {
-      ws,
-      runId: live ? (current?.runId ?? old?.runId ?? null) : null,
-      runningSince: ws.status === "running" ? (epochMs(current?.startedAt) ?? old?.runningSince ?? now) : null,
-    });
-  }
+  for (const ws of workstreams) items.set(ws.slug, viewOf(ws, prev.items.get(ws.slug), now));
   return { order: workstreams.map((ws) => ws.slug), items };
+}
+
+/**
+ * Applies an `aidp/wsUpdated` notification: the records it carries replace theirs, as a list would.
+ * One of a workstream the state does not know changes nothing (the list should be re-fetched).
+ */
+export function reduceRecords(prev: State, workstreams: readonly Workstream[], now: number): Reduction {
+  if (workstreams.some((ws) => !prev.items.has(ws.slug))) return { state: prev, changed: [], unknown: true };
+  const items = new Map(prev.items);
+  for (const ws of workstreams) items.set(ws.slug, viewOf(ws, prev.items.get(ws.slug), now));
+  return { state: { order: prev.order, items }, changed: workstreams.map((ws) => ws.slug), unknown: false };
+}
+
+/** A record from the server, with the live run data the client already had where it still applies. */
+function viewOf(ws: Workstream, old: WorkstreamView | undefined, now: number): WorkstreamView {
+  const live = ws.status === "running" || ws.status === "queued";
+  const current = live ? (ws.currentRun ?? null) : null;
+  return {
+    ws,
+    runId: live ? (current?.runId ?? old?.runId ?? null) : null,
+    runningSince: ws.status === "running" ? (epochMs(current?.startedAt) ?? old?.runningSince ?? now) : null,
+  };
 }
 
 /** Applies one `aidp/wsStatus` notification: only the item it names changes. */

@@ -1,6 +1,6 @@
 /** Holds the current State and tells listeners which items changed. No `vscode` import. */
 import type { RunSummary, Workstream, WsStatusNotification } from "../protocol";
-import { countStates, EMPTY_STATE, reduceList, reduceStatus, reduceSummary, type Counts, type State } from "./state";
+import { countStates, EMPTY_STATE, reduceList, reduceRecords, reduceStatus, reduceSummary, type Counts, type Reduction, type State } from "./state";
 
 /** "all": the list itself changed; otherwise the slugs whose items changed. */
 export type Change = "all" | readonly string[];
@@ -43,14 +43,19 @@ export class WorkstreamStore {
 
   /** Applies a status notification; returns false when the slug is unknown (re-fetch the list then). */
   applyStatus(n: WsStatusNotification, now = Date.now()): boolean {
-    const r = reduceStatus(this._state, n, now);
-    this._state = r.state;
-    this.emit(r.changed);
-    return !r.unknown;
+    return this.apply(reduceStatus(this._state, n, now));
+  }
+
+  /** Applies records (`aidp/wsUpdated`); returns false when one is of an unknown slug (re-fetch the list then). */
+  applyRecords(workstreams: readonly Workstream[], now = Date.now()): boolean {
+    return this.apply(reduceRecords(this._state, workstreams, now));
   }
 
   applySummary(summary: RunSummary): boolean {
-    const r = reduceSummary(this._state, summary);
+    return this.apply(reduceSummary(this._state, summary));
+  }
+
+  private apply(r: Reduction): boolean {
     this._state = r.state;
     this.emit(r.changed);
     return !r.unknown;

@@ -23,7 +23,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { Page } from "playwright-core";
 import { GROUP_AT } from "../../src/core/groups";
-import { LONG, PYTHON, REPO_ROOT, VSIX, closeAndClean, log, logLines, openWorkbench, run, type Check, type Session } from "../e2e/workbench";
+import { LONG, PYTHON, REPO_ROOT, VSIX, closeAndClean, log, openWorkbench, run, tracedBetween, type Check, type Session } from "../e2e/workbench";
 
 const N = wholeNumber("AIDP_BENCH_TREE_N", 10_000);
 if (N <= GROUP_AT) throw new Error(`AIDP_BENCH_TREE_N must be above ${GROUP_AT}, where the tree groups workstreams by status`);
@@ -93,20 +93,6 @@ async function shownAt(page: Page, slug: string | null, group: string): Promise<
     { polling: "raf", timeout: LONG },
   );
   return (await handle.jsonValue()) as number;
-}
-
-/** The traced messages of the aidp server's channel between `from` and `to` (epoch ms): [ms after `from`, message]. */
-function tracedBetween(userData: string, from: number, to: number): [number, string][] {
-  const lines = logLines(path.join(userData, "logs"), /\[Trace - .*(Received|Sending)/);
-  const out: [number, string][] = [];
-  for (const line of lines) {
-    const m = /(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d{3}) .*\[Trace - [^\]]*\] (.*)$/.exec(line);
-    if (m === null) continue;
-    const at = new Date(`${m[1]}T${m[2]}`).getTime();
-    // The log's stamps are in milliseconds, the page's too: a message of the same millisecond counts.
-    if (at >= from && at <= to) out.push([at - from, m[3]?.replace(/^(Received|Sending) /, "") ?? ""]);
-  }
-  return out;
 }
 
 /** When aidp recorded the harness's end of the workstream's last run (epoch ms). */

@@ -18,7 +18,24 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Locator } from "playwright-core";
-import { ARTIFACTS, LONG, PYTHON, REPO_ROOT, VSIX, closeAndClean, log, logFiles, logLines, openWorkbench, run, t0, waitFor, type Session, type Workbench } from "./workbench";
+import {
+  ARTIFACTS,
+  LONG,
+  PYTHON,
+  REPO_ROOT,
+  VSIX,
+  closeAndClean,
+  log,
+  logFiles,
+  logLines,
+  openWorkbench,
+  run,
+  t0,
+  tracedBetween,
+  waitFor,
+  type Session,
+  type Workbench,
+} from "./workbench";
 
 let passed = 0;
 
@@ -40,6 +57,7 @@ function prepareRepository(base: string): string {
       '  ok) echo "ok: all good in $(pwd)"; exit 0 ;;',
       '  fail) echo "fail: about to fail"; echo "something broke" >&2; exit 3 ;;',
       '  slow) i=0; while [ "$i" -lt 8 ]; do echo "slow: tick $i"; i=$((i+1)); sleep 1; done; exit 0 ;;',
+      '  commit) echo "made by a harness" > made.txt && git add made.txt && git commit -qm "made.txt" ;;',
       // Runs until the test creates the file $2: "slow" without depending on how fast the machine is. It says
       // how far it is through aidp's progress channel (a JSON line appended to $AIDP_PROGRESS).
       "  gate) echo \"gate: waiting for the gate\"; " +
@@ -137,7 +155,8 @@ async function main(): Promise<void> {
     const repo = prepareRepository(base);
     check(fs.existsSync(path.join(repo, ".worktrees", "slow-ws")), "the CLI created the worktrees");
 
-    session = await openWorkbench(base, repo, check, { "aidp.maxConcurrent": 3 });
+    // The trace says which messages an update took (see "A run's end updates its row in place").
+    session = await openWorkbench(base, repo, check, { "aidp.maxConcurrent": 3, "aidp.trace.server": "messages" });
     const { page, userData } = session;
     wb = session.wb;
     for (const slug of ["ok-ws", "fail-ws", "slow-ws"]) await wb.waitStatus(slug, "active");
@@ -471,6 +490,22 @@ async function main(): Promise<void> {
       `the terminal's run is announced once and its end written once in its channel (${JSON.stringify(told)})`,
     );
     await wb.clearNotifications();
+
+    // ---- A run's end updates its row in place (aidp/wsUpdated): what it changed shows, no list fetched ----
+    run(PYTHON, ["-m", "aidp", "ws", "new", "made-ws", "make", "a", "file", "--command", `sh ${harness} commit`], { cwd: repo });
+    await wb.waitStatus("made-ws", "active");
+    await wb.command("AIDP: Refresh Workstreams"); // any list the new workstream set off is over before the stamp
+    await wb.waitStatus("made-ws", "active");
+    const madeRow = wb.row("made-ws");
+    const beforeRun = Date.now();
+    await madeRow.hover();
+    await madeRow.locator('.action-label[aria-label="Run Workstream"]').click();
+    const madeLabel = await wb.waitStatus("made-ws", "+1 −0 · 1 file");
+    const traced = tracedBetween(userData, beforeRun, Date.now()).map(([, message]) => message);
+    check(
+      traced.some((m) => m.startsWith("notification 'aidp/wsUpdated'")) && !traced.some((m) => m.startsWith("request 'aidp/wsList")),
+      `made-ws's row shows what its run committed ("${madeLabel}") from aidp/wsUpdated, without fetching the list (${JSON.stringify(traced)})`,
+    );
 
     // ---- Scheduling: priority and dependencies from the commands, a blocked dependent, the ETA --------
     const aidpNew = (...args: string[]): string => run(PYTHON, ["-m", "aidp", "ws", "new", ...args], { cwd: repo });

@@ -245,6 +245,23 @@ export class Workbench {
   }
 }
 
+/**
+ * The traced messages of the aidp server's channel (with `aidp.trace.server: messages`) between `from` and
+ * `to` (epoch ms): [ms after `from`, message].
+ */
+export function tracedBetween(userData: string, from: number, to: number): [number, string][] {
+  const lines = logLines(path.join(userData, "logs"), /\[Trace - .*(Received|Sending)/);
+  const out: [number, string][] = [];
+  for (const line of lines) {
+    const m = /(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d{3}) .*\[Trace - [^\]]*\] (.*)$/.exec(line);
+    if (m === null) continue;
+    const at = new Date(`${m[1]}T${m[2]}`).getTime();
+    // The log's stamps are in milliseconds, the page's too: a message of the same millisecond counts.
+    if (at >= from && at <= to) out.push([at - from, m[3]?.replace(/^(Received|Sending) /, "") ?? ""]);
+  }
+  return out;
+}
+
 /** Every file under `dir` whose name ends with `suffix` (none when `dir` does not exist yet). */
 export function logFiles(dir: string, suffix: string): string[] {
   if (!fs.existsSync(dir)) return [];

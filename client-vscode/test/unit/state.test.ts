@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { countStates, EMPTY_STATE, reduceList, reduceStatus, reduceSummary, workstreams } from "../../src/core/state";
+import { countStates, EMPTY_STATE, reduceList, reduceRecords, reduceStatus, reduceSummary, workstreams } from "../../src/core/state";
 import { WorkstreamStore } from "../../src/core/store";
 import type { RunSummary, WsStatusNotification } from "../../src/protocol";
 import { result, status, ws } from "./fixtures";
@@ -161,6 +161,39 @@ describe("reduceStatus", () => {
     assert.equal(s.items.get("a")?.ws.lastResult?.status, "completed");
     s = reduceStatus(s, status("a", "active", null), T0).state;
     assert.equal(s.items.get("a")?.ws.status, "active");
+  });
+});
+
+describe("reduceRecords", () => {
+  it("replaces the records it carries and changes only those, keeping the order", () => {
+    let s = reduceList(EMPTY_STATE, [ws("a"), ws("b"), ws("c")], T0);
+    s = reduceStatus(s, status("b", "running", "r1"), T0).state;
+    s = reduceStatus(s, status("b", "completed", "r1", { exitCode: 0 }), T0 + 2000).state;
+    const changes = { baseBranch: "main", mergeBase: "m", ahead: 1, behind: 0, files: 1, added: 1, removed: 0, dirty: false };
+    const record = ws("b", "completed", { changes, lastResult: result("b", "completed", { logPath: "/l.log" }) });
+    const r = reduceRecords(s, [record], T0 + 2100);
+    assert.equal(r.unknown, false);
+    assert.deepEqual(r.changed, ["b"]);
+    assert.deepEqual(r.state.order, ["a", "b", "c"]);
+    assert.equal(r.state.items.get("b")?.ws.changes?.ahead, 1);
+    assert.equal(r.state.items.get("b")?.ws.lastResult?.logPath, "/l.log");
+    assert.equal(r.state.items.get("a"), s.items.get("a"), "the others are the same objects");
+  });
+
+  it("keeps the live run data of a record still running", () => {
+    let s = reduceList(EMPTY_STATE, [ws("a")], T0);
+    s = reduceStatus(s, status("a", "running", "r9"), T0 + 1000).state;
+    const r = reduceRecords(s, [ws("a", "running")], T0 + 5000);
+    assert.equal(r.state.items.get("a")?.runningSince, T0 + 1000);
+    assert.equal(r.state.items.get("a")?.runId, "r9");
+  });
+
+  it("reports a record of an unknown slug without changing anything", () => {
+    const s = reduceList(EMPTY_STATE, [ws("a")], T0);
+    const r = reduceRecords(s, [ws("a", "completed"), ws("new")], T0);
+    assert.equal(r.unknown, true);
+    assert.equal(r.state, s);
+    assert.deepEqual(r.changed, []);
   });
 });
 
