@@ -358,8 +358,8 @@ class Store:
         empty one stays so: the store is then an empty one in memory and writes nothing to disk."""
         self.path = path
         self._grouped = False  # inside `group`: `_tx` opens savepoints of the shared transaction
-        # The events this connection recorded (ids, ascending) that `transitions` has not passed
-        # yet, so that it reports only other processes' own; and where it got to.
+        # Once `transitions` is read: the events this connection recorded (ids, ascending) that it
+        # has not passed yet, so that it reports only other processes' own; and where it got to.
         self._mine: list[int] = []
         self._transitions_at: tuple[int, int] | None = None  # (last event id read, data_version then)
         # The file, held open for as long as the connection: `verify` compares its identity and
@@ -504,7 +504,7 @@ class Store:
             "VALUES (?, (SELECT id FROM workstreams WHERE slug = ?), ?, ?, ?, ?)",
             (slug, slug, run_id, status, message, at),
         )
-        if recorded.lastrowid is not None:
+        if self._transitions_at is not None and recorded.lastrowid is not None:  # someone reads `transitions`
             self._mine.append(recorded.lastrowid)
 
     def _set_status(self, slug: str, status: Status, run_id: str | None, message: str | None) -> None:
@@ -702,7 +702,6 @@ class Store:
         if self._transitions_at is None:
             last = self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
             self._transitions_at = (last, version)
-            self._mine.clear()
             return []
         after, seen = self._transitions_at
         if version == seen:
