@@ -402,7 +402,7 @@ class AidpServer(JsonRPCServer):
             if final and self.updates is not None:  # its run changed its record beyond its status
                 self.updates.ended(event.slug)
             elif final:  # its run (or its auto-commit) changed what it changed: `changes` is stale
-                self.protocol.notify(p.WS_LIST_CHANGED, {})
+                self._notify_list_changed()
         elif isinstance(event, OutputChunk):
             self.send_output(event)
         elif isinstance(event, RunProgress):
@@ -410,7 +410,7 @@ class AidpServer(JsonRPCServer):
             if event.run_id in self._progress:
                 self._progress[event.run_id].paced(event)
         elif isinstance(event, ListChanged):
-            self.protocol.notify(p.WS_LIST_CHANGED, {})
+            self._notify_list_changed()
         elif isinstance(event, StatusSeen):  # another process's: its list change comes from `watch_others`
             self._notify_status(event.change)
 
