@@ -6,12 +6,15 @@
  * Each round runs one workstream and times it from a stamp taken just before the trigger to the
  * browser's DOM showing it completed: its row, under the expanded "completed" group, and the group's
  * new count (polled at every animation frame in the page). Two triggers alternate:
- *   - terminal: `aidp ws run <slug>` in another process, as typed in a terminal; the server notices
- *     the other process's change and sends `aidp/wsListChanged`: the extension reloads the list.
+ *   - terminal: `aidp ws run <slug>` in another process, as typed in a terminal; the server follows
+ *     the other process's run and sends its `aidp/wsStatus` (then `aidp/wsListChanged` for the rest,
+ *     and the extension reloads the list).
  *   - palette: AIDP: Run Workstream, the slug picked (the stamp is taken before the pick's click):
- *     this server's run sends `aidp/wsStatus`, which refreshes the two groups the item moved between.
+ *     this server's run sends `aidp/wsStatus`, which refreshes the two groups the item moved between,
+ *     then `aidp/wsUpdated` with its record (no list fetched).
  * The server's messages as the extension traced them (`aidp.trace.server: messages`) say which path
- * each update took. Also timed: from the harness's end (its `finishedAt`) to the DOM.
+ * each update took, and how many whole lists each round fetched. Also timed: from the harness's end
+ * (its `finishedAt`) to the DOM.
  *
  * Run: `npm run --silent bench:tree-e2e` (builds aidp.vsix, takes /tmp/aidp-e2e.lock). Not part of
  * `make test` or `npm run test:e2e`. Environment: AIDP_BENCH_TREE_N (workstreams, 10000),
@@ -140,9 +143,12 @@ function summary(rounds: Round[], trigger: Trigger): string {
   const mine = rounds.filter((r) => r.trigger === trigger);
   const ms = mine.map((r) => r.ms);
   const fromEnd = mine.map((r) => r.fromEndMs);
+  // What each round cost beyond showing it: the whole list fetched again (6 MB at 10,000) or not.
+  const lists = mine.map((r) => r.messages.filter((m) => m.includes(" request 'aidp/wsList")).length);
   return (
     `${trigger}: median ${median(ms).toFixed(0)} ms, max ${Math.max(...ms)} ms over ${mine.length} rounds ` +
-    `(from the harness's end: median ${median(fromEnd).toFixed(0)} ms, max ${Math.max(...fromEnd)} ms)`
+    `(from the harness's end: median ${median(fromEnd).toFixed(0)} ms, max ${Math.max(...fromEnd)} ms); ` +
+    `whole lists fetched: ${lists.reduce((a, b) => a + b, 0)} in ${mine.length} rounds`
   );
 }
 
