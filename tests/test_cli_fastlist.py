@@ -168,6 +168,35 @@ def test_each_change_deep_in_a_worktree_shows_in_the_next_list(lister: Lister, t
     assert lister.quiet(tmp_path) == before
 
 
+def test_a_full_list_takes_the_paths_listed_before_only_for_the_same_answer_of_git(
+    lister: Lister, tmp_path: Path
+) -> None:
+    """A full list takes the paths the table kept before listed in a worktree while git's answer
+    for it is the same one, and lists them anew once git was asked again: either way a change made
+    afterwards shows."""
+    repo, mine = lister.repo, lister.repo / ".worktrees" / "a"
+    lister.quiet(tmp_path)
+    (mine / "fresh").mkdir()
+    (mine / "fresh" / "file.txt").write_text("fresh\n")
+    git(mine, "add", "fresh")
+    git(mine, "commit", "-q", "-m", "fresh")
+    settle(tmp_path)  # the new folder is older than git's next answer by more than the racy window
+    assert "1 commit " in row(lister.changed(), "a")
+    lister.quiet(tmp_path)
+    with open(mine / "fresh" / "file.txt", "a") as f:  # in the folder the table kept before never listed
+        f.write("more\n")
+    assert "uncommitted" in row(lister.changed(), "a")
+    git(mine, "checkout", "-q", "--", ".")
+
+    lister.quiet(tmp_path)
+    (repo / ".aidp" / "config.toml").write_text("[scheduler]\nhistory_runs = 3\n")
+    settle(tmp_path)
+    lister.changed()  # git is asked nothing: every worktree's paths come from the table kept before
+    lister.quiet(tmp_path)
+    (mine / "fresh" / "new.txt").write_text("new\n")
+    assert "uncommitted" in row(lister.changed(), "a")
+
+
 def test_a_run_in_flight_is_never_the_kept_table(lister: Lister, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     lister.cli("ws", "new", "c", "task c", "--command", harness(tmp_path, "gated", gated(gate, "started", "done")))

@@ -35,6 +35,8 @@ from aidp.engine import listing
 
 TYPE_CHECKING = False  # typing itself costs milliseconds here: mypy reads this name as True
 if TYPE_CHECKING:
+    from typing import Any
+
     from aidp.engine.model import Workstream
 
 CACHE_FILE = "ws-list.cache"
@@ -72,14 +74,13 @@ def serve(argv: list[str]) -> bool:
         return False
     try:
         root = _root(os.getcwd())
-        if root is None:
-            return False
-        with open(os.path.join(root, STATE_DIR, CACHE_FILE), "rb") as f:
-            data = marshal.loads(f.read())  # (`marshal.load` reads a file in small pieces: 5x slower)
-    except (OSError, EOFError, ValueError, TypeError):
+    except OSError:  # the current directory was removed
+        return False
+    data = None if root is None else _ours(_read(os.path.join(root, STATE_DIR, CACHE_FILE)), root)
+    if data is None:
         return False
     fancy = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and "--no-color" not in argv
-    kept = _checked(data, root, fancy)
+    kept = _checked(data, fancy)
     if kept is None:
         return False
     sys.stdout.write("\n".join(lay_out_columns(*kept, terminal_width())) + "\n")
@@ -100,7 +101,8 @@ def keep(
     module's docstring), lines after it tell of worktrees out of step (rare, and read from what the
     fingerprint does not stamp), or the list was made while another process was `busy` creating,
     removing or landing a workstream (if it dies, only the full list's recovery corrects what it
-    left), the kept one is removed instead."""
+    left), the kept one is removed instead. The table kept before lends the paths it listed in the
+    worktrees git was not asked about since (see `listing.with_worktrees`)."""
     from aidp.cli.render import fancy
 
     path = os.path.join(root, STATE_DIR, CACHE_FILE)
@@ -108,7 +110,9 @@ def keep(
     checked = None
     if not (after or busy or None in changes or any(ws.status.in_flight for ws in workstreams)):
         shown = [(ws.path, c.dirty) for ws, c in zip(workstreams, changes, strict=True) if c is not None]
-        checked = listing.with_worktrees(inputs, os.path.dirname(path), shown)
+        before = _ours(_read(path), root)
+        previous = None if before is None else listing.Fingerprint.from_data(before[3])
+        checked = listing.with_worktrees(inputs, os.path.dirname(path), shown, previous)
     kind = identity()
     if checked is None or not checked.trusted or kind is None:
         _remove(path)
@@ -126,6 +130,24 @@ def keep(
         os.replace(temporary, path)
     except OSError:  # no state folder (a repository aidp never wrote to) or a read-only one
         _remove(temporary)
+
+
+def _read(path: str) -> object:
+    """The kept file's data, not checked yet; None when it is missing or not `marshal` data."""
+    try:
+        with open(path, "rb") as f:
+            return marshal.loads(f.read())  # (`marshal.load` reads a file in small pieces: 5x slower)
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+
+
+def _ours(data: object, root: str) -> tuple[Any, ...] | None:
+    """`data` when it is a table kept by this aidp for this repository and environment (its six
+    parts not checked yet); None otherwise."""
+    kind = identity()
+    if kind is None or not (isinstance(data, tuple) and len(data) == 6 and data[:2] == (kind, root)):
+        return None
+    return data
 
 
 def _remove(path: str) -> None:
@@ -155,13 +177,10 @@ def _root(start: str) -> str | None:
         return folder if os.path.isdir(dot_git) and st.st_uid == os.geteuid() else None
 
 
-def _checked(data: object, root: str, fancy: bool) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]] | None:
-    """The cells, by column, and the notes, when `data` is a table kept by this aidp for this
-    repository, environment and colour setting, of the expected shape (checked by what raises
-    TypeError on anything else, in C), whose fingerprint still holds; None otherwise."""
-    kind = identity()
-    if kind is None or not (isinstance(data, tuple) and len(data) == 6 and data[:2] == (kind, root)):
-        return None
+def _checked(data: tuple[Any, ...], fancy: bool) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]] | None:
+    """The cells, by column, and the notes, when `data` (one of `_ours`) is a table kept for this
+    colour setting, of the expected shape (checked by what raises TypeError on anything else, in
+    C), whose fingerprint still holds; None otherwise."""
     coloured, inputs, columns, notes = data[2:]
     if (coloured is not None and coloured is not fancy) or not isinstance(notes, tuple):
         return None

@@ -123,11 +123,19 @@ def take(root: str, state_dir: str, worktrees_dir: str) -> Fingerprint:
     return Fingerprint(now, trusted, common, files)
 
 
-def with_worktrees(fp: Fingerprint, state_dir: str, shown: Iterable[tuple[str, bool]]) -> Fingerprint | None:
+def with_worktrees(
+    fp: Fingerprint, state_dir: str, shown: Iterable[tuple[str, bool]], previous: Fingerprint | None = None
+) -> Fingerprint | None:
     """`fp` with each worktree's check: `shown` holds (worktree path, the uncommitted flag the list
     showed) for each workstream whose changes it showed. None when a worktree has no answer of
     git's kept (`dirty.json`) that says the same, or cannot be listed: it cannot be checked without
-    git. Lists each worktree's paths (after git's answers, as `dirty.holds` needs them)."""
+    git. Lists each worktree's paths (after git's answers, as `dirty.holds` needs them); an
+    untrusted `fp` comes back as it is (it never holds: no need to list them).
+
+    A worktree whose answer is the one the `previous` fingerprint (of an earlier list) checked
+    takes the paths listed then instead of a walk (a scandir a folder): they were listed after that
+    answer, so anything added or removed since changed a listed folder's ctime to after the answer,
+    which the check refuses (and the engine's own check then asks git again, for a new answer)."""
     from pathlib import Path
 
     kept = dirty.load(Path(state_dir))
@@ -137,14 +145,23 @@ def with_worktrees(fp: Fingerprint, state_dir: str, shown: Iterable[tuple[str, b
     now = time.time_ns()
     if len(found) < len(answers) or any(answer.big or answer.asked_ns > now for answer in found):
         return None
+    if not fp.trusted:
+        return fp
+    admins, indexes = tuple(a.admin for a in found), tuple(a.index for a in found)
+    asked = tuple(a.asked_ns for a in found)
+    before: dict[tuple[str, str, tuple[int, ...], int], tuple[str, ...]] = {}
+    if previous is not None:
+        old_paths, _, old_admins, old_indexes, old_asked, old_entries = previous.worktrees
+        before = dict(zip(zip(old_paths, old_admins, old_indexes, old_asked, strict=True), old_entries, strict=True))
     same: dict[str, str] = {}
     shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
     try:
-        listed = [tuple(same.setdefault(e, e) for e in dirty.entries_of(path)) for path in paths]
+        listed = [
+            before.get(answer) or tuple(same.setdefault(e, e) for e in dirty.entries_of(answer[0]))
+            for answer in zip(paths, admins, indexes, asked, strict=True)
+        ]
     except (dirty.TooBig, OSError):
         return None
-    admins, indexes = tuple(a.admin for a in found), tuple(a.index for a in found)
-    asked = tuple(a.asked_ns for a in found)
     entries = tuple(shapes.setdefault(names, names) for names in listed)
     return Fingerprint(fp.taken_ns, fp.trusted, fp.common, fp.files, (paths, flags, admins, indexes, asked, entries))
 
