@@ -7,6 +7,7 @@ so each test proves that change stops it; what is printed then is the full list'
 from __future__ import annotations
 
 import marshal
+import os
 import re
 import shutil
 import sqlite3
@@ -195,6 +196,24 @@ def test_a_full_list_takes_the_paths_listed_before_only_for_the_same_answer_of_g
     lister.quiet(tmp_path)
     (mine / "fresh" / "new.txt").write_text("new\n")
     assert "uncommitted" in row(lister.changed(), "a")
+
+
+def test_a_list_within_the_racy_window_leaves_the_kept_table_unused(lister: Lister, tmp_path: Path) -> None:
+    """A list whose inputs are too recent to trust keeps nothing and leaves the table kept before
+    as it was (it lends its paths to the next full list), which no list uses again."""
+    path, config = lister.repo / ".aidp" / fastlist.CACHE_FILE, lister.repo / ".aidp" / "config.toml"
+    lister.quiet(tmp_path)
+    kept_before = path.read_bytes()
+    config.write_text("[scheduler]\nhistory_runs = 3\n")
+    written = config.stat().st_mtime_ns
+    os.utime(config, ns=(written, written + 3600 * 10**9))  # stamped in the future: within the racy window
+    lister.cli("ws", "set", "a", "--priority", "high")
+    assert "high" in row(lister.changed(), "a")
+    assert path.read_bytes() == kept_before
+    os.utime(config, ns=(written, written))
+    settle(tmp_path)
+    assert "high" in row(lister.changed(), "a")
+    assert "high" in row(lister.quiet(tmp_path), "a")
 
 
 def test_a_run_in_flight_is_never_the_kept_table(lister: Lister, tmp_path: Path) -> None:
