@@ -157,8 +157,8 @@ def with_worktrees(
     shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
     try:
         listed = [
-            before.get(answer) or tuple(same.setdefault(e, e) for e in dirty.entries_of(answer[0]))
-            for answer in zip(paths, admins, indexes, asked, strict=True)
+            before.get(key) or tuple(same.setdefault(e, e) for e in dirty.entries_of(key[0]))
+            for key in zip(paths, admins, indexes, asked, strict=True)
         ]
     except (dirty.TooBig, OSError):
         return None
