@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from conftest import toml_list, write_config
 from server_helpers import WS_OUTPUT, WS_STATUS, AidpClient, initialize_params, lsp_session, server_command
-from support import wait_until
+from support import cli, wait_until
 
 from aidp.engine import Engine, Status
+from aidp.engine.events import EngineEvent, ListChanged, StatusSeen
+from aidp.engine.model import Progress
 from aidp.engine.store import Store
 
 pytestmark = pytest.mark.timeout(150)
@@ -160,3 +162,77 @@ async def test_transitions_are_the_run_events_of_other_connections_only(engine: 
     finally:
         server.close()
         terminal.close()
+
+
+async def test_a_terminals_run_is_no_list_change_but_its_new_workstream_is(
+    engine: Engine, repo: Path, markers: Path, driver: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`watch_others` says `ListChanged` (a client fetches the whole list) only for what no run's
+    status tells: a terminal's run reaches the server as statuses alone, a workstream the terminal
+    creates as a list change."""
+    gate = markers / "gate"
+    await engine.create("term", "t", command=gated(gate))
+    events: list[EngineEvent] = []
+    engine.events.subscribe(events.append)
+    looks = 0
+    check_state = engine.check_state
+
+    async def counted() -> None:  # each look of the watch begins with it
+        nonlocal looks
+        looks += 1
+        await check_state()
+
+    def seen(status: Status) -> bool:
+        return any(isinstance(e, StatusSeen) and e.change.status == status for e in events)
+
+    monkeypatch.setattr(engine, "check_state", counted)
+    watch = asyncio.create_task(engine.watch_others(interval_s=0.05))
+    try:
+        await wait_until(lambda: looks >= 1, what="the watch's first look")
+        run = driver(repo, "term", cli=True)
+        await wait_until(lambda: seen(Status.RUNNING), what="told running")
+        gate.touch()
+        _, stderr = await asyncio.to_thread(run.communicate, timeout=60)
+        assert run.returncode == 0, stderr
+        await wait_until(lambda: seen(Status.COMPLETED), what="told completed")
+        after = looks
+        await wait_until(lambda: looks >= after + 2, what="a whole look after the run's last commit")
+        assert not [e for e in events if isinstance(e, ListChanged)]
+
+        made = await asyncio.to_thread(cli, repo, "ws", "new", "other", "a task")
+        assert made.returncode == 0, made.stderr
+        await wait_until(lambda: any(isinstance(e, ListChanged) for e in events), what="its list change")
+    finally:
+        watch.cancel()
+        await asyncio.wait({watch})
+
+
+async def test_list_changes_count_all_but_what_runs_write(engine: Engine) -> None:
+    """The counter behind `watch_others`: a run's writes leave it; every other change to the list
+    moves it, and every column of `workstreams` a run does not set is watched."""
+    await engine.create("a", "t", command=["true"])
+    store = engine.db.store
+    columns = {row[1] for row in store._db.execute("PRAGMA table_info(workstreams)")}
+    (watched,) = store._db.execute("SELECT sql FROM sqlite_master WHERE name = 'list_ws_edited'").fetchone()
+    listed = watched.split("UPDATE OF", 1)[1].split(" ON workstreams", 1)[0]
+    unwatched = columns - {name.strip(' "') for name in listed.split(",")}
+    assert unwatched == {"status", "updated_at", "last_run_id", "last_attempt"}
+
+    def changes() -> int:
+        return store.versions()[1]
+
+    for change in (
+        lambda: store.set_paused("a", True),
+        lambda: store.set_paused("a", False),
+        lambda: store.set_schedule("a", 10, None),
+    ):
+        before = changes()
+        change()
+        assert changes() > before
+    before = changes()
+    store.claim(["a"], "r1", (1, 1), {}, 1)
+    store.note("a", "r1", Status.RUNNING, "a run's note")
+    store.set_progress("r1", {"a": Progress(percent=50)})
+    assert changes() == before
+    store.set_waiting("r1", {"a": "a slot"})  # no status tells why a queued run waits
+    assert changes() > before

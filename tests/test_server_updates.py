@@ -6,7 +6,8 @@ are real; the client speaks JSON-RPC over the server's real stdio."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,25 @@ async def test_a_client_that_does_not_take_records_gets_the_list_change(list_cli
     final = index(client, WS_STATUS, "commits", "completed")[0]
     assert [m for m, _ in client.notes[final + 1 :]][:1] == [WS_LIST_CHANGED]
     assert not client.of(WS_UPDATED)
+
+
+async def test_a_terminals_run_sends_its_record_too(
+    records_client: AidpClient, repo: Path, driver: Callable[..., Any]
+) -> None:
+    """A run of another aidp process (told as statuses `elsewhere`) changes the record as the
+    server's own do: its record follows its final status."""
+    client = records_client
+    await client.call("aidp/wsNew", {"slug": "term", "task": "t", "command": COMMITS})
+    run = driver(repo, "term", cli=True)
+    _, stderr = await asyncio.to_thread(run.communicate, timeout=60)
+    assert run.returncode == 0, stderr
+    await wait_until(lambda: bool(index(client, WS_UPDATED, "term")), what="its record sent")
+    ended = index(client, WS_STATUS, "term", "completed")
+    assert ended and ended[0] < index(client, WS_UPDATED, "term")[0]
+    assert client.notes[ended[0]][1]["elsewhere"] is True
+    sent = next(ws for u in client.of(WS_UPDATED) for ws in u["workstreams"] if ws["slug"] == "term")
+    assert sent == (await client.workstreams())["term"]
+    assert sent["changes"]["ahead"] == 1
 
 
 async def test_a_record_never_follows_a_newer_status_of_its_workstream(

@@ -7,8 +7,8 @@
  * browser's DOM showing it completed: its row, under the expanded "completed" group, and the group's
  * new count (polled at every animation frame in the page). Two triggers alternate:
  *   - terminal: `aidp ws run <slug>` in another process, as typed in a terminal; the server follows
- *     the other process's run and sends its `aidp/wsStatus` (then `aidp/wsListChanged` for the rest,
- *     and the extension reloads the list).
+ *     the other process's run and sends its `aidp/wsStatus` (`elsewhere`), then `aidp/wsUpdated` with
+ *     its record (no list fetched).
  *   - palette: AIDP: Run Workstream, the slug picked (the stamp is taken before the pick's click):
  *     this server's run sends `aidp/wsStatus`, which refreshes the two groups the item moved between,
  *     then `aidp/wsUpdated` with its record (no list fetched).

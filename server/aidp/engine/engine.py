@@ -742,27 +742,28 @@ class Engine:
 
     async def watch_others(self, interval_s: float = 1.0) -> None:
         """Until cancelled, for a long-lived engine (the server's): say `ListChanged` whenever
-        another aidp process (a CLI run beside the server) changed the state, and correct what a
-        process that died left behind (it commits nothing, so only `recover` notices); and emit
-        the live output of their runs (`follow_others`)."""
+        another aidp process (a CLI run beside the server) changed the list beyond its runs, and
+        correct what a process that died left behind (it commits nothing, so only `recover`
+        notices); and emit the statuses and live output of their runs (`follow_others`)."""
         follower = asyncio.create_task(self.follow_others(), name="aidp-follow-others")
         try:
-            seen = await self.db.call(self.db.store.data_version)
+            seen = await self.db.call(self.db.store.versions)
             broken: str | None = None
             while True:
                 await asyncio.sleep(interval_s)
                 try:
                     await self.check_state()
                     await self.recover()
-                    now = await self.db.call(self.db.store.data_version)
+                    now = await self.db.call(self.db.store.versions)
                 except StateError as exc:
                     if str(exc) != broken:  # said once; each request is refused with it too
                         broken = str(exc)
                         log.error("%s", exc)
                         self.events.emit(ListChanged())
                     continue
-                if now != seen:
-                    seen = now
+                (committed, changes), (seen_committed, seen_changes) = now, seen
+                seen = now
+                if committed != seen_committed and changes != seen_changes:  # not only runs: they come as statuses
                     self.events.emit(ListChanged())
         finally:
             follower.cancel()

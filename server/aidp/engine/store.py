@@ -151,6 +151,33 @@ MIGRATIONS: list[str] = [
     "ALTER TABLE runs ADD COLUMN sandbox TEXT;",
     # 9: the machine an attempt's harness ran on (`[executor] kind = "ray"`), None on this one.
     "ALTER TABLE runs ADD COLUMN host TEXT;",
+    # 10: counts the changes to the list that a run's statuses do not tell: a workstream added,
+    # removed or edited (any column but those a run sets), a note that is no run's (created,
+    # paused, landed), an operation held or ended, a queued run's reason to wait. A server that
+    # sees another process commit reloads its clients' list only when this moved; the rest were
+    # runs, told as statuses (`Store.transitions`). A migration that adds a column to
+    # `workstreams` must recreate `list_ws_edited` with it (tests/test_server_follow.py checks).
+    # Safe to apply again (a database an older aidp was pointed back at keeps what it has).
+    "CREATE TABLE IF NOT EXISTS list_changes (n INTEGER NOT NULL); "
+    "INSERT INTO list_changes SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM list_changes); "
+    "CREATE TRIGGER IF NOT EXISTS list_ws_added AFTER INSERT ON workstreams "
+    "BEGIN UPDATE list_changes SET n = n + 1; END; "
+    "CREATE TRIGGER IF NOT EXISTS list_ws_removed AFTER DELETE ON workstreams "
+    "BEGIN UPDATE list_changes SET n = n + 1; END; "
+    "CREATE TRIGGER IF NOT EXISTS list_ws_edited AFTER UPDATE OF slug, id, task, branch, path, base_branch, "
+    'command, created_at, "after", priority, base_commit, setup ON workstreams '
+    "BEGIN UPDATE list_changes SET n = n + 1; END; "
+    "CREATE TRIGGER IF NOT EXISTS list_ws_noted AFTER INSERT ON events WHEN NEW.run_id IS NULL "
+    "BEGIN UPDATE list_changes SET n = n + 1; END; "
+    "CREATE TRIGGER IF NOT EXISTS list_op_held AFTER INSERT ON operations "
+    "BEGIN UPDATE list_changes SET n = n + 1; END; "
+    "CREATE TRIGGER IF NOT EXISTS list_op_changed AFTER UPDATE ON operations "
+    "BEGIN UPDATE list_changes SET n = n + 1; END; "
+    "CREATE TRIGGER IF NOT EXISTS list_op_ended AFTER DELETE ON operations "
+    "BEGIN UPDATE list_changes SET n = n + 1; END; "
+    "CREATE TRIGGER IF NOT EXISTS list_run_waits AFTER UPDATE OF waiting ON claims "
+    "WHEN NEW.waiting IS NOT NULL AND NEW.waiting IS NOT OLD.waiting "
+    "BEGIN UPDATE list_changes SET n = n + 1; END;",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -348,6 +375,17 @@ def is_damage(exc: sqlite3.DatabaseError) -> bool:
     return (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
+def _statements(script: str) -> Iterator[str]:
+    """A migration's statements: split at each `;` that ends one (a trigger's body holds others)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" ;"):
+                yield pending
+            pending = ""
+
+
 def _optional_str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -423,7 +461,7 @@ class Store:
         with self._tx() as db:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
+                for statement in _statements(script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
@@ -692,6 +730,11 @@ class Store:
     def data_version(self) -> int:
         """Changes when another connection (another aidp process) commits, never for our own."""
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def versions(self) -> tuple[int, int]:
+        """`data_version`, and the count of list changes that no run's status tells (migration 10)."""
+        (changes,) = self._db.execute("SELECT n FROM list_changes").fetchone()
+        return self.data_version(), int(changes)
 
     def transitions(self) -> list[Transition]:
         """The run events other processes recorded since the last call, oldest first (none at the

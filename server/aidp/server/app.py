@@ -399,10 +399,8 @@ class AidpServer(JsonRPCServer):
                 self._progress[event.run_id].partial(
                     event.slug, None if event.progress is None else event.progress.percent
                 )
-            if final and self.updates is not None:  # its run changed its record beyond its status
-                self.updates.ended(event.slug)
-            elif final:  # its run (or its auto-commit) changed what it changed: `changes` is stale
-                self._notify_list_changed()
+            if final:
+                self._record_changed(event.slug)
         elif isinstance(event, OutputChunk):
             self.send_output(event)
         elif isinstance(event, RunProgress):
@@ -411,8 +409,8 @@ class AidpServer(JsonRPCServer):
                 self._progress[event.run_id].paced(event)
         elif isinstance(event, ListChanged):
             self._notify_list_changed()
-        elif isinstance(event, StatusSeen):  # another process's: its list change comes from `watch_others`
-            self._notify_status(event.change)
+        elif isinstance(event, StatusSeen) and self._notify_status(event.change):  # another process's run
+            self._record_changed(event.change.slug)
 
     def _notify_status(self, event: StatusChanged) -> bool:
         """`aidp/wsStatus`; True when it ends the workstream's run. The stream ends then: what was
@@ -424,6 +422,14 @@ class AidpServer(JsonRPCServer):
         if self.updates is not None:
             self.updates.told(event.slug)
         return final
+
+    def _record_changed(self, slug: str) -> None:
+        """A run of `slug` ended: it changed the record beyond its status (its change summary, if it
+        or its auto-commit committed; its history). The record, or the whole list to fetch again."""
+        if self.updates is not None:
+            self.updates.ended(slug)
+        else:
+            self._notify_list_changed()
 
     def _notify_list_changed(self) -> None:
         self.protocol.notify(p.WS_LIST_CHANGED, {})
