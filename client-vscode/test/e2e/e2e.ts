@@ -494,8 +494,12 @@ async function main(): Promise<void> {
     // ---- A run's end updates its row in place (aidp/wsUpdated): what it changed shows, no list fetched ----
     run(PYTHON, ["-m", "aidp", "ws", "new", "made-ws", "make", "a", "file", "--command", `sh ${harness} commit`], { cwd: repo });
     await wb.waitStatus("made-ws", "active");
-    await wb.command("AIDP: Refresh Workstreams"); // any list the new workstream set off is over before the stamp
-    await wb.waitStatus("made-ws", "active");
+    // Any list the new workstream set off is over before the stamp: the refresh's own answer is traced.
+    const refreshed = Date.now();
+    await wb.command("AIDP: Refresh Workstreams");
+    await waitFor("the refreshed list", () =>
+      Promise.resolve(tracedBetween(userData, refreshed, Date.now()).some(([, message]) => message.startsWith("response 'aidp/wsList"))),
+    );
     const madeRow = wb.row("made-ws");
     const beforeRun = Date.now();
     await madeRow.hover();
