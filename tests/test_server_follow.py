@@ -207,6 +207,29 @@ async def test_a_terminals_run_is_no_list_change_but_its_new_workstream_is(
         await asyncio.wait({watch})
 
 
+async def test_what_a_terminals_queued_run_waits_for_is_told(
+    client: AidpClient, repo: Path, markers: Path, driver: Callable[..., Any]
+) -> None:
+    """Its owner stores it on the claim without an event: the follower tells it as the owner's
+    clients get it, a `queued` status with `waiting`, and then the run's start."""
+    gate = markers / "gate"
+    await client.call("aidp/wsNew", {"slug": "first", "task": "t", "command": gated(gate)})
+    await client.call("aidp/wsNew", {"slug": "second", "task": "t", "command": ["true"], "after": ["first"]})
+    run = driver(repo, "first", "second", cli=True)
+    await wait_until(
+        lambda: any(n["waiting"] == "waiting for first" for n in client.statuses("second")), what="told waiting"
+    )
+    waits = next(n for n in client.statuses("second") if n["waiting"] is not None)
+    assert (waits["status"], waits["elsewhere"], waits["attempt"]) == ("queued", True, 1)
+    gate.touch()
+    _, stderr = await asyncio.to_thread(run.communicate, timeout=60)
+    assert run.returncode == 0, stderr
+    await wait_until(lambda: client.statuses("second")[-1]["status"] == "completed", what="second completed")
+    told = [n["status"] for n in client.statuses("second")]
+    assert told.index("queued") < told.index("completed")
+    assert [n["waiting"] for n in client.statuses("second")].count("waiting for first") == 1
+
+
 async def test_list_changes_count_all_but_what_runs_write(engine: Engine) -> None:
     """The counter behind `watch_others`: a run's writes leave it; every other change to the list
     moves it, and every column of `workstreams` a run does not set is watched."""
@@ -232,7 +255,6 @@ async def test_list_changes_count_all_but_what_runs_write(engine: Engine) -> Non
     before = changes()
     store.claim(["a"], "r1", (1, 1), {}, 1)
     store.note("a", "r1", Status.RUNNING, "a run's note")
+    store.set_waiting("r1", {"a": "a slot"})
     store.set_progress("r1", {"a": Progress(percent=50)})
     assert changes() == before
-    store.set_waiting("r1", {"a": "a slot"})  # no status tells why a queued run waits
-    assert changes() > before

@@ -5,8 +5,9 @@ each such log with the executor's `LogTail` (bounded reads, skipped bytes counte
 new text as `OutputChunk` events, so a server's clients see a terminal's run as they see their own.
 Their runs' statuses are told the same way, as `StatusSeen` events: each workstream's latest run
 event since the last poll (so a harness that started and ended between two polls is told once, as it
-ended), and their harnesses' progress, which their owner stores on the claims (a `running` status
-with its progress, when it changed).
+ended), and what their owner stores on the claims without an event: a harness's progress (a
+`running` status with it) and what a queued run waits for (a `queued` status with `waiting`), each
+when it changed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Follower:
         self._unreadable: set[Key] = set()  # said once, not retried while the run lasts
         self._progress: dict[Key, Progress] = {}  # the progress last announced of each run followed
         self._told: dict[str, tuple[str, Status, int | None]] = {}  # each slug's run status last told
+        self._waiting: dict[tuple[str, str], str | None] = {}  # what each queued run was last told to wait for
 
     async def poll(self) -> None:
         """Start following runs that began elsewhere, emit what their logs gained, and let go of
@@ -42,11 +44,10 @@ class Follower:
         Statuses are read first: a run told ended is no longer in flight, so its last output is out
         before its end is told, and no progress of it comes after."""
         transitions = await self._db.call(self._db.store.transitions)
-        runs = {
-            (r.run_id, r.slug, r.log_path): r
-            for r in await self._db.call(self._db.store.runs_in_flight)
-            if (r.owner_pid, r.owner_start) != self._owner and r.log_path is not None
-        }
+        others = [
+            r for r in await self._db.call(self._db.store.runs_in_flight) if (r.owner_pid, r.owner_start) != self._owner
+        ]
+        runs = {(r.run_id, r.slug, r.log_path): r for r in others if r.log_path is not None}
         live = set(runs)
         for key in live:
             if key not in self._tails and key not in self._unreadable:
@@ -56,6 +57,7 @@ class Follower:
                 self._close(key)
         self._unreadable &= live
         self._announce_transitions(transitions)
+        self._announce_waiting([r for r in others if r.log_path is None])
         self._announce_progress(runs)
 
     def _announce_transitions(self, transitions: list[Transition]) -> None:
@@ -84,6 +86,27 @@ class Follower:
                     )
                 )
             )
+
+    def _announce_waiting(self, queued: list[RunInFlight]) -> None:
+        """What a queued run waits for, when that changed: its owner records it without an event."""
+        waiting = {(r.run_id, r.slug): r for r in queued if r.waiting is not None}
+        for key, run in waiting.items():
+            if self._waiting.get(key) != run.waiting:
+                self._waiting[key] = run.waiting
+                self._bus.emit(
+                    StatusSeen(
+                        change=StatusChanged(
+                            run_id=run.run_id,
+                            slug=run.slug,
+                            status=Status.QUEUED,
+                            attempt=run.attempt,
+                            waiting=run.waiting,
+                            elsewhere=True,
+                        )
+                    )
+                )
+        for key in self._waiting.keys() - waiting.keys():
+            del self._waiting[key]
 
     def _announce_progress(self, runs: dict[Key, RunInFlight]) -> None:
         for key, run in runs.items():

@@ -153,7 +153,7 @@ MIGRATIONS: list[str] = [
     "ALTER TABLE runs ADD COLUMN host TEXT;",
     # 10: counts the changes to the list that a run's statuses do not tell: a workstream added,
     # removed or edited (any column but those a run sets), a note that is no run's (created,
-    # paused, landed), an operation held or ended, a queued run's reason to wait. A server that
+    # paused, landed), an operation held or ended. A server that
     # sees another process commit reloads its clients' list only when this moved; the rest were
     # runs, told as statuses (`Store.transitions`). A migration that adds a column to
     # `workstreams` must recreate `list_ws_edited` with it (tests/test_server_follow.py checks).
@@ -174,9 +174,6 @@ MIGRATIONS: list[str] = [
     "CREATE TRIGGER IF NOT EXISTS list_op_changed AFTER UPDATE ON operations "
     "BEGIN UPDATE list_changes SET n = n + 1; END; "
     "CREATE TRIGGER IF NOT EXISTS list_op_ended AFTER DELETE ON operations "
-    "BEGIN UPDATE list_changes SET n = n + 1; END; "
-    "CREATE TRIGGER IF NOT EXISTS list_run_waits AFTER UPDATE OF waiting ON claims "
-    "WHEN NEW.waiting IS NOT NULL AND NEW.waiting IS NOT OLD.waiting "
     "BEGIN UPDATE list_changes SET n = n + 1; END;",
 ]
 
@@ -251,6 +248,8 @@ class RunInFlight(msgspec.Struct, frozen=True):
     started_at: str | None = None
     progress: Progress | None = None  # its harness's latest report, as stored (at most once a second)
     host: str | None = None  # the machine its harness runs on, when not the owner's (a Ray node)
+    attempt: int = 1
+    waiting: str | None = None  # while queued: what it waits for (a dependency, a slot, a back-off)
 
 
 class Transition(msgspec.Struct, frozen=True):
@@ -1032,13 +1031,13 @@ class Store:
         Polled five times a second by a server: CROSS JOIN keeps the claims outside, so each finds
         its run by key (SQLite's planner chose to scan every run ever recorded: 14 ms at 22,000)."""
         rows = self._db.execute(
-            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path, r.started_at, c.progress, r.host "
-            "FROM claims c "
+            "SELECT c.slug, c.run_id, c.owner_pid, c.owner_start, r.log_path, r.started_at, c.progress, r.host, "
+            "c.attempt, c.waiting FROM claims c "
             "CROSS JOIN runs r ON r.run_id = c.run_id AND r.slug = c.slug AND r.attempt = c.attempt"
         ).fetchall()
         return [
-            RunInFlight(slug, run_id, pid, start, log_path, started_at, _progress(progress), host)
-            for slug, run_id, pid, start, log_path, started_at, progress, host in rows
+            RunInFlight(slug, run_id, pid, start, log_path, started_at, _progress(progress), host, attempt, waiting)
+            for slug, run_id, pid, start, log_path, started_at, progress, host, attempt, waiting in rows
         ]
 
     # -- setup: how each worktree was made ready ---------------------------------------------------
