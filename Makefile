@@ -10,8 +10,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages: git and GNU parallel (bench), and what code-server needs to build and run
-# for the VS Code end-to-end test (see client-vscode/README.md).
+# Debian packages: git, GNU parallel (bench), bubblewrap (the sandbox's tests), and what code-server
+# needs to build and run for the VS Code end-to-end test (see client-vscode/README.md).
 APT_PACKAGES := git parallel bubblewrap pkg-config libkrb5-dev libsecret-1-dev libx11-dev libxkbfile-dev ripgrep chromium
 
 .PHONY: help venv apt demo docs test lint test-python test-node test-client test-e2e bench clean
@@ -53,7 +53,7 @@ lint: venv client-vscode/node_modules
 	$(VENV)/bin/mypy
 	cd client-vscode && npm run --silent typecheck && npm run --silent lint
 
-test-python: venv
+test-python: venv apt
 	$(VENV)/bin/pytest -q
 
 tests/node/node_modules: tests/node/package-lock.json
