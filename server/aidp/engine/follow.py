@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from aidp.engine.events import EventBus, OutputChunk, StatusChanged, StatusSeen
 from aidp.engine.executor import LogTail
@@ -37,7 +38,7 @@ class Follower:
         self._unreadable: set[Key] = set()  # said once, not retried while the run lasts
         self._progress: dict[Key, Progress] = {}  # the progress last announced of each run followed
         self._told: dict[str, tuple[str, Status, int | None]] = {}  # each slug's run status last told
-        self._waiting: dict[tuple[str, str], str] = {}  # what each queued run was last told to wait for
+        self._waiting: dict[tuple[str, str], str | None] = {}  # what each queued run was last told to wait for
 
     async def poll(self) -> None:
         """Start following runs that began elsewhere, emit what their logs gained, and let go of
@@ -71,27 +72,31 @@ class Follower:
                 continue
             self._told[slug] = told
             self._tell(
-                run_id=t.run_id,
-                slug=slug,
-                status=t.status,
-                exit_code=t.exit_code,
-                duration_s=t.duration_s,
-                error=t.error,
-                started_at=t.started_at,
-                sandbox=t.sandbox,
-                host=t.host,
-                attempt=t.attempt,
+                StatusChanged(
+                    run_id=t.run_id,
+                    slug=slug,
+                    status=t.status,
+                    exit_code=t.exit_code,
+                    duration_s=t.duration_s,
+                    error=t.error,
+                    started_at=t.started_at,
+                    sandbox=t.sandbox,
+                    host=t.host,
+                    attempt=t.attempt,
+                )
             )
 
     def _announce_waiting(self, queued: list[RunInFlight]) -> None:
         """What a queued run waits for, when that changed: its owner records it without an event."""
-        waiting = {(r.run_id, r.slug): r.waiting for r in queued if r.waiting is not None}
-        for run in queued:
-            key = (run.run_id, run.slug)
-            why = waiting.get(key)
-            if why is not None and self._waiting.get(key) != why:
-                self._waiting[key] = why
-                self._tell(run_id=run.run_id, slug=run.slug, status=Status.QUEUED, attempt=run.attempt, waiting=why)
+        waiting = {(r.run_id, r.slug): r for r in queued if r.waiting is not None}
+        for key, run in waiting.items():
+            if self._waiting.get(key) != run.waiting:
+                self._waiting[key] = run.waiting
+                self._tell(
+                    StatusChanged(
+                        run_id=run.run_id, slug=run.slug, status=Status.QUEUED, attempt=run.attempt, waiting=run.waiting
+                    )
+                )
         for key in self._waiting.keys() - waiting.keys():
             del self._waiting[key]
 
@@ -100,19 +105,21 @@ class Follower:
             if run.progress is not None and run.progress != self._progress.get(key):
                 self._progress[key] = run.progress
                 self._tell(
-                    run_id=run.run_id,
-                    slug=run.slug,
-                    status=Status.RUNNING,
-                    started_at=run.started_at,
-                    progress=run.progress,
-                    host=run.host,
+                    StatusChanged(
+                        run_id=run.run_id,
+                        slug=run.slug,
+                        status=Status.RUNNING,
+                        started_at=run.started_at,
+                        progress=run.progress,
+                        host=run.host,
+                    )
                 )
         for key in self._progress.keys() - runs.keys():
             del self._progress[key]
 
-    def _tell(self, **change: Any) -> None:
+    def _tell(self, change: StatusChanged) -> None:
         """A status of another process's run, as its owner's clients got it (see `StatusSeen`)."""
-        self._bus.emit(StatusSeen(change=StatusChanged(**change, elsewhere=True)))
+        self._bus.emit(StatusSeen(change=msgspec.structs.replace(change, elsewhere=True)))
 
     def close(self) -> None:
         for key in list(self._tails):
