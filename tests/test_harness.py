@@ -3,12 +3,14 @@ the bounded live view of a log file."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
-from aidp.engine import cgroups
+from aidp.engine import cgroups, procs
+from aidp.engine.backend import LocalAttempt
 from aidp.engine.executor import CHUNK_MAX, LogTail, _describe_exit
 from aidp.engine.harness import StartError, build_argv, build_env, spawn
 
@@ -77,6 +79,19 @@ async def test_past_the_gate_the_harness_reads_its_own_stdin(tmp_path: Path) -> 
         assert await proc.wait() == 0
     assert ran.exists()
     assert (tmp_path / "log").read_text() == "the task\n"  # its stdin is the file, not the gate
+
+
+async def test_a_start_given_up_ends_at_the_gate_even_where_no_signal_reaches_it(tmp_path: Path) -> None:
+    """A start whose record was refused, or that was cancelled, is killed before it runs. The kill
+    can come before the launcher joined its cgroup, so that no signal reaches it (CI saw a run hang
+    there): it still ends, at the gate, never having run."""
+    ran = tmp_path / "ran"
+    with open(tmp_path / "log", "wb") as log:
+        proc = await spawn(["touch", str(ran)], tmp_path, dict(os.environ), log.fileno())
+    attempt = LocalAttempt(proc, procs.Tree(), "run-1", "s")  # a tree that no signal of the kill reaches
+    await asyncio.wait_for(attempt.kill(), 30)
+    assert attempt.returncode == 125
+    assert not ran.exists()
 
 
 async def test_a_harness_that_cannot_join_its_cgroup_never_runs(tmp_path: Path) -> None:

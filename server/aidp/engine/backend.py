@@ -112,10 +112,12 @@ class LocalAttempt:
         await self._proc.wait()
 
     async def stop(self, grace_s: float, hurry: asyncio.Event) -> None:
+        self._proc.close_gate()
         await procs.terminate([self.tree, *await self._escaped()], grace_s, hurry)
         await self._proc.wait()
 
     async def kill(self) -> None:
+        self._proc.close_gate()  # the kill can come before the launcher joined its cgroup
         self.tree.signal(signal.SIGKILL)
         await self._proc.wait()
         await procs.terminate([self.tree], 0)

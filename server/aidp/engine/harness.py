@@ -298,10 +298,12 @@ class Child:
         if self._word is not None:
             with contextlib.suppress(BrokenPipeError):  # it was killed at the gate
                 os.write(self._word, b"\n")
-            self._close_gate()
+            self.close_gate()
 
-    def _close_gate(self) -> None:
-        """Without the word, a child still at the gate ends there (exit 125)."""
+    def close_gate(self) -> None:
+        """Without the word, a child still at the gate ends there (exit 125): how a start given up
+        ends even where no signal reaches it yet (a launcher not yet in its cgroup). After `go`,
+        nothing."""
         if self._word is not None:
             os.close(self._word)
             self._word = None
@@ -315,7 +317,7 @@ class Child:
             self._loop.call_soon_threadsafe(self._set, code)
 
     def _set(self, code: int) -> None:
-        self._close_gate()
+        self.close_gate()
         self._popen.returncode = code
         self._exited.set_result(code)
 
