@@ -170,6 +170,35 @@ def test_a_harness_never_runs_unrecorded_when_aidp_dies_as_it_starts(tmp_path: P
     assert workstreams(repo)["dier"]["status"] == "cancelled"
 
 
+def test_a_refused_setup_start_write_ends_it_unrun_and_records_it_failed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    ran = tmp_path / "ran"
+    write_config(repo, f"[worktree]\nsetup = {json.dumps(['sh', '-c', f'echo $$ > {ran}'])}\n")
+    made = cli(repo, "ws", "new", "prep", "a task", env={"PYTHONPATH": FAULTS, "AIDP_FAULT_SETUP_PID": "prep"})
+    assert made.returncode == 0, made.stderr  # the workstream is made; its setup says what went wrong
+    assert not ran.exists()  # it waited at the gate for a start that was never recorded
+    state = workstreams(repo)["prep"]["setup"]
+    assert state["status"] == "failed" and "could not record its start, so it did not run" in state["error"]
+    assert state["pid"] is None
+
+
+@CGROUPS
+def test_a_setup_never_runs_unrecorded_when_aidp_dies_as_it_starts(tmp_path: Path, cgroups: str) -> None:
+    """As for a harness: a setup that drops its environment at once, its aidp killed before its
+    process was recorded, ends at the gate, and the next command records it failed."""
+    repo = make_repo(tmp_path)
+    ran, script = tmp_path / "ran", tmp_path / "setup.sh"
+    script.write_text(f"echo $$ > {ran}; sleep 60\n")
+    write_config(repo, f"[worktree]\nsetup = {json.dumps(['env', '-i', 'PATH=/usr/bin:/bin', 'sh', str(script)])}\n")
+    env = {**cgroup_env(cgroups), "PYTHONPATH": FAULTS, "AIDP_FAULT_DIE_SETUP_PID": "dier"}
+    owner = cli(repo, "ws", "new", "dier", "a task", env=env)
+    assert owner.returncode == -signal.SIGKILL
+    wait_until_sync(lambda: not marked(str(script)), what="the launcher to end at the gate")
+    assert not ran.exists()
+    state = workstreams(repo)["dier"]["setup"]
+    assert state["status"] == "failed" and "interrupted: the aidp process" in state["error"]
+
+
 # -- B3/B4: what drops its environment or leaves its group is still found --------------------------
 
 

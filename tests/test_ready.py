@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cli_helpers import Lines, spawn_cli, workstreams
 from support import PYTHON, cli, git, make_repo, pid_alive, wait_until_sync
 
@@ -401,7 +402,10 @@ def test_bad_worktree_and_hooks_settings_name_the_field(tmp_path: Path) -> None:
         assert not (repo / ".worktrees" / "bad").exists()
 
 
-def test_a_setup_whose_aidp_died_is_ended_and_recorded_failed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hidden", [False, True], ids=["plain", "env-i-without-cgroup"])
+def test_a_setup_whose_aidp_died_is_ended_and_recorded_failed(tmp_path: Path, hidden: bool) -> None:
+    """`hidden`: the setup drops its environment (no marker) where aidp makes no cgroup, so only
+    its recorded pid and start time lead to it."""
     repo = make_repo(tmp_path)
     started = tmp_path / "setup-pid"
     setup = script(
@@ -409,15 +413,23 @@ def test_a_setup_whose_aidp_died_is_ended_and_recorded_failed(tmp_path: Path) ->
         "setup",
         f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
     )
-    configure(repo, f'[worktree]\nsetup = ["{PYTHON}", "{setup}"]\n')
-    proc = spawn_cli(repo, "ws", "new", "orphan", "a task")
+    argv = ["env", "-i", PYTHON, setup] if hidden else [PYTHON, setup]
+    configure(repo, f"[worktree]\nsetup = {json.dumps(argv)}\n")
+    proc = spawn_cli(repo, "ws", "new", "orphan", "a task", env={"AIDP_CGROUPS": "0"} if hidden else None)
     wait_until_sync(lambda: started.exists() and started.read_text() != "", what="the setup to start")
-    proc.kill()  # SIGKILL: aidp ends nothing itself
-    proc.communicate(timeout=60)
     setup_pid = int(started.read_text())
-    assert pid_alive(setup_pid)
-    state = workstreams(repo)["orphan"]["setup"]  # any aidp command corrects what the dead one left
-    assert state["status"] == "failed" and "interrupted: the aidp process" in state["error"]
-    wait_until_sync(lambda: not pid_alive(setup_pid), what="the orphaned setup to be ended")
+    try:
+        running = workstreams(repo)["orphan"]["setup"]  # recorded before it ran: it wrote its pid since
+        assert running["status"] == "running" and running["pid"] == setup_pid and running["pidStart"] > 0
+        proc.kill()  # SIGKILL: aidp ends nothing itself
+        proc.communicate(timeout=60)
+        assert pid_alive(setup_pid)
+        state = workstreams(repo)["orphan"]["setup"]  # any aidp command corrects what the dead one left
+        assert state["status"] == "failed" and "interrupted: the aidp process" in state["error"]
+        assert state["pid"] is None
+        wait_until_sync(lambda: not pid_alive(setup_pid), what="the orphaned setup to be ended")
+    finally:
+        if pid_alive(setup_pid):
+            os.kill(setup_pid, signal.SIGKILL)
     refused = cli(repo, "ws", "run", "orphan")
     assert refused.returncode == 1 and "orphan: its setup failed (interrupted" in refused.stderr

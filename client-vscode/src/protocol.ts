@@ -147,6 +147,10 @@ export interface SetupState {
   /** The files copied from the main checkout, relative to the worktree. */
   copied: string[];
   finishedAt: string | null;
+  /** While running: the setup's process (it leads its process group), recorded before it runs. */
+  pid: number | null;
+  /** Its start time in clock ticks since boot: with `pid`, how a later aidp ends it if this one dies. */
+  pidStart: number | null;
 }
 
 export interface CurrentRun {

@@ -8,6 +8,8 @@ Python imports `sitecustomize` at start-up, so the real CLI or server runs uncha
 - AIDP_FAULT_RUNNING=<slug>: recording that workstream's start fails.
 - AIDP_FAULT_DIE_RUNNING=<slug>: the process is SIGKILLed as it would record that workstream's
   start (its harness spawned, not yet recorded).
+- AIDP_FAULT_SETUP_PID=<slug>, AIDP_FAULT_DIE_SETUP_PID=<slug>: the same for the process of that
+  workstream's setup command (recording it fails; the process is SIGKILLed instead).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import signal
 import sqlite3
 from typing import Any
 
-from aidp.engine.model import Status, WorkstreamResult
+from aidp.engine.model import SetupState, Status, WorkstreamResult
 from aidp.engine.store import Store
 
 
@@ -29,15 +31,24 @@ def disk_full() -> sqlite3.OperationalError:
     return error
 
 
-FAULTS = ("AIDP_FAULT_FINISH", "AIDP_FAULT_FINISH_ALL", "AIDP_FAULT_RUNNING", "AIDP_FAULT_DIE_RUNNING")
+FAULTS = (
+    "AIDP_FAULT_FINISH",
+    "AIDP_FAULT_FINISH_ALL",
+    "AIDP_FAULT_RUNNING",
+    "AIDP_FAULT_DIE_RUNNING",
+    "AIDP_FAULT_SETUP_PID",
+    "AIDP_FAULT_DIE_SETUP_PID",
+)
 
 
 def _install() -> None:
-    finish, mark_running = Store.finish, Store.mark_running
+    finish, mark_running, set_setup = Store.finish, Store.mark_running, Store.set_setup
     refuse_finish = os.environ.get("AIDP_FAULT_FINISH")
     refuse_all = os.environ.get("AIDP_FAULT_FINISH_ALL")
     refuse_running = os.environ.get("AIDP_FAULT_RUNNING")
     die_running = os.environ.get("AIDP_FAULT_DIE_RUNNING")
+    refuse_setup_pid = os.environ.get("AIDP_FAULT_SETUP_PID")
+    die_setup_pid = os.environ.get("AIDP_FAULT_DIE_SETUP_PID")
 
     def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> None:
         if result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR):
@@ -51,8 +62,16 @@ def _install() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         mark_running(self, run_id, slug, *args, **kwargs)
 
+    def faulty_set_setup(self: Store, slug: str, setup: SetupState, *args: Any, **kwargs: Any) -> None:
+        if setup.pid is not None and slug == refuse_setup_pid:
+            raise disk_full()
+        if setup.pid is not None and slug == die_setup_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+        set_setup(self, slug, setup, *args, **kwargs)
+
     Store.finish = faulty_finish  # type: ignore[method-assign]
     Store.mark_running = faulty_mark_running  # type: ignore[method-assign]
+    Store.set_setup = faulty_set_setup  # type: ignore[method-assign]
 
 
 if any(os.environ.get(v) for v in FAULTS):

@@ -5,7 +5,7 @@ import type { SetupState } from "../../src/protocol";
 import { status, ws } from "./fixtures";
 
 function setup(extra: Partial<SetupState>): SetupState {
-  return { status: "ok", error: null, logPath: "/repo/.aidp/logs/x/setup.log", command: ["npm", "ci"], copied: [], finishedAt: null, ...extra };
+  return { status: "ok", error: null, logPath: "/repo/.aidp/logs/x/setup.log", command: ["npm", "ci"], copied: [], finishedAt: null, pid: null, pidStart: null, ...extra };
 }
 
 describe("setupLines", () => {

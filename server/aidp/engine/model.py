@@ -144,6 +144,10 @@ class SetupState(Record):
     command: list[str] | None = None
     copied: list[str] = msgspec.field(default_factory=list)  # paths relative to the worktree
     finished_at: str | None = None
+    # While `running`: the setup's process (it leads its process group) and its start time in clock
+    # ticks since boot, recorded before it runs, by which a later aidp ends it if this one dies.
+    pid: int | None = None
+    pid_start: int | None = None
 
     def blocker(self, slug: str) -> str | None:
         """Why the workstream cannot run because of its setup (None: it can), and what to do."""

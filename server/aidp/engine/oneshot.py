@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,18 +43,20 @@ async def run_contained(
     grace_s: float,
     place: Path | None,
     marker: tuple[str, str] | None = None,
+    record: Callable[[int, int | None], Awaitable[None]] | None = None,
 ) -> Outcome:
     """Run `argv` in `cwd` to its end, its output appended to `log_path`. `place`: where its cgroup
     goes (`cgroups.place`); `marker`: the (AIDP_RUN_ID, AIDP_SLUG) in `env`, by which what left its
-    process group (`setsid`) is found where there is no cgroup. Raises OSError when the log cannot
-    be written; a cancellation ends the command's tree before it goes on."""
+    process group (`setsid`) is found where there is no cgroup; `record(pid, start_time)`: called
+    while the command waits at the gate, so it runs only once its caller can find it again (what
+    `record` raises ends it unrun, and goes on). Raises OSError when the log cannot be written; a
+    cancellation ends the command's tree before it goes on."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     t0 = time.monotonic()
     cgroup = cgroups.create(place)
     try:
         proc = await spawn(argv, cwd, env, log_fd, cgroup)
-        proc.go()  # nothing records it: its caller ends it before going on
     except StartError as exc:
         with contextlib.suppress(OSError):
             os.write(log_fd, f"[aidp] {exc}\n".encode())
@@ -65,8 +68,12 @@ async def run_contained(
     tree = procs.Tree(pgid=proc.pid, cgroup=cgroup)
     exited = asyncio.ensure_future(proc.wait())
     try:
+        if record is not None:
+            await record(proc.pid, procs.start_time(proc.pid))
+        proc.go()
         await asyncio.wait({exited}, timeout=timeout_s)
-    except asyncio.CancelledError:
+    except BaseException:  # cancelled, or its start not recorded
+        proc.close_gate()
         await _end(tree, marker, grace_s)
         await exited
         raise

@@ -14,6 +14,7 @@ import asyncio
 import os
 import shlex
 import shutil
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -106,6 +107,10 @@ async def prepare(
     running = SetupState(status="running", log_path=str(log_path), command=command, copied=copied)
     started = f"setup started: {shlex.join(command)}"
     await db.call(db.store.set_setup, ws.slug, running, f"{said}; {started}" if said else started)
+
+    async def record(pid: int, pid_start: int | None) -> None:
+        await db.call(db.store.set_setup, ws.slug, msgspec.structs.replace(running, pid=pid, pid_start=pid_start))
+
     env = _environment(root, ws, stamp)
     try:
         outcome = await oneshot.run_contained(
@@ -117,12 +122,15 @@ async def prepare(
             config.harness.grace_s,
             cgroups.place(stamp, ws.slug),
             (stamp, ws.slug),
+            record,
         )
     except asyncio.CancelledError:
         await _record_end(db, ws.slug, running, "cancelled (aidp was stopped)")
         raise
     except OSError as exc:
         return await _record_end(db, ws.slug, running, f"cannot write its log {log_path}: {exc.strerror or exc}")
+    except sqlite3.Error as exc:  # from `record`: it was ended before it ran
+        return await _record_end(db, ws.slug, running, f"could not record its start, so it did not run: {exc}")
     if outcome.ok:
         return await _record_end(db, ws.slug, running, None, f"setup ok ({outcome.duration_s:g} s)")
     return await _record_end(db, ws.slug, running, f"{outcome.error}{_last_lines(log_path)}")
@@ -145,14 +153,27 @@ async def interrupted(db: AsyncStore, slug: str, message: str, wait_s: float) ->
         return
     if state.log_path is not None:
         marker = Path(state.log_path).stem
-        groups = await asyncio.to_thread(procs.marked_groups, marker, slug)
+        groups = await asyncio.to_thread(_left_running, state, marker, slug)
         trees = [procs.Tree(pgid=g) for g in groups]
         place = cgroups.place(marker, slug)
         if place is not None and place.is_dir():
             trees.append(procs.Tree(cgroup=place))
         await procs.terminate(trees, wait_s)
-    failed = msgspec.structs.replace(state, status="failed", error=message, finished_at=utc_now())
+    failed = msgspec.structs.replace(
+        state, status="failed", error=message, finished_at=utc_now(), pid=None, pid_start=None
+    )
     await db.call(db.store.set_setup, slug, failed, f"setup failed: {message}")
+
+
+def _left_running(state: SetupState, marker: str, slug: str) -> set[int]:
+    """The process groups a dead aidp's setup left: by its environment marker, and by its recorded
+    pid and start time (which find it even if it dropped its environment)."""
+    groups = procs.marked_groups(marker, slug)
+    if state.pid is not None and state.pid_start is not None:
+        recorded = procs.recorded_group(state.pid, state.pid_start)
+        if recorded is not None:
+            groups.add(recorded)
+    return groups
 
 
 def _last_lines(log_path: Path) -> str:

@@ -1042,14 +1042,15 @@ class Store:
 
     # -- setup: how each worktree was made ready ---------------------------------------------------
 
-    def set_setup(self, slug: str, setup: SetupState, message: str) -> None:
-        """Record the workstream's setup state, and `message` as an event that keeps its status."""
+    def set_setup(self, slug: str, setup: SetupState, message: str | None = None) -> None:
+        """Record the workstream's setup state, and `message` (if any) as an event that keeps its status."""
         with self._tx() as db:
             row = db.execute("SELECT status FROM workstreams WHERE slug = ?", (slug,)).fetchone()
             if row is None:
                 raise UnknownSlugs([slug])
             db.execute("UPDATE workstreams SET setup = ? WHERE slug = ?", (msgspec.json.encode(setup).decode(), slug))
-            self._event(slug, None, Status(row[0]), message, utc_now())
+            if message is not None:
+                self._event(slug, None, Status(row[0]), message, utc_now())
 
     def setup_states(self) -> dict[str, SetupState]:
         """Each workstream's setup state, for those that have one; one this aidp cannot read
