@@ -52,9 +52,15 @@ echo "installing code-server $VERSION into $DIR (compiles native modules; takes 
 # code-server's postinstall runs nested `npm install`s that compile native modules. npm >= 11.x blocks
 # dependency install scripts unless allowed; the environment variable reaches the nested installs too.
 export npm_config_unsafe_perm=true npm_config_yes=true npm_config_dangerously_allow_all_scripts=true
-rm -rf "$DIR/node_modules"
 cp "$PINNED/package.json" "$PINNED/package-lock.json" "$DIR/"
-npm ci --prefix "$DIR" --no-audit --no-fund --loglevel=error >&2
+# On a cold npm cache, npm's tarball extraction sometimes races with itself ("Cannot cd into
+# node_modules/<pkg>", npm/cli#4140; seen here on a fresh machine): try again from scratch.
+for attempt in 1 2 3; do
+  rm -rf "$DIR/node_modules"
+  npm ci --prefix "$DIR" --no-audit --no-fund --loglevel=error >&2 && break
+  [[ $attempt -lt 3 ]] || { echo "setup-code-server: npm ci failed $attempt times" >&2; exit 1; }
+  echo "setup-code-server: npm ci failed (attempt $attempt of 3); trying again" >&2
+done
 for f in "$BIN" "$NATIVE"; do
   [[ -f "$f" ]] || { echo "setup-code-server: install finished but $f is missing (did code-server's postinstall run?)" >&2; exit 1; }
 done
