@@ -87,27 +87,41 @@ export class Workbench {
     return file;
   }
 
-  /** Runs a command from the palette by its exact title ("AIDP: Run All Workstreams"). */
+  /** Runs a command from the palette by its exact title ("AIDP: Run All Workstreams"). The palette
+   * can close under the click when focus moves (a walkthrough step completing, an output panel
+   * revealed): then it is opened again, twice at most. */
   async command(title: string, timeoutMs = 30_000): Promise<void> {
-    const input = this.page.locator(".quick-input-widget input");
+    for (let attempt = 0; ; attempt++) {
+      const input = await this.openPalette();
+      await input.fill(`>${title}`);
+      const row = this.page
+        .locator(".quick-input-widget .monaco-list-row")
+        .filter({ has: this.page.locator(".label-name", { hasText: new RegExp(`^${escapeRe(title)}$`) }) })
+        .first();
+      await row.waitFor({ state: "visible", timeout: timeoutMs });
+      try {
+        await row.click({ timeout: 10_000 });
+        return;
+      } catch (e) {
+        if (attempt >= 2) throw e;
+        log(`the palette closed before "${title}" was clicked; opening it again`);
+      }
+    }
+  }
+
+  private async openPalette(): Promise<Locator> {
+    const input = this.page.locator(".quick-input-widget input").first();
     for (let attempt = 0; ; attempt++) {
       await this.page.keyboard.press("Escape");
       await this.page.keyboard.press("F1");
       try {
-        await input.first().waitFor({ state: "visible", timeout: 10_000 });
-        break;
+        await input.waitFor({ state: "visible", timeout: 10_000 });
+        return input;
       } catch (e) {
         if (attempt >= 3) throw e;
         await this.page.locator(".monaco-workbench").click({ position: { x: 700, y: 300 } });
       }
     }
-    await input.first().fill(`>${title}`);
-    const row = this.page
-      .locator(".quick-input-widget .monaco-list-row")
-      .filter({ has: this.page.locator(".label-name", { hasText: new RegExp(`^${escapeRe(title)}$`) }) })
-      .first();
-    await row.waitFor({ state: "visible", timeout: timeoutMs });
-    await row.click();
   }
 
   /** Replaces the user settings through VS Code's own settings.json editor (and saves). */
