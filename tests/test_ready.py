@@ -404,14 +404,15 @@ def test_bad_worktree_and_hooks_settings_name_the_field(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("hidden", [False, True], ids=["plain", "env-i-without-cgroup"])
 def test_a_setup_whose_aidp_died_is_ended_and_recorded_failed(tmp_path: Path, hidden: bool) -> None:
-    """`hidden`: the setup drops its environment (no marker) where aidp makes no cgroup, so only
-    its recorded pid and start time lead to it."""
+    """The setup ignores SIGTERM. `hidden`: it also drops its environment (no marker) where aidp
+    makes no cgroup, so only its recorded pid and start time lead to it."""
     repo = make_repo(tmp_path)
     started = tmp_path / "setup-pid"
     setup = script(
         tmp_path,
         "setup",
-        f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
+        "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
     )
     argv = ["env", "-i", PYTHON, setup] if hidden else [PYTHON, setup]
     configure(repo, f"[worktree]\nsetup = {json.dumps(argv)}\n")

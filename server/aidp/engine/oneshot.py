@@ -48,9 +48,9 @@ async def run_contained(
     """Run `argv` in `cwd` to its end, its output appended to `log_path`. `place`: where its cgroup
     goes (`cgroups.place`); `marker`: the (AIDP_RUN_ID, AIDP_SLUG) in `env`, by which what left its
     process group (`setsid`) is found where there is no cgroup; `record(pid, start_time)`: called
-    while the command waits at the gate, so it runs only once its caller can find it again (what
-    `record` raises ends it unrun, and goes on). Raises OSError when the log cannot be written; a
-    cancellation ends the command's tree before it goes on."""
+    while the command waits at the gate, so it runs only once its caller can find it again (if
+    `record` raises, the command ends unrun and the error is raised here). Raises OSError when the
+    log cannot be written; a cancellation ends the command's tree before it goes on."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     t0 = time.monotonic()
