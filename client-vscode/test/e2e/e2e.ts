@@ -360,7 +360,7 @@ async function main(): Promise<void> {
     const all4 = ["ok-ws", "fail-ws", "slow-ws", "gate-ws"];
     await wb.pickExactly(all4, ["ok-ws", "fail-ws"]);
     await wb.shot("13-run-picked");
-    await page.keyboard.press("Enter");
+    await wb.acceptPicks();
     const pickedSummary = wb.toast(/ran 2 workstreams/);
     await pickedSummary.waitFor({ state: "visible", timeout: LONG });
     const pickedText = (await pickedSummary.innerText()).replace(/\s+/g, " ");
@@ -407,7 +407,7 @@ async function main(): Promise<void> {
       "Cancel Workstream offers only the running workstream",
     );
     await wb.shot("16-cancel-pick");
-    await page.keyboard.press("Enter");
+    await wb.acceptPicks();
     const gateCancelled = await wb.waitStatus("gate-ws", "cancelled");
     check(true, `AIDP: Cancel Workstream from the palette ends gate-ws cancelled ("${gateCancelled}")`);
     await waitFor("the final status in the Output view", async () => (await wb?.outputText())?.includes("=== cancelled"));
@@ -555,7 +555,7 @@ async function main(): Promise<void> {
       "Set Dependencies offers the other workstreams, not dep-b itself",
     );
     await wb.shot("18c-set-dependencies");
-    await page.keyboard.press("Enter");
+    await wb.acceptPicks();
     const after = await wb.waitStatus("dep-b", "after: dep-a");
     check(true, `the tree shows dep-b's dependency ("${after}")`);
     await wb.command("AIDP: Set Dependencies");
@@ -574,7 +574,7 @@ async function main(): Promise<void> {
       .locator(".quick-input-widget .quick-input-title", { hasText: "'dep-a' runs after" })
       .waitFor({ state: "visible", timeout: 30_000 });
     await wb.pickExactly(["dep-b"], ["dep-b"]);
-    await page.keyboard.press("Enter");
+    await wb.acceptPicks();
     const cycle = wb.toast("cannot set the dependencies");
     await cycle.waitFor({ state: "visible", timeout: 60_000 });
     const cycleText = (await cycle.innerText()).replace(/\s+/g, " ");
@@ -796,7 +796,10 @@ async function main(): Promise<void> {
     await waitFor("the configure step to be complete", () => stepDone(configure), 30_000);
     check(true, "running AIDP: Doctor completed the configure step");
     await wb.shot("19b-walkthrough");
-    await wb.command("View: Close Editor");
+    // Closed by its tab: the walkthrough takes the focus back as it redraws its steps, which closes the palette.
+    const walkthroughTab = page.locator(".tabs-container .tab", { hasText: "Walkthrough" });
+    await walkthroughTab.locator(".codicon-close").first().click();
+    await walkthroughTab.first().waitFor({ state: "detached", timeout: 30_000 });
 
     // ---- The window closes (and opens again): no "Channel has been closed" as the extension stops --------
     // This window's servers: `aidp serve` processes working in the test's repository.

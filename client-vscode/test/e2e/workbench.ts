@@ -88,8 +88,8 @@ export class Workbench {
   }
 
   /** Runs a command from the palette by its exact title ("AIDP: Run All Workstreams"). The palette
-   * can close under the click when focus moves (a walkthrough step completing, an output panel
-   * revealed): then it is opened again, twice at most. */
+   * can close, or stay hidden, when focus moves (VS Code leaving a completed walkthrough, an output
+   * panel revealed): then it is opened again, twice at most. */
   async command(title: string, timeoutMs = 30_000): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const input = await this.openPalette();
@@ -98,8 +98,8 @@ export class Workbench {
         .locator(".quick-input-widget .monaco-list-row")
         .filter({ has: this.page.locator(".label-name", { hasText: new RegExp(`^${escapeRe(title)}$`) }) })
         .first();
-      await row.waitFor({ state: "visible", timeout: timeoutMs });
       try {
+        await row.waitFor({ state: "visible", timeout: timeoutMs });
         await row.click({ timeout: 10_000 });
         return;
       } catch (e) {
@@ -197,6 +197,12 @@ export class Workbench {
       if ((await this.isPicked(row)) !== want) await this.checkbox(row).click();
       await waitFor(`${label} to be ${want ? "checked" : "unchecked"}`, async () => (await this.isPicked(row)) === want, 30_000);
     }
+  }
+
+  /** Accepts the open multi-select quick pick with its OK button. Enter could instead toggle the
+   * checkbox `pickExactly` last clicked, while that checkbox still has the focus (seen in CI). */
+  async acceptPicks(): Promise<void> {
+    await this.page.locator(".quick-input-widget .quick-input-action .monaco-button", { hasText: /^OK$/ }).first().click();
   }
 
   /** Spinning icons in the status bar: our status item while it spins, VS Code's own `$/progress` item. */
