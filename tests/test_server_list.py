@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from server_helpers import WS_LIST_CHANGED, AidpClient, initialize_params, lsp_session, server_command
-from support import cli, git, wait_until
+from support import cli, git, wait_until, wait_until_sync
 
-from aidp.engine import Engine, dirty
+from aidp.engine import Engine, dirty, listing
 from aidp.server.snapshot import ListSnapshot
 
 pytestmark = pytest.mark.timeout(150)
@@ -105,10 +110,13 @@ async def test_the_snapshot_is_answered_again_while_nothing_changed(
     assert (await client.workstreams())["b"]["changes"]["dirty"] is True
 
 
-async def test_many_worktrees_are_checked_in_the_background(engine: Engine, repo: Path) -> None:
+async def test_many_worktrees_are_checked_in_the_background(
+    engine: Engine, repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """With checking the worktrees too dear for a request (`cheap_s=-1`: every check is), an edit
     by hand shows only once a background check found it and said so (`changed`); a status, or a
-    change by another aidp process, shows on the very next list."""
+    change by another aidp process, shows on the very next list. The check runs in a process of
+    its own (see below), which did not fail."""
     await engine.create("a", "task of a", command=["true"])
     announced: list[None] = []
     snapshot = ListSnapshot(engine, lambda: announced.append(None), cheap_s=-1.0, recheck_s=0.0)
@@ -130,6 +138,105 @@ async def test_many_worktrees_are_checked_in_the_background(engine: Engine, repo
         assert (await listed())["a"]["priority"] == -10
     finally:
         await snapshot.close()
+    assert "in a thread from now on" not in caplog.text
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/python", "/bin/false"], ids=["cannot-start", "fails"])
+async def test_a_background_check_whose_process_fails_is_made_in_a_thread(
+    engine: Engine, repo: Path, python: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background check's own process (see the next tests) not starting, or not answering,
+    costs nothing but the GIL: the same check is made in a thread, from then on, and the log says
+    why, once."""
+    await engine.create("a", "task of a", command=["true"])
+    monkeypatch.setattr(sys, "executable", python)
+    announced: list[None] = []
+    snapshot = ListSnapshot(engine, lambda: announced.append(None), cheap_s=-1.0, recheck_s=0.0)
+    readme = worktree(repo, "a") / "README.md"
+    original = readme.read_text()
+
+    async def dirty_once_announced(times: int) -> bool:
+        deadline = time.monotonic() + 30
+        while len(announced) < times and time.monotonic() < deadline:  # checks run while clients ask
+            await snapshot.answer()
+            await asyncio.sleep(0.02)
+        return bool(json.loads((await snapshot.answer()).body)["workstreams"][0]["changes"]["dirty"])
+
+    try:
+        assert await dirty_once_announced(0) is False
+        readme.write_text("edited by hand\n")
+        assert await dirty_once_announced(1) is True
+        readme.write_text(original)
+        assert await dirty_once_announced(2) is False
+    finally:
+        await snapshot.close()
+    assert caplog.text.count("background checks of the list run in a thread from now on") == 1
+
+
+def check_aside(fp: listing.Fingerprint, parent: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`python -m aidp.engine.listing`, as the server runs it for its background check."""
+    return subprocess.run(
+        [sys.executable, "-m", "aidp.engine.listing", str(os.getpid() if parent is None else parent)],
+        input=marshal.dumps(fp.as_data()),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_check_aside_answers_by_its_exit_status(repo: Path) -> None:
+    """0 while the fingerprint holds (and the CPU it spent), 1 once an input changed, 2 for what
+    it cannot check or a parent that is not the one it was told."""
+    time.sleep(dirty.RACY_NS / 1e9)  # the repository's files older than the racy window: trusted
+    fp = listing.take(str(repo), str(repo / ".aidp"), str(repo / ".worktrees"))
+    assert fp.trusted
+    holds = check_aside(fp)
+    assert (holds.returncode, holds.stderr) == (0, b"")
+    assert 0 <= float(holds.stdout) < 60
+    assert check_aside(fp, parent=os.getppid()).returncode == 2
+    assert check_aside(listing.Fingerprint(fp.taken_ns, True, fp.common, (("x", (1, 2)),))).returncode == 2  # type: ignore[arg-type]
+    git(repo, "branch", "other")  # a loose ref: a new entry in refs/heads
+    assert check_aside(fp).returncode == 1
+
+
+def test_the_check_aside_runs_at_idle_priority_and_ends_with_its_parent() -> None:
+    """A server killed during its background check leaves no check behind: the kernel ends it
+    (PR_SET_PDEATHSIG), even while its input is still open elsewhere (here: in this test, so that
+    no end of input ends it instead). And it only takes a core nobody else wants (SCHED_IDLE)."""
+    read_end, write_end = os.pipe()
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-m', 'aidp.engine.listing', str(os.getpid())],"
+            " stdin=int(sys.argv[1]))\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(600)\n",
+            str(read_end),
+        ],
+        stdout=subprocess.PIPE,
+        pass_fds=(read_end,),
+    )
+    os.close(read_end)
+    try:
+        assert parent.stdout is not None
+        stat_path = Path(f"/proc/{int(parent.stdout.readline())}/stat")
+
+        def fields() -> list[str]:
+            try:
+                return stat_path.read_text().rpartition(")")[2].split()
+            except (FileNotFoundError, ProcessLookupError):
+                return ["gone"]
+
+        wait_until_sync(lambda: fields()[38:39] == [str(os.SCHED_IDLE)], what="the check at idle priority")
+        parent.kill()
+        parent.wait()
+        wait_until_sync(lambda: fields()[0] in ("gone", "Z"), what="the check ended with its parent")
+    finally:
+        parent.kill()
+        parent.wait()
+        os.close(write_end)
 
 
 async def test_a_worktree_only_git_can_check_keeps_every_list_exact(engine: Engine, repo: Path) -> None:

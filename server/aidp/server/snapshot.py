@@ -14,7 +14,9 @@ from the worktrees' count and what the last check cost each) it runs on every re
 answer is exact; past that (thousands of worktrees) the snapshot is
 answered at once and the check runs in the background, at most every `RECHECK_S` while clients keep
 asking; when it finds a change the list is computed again and `aidp/wsListChanged` sent, so a change
-made by hand inside a worktree shows within a few seconds. Whatever aidp itself changes stays exact
+made by hand inside a worktree shows within a few seconds. The background check runs in a child
+process at idle priority (`listing.main`): in a thread its walk, a tenth of a second at 10,000,
+took the GIL and a core from the answers given meanwhile. Whatever aidp itself changes stays exact
 at any size: it comes through the first two checks. A worktree only git can check (too big to walk,
 `dirty.WALK_MAX`: most real checkouts) leaves no fingerprint, and every list is computed, exact, as
 it was before there was a snapshot: deferring those would leave a commit or an edit by hand unseen
@@ -26,7 +28,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import marshal
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -64,6 +70,7 @@ class Snapshot:
     worktrees: int  # how many worktrees the fingerprint checks
     encoded: Encoded | None = None
     reused: int = 0  # answers from it after the first
+    marshalled: bytes | None = None  # the fingerprint, for the background check's child
 
     def answer(self) -> Encoded:
         """The `aidp/wsList` result as JSON, encoded once per snapshot."""
@@ -90,6 +97,7 @@ class ListSnapshot:
         self._per_worktree_s = PER_WORKTREE_S  # CPU time, as the last whole check measured it
         self._checked_at = -math.inf  # the loop's time when the last background check started
         self._checking: asyncio.Task[None] | None = None
+        self._aside = True  # background checks in a child process, until one fails
         self.computed = 0  # full lists computed
         self.reused = 0  # answers from the snapshot
         self._unsubscribe: Callable[[], None] | None = engine.events.subscribe(self._on_event)
@@ -143,11 +151,16 @@ class ListSnapshot:
             self._checking = asyncio.create_task(check, name="aidp-list-check")
         return None
 
-    async def _unchanged(self, snapshot: Snapshot, fingerprint: listing.Fingerprint) -> bool:
-        """Whether git and every worktree are as the snapshot's fingerprint says. A check that
-        held walked every worktree: what it cost each is kept for the next estimate (one that did
-        not may have stopped early, or not walked at all when the fingerprint was too recent)."""
-        unchanged, spent = await asyncio.to_thread(_timed_check, fingerprint)
+    async def _unchanged(self, snapshot: Snapshot, fingerprint: listing.Fingerprint, aside: bool = False) -> bool:
+        """Whether git and every worktree are as the snapshot's fingerprint says; `aside`: checked
+        by a child process (see the module), or in a thread where that fails. A check that held
+        walked every worktree: what it cost each is kept for the next estimate (one that did not
+        may have stopped early, or not walked at all when the fingerprint was too recent)."""
+        checked = await _check_aside(snapshot, fingerprint) if aside and self._aside else None
+        if checked is None:
+            self._aside = self._aside and not aside  # it failed (the log says why): threads from now on
+            checked = await asyncio.to_thread(_timed_check, fingerprint)
+        unchanged, spent = checked
         if unchanged:
             self._per_worktree_s = spent / max(1, snapshot.worktrees)
         return unchanged
@@ -156,7 +169,7 @@ class ListSnapshot:
         """A change found: the list computed again (requests meanwhile still get the old one),
         then announced if it differs, so clients fetch the new one."""
         try:
-            if snapshot is not self._current or await self._unchanged(snapshot, fingerprint):
+            if snapshot is not self._current or await self._unchanged(snapshot, fingerprint, aside=True):
                 return
             new = await self._lists.get(lambda: self._compute("the background check found git or a worktree changed"))
             if new.workstreams != snapshot.workstreams:
@@ -192,3 +205,38 @@ def _timed_check(fingerprint: listing.Fingerprint) -> tuple[bool, float]:
     (a busy machine must not make a small repository's list a deferred one)."""
     started = time.thread_time()
     return listing.still_true(fingerprint), time.thread_time() - started
+
+
+async def _check_aside(snapshot: Snapshot, fingerprint: listing.Fingerprint) -> tuple[bool, float] | None:
+    """`_timed_check` in a child process at idle priority; None (said in the log) when that failed."""
+    if snapshot.marshalled is None:
+        snapshot.marshalled = await asyncio.to_thread(marshal.dumps, fingerprint.as_data())
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aidp.engine.listing",
+            str(os.getpid()),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        log.warning("background checks of the list run in a thread from now on: their process did not start: %s", exc)
+        return None
+    try:
+        out, err = await proc.communicate(snapshot.marshalled)
+    finally:
+        if proc.returncode is None:  # cancelled: the server is closing
+            proc.kill()
+            await proc.wait()
+    try:
+        if proc.returncode in (0, 1):
+            return proc.returncode == 0, float(out)
+    except ValueError:
+        pass
+    said = err.decode(errors="replace").strip()[-500:] or out.decode(errors="replace").strip()[-200:]
+    log.warning(
+        "background checks of the list run in a thread from now on: their process ended %s: %s", proc.returncode, said
+    )
+    return None
