@@ -192,3 +192,11 @@ def test_reference_pages_are_built_from_markers() -> None:
     assert "<!-- aidp:cli -->" in (DOCS / "reference" / "cli.md").read_text()
     assert "<!-- aidp:config -->" in (DOCS / "reference" / "config.md").read_text()
     assert docgen.on_page_markdown("x\n<!-- aidp:config -->\n") == "x\n" + docgen.config_reference() + "\n"
+
+
+def test_the_benchmarks_page_ends_with_the_findings_kept_by_hand() -> None:
+    """`docs/benchmarks.md`'s analysis is `bench/findings.md`, which every `python -m bench --docs`
+    copies into the page: an edit made in the page alone would be lost at the next run."""
+    page = (DOCS / "benchmarks.md").read_text()
+    findings = (ROOT / "bench" / "findings.md").read_text().rstrip()
+    assert page.rstrip().endswith(findings), "edit bench/findings.md, then copy it into docs/benchmarks.md"
