@@ -494,6 +494,11 @@ async function main(): Promise<void> {
     // ---- A run's end updates its row in place (aidp/wsUpdated): what it changed shows, no list fetched ----
     run(PYTHON, ["-m", "aidp", "ws", "new", "made-ws", "make", "a", "file", "--command", `sh ${harness} commit`], { cwd: repo });
     await wb.waitStatus("made-ws", "active");
+    // The server looks at other processes' commits once a second (Engine.watch_others), and the
+    // CLI's creation commits more than once (the record, then its hold released): a look between
+    // them announces the list changed twice, the second up to a second later. One look past the
+    // CLI's exit, every announcement of the creation is made.
+    await new Promise((r) => setTimeout(r, 1500));
     // Any list the new workstream set off is over before the stamp: the refresh's own answer is traced.
     const refreshed = Date.now();
     await wb.command("AIDP: Refresh Workstreams");
