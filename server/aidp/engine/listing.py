@@ -265,7 +265,7 @@ def main(argv: list[str]) -> int:
 
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError:  # refused (some containers): the lowest nice value will do
+    except OSError:  # refused (in some containers): the lowest priority nice gives, then
         os.nice(19)
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: ended when the server ends
     if len(argv) != 1 or str(os.getppid()) != argv[0]:  # the server already gone, or not it
