@@ -141,6 +141,40 @@ async def test_many_worktrees_are_checked_in_the_background(
     assert "in a thread from now on" not in caplog.text
 
 
+async def test_a_background_check_outrun_by_a_newer_list_announces_nothing_it_answered(
+    engine: Engine, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request can compute a newer list while a background check of the older one runs (slowly,
+    at idle priority): the check's finding is announced only if the list differs from that newer
+    one, which its client already has. Here the change the check finds is the pause the newer list
+    shows: no announcement, where comparing with the older list would send one."""
+    await engine.create("a", "task of a", command=["true"])
+    announced: list[None] = []
+    snapshot = ListSnapshot(engine, lambda: announced.append(None), cheap_s=-1.0, recheck_s=0.0)
+    checking, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_check(*_: object) -> tuple[bool, float]:
+        checking.set()
+        await release.wait()
+        return False, 0.0  # "changed"
+
+    monkeypatch.setattr("aidp.server.snapshot._check_aside", slow_check)
+    try:
+        await snapshot.answer()  # the first list
+        await snapshot.answer()  # answered from it: its background check starts
+        await wait_until(checking.is_set, what="the background check running")
+        await engine.set_paused("a", True)
+        assert json.loads((await snapshot.answer()).body)["workstreams"][0]["status"] == "paused"  # a newer list
+        check = snapshot._checking
+        assert check is not None
+        release.set()
+        await check
+        assert announced == []
+        assert json.loads((await snapshot.answer()).body)["workstreams"][0]["status"] == "paused"
+    finally:
+        await snapshot.close()
+
+
 @pytest.mark.parametrize("python", ["/nonexistent/python", "/bin/false"], ids=["cannot-start", "fails"])
 async def test_a_background_check_whose_process_fails_is_made_in_a_thread(
     engine: Engine, repo: Path, python: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -156,9 +156,11 @@ class ListSnapshot:
         by a child process (see the module), or in a thread where that fails. A check that held
         walked every worktree: what it cost each is kept for the next estimate (one that did not
         may have stopped early, or not walked at all when the fingerprint was too recent)."""
-        checked = await _check_aside(snapshot, fingerprint) if aside and self._aside else None
+        checked = None
+        if aside and self._aside:
+            checked = await _check_aside(snapshot, fingerprint)
+            self._aside = checked is not None  # it failed (the log says why): threads from now on
         if checked is None:
-            self._aside = self._aside and not aside  # it failed (the log says why): threads from now on
             checked = await asyncio.to_thread(_timed_check, fingerprint)
         unchanged, spent = checked
         if unchanged:
@@ -167,12 +169,15 @@ class ListSnapshot:
 
     async def _check_in_background(self, snapshot: Snapshot, fingerprint: listing.Fingerprint) -> None:
         """A change found: the list computed again (requests meanwhile still get the old one),
-        then announced if it differs, so clients fetch the new one."""
+        then announced if it differs from the last one answered, so clients fetch the new one. That
+        may be newer than `snapshot`: a request can compute one while the check runs (which takes
+        a while at idle priority), and what it answered needs no announcement."""
         try:
             if snapshot is not self._current or await self._unchanged(snapshot, fingerprint, aside=True):
                 return
+            answered = self._current
             new = await self._lists.get(lambda: self._compute("the background check found git or a worktree changed"))
-            if new.workstreams != snapshot.workstreams:
+            if new.workstreams != answered.workstreams:
                 self._changed()
         except Exception as exc:  # the next request computes it again, and says what fails
             log.warning("the background check of the list failed: %s", exc)
