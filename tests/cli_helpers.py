@@ -65,6 +65,14 @@ def workstreams(repo: Path) -> dict[str, dict[str, Any]]:
     return {ws["slug"]: ws for ws in json.loads(result.stdout)}
 
 
+def events(repo: Path, slug: str) -> list[str]:
+    """The recent events `ws status` shows, one line each."""
+    out = cli(repo, "ws", "status", slug)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("recent events:\n", 1)[1].split("git status --short:", 1)[0]
+    return [line.strip() for line in lines.splitlines()]
+
+
 def wait_for_status(repo: Path, slug: str, status: str) -> None:
     wait_until_sync(lambda: workstreams(repo)[slug]["status"] == status, what=f"{slug} {status}")
 

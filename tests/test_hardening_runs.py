@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import Lines, new_ws, spawn_cli, workstreams
+from cli_helpers import Lines, events, new_ws, spawn_cli, workstreams
 from conftest import write_config
 from server_helpers import WS_OUTPUT, initialize_params, lsp_session, server_command
 from support import cli, make_repo, marked, pid_alive, wait_until, wait_until_sync
@@ -197,6 +199,107 @@ def test_a_setup_never_runs_unrecorded_when_aidp_dies_as_it_starts(tmp_path: Pat
     assert not ran.exists()
     state = workstreams(repo)["dier"]["setup"]
     assert state["status"] == "failed" and "interrupted: the aidp process" in state["error"]
+
+
+# -- Hooks: recorded before they run, so a dead aidp's hooks are ended like its harnesses ----------
+
+HOOK_BODIES = {
+    # what the hook leaves running: in its group; in its group with its environment dropped (found
+    # by its recorded pid); out of its group with its environment kept (found by the marker)
+    "plain": "echo $$ >> {pids}; exec sleep 60",
+    "env-i": "exec env -i PATH=/usr/bin:/bin sh -c 'echo $$ >> {pids}; exec sleep 60'",
+    "setsid": "setsid sh -c 'echo $$ >> {pids}; exec sleep 60' & wait",
+}
+
+
+def hooks_recorded(repo: Path) -> int:
+    with closing(sqlite3.connect(repo / ".aidp" / "state.db")) as db:
+        return int(db.execute("SELECT count(*) FROM hooks").fetchone()[0])
+
+
+def hook_config(hook: str, argv: list[str]) -> str:
+    return f'[harness]\ncommand = ["true"]\n[hooks]\n{hook} = {json.dumps(argv)}\n'
+
+
+@CGROUPS
+@pytest.mark.parametrize("hook", ["on_end", "on_run_end"])
+@pytest.mark.parametrize("how", list(HOOK_BODIES))
+def test_a_hook_whose_aidp_was_killed_is_ended_by_the_next_command(
+    tmp_path: Path, how: str, hook: str, cgroups: str
+) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    write_config(repo, hook_config(hook, ["sh", "-c", HOOK_BODIES[how].format(pids=pids)]))
+    new_ws(repo, "told", "true")
+    env = cgroup_env(cgroups)
+    owner = spawn_cli(repo, "ws", "run", "told", env=env)
+    wait_until_sync(lambda: written(pids), what="the hook's pid")
+    owner.kill()
+    owner.wait(30)
+    (pid,) = read_pids(pids)
+    assert pid_alive(pid)  # its aidp died, the hook did not
+    assert hooks_recorded(repo) == 1
+
+    listed = cli(repo, "ws", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert not pid_alive(pid)
+    assert f"hook {hook} interrupted: the aidp process (pid {owner.pid}) that ran it is gone" in listed.stderr
+    assert hooks_recorded(repo) == 0
+    assert {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)} == {"told": "completed"}
+    if hook == "on_end":
+        assert any(f"hook on_end interrupted: the aidp process (pid {owner.pid})" in e for e in events(repo, "told"))
+    again = cli(repo, "ws", "list", "--json", env=env)
+    assert "interrupted" not in again.stderr  # said once
+
+
+@CGROUPS
+@pytest.mark.parametrize("hook", ["on_end", "on_run_end"])
+def test_what_a_hook_leaves_behind_with_setsid_is_ended_when_it_exits(tmp_path: Path, hook: str, cgroups: str) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    body = f"setsid sh -c 'echo $$ >> {pids}; exec sleep 60' & while [ ! -s {pids} ]; do sleep 0.05; done"
+    write_config(repo, hook_config(hook, ["sh", "-c", body]))
+    new_ws(repo, "told", "true")
+    run = cli(repo, "ws", "run", "told", env=cgroup_env(cgroups))
+    assert run.returncode == 0, run.stderr
+    (escapee,) = read_pids(pids)
+    assert not pid_alive(escapee), f"the setsid descendant of the {hook} hook outlived it"
+
+
+async def test_a_server_ends_the_hook_of_a_cli_that_was_killed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    write_config(repo, hook_config("on_end", ["sh", "-c", HOOK_BODIES["plain"].format(pids=pids)]))
+    new_ws(repo, "told", "true")
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        owner = spawn_cli(repo, "ws", "run", "told")
+        await wait_until(lambda: written(pids), what="the hook's pid")
+        owner.kill()
+        owner.wait(30)
+        (pid,) = read_pids(pids)
+        assert pid_alive(pid)
+        listed = await client.workstreams()
+        assert listed["told"]["status"] == "completed"
+        assert not pid_alive(pid)
+        assert hooks_recorded(repo) == 0
+
+
+def test_a_hook_never_runs_unrecorded(tmp_path: Path) -> None:
+    """Its start refused by the database: it ends at the gate, unrun, and says why; killed as it
+    would be recorded: it ends at the gate, unrun, and nothing is left to recover."""
+    repo = make_repo(tmp_path)
+    ran = tmp_path / "ran"
+    write_config(repo, hook_config("on_end", ["sh", "-c", f"echo $$ > {ran}"]))
+    new_ws(repo, "told", "true")
+    refused = cli(repo, "ws", "run", "told", env={"PYTHONPATH": FAULTS, "AIDP_FAULT_HOOK_START": "on_end"})
+    assert refused.returncode == 0, refused.stderr  # the run completed; only its hook did not run
+    assert "hook on_end failed: could not record its start, so it did not run" in refused.stderr
+    assert any("could not record its start, so it did not run" in e for e in events(repo, "told"))
+    killed = cli(repo, "ws", "run", "told", env={"PYTHONPATH": FAULTS, "AIDP_FAULT_DIE_HOOK_START": "on_end"})
+    assert killed.returncode == -signal.SIGKILL
+    wait_until_sync(lambda: not marked(str(ran)), what="the launcher to end at the gate")
+    assert not ran.exists() and hooks_recorded(repo) == 0
+    assert workstreams(repo)["told"]["status"] == "completed"
 
 
 # -- B3/B4: what drops its environment or leaves its group is still found --------------------------

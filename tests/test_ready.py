@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import Lines, spawn_cli, workstreams
+from cli_helpers import Lines, events, spawn_cli, workstreams
 from support import PYTHON, cli, git, make_repo, pid_alive, wait_until_sync
 
 # A harness that records its worktree's files, so a test sees what the setup left there.
@@ -33,13 +33,6 @@ def script(tmp_path: Path, name: str, code: str) -> str:
     path = tmp_path / f"{name}.py"
     path.write_text(code)
     return str(path)
-
-
-def events(repo: Path, slug: str) -> list[str]:
-    out = cli(repo, "ws", "status", slug)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.split("recent events:\n", 1)[1].split("git status --short:", 1)[0]
-    return [line.strip() for line in lines.splitlines()]
 
 
 def records(path: Path) -> list[Any]:

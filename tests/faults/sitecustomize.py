@@ -10,6 +10,8 @@ Python imports `sitecustomize` at start-up, so the real CLI or server runs uncha
   start (its harness spawned, not yet recorded).
 - AIDP_FAULT_SETUP_PID=<slug>, AIDP_FAULT_DIE_SETUP_PID=<slug>: the same for the process of that
   workstream's setup command (recording it fails; the process is SIGKILLed instead).
+- AIDP_FAULT_HOOK_START=<hook>, AIDP_FAULT_DIE_HOOK_START=<hook>: the same for a hook (`on_end`,
+  `on_run_end`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sqlite3
 from typing import Any
 
 from aidp.engine.model import SetupState, Status, WorkstreamResult
-from aidp.engine.store import Store
+from aidp.engine.store import HookInFlight, Store
 
 
 def disk_full() -> sqlite3.OperationalError:
@@ -38,17 +40,26 @@ FAULTS = (
     "AIDP_FAULT_DIE_RUNNING",
     "AIDP_FAULT_SETUP_PID",
     "AIDP_FAULT_DIE_SETUP_PID",
+    "AIDP_FAULT_HOOK_START",
+    "AIDP_FAULT_DIE_HOOK_START",
 )
 
 
 def _install() -> None:
-    finish, mark_running, set_setup = Store.finish, Store.mark_running, Store.set_setup
+    finish, mark_running, set_setup, hook_started = (
+        Store.finish,
+        Store.mark_running,
+        Store.set_setup,
+        Store.hook_started,
+    )
     refuse_finish = os.environ.get("AIDP_FAULT_FINISH")
     refuse_all = os.environ.get("AIDP_FAULT_FINISH_ALL")
     refuse_running = os.environ.get("AIDP_FAULT_RUNNING")
     die_running = os.environ.get("AIDP_FAULT_DIE_RUNNING")
     refuse_setup_pid = os.environ.get("AIDP_FAULT_SETUP_PID")
     die_setup_pid = os.environ.get("AIDP_FAULT_DIE_SETUP_PID")
+    refuse_hook = os.environ.get("AIDP_FAULT_HOOK_START")
+    die_hook = os.environ.get("AIDP_FAULT_DIE_HOOK_START")
 
     def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> None:
         if result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR):
@@ -69,9 +80,17 @@ def _install() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         set_setup(self, slug, setup, *args, **kwargs)
 
+    def faulty_hook_started(self: Store, hook: HookInFlight) -> None:
+        if hook.hook == refuse_hook:
+            raise disk_full()
+        if hook.hook == die_hook:
+            os.kill(os.getpid(), signal.SIGKILL)
+        hook_started(self, hook)
+
     Store.finish = faulty_finish  # type: ignore[method-assign]
     Store.mark_running = faulty_mark_running  # type: ignore[method-assign]
     Store.set_setup = faulty_set_setup  # type: ignore[method-assign]
+    Store.hook_started = faulty_hook_started  # type: ignore[method-assign]
 
 
 if any(os.environ.get(v) for v in FAULTS):

@@ -110,8 +110,8 @@ async def ws_list(engine: Engine, args: Args) -> int:
     workstreams = await engine.workstreams()
     rows, after = table_rows(workstreams), out_of_step(workstreams, await engine.leftover_worktrees())
     print("\n".join(lay_out(rows, terminal_width()) + after), flush=True)
-    held = await engine.db.call(engine.db.store.operations)  # a `ws new`, `ws rm` or `land` under way
-    fastlist.keep(root, inputs, workstreams, rows, after, busy=bool(held))
+    held = await engine.db.call(engine.db.store.held)  # a `ws new`, `ws rm`, `land` or hook under way
+    fastlist.keep(root, inputs, workstreams, rows, after, busy=bool(held.operations or held.hooks))
     return EXIT_OK
 
 

@@ -14,7 +14,8 @@ within the racy window, another HOME or git environment, a run from a linked wor
 file), a colour setting the kept cells depend on (conflicts are marked '⚠' only in colour). The full
 list keeps nothing (and removes what was kept) while a workstream is in flight (queued, running,
 cancelling: a dead process's claims are corrected by its `recover`) or being created, removed or
-landed, one has no change summary, or worktrees are out of step with the records (the '!' lines).
+landed, a hook runs, one has no change summary, or worktrees are out of step with the records (the
+'!' lines).
 
 The file is `marshal` data of plain tuples, strings, ints, bools and None, behind a magic string and
 a format number, and its shape is checked before use: reading it executes nothing (unlike pickle),
@@ -100,8 +101,8 @@ def keep(
     fingerprint of its `inputs` taken before it read them. When it cannot be checked later (see the
     module's docstring), lines after it tell of worktrees out of step (rare, and read from what the
     fingerprint does not stamp), or the list was made while another process was `busy` creating,
-    removing or landing a workstream (if it dies, only the full list's recovery corrects what it
-    left), the kept one is removed instead. The table kept before lends the paths it listed in the
+    removing or landing a workstream or running a hook (if it dies, only the full list's recovery
+    corrects what it left), the kept one is removed instead. The table kept before lends the paths it listed in the
     worktrees git was not asked about since (see `listing.with_worktrees`); a list made within the
     racy window keeps nothing and leaves it for the next one."""
     from aidp.cli.render import fancy

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, procs, review, sandbox, scheduling, setup
+from aidp.engine import cgroups, gitrepo, hooks, procs, review, sandbox, scheduling, setup
 from aidp.engine.backend import Backend, LocalBackend
 from aidp.engine.config import CONFIG_NAME, DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
@@ -53,7 +53,7 @@ from aidp.engine.model import (
     utc_now,
     validate_slug,
 )
-from aidp.engine.store import AsyncStore, Claim, History, Store, state_exists
+from aidp.engine.store import AsyncStore, Claim, History, HookInFlight, Operation, Store, state_exists
 
 if TYPE_CHECKING:
     from aidp.engine.ray_backend import RayBackend
@@ -111,7 +111,7 @@ class Engine:
         self._stoppers: set[asyncio.Task[None]] = set()
         self._unrecorded: list[tuple[str, WorkstreamResult]] = []  # (run id, result) to record later
         self._config: tuple[tuple[int, int, int, int], Config] | None = None  # (file's stat, parsed)
-        self.hooks = HookRunner(root, self.logs_dir, db, self.config, self.events)
+        self.hooks = HookRunner(root, self.logs_dir, db, self.config, self.events, self._owner)
         self._local = LocalBackend()
         self._remote: RayBackend | None = None  # once `[executor] kind = "ray"` was used
 
@@ -814,17 +814,26 @@ class Engine:
         if unknown:
             raise UnknownSlugs(unknown)
 
-    async def _release_dead_operations(self) -> None:
+    def _gone(self, owner_pid: int, owner_start: int) -> bool:
+        """Whether the aidp process that holds something is another one, and dead."""
+        return (owner_pid, owner_start) != self._owner and not procs.is_alive(owner_pid, owner_start)
+
+    async def _release_dead_operations(self, operations: list[Operation]) -> None:
         """A creation or removal whose process died is released (nothing ran, so no status is
         recorded); what it left in git is reported by `workstreams` and `leftover_worktrees`."""
-        for held in await self.db.call(self.db.store.operations):
-            owner = (held.owner_pid, held.owner_start)
-            if owner == self._owner or procs.is_alive(*owner):
+        for held in operations:
+            if not self._gone(held.owner_pid, held.owner_start):
                 continue
             message = f"interrupted: the aidp process (pid {held.owner_pid}) doing 'ws {_OP_COMMANDS[held.op]}' is gone"
             if await self.db.call(self.db.store.release_stale_operation, held, message):
                 log.warning("%s: %s", held.slug, message)
                 await setup.interrupted(self.db, held.slug, message, min(self.grace_s(), PROMPT_EXIT_S))
+
+    async def _end_dead_hooks(self, running: list[HookInFlight]) -> None:
+        """Hooks whose process died: what they left running is ended, all at once."""
+        dead = [hook for hook in running if self._gone(hook.owner_pid, hook.owner_start)]
+        wait_s = min(self.grace_s(), PROMPT_EXIT_S)
+        await asyncio.gather(*(hooks.interrupted(self.db, hook, wait_s) for hook in dead))
 
     async def recover(self) -> list[str]:
         """Correct claims whose owning process died (crash, SIGKILL): end what is left of their
@@ -836,14 +845,14 @@ class Engine:
         for it), so a list never waits on a harness that ignores SIGTERM. Their claims stay held
         until they are gone: a workstream never runs twice at once."""
         async with self._recovering:
-            await self._release_dead_operations()
+            held = await self.db.call(self.db.store.held)
+            await self._release_dead_operations(held.operations)
+            await self._end_dead_hooks(held.hooks)
             await self._record_unrecorded()
             stale = [
                 c
-                for c in await self.db.call(self.db.store.claims)
-                if (c.slug, c.run_id) not in self._stopping
-                and (c.owner_pid, c.owner_start) != self._owner
-                and not procs.is_alive(c.owner_pid, c.owner_start)
+                for c in held.claims
+                if (c.slug, c.run_id) not in self._stopping and self._gone(c.owner_pid, c.owner_start)
             ]
             if not stale:
                 return []

@@ -5,7 +5,9 @@ Hooks follow the engine's events: a workstream's final `StatusChanged` and `RunF
 emitted once the result is durable, so a hook never delays recording it and nothing it does can
 change a status. Each hook runs contained (`oneshot`: never a shell, its own process tree, its
 output in `.aidp/logs/hooks/`), is ended after `[hooks] timeout_s`, and a failure is said in aidp's
-log and, for `on_end`, in the workstream's events. The engine waits for running hooks when it closes.
+log and, for `on_end`, in the workstream's events. The engine waits for running hooks when it closes;
+a hook runs only once it is recorded (`hooks` table), so when its aidp process dies (SIGKILL) the
+next one's recovery ends what it left running.
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ import asyncio
 import logging
 import os
 import re
+import sqlite3
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from aidp.engine import cgroups, oneshot
+from aidp.engine import cgroups, oneshot, procs
 from aidp.engine.config import Config
 from aidp.engine.errors import ConfigError
 from aidp.engine.events import EngineEvent, EventBus, RunFinished, StatusChanged
 from aidp.engine.model import FINAL_STATUSES, RunSummary
-from aidp.engine.store import AsyncStore
+from aidp.engine.store import AsyncStore, HookInFlight
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,17 @@ def _number(value: float | int | None) -> str:
 class HookRunner:
     """Starts the configured hooks on the engine's events, each in a task of its own."""
 
-    def __init__(self, root: Path, logs_dir: Path, db: AsyncStore, config: Callable[[], Config], bus: EventBus) -> None:
+    def __init__(
+        self,
+        root: Path,
+        logs_dir: Path,
+        db: AsyncStore,
+        config: Callable[[], Config],
+        bus: EventBus,
+        owner: tuple[int, int],
+    ) -> None:
         self._root = root
+        self._owner = owner
         self._logs_dir = logs_dir / "hooks"
         self._db = db
         self._config = config
@@ -99,10 +111,9 @@ class HookRunner:
                 "log": log_path or "",
                 "error": event.error or "",
             }
-            name = f"{event.run_id}.{event.slug}.on_end.log"
-            error = await self._run("on_end", config, config.hooks.on_end, values, name, (event.run_id, event.slug))
+            error = await self._run("on_end", config, config.hooks.on_end, values)
             if error is not None:
-                message = f"hook on_end failed: {error} (log: {self._logs_dir / name})"
+                message = f"hook on_end failed: {error} (log: {self._log('on_end', event.run_id, event.slug)})"
                 log.warning("%s: %s", event.slug, message)
                 await self._db.call(self._db.store.note, event.slug, event.run_id, event.status, message)
         except Exception:
@@ -124,33 +135,66 @@ class HookRunner:
                 "duration": _number(summary.wall_s),
                 "ok": "true" if summary.ok else "false",
             }
-            name = f"{summary.run_id}.on_run_end.log"
-            error = await self._run("on_run_end", config, config.hooks.on_run_end, values, name, None)
+            error = await self._run("on_run_end", config, config.hooks.on_run_end, values)
             if error is not None:
-                log.warning(
-                    "run %s: hook on_run_end failed: %s (log: %s)", summary.run_id, error, self._logs_dir / name
-                )
+                where = self._log("on_run_end", summary.run_id, None)
+                log.warning("run %s: hook on_run_end failed: %s (log: %s)", summary.run_id, error, where)
         except Exception:
             log.exception("run %s: the on_run_end hook could not be run", summary.run_id)
 
-    async def _run(
-        self,
-        hook: str,
-        config: Config,
-        template: list[str],
-        values: Mapping[str, str],
-        log_name: str,
-        marker: tuple[str, str] | None,
-    ) -> str | None:
-        """Run one hook to its end; why it failed, or None."""
-        outcome = await oneshot.run_contained(
-            substitute(template, values),
-            self._root,
-            environment(values, hook),
-            self._logs_dir / log_name,
-            config.hooks.timeout_s,
-            config.harness.grace_s,
-            cgroups.place(f"hook-{values['run_id']}", values.get("slug", "run")),
-            marker,
-        )
+    def _log(self, hook: str, run_id: str, slug: str | None) -> Path:
+        return self._logs_dir / f"{_hook_id(hook, run_id, slug)}.log"
+
+    async def _run(self, hook: str, config: Config, template: list[str], values: Mapping[str, str]) -> str | None:
+        """Run one hook to its end, recorded while it runs; why it failed, or None."""
+        run_id, slug = values["run_id"], values.get("slug")
+        name = _hook_id(hook, run_id, slug)
+
+        async def record(pid: int, pid_start: int | None) -> None:
+            running = HookInFlight(name, hook, run_id, slug, *self._owner, pid, pid_start)
+            await self._db.call(self._db.store.hook_started, running)
+
+        try:
+            outcome = await oneshot.run_contained(
+                substitute(template, values),
+                self._root,
+                environment(values, hook),
+                self._log(hook, run_id, slug),
+                config.hooks.timeout_s,
+                config.harness.grace_s,
+                _place(run_id, slug),
+                _marker(hook, run_id, slug),
+                record,
+            )
+        except sqlite3.Error as exc:  # from `record`: it was ended before it ran
+            return f"could not record its start, so it did not run: {exc}"
+        finally:
+            try:
+                await self._db.call(self._db.store.hook_ended, name)
+            except sqlite3.Error as exc:  # kept until this process is gone; the next one's recovery forgets it
+                log.warning("hook %s: its end could not be recorded: %s", name, exc)
         return outcome.error
+
+
+def _hook_id(hook: str, run_id: str, slug: str | None) -> str:
+    """A hook's name for one run (and workstream): its record's and its log's."""
+    return f"{run_id}.{slug}.{hook}" if slug is not None else f"{run_id}.{hook}"
+
+
+def _marker(hook: str, run_id: str, slug: str | None) -> dict[str, str]:
+    """The entries of a hook's environment by which its processes are found."""
+    return {**(procs.marker(run_id, slug) if slug is not None else {"AIDP_RUN_ID": run_id}), "AIDP_HOOK": hook}
+
+
+def _place(run_id: str, slug: str | None) -> Path | None:
+    return cgroups.place(f"hook-{run_id}", slug or "run")
+
+
+async def interrupted(db: AsyncStore, hook: HookInFlight, wait_s: float) -> None:
+    """The aidp process running `hook` died: what the hook left running is ended (SIGKILL after
+    `wait_s`) and the hook forgotten, said in aidp's log and, for `on_end`, in the workstream's events."""
+    marker, place = _marker(hook.hook, hook.run_id, hook.slug), _place(hook.run_id, hook.slug)
+    await oneshot.end_left(marker, place, hook.pid, hook.pid_start, wait_s)
+    message = f"hook {hook.hook} interrupted: the aidp process (pid {hook.owner_pid}) that ran it is gone; it was ended"
+    if await db.call(db.store.release_stale_hook, hook, message):
+        log.warning("%s: %s", hook.slug or f"run {hook.run_id}", message)

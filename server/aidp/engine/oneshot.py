@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +42,12 @@ async def run_contained(
     timeout_s: float,
     grace_s: float,
     place: Path | None,
-    marker: tuple[str, str] | None = None,
+    marker: Mapping[str, str] | None = None,
     record: Callable[[int, int | None], Awaitable[None]] | None = None,
 ) -> Outcome:
     """Run `argv` in `cwd` to its end, its output appended to `log_path`. `place`: where its cgroup
-    goes (`cgroups.place`); `marker`: the (AIDP_RUN_ID, AIDP_SLUG) in `env`, by which what left its
-    process group (`setsid`) is found where there is no cgroup; `record(pid, start_time)`: called
+    goes (`cgroups.place`); `marker`: entries of `env` by which what left its process group
+    (`setsid`) is found where there is no cgroup; `record(pid, start_time)`: called
     while the command waits at the gate, so it runs only once its caller can find it again (if
     `record` raises, the command ends unrun and the error is raised here). Raises OSError when the
     log cannot be written; a cancellation ends the command's tree before it goes on."""
@@ -86,10 +86,29 @@ async def run_contained(
     return Outcome(code, None if code == 0 else describe_exit(code), duration)
 
 
-async def _end(tree: procs.Tree, marker: tuple[str, str] | None, grace_s: float) -> None:
+async def _end(tree: procs.Tree, marker: Mapping[str, str] | None, grace_s: float) -> None:
     """SIGTERM the tree (and, without a cgroup, the groups carrying the marker), SIGKILL after `grace_s`."""
     trees = [tree]
     if tree.cgroup is None and marker is not None:
-        groups = await asyncio.to_thread(procs.marked_groups, *marker)
+        groups = await asyncio.to_thread(procs.groups_marked, marker)
         trees += [procs.Tree(pgid=g) for g in groups - {tree.pgid}]
     await procs.terminate(trees, grace_s)
+
+
+async def end_left(
+    marker: Mapping[str, str], place: Path | None, pid: int | None, pid_start: int | None, wait_s: float
+) -> None:
+    """End what a command run by an aidp process that died was left running: its cgroup (at
+    `place`), the groups carrying its `marker`, and the group it led by its recorded identity
+    (which `env -i` cannot drop); SIGKILL after `wait_s`."""
+    trees = [procs.Tree(pgid=g) for g in await asyncio.to_thread(_left_groups, marker, pid, pid_start)]
+    if place is not None and place.is_dir():
+        trees.append(procs.Tree(cgroup=place))
+    await procs.terminate(trees, wait_s)
+
+
+def _left_groups(marker: Mapping[str, str], pid: int | None, pid_start: int | None) -> set[int]:
+    groups = procs.groups_marked(marker)
+    if pid is not None and pid_start is not None and (recorded := procs.recorded_group(pid, pid_start)) is not None:
+        groups.add(recorded)
+    return groups

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +93,21 @@ def usage(tree: Tree) -> tuple[int, float]:
 
 def marked_groups(run_id: str, slug: str) -> set[int]:
     """Process groups holding a process started for this workstream run, found by the
-    environment the harness inherited (so a reused pid or pgid is never mistaken for ours).
-    Without cgroups this reads every process on the machine once per ended workstream, so each
-    environment is searched for the two whole entries as it is read, neither split nor parsed
+    environment the harness inherited (so a reused pid or pgid is never mistaken for ours)."""
+    return groups_marked(marker(run_id, slug))
+
+
+def marker(run_id: str, slug: str) -> dict[str, str]:
+    """The entries of the environment by which a workstream run's processes are found."""
+    return {"AIDP_RUN_ID": run_id, "AIDP_SLUG": slug}
+
+
+def groups_marked(marker: Mapping[str, str]) -> set[int]:
+    """Process groups holding a process whose environment has every entry of `marker`. Without
+    cgroups this reads every process on the machine once per ended workstream, so each
+    environment is searched for the whole entries as it is read, neither split nor parsed
     (1.5 ms a scan at 73 processes before, bench: overhead with AIDP_CGROUPS=0)."""
-    markers = (f"\0AIDP_RUN_ID={run_id}\0".encode(), f"\0AIDP_SLUG={slug}\0".encode())
+    markers = [f"\0{name}={value}\0".encode() for name, value in marker.items()]
     groups = set()
     for name in os.listdir(PROC):
         if not name.isdigit():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidp.engine import cgroups, gitrepo, oneshot
+from aidp.engine import cgroups, gitrepo, oneshot, procs
 from aidp.engine.backend import Launch, LocalAttempt, LocalBackend
 from aidp.engine.errors import GitError
 from aidp.engine.harness import StartError, build_argv, build_env, write_task_file
@@ -103,7 +103,7 @@ class RemoteRun:
         values = {**spec.values, "worktree": str(self._repo), "task_file": str(self._scratch / "task")}
         env = {**build_env(spec.env, values, spec.run_id), "AIDP_PROGRESS": str(self._progress)}
         if spec.setup is not None:
-            marker = (spec.run_id, spec.slug)
+            marker = procs.marker(spec.run_id, spec.slug)
             setup = asyncio.ensure_future(
                 oneshot.run_contained(
                     spec.setup, self._repo, env, self._log, spec.setup_timeout_s, spec.grace_s, None, marker

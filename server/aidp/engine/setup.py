@@ -121,7 +121,7 @@ async def prepare(
             config.worktree.setup_timeout_s,
             config.harness.grace_s,
             cgroups.place(stamp, ws.slug),
-            (stamp, ws.slug),
+            procs.marker(stamp, ws.slug),
             record,
         )
     except asyncio.CancelledError:
@@ -152,28 +152,13 @@ async def interrupted(db: AsyncStore, slug: str, message: str, wait_s: float) ->
     if state is None or state.status != "running":
         return
     if state.log_path is not None:
-        marker = Path(state.log_path).stem
-        groups = await asyncio.to_thread(_left_running, state, marker, slug)
-        trees = [procs.Tree(pgid=g) for g in groups]
-        place = cgroups.place(marker, slug)
-        if place is not None and place.is_dir():
-            trees.append(procs.Tree(cgroup=place))
-        await procs.terminate(trees, wait_s)
+        stamp = Path(state.log_path).stem
+        marker, place = procs.marker(stamp, slug), cgroups.place(stamp, slug)
+        await oneshot.end_left(marker, place, state.pid, state.pid_start, wait_s)
     failed = msgspec.structs.replace(
         state, status="failed", error=message, finished_at=utc_now(), pid=None, pid_start=None
     )
     await db.call(db.store.set_setup, slug, failed, f"setup failed: {message}")
-
-
-def _left_running(state: SetupState, marker: str, slug: str) -> set[int]:
-    """The process groups a dead aidp's setup left: by its environment marker, and by its recorded
-    pid and start time (which find it even if it dropped its environment)."""
-    groups = procs.marked_groups(marker, slug)
-    if state.pid is not None and state.pid_start is not None:
-        recorded = procs.recorded_group(state.pid, state.pid_start)
-        if recorded is not None:
-            groups.add(recorded)
-    return groups
 
 
 def _last_lines(log_path: Path) -> str:

@@ -175,6 +175,11 @@ MIGRATIONS: list[str] = [
     "BEGIN UPDATE list_changes SET n = n + 1; END; "
     "CREATE TRIGGER IF NOT EXISTS list_op_ended AFTER DELETE ON operations "
     "BEGIN UPDATE list_changes SET n = n + 1; END;",
+    # 11: the hooks running (`[hooks]`), each with its process, so that when the aidp process that
+    # runs one dies, recovery ends it as it ends a dead process's harnesses.
+    "CREATE TABLE hooks (id TEXT PRIMARY KEY, hook TEXT NOT NULL, run_id TEXT NOT NULL, slug TEXT, "
+    "owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER, "
+    "started_at TEXT NOT NULL);",
 ]
 
 # What a held operation makes a workstream, in refusals.
@@ -210,6 +215,27 @@ class Operation(msgspec.Struct, frozen=True):
     token: str
     owner_pid: int
     owner_start: int
+
+
+class HookInFlight(msgspec.Struct, frozen=True):
+    """A hook running, recorded before it runs: `slug` is None for `on_run_end`."""
+
+    id: str
+    hook: str
+    run_id: str
+    slug: str | None
+    owner_pid: int
+    owner_start: int
+    pid: int
+    pid_start: int | None
+
+
+class Held(msgspec.Struct, frozen=True):
+    """What aidp processes hold now, read at once for recovery: operations, claims, hooks."""
+
+    operations: list[Operation]
+    claims: list[Claim]
+    hooks: list[HookInFlight]
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -1101,6 +1127,42 @@ class Store:
             row = db.execute("SELECT status FROM workstreams WHERE slug = ?", (held.slug,)).fetchone()
             if row:
                 self._event(held.slug, None, Status(row[0]), message, utc_now())
+            return True
+
+    # -- hooks: those running, so that recovery ends what a dead process's hooks left ----------
+
+    def hook_started(self, hook: HookInFlight) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO hooks (id, hook, run_id, slug, owner_pid, owner_start, pid, pid_start, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*msgspec.structs.astuple(hook), utc_now()),
+            )
+
+    def hook_ended(self, hook_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM hooks WHERE id = ?", (hook_id,))
+
+    def hooks_in_flight(self) -> list[HookInFlight]:
+        rows = self._db.execute(
+            "SELECT id, hook, run_id, slug, owner_pid, owner_start, pid, pid_start FROM hooks"
+        ).fetchall()
+        return [HookInFlight(*row) for row in rows]
+
+    def held(self) -> Held:
+        """One call (a list asks on every request) rather than three."""
+        return Held(self.operations(), self.claims(), self.hooks_in_flight())
+
+    def release_stale_hook(self, hook: HookInFlight, message: str) -> bool:
+        """Forget a hook whose owner died (its processes ended), saying so in its workstream's
+        events for `on_end`. False when another process got there first."""
+        with self._tx() as db:
+            if db.execute("DELETE FROM hooks WHERE id = ? AND owner_pid = ?", (hook.id, hook.owner_pid)).rowcount == 0:
+                return False
+            if hook.slug is not None and (
+                row := db.execute("SELECT status FROM workstreams WHERE slug = ?", (hook.slug,)).fetchone()
+            ):
+                self._event(hook.slug, hook.run_id, Status(row[0]), message, utc_now())
             return True
 
 
