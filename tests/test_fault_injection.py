@@ -1,5 +1,6 @@
 """The fault-injection suite (issue 8, G): real processes and repositories, hostile harnesses, and
-aidp killed at random moments. After every fault the same checks: nothing of the run alive, no
+aidp killed at random moments (with an `on_end` hook of a hostile kind running, once a
+workstream ended). After every fault the same checks: nothing of the run alive, no
 status `queued`/`running` that nothing runs, `PRAGMA integrity_check` ok, every log whole. The
 counts (kills, orphans, stuck) are printed at the end of the session.
 
@@ -73,6 +74,22 @@ def create(repo: Path, board: Path, round_name: str, kinds: list[str]) -> list[s
     return slugs
 
 
+def hooked(r: random.Random, board: Path, bound: int) -> str:
+    """A config whose `on_end` hook is one of the hostile kinds that never ends by itself: it runs
+    while the other workstreams go on, when aidp is killed."""
+    kind = r.choice([k for k in KINDS if k != "quick"])
+    hook = ["sh", "-c", KINDS[kind].format(pids=f"{board}/hook-$AIDP_SLUG.pids")]
+    return (
+        f"[harness]\ngrace_s = 0.5\nmax_concurrent = {bound}\n[hooks]\non_end = {json.dumps(hook)}\ntimeout_s = 120\n"
+    )
+
+
+def hook_started_if_due(board: Path, slugs: list[str]) -> bool:
+    """Once the quick workstream has run, its hook's pid is on the board (`scrubbed` drops the slug)."""
+    quick = next(slug for slug in slugs if slug.endswith("quick"))
+    return not (board / f"{quick}.pids").exists() or any(board.glob("hook-*.pids"))
+
+
 def started(board: Path, slugs: list[str]) -> int:
     return sum(1 for slug in slugs if (board / f"{slug}.pids").exists())
 
@@ -121,11 +138,12 @@ def test_cli_killed_mid_run(tmp_path: Path, round_no: int) -> None:
     board.mkdir()
     env = {"AIDP_CGROUPS": "0"} if round_no % 2 else {}  # half the rounds without cgroups
     bound = r.randint(2, 6)
-    write_config(repo, f"[harness]\ngrace_s = 0.5\nmax_concurrent = {bound}\n")
+    write_config(repo, hooked(r, board, bound))
     slugs = create(repo, board, f"r{round_no}", r.sample(list(KINDS), len(KINDS)))
     owner = spawn_cli(repo, "ws", "run", *slugs, "--json", env=env)
     k = r.randint(1, bound)  # the loops never end: at most `bound` of them start
     wait_until_sync(lambda: started(board, slugs) >= k, what=f"{k} harnesses started")
+    wait_until_sync(lambda: hook_started_if_due(board, slugs), what="the quick workstream's hook started")
     if env:
         # Without cgroups a harness that drops its environment is found by its recorded pid,
         # which exists once its start is recorded (README: what is guaranteed where).
@@ -135,7 +153,8 @@ def test_cli_killed_mid_run(tmp_path: Path, round_no: int) -> None:
     COUNTS["kills"] += 1
     COUNTS["rounds"] += 1
     check_invariants(repo, board)
-    # Whatever was interrupted runs again: nothing is left claimed.
+    # Whatever was interrupted runs again: nothing is left claimed (and no hook keeps it waiting).
+    write_config(repo, f"[harness]\ngrace_s = 0.5\nmax_concurrent = {bound}\n")
     rerun = cli(repo, "ws", "run", *[s for s in slugs if s.endswith("quick")], "--json", env=env)
     assert rerun.returncode == 0, rerun.stderr
 
@@ -146,13 +165,14 @@ async def test_server_killed_mid_run(tmp_path: Path, round_no: int) -> None:
     repo, board = make_repo(tmp_path), tmp_path / "board"
     board.mkdir()
     bound = r.randint(2, 6)
-    write_config(repo, f"[harness]\ngrace_s = 0.5\nmax_concurrent = {bound}\n")
+    write_config(repo, hooked(r, board, bound))
     slugs = create(repo, board, f"s{round_no}", r.sample(list(KINDS), len(KINDS)))
     async with raw_session(server_command(repo), tmp_path) as client:
         await client.initialize()
         client.request_nowait("aidp/wsRunAll", {})
         k = r.randint(1, bound)
         await wait_until(lambda: started(board, slugs) >= k, what=f"{k} harnesses started")
+        await wait_until(lambda: hook_started_if_due(board, slugs), what="the quick workstream's hook started")
         client.proc.kill()
         await client.proc.wait()
     COUNTS["kills"] += 1

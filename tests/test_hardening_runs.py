@@ -284,6 +284,24 @@ async def test_a_server_ends_the_hook_of_a_cli_that_was_killed(tmp_path: Path) -
         assert hooks_recorded(repo) == 0
 
 
+def test_recovery_runs_no_hook_for_a_dead_process_s_run(tmp_path: Path) -> None:
+    """The run and its hooks were the dead process's: the list that records its workstream
+    cancelled runs none (nor waits for one)."""
+    repo = make_repo(tmp_path)
+    told, pids = tmp_path / "told", tmp_path / "pids"
+    write_config(repo, f'[hooks]\non_end = ["sh", "-c", "echo $AIDP_SLUG >> {told}"]\n')
+    new_ws(repo, "cut", shlex.join(["sh", "-c", f"echo $$ > {pids}; exec sleep 60"]))
+    owner = spawn_cli(repo, "ws", "run", "cut")
+    wait_until_sync(lambda: written(pids), what="the harness's pid")
+    owner.kill()
+    owner.wait(30)
+    assert workstreams(repo)["cut"]["status"] == "cancelled"
+    assert not pid_alive(read_pids(pids)[0])
+    new_ws(repo, "fine", "true")
+    assert cli(repo, "ws", "run", "fine").returncode == 0
+    assert told.read_text() == "fine\n"  # the hook runs for a run that ended in its own process only
+
+
 def test_a_hook_never_runs_unrecorded(tmp_path: Path) -> None:
     """Its start refused by the database: it ends at the gate, unrun, and says why; killed as it
     would be recorded: it ends at the gate, unrun, and nothing is left to recover."""

@@ -30,7 +30,7 @@ from aidp.engine import cgroups, gitrepo, hooks, procs, review, sandbox, schedul
 from aidp.engine.backend import Backend, LocalBackend
 from aidp.engine.config import CONFIG_NAME, DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
-from aidp.engine.events import EventBus, ListChanged, RunFinished, StatusChanged
+from aidp.engine.events import EventBus, Interrupted, ListChanged, RunFinished, StatusChanged
 from aidp.engine.executor import FailurePolicy, Run, RunOptions, read_tail
 from aidp.engine.follow import Follower
 from aidp.engine.harness import watch_children_by_pidfd
@@ -896,7 +896,7 @@ class Engine:
         ws = await self.db.call(self.db.store.get, claim.slug)
         if ws is not None and (moved := await sandbox.reattach(Path(ws.path), ws.branch)):
             await self.db.call(self.db.store.note, claim.slug, claim.run_id, Status.CANCELLED, moved)
-        self.events.emit(StatusChanged(run_id=claim.run_id, slug=claim.slug, status=Status.CANCELLED, error=message))
+        self.events.emit(Interrupted(run_id=claim.run_id, slug=claim.slug, status=Status.CANCELLED, error=message))
         return claim.slug
 
     async def _record_unrecorded(self) -> None:

@@ -35,6 +35,12 @@ class StatusChanged(Record):
     elsewhere: bool = False
 
 
+class Interrupted(StatusChanged):
+    """A dead aidp process's workstream, recorded `cancelled` by recovery: told as any status (the
+    same payload), but the run was that process's, and so were its hooks: none runs for it here,
+    least of all from a command that only lists."""
+
+
 class OutputChunk(Record):
     """New output of a running workstream. `skipped` bytes came before `text` but are left out
     of the live view (a flood); the log file has them all."""

@@ -24,7 +24,7 @@ from typing import Any
 from aidp.engine import cgroups, oneshot, procs
 from aidp.engine.config import Config
 from aidp.engine.errors import ConfigError
-from aidp.engine.events import EngineEvent, EventBus, RunFinished, StatusChanged
+from aidp.engine.events import EngineEvent, EventBus, Interrupted, RunFinished, StatusChanged
 from aidp.engine.model import FINAL_STATUSES, RunSummary
 from aidp.engine.store import AsyncStore, HookInFlight
 
@@ -74,6 +74,8 @@ class HookRunner:
         bus.subscribe(self._on_event)
 
     def _on_event(self, event: EngineEvent) -> None:
+        if isinstance(event, Interrupted):
+            return
         if isinstance(event, StatusChanged) and event.run_id is not None and event.status in FINAL_STATUSES:
             self._start(self._workstream_ended(event))
         elif isinstance(event, RunFinished):
