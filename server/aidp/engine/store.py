@@ -230,14 +230,6 @@ class HookInFlight(msgspec.Struct, frozen=True):
     pid_start: int | None
 
 
-class Held(msgspec.Struct, frozen=True):
-    """What aidp processes hold now, read at once for recovery: operations, claims, hooks."""
-
-    operations: list[Operation]
-    claims: list[Claim]
-    hooks: list[HookInFlight]
-
-
 class Claim(msgspec.Struct, frozen=True):
     slug: str
     run_id: str
@@ -247,6 +239,14 @@ class Claim(msgspec.Struct, frozen=True):
     child_start: int | None = None
     cgroup: str | None = None
     attempt: int = 1
+
+
+class Held(msgspec.Struct, frozen=True):
+    """What aidp processes hold now, read at once for recovery: operations, claims, hooks."""
+
+    operations: list[Operation]
+    claims: list[Claim]
+    hooks: list[HookInFlight]
 
 
 class SlotHolder(msgspec.Struct, frozen=True):
