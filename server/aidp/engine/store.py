@@ -176,8 +176,8 @@ MIGRATIONS: list[str] = [
     "CREATE TRIGGER IF NOT EXISTS list_op_ended AFTER DELETE ON operations "
     "BEGIN UPDATE list_changes SET n = n + 1; END;",
     # 11: the hooks running (`[hooks]`), each with its process, so that when the aidp process that
-    # runs one dies, recovery ends it as it ends a dead process's harnesses.
-    "CREATE TABLE hooks (id TEXT PRIMARY KEY, hook TEXT NOT NULL, run_id TEXT NOT NULL, slug TEXT, "
+    # runs one dies, recovery ends it as it ends a dead process's harnesses. Safe to apply again.
+    "CREATE TABLE IF NOT EXISTS hooks (id TEXT PRIMARY KEY, hook TEXT NOT NULL, run_id TEXT NOT NULL, slug TEXT, "
     "owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER, "
     "started_at TEXT NOT NULL);",
 ]
