@@ -243,7 +243,9 @@ def test_a_hook_whose_aidp_was_killed_is_ended_by_the_next_command(
     listed = cli(repo, "ws", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     assert not pid_alive(pid)
-    assert f"hook {hook} interrupted: the aidp process (pid {owner.pid}) that ran it is gone" in listed.stderr
+    assert f"hook {hook} interrupted: the aidp process (pid {owner.pid}) that ran it is gone; it was ended" in (
+        listed.stderr
+    )
     assert hooks_recorded(repo) == 0
     assert {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)} == {"told": "completed"}
     if hook == "on_end":
@@ -318,6 +320,21 @@ def test_a_hook_never_runs_unrecorded(tmp_path: Path) -> None:
     wait_until_sync(lambda: not marked(str(ran)), what="the launcher to end at the gate")
     assert not ran.exists() and hooks_recorded(repo) == 0
     assert workstreams(repo)["told"]["status"] == "completed"
+
+
+def test_a_hook_that_ended_before_its_aidp_died_is_forgotten_as_such(tmp_path: Path) -> None:
+    """aidp killed between the hook's exit and recording it: the next command ends nothing, and
+    says that nothing was left."""
+    repo = make_repo(tmp_path)
+    ran = tmp_path / "ran"
+    write_config(repo, hook_config("on_end", ["sh", "-c", f"echo $$ > {ran}"]))
+    new_ws(repo, "told", "true")
+    killed = cli(repo, "ws", "run", "told", env={"PYTHONPATH": FAULTS, "AIDP_FAULT_DIE_HOOK_END": ".told.on_end"})
+    assert killed.returncode == -signal.SIGKILL
+    assert ran.exists() and hooks_recorded(repo) == 1
+    listed = cli(repo, "ws", "list", "--json")
+    assert "hook on_end interrupted" in listed.stderr and "nothing of it was left running" in listed.stderr
+    assert hooks_recorded(repo) == 0
 
 
 # -- B3/B4: what drops its environment or leaves its group is still found --------------------------

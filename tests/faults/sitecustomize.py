@@ -12,6 +12,8 @@ Python imports `sitecustomize` at start-up, so the real CLI or server runs uncha
   workstream's setup command (recording it fails; the process is SIGKILLed instead).
 - AIDP_FAULT_HOOK_START=<hook>, AIDP_FAULT_DIE_HOOK_START=<hook>: the same for a hook (`on_end`,
   `on_run_end`).
+- AIDP_FAULT_DIE_HOOK_END=<hook id>: the process is SIGKILLed as it would record that the hook
+  (`<run id>.<slug>.on_end`, or a suffix of it) ended.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ FAULTS = (
     "AIDP_FAULT_DIE_SETUP_PID",
     "AIDP_FAULT_HOOK_START",
     "AIDP_FAULT_DIE_HOOK_START",
+    "AIDP_FAULT_DIE_HOOK_END",
 )
 
 
@@ -60,6 +63,8 @@ def _install() -> None:
     die_setup_pid = os.environ.get("AIDP_FAULT_DIE_SETUP_PID")
     refuse_hook = os.environ.get("AIDP_FAULT_HOOK_START")
     die_hook = os.environ.get("AIDP_FAULT_DIE_HOOK_START")
+    die_hook_end = os.environ.get("AIDP_FAULT_DIE_HOOK_END")
+    hook_ended = Store.hook_ended
 
     def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> None:
         if result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR):
@@ -87,10 +92,16 @@ def _install() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         hook_started(self, hook)
 
+    def faulty_hook_ended(self: Store, hook_id: str) -> None:
+        if die_hook_end and hook_id.endswith(die_hook_end):
+            os.kill(os.getpid(), signal.SIGKILL)
+        hook_ended(self, hook_id)
+
     Store.finish = faulty_finish  # type: ignore[method-assign]
     Store.mark_running = faulty_mark_running  # type: ignore[method-assign]
     Store.set_setup = faulty_set_setup  # type: ignore[method-assign]
     Store.hook_started = faulty_hook_started  # type: ignore[method-assign]
+    Store.hook_ended = faulty_hook_ended  # type: ignore[method-assign]
 
 
 if any(os.environ.get(v) for v in FAULTS):

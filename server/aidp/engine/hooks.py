@@ -196,7 +196,8 @@ async def interrupted(db: AsyncStore, hook: HookInFlight, wait_s: float) -> None
     """The aidp process running `hook` died: what the hook left running is ended (SIGKILL after
     `wait_s`) and the hook forgotten, said in aidp's log and, for `on_end`, in the workstream's events."""
     marker, place = _marker(hook.hook, hook.run_id, hook.slug), _place(hook.run_id, hook.slug)
-    await oneshot.end_left(marker, place, hook.pid, hook.pid_start, wait_s)
-    message = f"hook {hook.hook} interrupted: the aidp process (pid {hook.owner_pid}) that ran it is gone; it was ended"
+    left = await oneshot.end_left(marker, place, hook.pid, hook.pid_start, wait_s)
+    gone = f"hook {hook.hook} interrupted: the aidp process (pid {hook.owner_pid}) that ran it is gone"
+    message = f"{gone}; {'it was ended' if left else 'nothing of it was left running'}"
     if await db.call(db.store.release_stale_hook, hook, message):
         log.warning("%s: %s", hook.slug or f"run {hook.run_id}", message)
