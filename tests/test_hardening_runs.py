@@ -254,6 +254,23 @@ def test_a_hook_whose_aidp_was_killed_is_ended_by_the_next_command(
     assert "interrupted" not in again.stderr  # said once
 
 
+def test_two_commands_recovering_one_dead_hook_end_it_and_say_so_once(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    write_config(repo, hook_config("on_end", ["sh", "-c", "trap '' TERM; " + HOOK_BODIES["plain"].format(pids=pids)]))
+    new_ws(repo, "told", "true")
+    owner = spawn_cli(repo, "ws", "run", "told")
+    wait_until_sync(lambda: written(pids), what="the hook's pid")
+    owner.kill()
+    owner.wait(30)
+    listers = [spawn_cli(repo, "ws", "list", "--json") for _ in range(2)]
+    said = [lister.communicate(timeout=60)[1] for lister in listers]
+    assert all(lister.returncode == 0 for lister in listers), said
+    assert not pid_alive(read_pids(pids)[0])  # it ignored SIGTERM: SIGKILL ended it
+    assert sum("hook on_end interrupted" in e for e in events(repo, "told")) == 1
+    assert hooks_recorded(repo) == 0
+
+
 @CGROUPS
 @pytest.mark.parametrize("hook", ["on_end", "on_run_end"])
 def test_what_a_hook_leaves_behind_with_setsid_is_ended_when_it_exits(tmp_path: Path, hook: str, cgroups: str) -> None:

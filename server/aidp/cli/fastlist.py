@@ -102,9 +102,9 @@ def keep(
     module's docstring), lines after it tell of worktrees out of step (rare, and read from what the
     fingerprint does not stamp), or the list was made while another process was `busy` creating,
     removing or landing a workstream or running a hook (if it dies, only the full list's recovery
-    corrects what it left), the kept one is removed instead. The table kept before lends the paths it listed in the
-    worktrees git was not asked about since (see `listing.with_worktrees`); a list made within the
-    racy window keeps nothing and leaves it for the next one."""
+    corrects what it left), the kept one is removed instead. The table kept before lends the paths
+    it listed in the worktrees git was not asked about since (see `listing.with_worktrees`); a list
+    made within the racy window keeps nothing and leaves it for the next one."""
     from aidp.cli.render import fancy
 
     path = os.path.join(root, STATE_DIR, CACHE_FILE)

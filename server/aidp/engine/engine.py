@@ -923,17 +923,9 @@ async def _still_alive(claims: list[Claim], trees: dict[Claim, list[procs.Tree]]
 
 
 def _leftovers(claim: Claim) -> list[procs.Tree]:
-    """Everything of a dead owner's harness that may still run: its cgroup, which holds all of it;
-    without one, the group it led (by its recorded identity, which `env -i` cannot drop) and groups
-    carrying its environment marker."""
-    if claim.cgroup is not None and Path(claim.cgroup).is_dir():
-        return [procs.Tree(cgroup=Path(claim.cgroup))]
-    trees = [procs.Tree(pgid=g) for g in procs.marked_groups(claim.run_id, claim.slug)]
-    if claim.child_pid is not None and claim.child_start is not None:
-        pgid = procs.recorded_group(claim.child_pid, claim.child_start)
-        if pgid is not None:
-            trees.append(procs.Tree(pgid=pgid))
-    return trees
+    """Everything of a dead owner's harness that may still run."""
+    cgroup = Path(claim.cgroup) if claim.cgroup is not None else None
+    return procs.leftovers(procs.marker(claim.run_id, claim.slug), cgroup, claim.child_pid, claim.child_start)
 
 
 def _check_after(after: object) -> list[str]:

@@ -98,19 +98,9 @@ async def _end(tree: procs.Tree, marker: Mapping[str, str] | None, grace_s: floa
 async def end_left(
     marker: Mapping[str, str], place: Path | None, pid: int | None, pid_start: int | None, wait_s: float
 ) -> bool:
-    """End what a command run by an aidp process that died was left running: its cgroup (at
-    `place`), the groups carrying its `marker`, and the group it led by its recorded identity
-    (which `env -i` cannot drop); SIGKILL after `wait_s`. Whether anything of it was left."""
-    trees = [procs.Tree(pgid=g) for g in await asyncio.to_thread(_left_groups, marker, pid, pid_start)]
-    if place is not None and place.is_dir():
-        trees.append(procs.Tree(cgroup=place))
+    """End what a command run by an aidp process that died was left running (`procs.leftovers`;
+    its cgroup at `place`), SIGKILL after `wait_s`. Whether anything of it was left."""
+    trees = await asyncio.to_thread(procs.leftovers, marker, place, pid, pid_start)
     left = any(tree.alive() for tree in trees)
     await procs.terminate(trees, wait_s)
     return left
-
-
-def _left_groups(marker: Mapping[str, str], pid: int | None, pid_start: int | None) -> set[int]:
-    groups = procs.groups_marked(marker)
-    if pid is not None and pid_start is not None and (recorded := procs.recorded_group(pid, pid_start)) is not None:
-        groups.add(recorded)
-    return groups

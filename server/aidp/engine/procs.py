@@ -121,6 +121,18 @@ def groups_marked(marker: Mapping[str, str]) -> set[int]:
     return groups
 
 
+def leftovers(marker: Mapping[str, str], cgroup: Path | None, pid: int | None, pid_start: int | None) -> list[Tree]:
+    """Everything of a command whose aidp process died that may still run: its cgroup, which holds
+    all of it; without one, the groups carrying its environment marker and the group it led, by
+    its recorded identity (which `env -i` cannot drop). Reads /proc: call it off the event loop."""
+    if cgroup is not None and cgroup.is_dir():
+        return [Tree(cgroup=cgroup)]
+    groups = groups_marked(marker)
+    if pid is not None and pid_start is not None and (recorded := recorded_group(pid, pid_start)) is not None:
+        groups.add(recorded)
+    return [Tree(pgid=g) for g in groups]
+
+
 def _signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to the group; False when the group has no process left (0 only probes)."""
     try:
