@@ -18,7 +18,7 @@ import signal
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo, hooks, procs, review, sandbox, scheduling, setup
+from aidp.engine import cgroups, gitrepo, hooks, procs, review, sandbox, scheduling, setup, toolrun
 from aidp.engine.backend import Backend, LocalBackend
 from aidp.engine.config import CONFIG_NAME, DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
@@ -829,6 +829,16 @@ class Engine:
                 log.warning("%s: %s", held.slug, message)
                 await setup.interrupted(self.db, held.slug, message, min(self.grace_s(), PROMPT_EXIT_S))
 
+    async def _end_dead_tools(self, records: Sequence[Operation | Claim]) -> None:
+        """What the git of a dead process's creation, removal, landing or run left running (its
+        hooks: `toolrun`) is ended before its records are released, once per dead process."""
+        dead = list({(r.owner_pid, r.owner_start) for r in records if self._gone(r.owner_pid, r.owner_start)})
+        wait_s = min(self.grace_s(), PROMPT_EXIT_S)
+        ended = await asyncio.gather(*(toolrun.end_left(pid, started, wait_s) for pid, started in dead))
+        for (pid, _), left in zip(dead, ended, strict=True):
+            if left:
+                log.warning("ended what git left running for the aidp process (pid %d) that is gone", pid)
+
     async def _end_dead_hooks(self, running: list[HookInFlight]) -> None:
         """Hooks whose process died: what they left running is ended, all at once."""
         dead = [hook for hook in running if self._gone(hook.owner_pid, hook.owner_start)]
@@ -846,14 +856,12 @@ class Engine:
         until they are gone: a workstream never runs twice at once."""
         async with self._recovering:
             held = await self.db.call(self.db.store.held)
+            claims = [c for c in held.claims if (c.slug, c.run_id) not in self._stopping]
+            await self._end_dead_tools([*held.operations, *claims])
             await self._release_dead_operations(held.operations)
             await self._end_dead_hooks(held.hooks)
             await self._record_unrecorded()
-            stale = [
-                c
-                for c in held.claims
-                if (c.slug, c.run_id) not in self._stopping and self._gone(c.owner_pid, c.owner_start)
-            ]
+            stale = [c for c in claims if self._gone(c.owner_pid, c.owner_start)]
             if not stale:
                 return []
             trees = {c: await asyncio.to_thread(_leftovers, c) for c in stale}

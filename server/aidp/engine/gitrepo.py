@@ -3,7 +3,6 @@ event loop keeps serving while git works."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import shutil
@@ -11,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from aidp.engine import toolrun
 from aidp.engine.errors import GitError, InvalidRef, NotARepository
 
 WORKTREES_DIR = ".worktrees"
@@ -19,17 +19,9 @@ LISTED_MAX = 20  # paths listed in a refusal; the rest are counted
 
 
 async def git(cwd: Path, *args: str, check: bool = True) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "git",
-        *args,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if check and proc.returncode != 0:
-        reason = err.decode(errors="replace").strip() or f"exit status {proc.returncode}, no message"
+    code, out, err = await toolrun.run(["git", *args], cwd)
+    if check and code != 0:
+        reason = err.decode(errors="replace").strip() or f"exit status {code}, no message"
         raise GitError(f"git {' '.join(args)} failed: {reason}")
     return out.decode(errors="replace")
 

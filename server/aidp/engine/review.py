@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from aidp.engine import gitrepo
+from aidp.engine import gitrepo, toolrun
 from aidp.engine.dirty import DirtyCache
 from aidp.engine.errors import AidpError, Busy, CannotLand, GitError, InvalidInput, Refused
 from aidp.engine.events import ListChanged, StatusChanged
@@ -77,33 +76,22 @@ async def run_process(
     cwd: Path, *argv: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None
 ) -> tuple[int, str, str]:
     """A program's exit status, stdout and stderr (an argument list, never a shell)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace").strip()
+    code, out, err = await toolrun.run(list(argv), cwd, env, stdin)
+    return code, out.decode(errors="replace"), err.decode(errors="replace").strip()
 
 
 async def git_bounded(cwd: Path, *args: str, limit: int, env: Mapping[str, str] | None = None) -> tuple[str, bool]:
     """git's stdout up to `limit` bytes, and whether it was cut: a huge diff is never held whole."""
-    proc = await asyncio.create_subprocess_exec(
-        "git", *args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    data = bytearray()
-    while len(data) <= limit and (chunk := await proc.stdout.read(_CHUNK)):
-        data += chunk
-    cut = len(data) > limit
-    if cut:
-        proc.kill()
-    err = await proc.stderr.read()
-    await proc.wait()
+    async with toolrun.started(["git", *args], cwd, env) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        data = bytearray()
+        while len(data) <= limit and (chunk := await proc.stdout.read(_CHUNK)):
+            data += chunk
+        cut = len(data) > limit
+        if cut:
+            proc.kill()
+        err = await proc.stderr.read()
+        await proc.wait()
     if not cut and proc.returncode != 0:
         raise GitError(f"git {' '.join(args)} failed: {err.decode(errors='replace').strip()}")
     return bytes(data[:limit]).decode(errors="replace"), cut

@@ -52,6 +52,7 @@ OUTPUT_BACKLOG_MAX = 1024 * 1024
 PROGRESS_CREATE_TIMEOUT_S = 5.0
 # Requests read and not yet answered (runs aside) before the server stops reading more.
 MAX_UNANSWERED = 64
+FINISH_S = 30.0  # how long a stopping server lets a request already read finish, then again to cancel it
 # Signals that stop the server like the end of its input: every run cancelled and recorded.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
@@ -256,6 +257,7 @@ class AidpServer(JsonRPCServer):
         self._dropped: dict[tuple[str, str], int] = {}
         self._progress: dict[str, ProgressReport] = {}  # the `$/progress` of each run followed, by run id
         self._moving = asyncio.Lock()
+        self._move: asyncio.Future[Any] | None = None  # the land or sync running, which `stop` may cut short
         self.lists: ListSnapshot | None = None  # `aidp/wsList`'s, once the engine is open
         self.takes_records = False  # the client takes `aidp/wsUpdated` (see updates.py)
         self.updates: RecordUpdates | None = None  # with it, once the engine is open
@@ -311,17 +313,21 @@ class AidpServer(JsonRPCServer):
         One at a time in this server, so requests racing for a branch queue rather than refuse each
         other (another process's are still caught by the compare-and-swap on the ref); and, once
         started, never cut short by `$/cancelRequest`, which would leave the branch moved and its
-        worktree behind: the answer is then its result, as JSON-RPC allows."""
+        worktree behind: the answer is then its result, as JSON-RPC allows. Only a stopping server
+        that waited `FINISH_S` for it cuts it short."""
         async with self._moving:
-            work = asyncio.ensure_future(op())
-            while True:
-                try:
-                    return await asyncio.shield(work)
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if work.done() or task is None:  # the work itself was cancelled (the loop is closing)
-                        raise
-                    task.uncancel()
+            work = self._move = asyncio.ensure_future(op())
+            try:
+                while True:
+                    try:
+                        return await asyncio.shield(work)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if work.done() or task is None:  # the work itself was cancelled (the server stops)
+                            raise
+                        task.uncancel()
+            finally:
+                self._move = None
 
     def refuse_if_stopping(self) -> None:
         if self.stopping:
@@ -329,7 +335,8 @@ class AidpServer(JsonRPCServer):
 
     async def stop(self) -> None:
         """shutdown, exit or end of input: cancel every run (each workstream ended and recorded),
-        let the other requests already read finish, then close the engine."""
+        let the other requests already read finish (up to `FINISH_S`, then cancel them: a git hook
+        may never end), then close the engine, which they may still need to record their end."""
         self.stopping = True
         if self._initializing is not None:
             await asyncio.shield(self._initializing)
@@ -342,7 +349,13 @@ class AidpServer(JsonRPCServer):
         await self.engine.cancel()
         others = self.pending - {asyncio.current_task()}
         if others:
-            await asyncio.wait(others, timeout=30)
+            _, unfinished = await asyncio.wait(others, timeout=FINISH_S)
+            for task in unfinished:
+                task.cancel()
+            if self._move is not None:
+                self._move.cancel()
+            if unfinished:
+                await asyncio.wait(unfinished, timeout=FINISH_S)
         if self.updates is not None:
             await self.updates.close()
         await self.engine.close()

@@ -1,0 +1,150 @@
+"""The git aidp runs for its own work runs the repository's hooks, which are the user's programs
+and may never end. Whatever ends aidp's git (Ctrl-C, `$/cancelRequest`, a client gone, aidp
+SIGKILLed and the next command recovering) ends them too. Facts recorded by the hooks, never timing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from cli_helpers import events, spawn_cli
+from conftest import write_config
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException
+from server_helpers import initialize_params, lsp_session, server_command
+from support import cli, make_repo, pid_alive, wait_until, wait_until_sync
+
+pytestmark = pytest.mark.timeout(150)
+
+# What the hook leaves running: itself; itself ignoring SIGTERM; a process that left its group
+# (found by the environment marker aidp gave its git).
+HOOK_BODIES = {
+    "plain": "echo $$ >> {pids}; exec sleep 60",
+    "stubborn": "trap '' TERM; echo $$ >> {pids}; while :; do sleep 0.1; done",
+    "setsid": "setsid sh -c 'echo $$ >> {pids}; exec sleep 60' & wait",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_hook_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """A failing test must not leave its hook looping for ever."""
+    yield
+    pids = tmp_path / "pids"
+    for pid in (int(line) for line in pids.read_text().split()) if pids.exists() else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def git_hook(repo: Path, name: str, body: str) -> None:
+    hook = repo / ".git" / "hooks" / name
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(f"#!/bin/sh\n{body}\n")
+    hook.chmod(0o755)
+
+
+def hook_pid(pids: Path) -> int:
+    """The pid the hook wrote, once written whole (`echo $$ >> f` may be seen half done)."""
+    wait_until_sync(lambda: pids.exists() and pids.read_text().endswith("\n"), what="the git hook's pid")
+    (pid,) = (int(line) for line in pids.read_text().split())
+    return pid
+
+
+def operations_held(repo: Path) -> int:
+    with closing(sqlite3.connect(repo / ".aidp" / "state.db")) as db:
+        return int(db.execute("SELECT count(*) FROM operations").fetchone()[0])
+
+
+@pytest.mark.parametrize("how", list(HOOK_BODIES))
+def test_the_git_hook_of_a_killed_ws_new_is_ended_by_the_next_command(tmp_path: Path, how: str) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    git_hook(repo, "post-checkout", HOOK_BODIES[how].format(pids=pids))
+    owner = spawn_cli(repo, "ws", "new", "made", "a task")
+    pid = hook_pid(pids)
+    owner.kill()
+    owner.wait(30)
+    assert pid_alive(pid)  # its aidp died, git and its hook did not
+
+    listed = cli(repo, "ws", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert not pid_alive(pid)
+    assert f"ended what git left running for the aidp process (pid {owner.pid}) that is gone" in listed.stderr
+    assert operations_held(repo) == 0
+    again = cli(repo, "ws", "list")
+    assert "ended what git left" not in again.stderr  # said once
+
+
+def test_ctrl_c_of_ws_new_ends_its_git_hook(tmp_path: Path) -> None:
+    """git runs in its own process group, so a terminal's Ctrl-C reaches only aidp: aidp ends it."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    git_hook(repo, "post-checkout", "trap '' INT; " + HOOK_BODIES["stubborn"].format(pids=pids))
+    owner = spawn_cli(repo, "ws", "new", "made", "a task")
+    pid = hook_pid(pids)
+    owner.send_signal(signal.SIGINT)
+    _, err = owner.communicate(timeout=60)
+    assert owner.returncode != 0 and "interrupted" in err
+    assert not pid_alive(pid)
+    assert operations_held(repo) == 0
+
+
+def test_the_git_hook_of_a_killed_run_s_auto_commit_is_ended_by_the_next_command(tmp_path: Path) -> None:
+    """A run's own git (`[harness] commit`) runs `post-commit` while the run holds its workstream:
+    recovering the run ends that hook too, and records the run as its aidp left it."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    write_config(repo, '[harness]\ncommand = ["sh", "-c", "echo work > work.txt"]\ncommit = "always"\n')
+    assert cli(repo, "ws", "new", "made", "a task").returncode == 0
+    git_hook(repo, "post-commit", HOOK_BODIES["stubborn"].format(pids=pids))
+    owner = spawn_cli(repo, "ws", "run", "made")
+    pid = hook_pid(pids)
+    owner.kill()
+    owner.wait(30)
+    assert pid_alive(pid)
+
+    listed = cli(repo, "ws", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert not pid_alive(pid)  # it ignored SIGTERM: SIGKILL ended it
+    assert f"ended what git left running for the aidp process (pid {owner.pid})" in listed.stderr
+    assert any(f"aidp process (pid {owner.pid})" in e for e in events(repo, "made"))
+
+
+async def test_cancelling_wsnew_ends_its_git_hook(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    git_hook(repo, "post-checkout", HOOK_BODIES["setsid"].format(pids=pids))
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        made = client.start_call("aidp/wsNew", {"slug": "made", "task": "a task"}, msg_id="the-new")
+        await wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), what="the git hook's pid")
+        pid = int(pids.read_text())
+        client.protocol.notify("$/cancelRequest", lsp.CancelParams(id="the-new"))
+        with pytest.raises(JsonRpcException):
+            await asyncio.wait_for(made, 60)
+        assert not pid_alive(pid)
+        assert operations_held(repo) == 0
+        assert "made" not in await client.workstreams()
+
+
+async def test_a_server_whose_client_went_away_ends_the_git_hook_of_its_wsnew(tmp_path: Path) -> None:
+    """The server lets a request already read finish for a while after its client went away, then
+    cancels it: a hook that never ends does not keep it (or itself) alive."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    git_hook(repo, "post-checkout", HOOK_BODIES["stubborn"].format(pids=pids))
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        client.start_call("aidp/wsNew", {"slug": "made", "task": "a task"})
+        await wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), what="the git hook's pid")
+        pid = int(pids.read_text())
+        server = client.server
+        assert server.stdin is not None
+        server.stdin.close()
+        assert await asyncio.wait_for(server.wait(), 90) == 0
+    assert not pid_alive(pid)
+    assert operations_held(repo) == 0
