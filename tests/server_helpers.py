@@ -161,11 +161,12 @@ async def lsp_session(
     cmd: list[str],
     cwd: Path,
     params: lsp.InitializeParams | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[AidpClient]:
-    """A pytest-lsp client connected to a fresh server process; initialized when `params` is given.
-    Afterwards: shutdown + exit if the server is still up, else just reap it."""
+    """A pytest-lsp client connected to a fresh server process (`env`: added variables); initialized
+    when `params` is given. Afterwards: shutdown + exit if the server is still up, else just reap it."""
     client = AidpClient()
-    await client.start_io(*cmd, cwd=str(cwd))
+    await client.start_io(*cmd, cwd=str(cwd), env={**os.environ, **(env or {})})
     try:
         if params is not None:
             await asyncio.wait_for(client.initialize_session(params), STARTUP_TIMEOUT_S)

@@ -339,6 +339,35 @@ def test_a_hook_never_runs_unrecorded(tmp_path: Path) -> None:
     assert workstreams(repo)["told"]["status"] == "completed"
 
 
+@pytest.mark.parametrize("hook_start", ["recorded", "refused"])
+async def test_a_result_recorded_late_runs_its_on_end_hook_once(tmp_path: Path, hook_start: str) -> None:
+    """The database refused a result, even as `error` (a full disk): the result is told at once,
+    then recorded and told again once the disk takes writes (here: the next list). `on_end` runs
+    once: when the result is first told, or, if its own start could not be recorded then either,
+    when it is told again."""
+    repo = make_repo(tmp_path)
+    ran, freed = tmp_path / "ran", tmp_path / "freed"
+    write_config(repo, hook_config("on_end", ["sh", "-c", f'echo "$AIDP_STATUS" >> {ran}']))
+    new_ws(repo, "told", "true")
+    faults = {"PYTHONPATH": FAULTS, "AIDP_FAULT_FINISH_ALL": "told", "AIDP_FAULT_UNTIL": str(freed)}
+    if hook_start == "refused":
+        faults["AIDP_FAULT_HOOK_START"] = "on_end"
+    async with lsp_session(server_command(repo), tmp_path, initialize_params(), env=faults) as client:
+        summary = await client.call("aidp/wsRun", {"slugs": ["told"]})
+        assert [r["status"] for r in summary["results"]] == ["error"]
+        if hook_start == "recorded":
+            await wait_until(ran.exists, what="the on_end hook")
+        else:
+            await wait_until(
+                lambda: any("could not record its start" in e for e in events(repo, "told")), what="the refusal"
+            )
+            assert not ran.exists()
+        freed.touch()
+        assert (await client.workstreams())["told"]["status"] == "error"  # recorded now
+    # The server waits for its hooks before it exits: a second run of the hook would be written by now.
+    assert ran.read_text() == "error\n"
+
+
 def test_a_hook_that_ended_before_its_aidp_died_is_forgotten_as_such(tmp_path: Path) -> None:
     """aidp killed between the hook's exit and recording it: the next command ends nothing, and
     says that nothing was left."""

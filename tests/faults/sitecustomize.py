@@ -14,6 +14,7 @@ Python imports `sitecustomize` at start-up, so the real CLI or server runs uncha
   `on_run_end`).
 - AIDP_FAULT_DIE_HOOK_END=<hook id>: the process is SIGKILLed as it would record that the hook
   (`<run id>.<slug>.on_end`, or a suffix of it) ended.
+- AIDP_FAULT_UNTIL=<path>: the refusals above hold only until that file exists (the disk freed).
 """
 
 from __future__ import annotations
@@ -65,28 +66,34 @@ def _install() -> None:
     die_hook = os.environ.get("AIDP_FAULT_DIE_HOOK_START")
     die_hook_end = os.environ.get("AIDP_FAULT_DIE_HOOK_END")
     hook_ended = Store.hook_ended
+    until = os.environ.get("AIDP_FAULT_UNTIL")
+
+    def refusing() -> bool:
+        return until is None or not os.path.exists(until)
 
     def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> None:
-        if result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR):
+        if refusing() and (
+            result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR)
+        ):
             raise disk_full()
         finish(self, run_id, result, *args, **kwargs)
 
     def faulty_mark_running(self: Store, run_id: str, slug: str, *args: Any, **kwargs: Any) -> None:
-        if slug == refuse_running:
+        if slug == refuse_running and refusing():
             raise disk_full()
         if slug == die_running:
             os.kill(os.getpid(), signal.SIGKILL)
         mark_running(self, run_id, slug, *args, **kwargs)
 
     def faulty_set_setup(self: Store, slug: str, setup: SetupState, *args: Any, **kwargs: Any) -> None:
-        if setup.pid is not None and slug == refuse_setup_pid:
+        if setup.pid is not None and slug == refuse_setup_pid and refusing():
             raise disk_full()
         if setup.pid is not None and slug == die_setup_pid:
             os.kill(os.getpid(), signal.SIGKILL)
         set_setup(self, slug, setup, *args, **kwargs)
 
     def faulty_hook_started(self: Store, hook: HookInFlight) -> None:
-        if hook.hook == refuse_hook:
+        if hook.hook == refuse_hook and refusing():
             raise disk_full()
         if hook.hook == die_hook:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -30,7 +30,7 @@ from aidp.engine import cgroups, gitrepo, hooks, procs, review, sandbox, schedul
 from aidp.engine.backend import Backend, LocalBackend
 from aidp.engine.config import CONFIG_NAME, DEFAULT_GRACE_S, HALTS, MIN_TIMEOUT_S, Config, load_config
 from aidp.engine.errors import AlreadyExists, ConfigError, InvalidInput, Refused, StateError, UnknownSlugs
-from aidp.engine.events import EventBus, Interrupted, ListChanged, RunFinished, StatusChanged
+from aidp.engine.events import EventBus, Interrupted, ListChanged, RecordedLate, RunFinished, StatusChanged
 from aidp.engine.executor import FailurePolicy, Run, RunOptions, read_tail
 from aidp.engine.follow import Follower
 from aidp.engine.harness import watch_children_by_pidfd
@@ -916,7 +916,7 @@ class Engine:
                 log.warning("%s: its result still cannot be recorded: %s", result.slug, exc)
                 return
             self._unrecorded.remove((run_id, result))
-            self.events.emit(StatusChanged(run_id=run_id, slug=result.slug, status=result.status, error=result.error))
+            self.events.emit(RecordedLate(run_id=run_id, slug=result.slug, status=result.status, error=result.error))
 
 
 async def _still_alive(claims: list[Claim], trees: dict[Claim, list[procs.Tree]], wait_s: float) -> list[Claim]:

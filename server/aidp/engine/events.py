@@ -41,6 +41,12 @@ class Interrupted(StatusChanged):
     least of all from a command that only lists."""
 
 
+class RecordedLate(StatusChanged):
+    """A result the database refused when its workstream ended (a full disk), recorded later and
+    told again (the same payload). It was told when it happened, and its `on_end` hook ran then,
+    unless the database refused that hook's start too."""
+
+
 class OutputChunk(Record):
     """New output of a running workstream. `skipped` bytes came before `text` but are left out
     of the live view (a flood); the log file has them all."""

@@ -24,7 +24,7 @@ from typing import Any
 from aidp.engine import cgroups, oneshot, procs
 from aidp.engine.config import Config
 from aidp.engine.errors import ConfigError
-from aidp.engine.events import EngineEvent, EventBus, Interrupted, RunFinished, StatusChanged
+from aidp.engine.events import EngineEvent, EventBus, Interrupted, RecordedLate, RunFinished, StatusChanged
 from aidp.engine.model import FINAL_STATUSES, RunSummary
 from aidp.engine.store import AsyncStore, HookInFlight
 
@@ -71,10 +71,17 @@ class HookRunner:
         self._db = db
         self._config = config
         self._tasks: set[asyncio.Task[None]] = set()
+        self._owed: set[str] = set()  # `on_end` hooks whose start the database refused: run when told again
         bus.subscribe(self._on_event)
 
     def _on_event(self, event: EngineEvent) -> None:
         if isinstance(event, Interrupted):
+            return
+        if isinstance(event, RecordedLate):  # its hook ran when it was first told, unless owed
+            name = _hook_id("on_end", event.run_id or "", event.slug)
+            if name in self._owed:
+                self._owed.remove(name)
+                self._start(self._workstream_ended(event))
             return
         if isinstance(event, StatusChanged) and event.run_id is not None and event.status in FINAL_STATUSES:
             self._start(self._workstream_ended(event))
@@ -169,6 +176,8 @@ class HookRunner:
                 record,
             )
         except sqlite3.Error as exc:  # from `record`: it was ended before it ran
+            if slug is not None:
+                self._owed.add(name)
             return f"could not record its start, so it did not run: {exc}"
         finally:
             try:
