@@ -57,6 +57,14 @@ def make_repo(tmp_path: Path) -> Path:
     return root
 
 
+def git_hook(repo: Path, name: str, body: str) -> None:
+    """The repository's git hook `name` (post-checkout, post-commit, ...): `body` run by sh."""
+    hook = repo / ".git" / "hooks" / name
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(f"#!/bin/sh\n{body}\n")
+    hook.chmod(0o755)
+
+
 def cli(
     cwd: Path, *args: str, timeout: float = WAIT_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,7 @@
 """The fault-injection suite (issue 8, G): real processes and repositories, hostile harnesses, and
 aidp killed at random moments (with an `on_end` hook of a hostile kind running, once a
-workstream ended). After every fault the same checks: nothing of the run alive, no
+workstream ended; or while workstreams are made, with a hostile git `post-checkout` hook). After
+every fault the same checks: nothing of the run alive, no
 status `queued`/`running` that nothing runs, `PRAGMA integrity_check` ok, every log whole. The
 counts (kills, orphans, stuck) are printed at the end of the session.
 
@@ -20,13 +21,14 @@ import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from cli_helpers import new_ws, spawn_cli, workstreams
 from conftest import write_config
 from server_helpers import raw_session, server_command, stored_workstreams
-from support import cli, make_repo, pid_alive, wait_until, wait_until_sync
+from support import cli, git_hook, make_repo, pid_alive, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -178,6 +180,54 @@ async def test_server_killed_mid_run(tmp_path: Path, round_no: int) -> None:
     COUNTS["kills"] += 1
     COUNTS["rounds"] += 1
     await asyncio.to_thread(check_invariants, repo, board)
+
+
+def operations_held(repo: Path) -> int:
+    with closing(sqlite3.connect(repo / ".aidp" / "state.db")) as db:
+        return int(db.execute("SELECT count(*) FROM operations").fetchone()[0])
+
+
+@pytest.mark.parametrize("face", ["cli", "server"])
+@pytest.mark.parametrize("round_no", range(2))
+async def test_killed_mid_creation_with_a_hostile_git_hook(tmp_path: Path, face: str, round_no: int) -> None:
+    """Workstreams made at once while the repository's `post-checkout` hook is of a hostile kind
+    that never ends; aidp killed once some of the hooks started (others are still in git or
+    before it). Then the same checks, nothing held, and every slug can be made again."""
+    r = rng(f"new-{face}-{round_no}")
+    repo, board = make_repo(tmp_path), tmp_path / "board"
+    board.mkdir()
+    kind = r.choice([k for k in KINDS if k != "quick"])
+    git_hook(repo, "post-checkout", f"exec >> {board}/hook.out 2>&1; " + KINDS[kind].format(pids=board / "hook.pids"))
+    slugs = [f"n{round_no}-{i}" for i in range(r.randint(2, 4))]
+    k = r.randint(1, len(slugs))
+
+    def hooks_started() -> bool:
+        pids = board / "hook.pids"
+        return pids.exists() and len(pids.read_text().split()) >= k
+
+    if face == "cli":
+        owners = [spawn_cli(repo, "ws", "new", slug, "a task") for slug in slugs]
+        await wait_until(hooks_started, what=f"{k} git hooks started")
+        for owner in owners:
+            owner.send_signal(signal.SIGKILL)
+            owner.wait(30)
+    else:
+        async with raw_session(server_command(repo), tmp_path) as client:
+            await client.initialize()
+            for slug in slugs:
+                client.request_nowait("aidp/wsNew", {"slug": slug, "task": "a task"})
+            await wait_until(hooks_started, what=f"{k} git hooks started")
+            client.proc.kill()
+            await client.proc.wait()
+    COUNTS["kills"] += 1
+    COUNTS["rounds"] += 1
+    await asyncio.to_thread(check_invariants, repo, board)
+    assert operations_held(repo) == 0
+    git_hook(repo, "post-checkout", "exit 0")
+    for slug in slugs:
+        again = await asyncio.to_thread(cli, repo, "ws", "new", slug, "a task")
+        assert again.returncode == 0, again.stderr
+    assert set(await asyncio.to_thread(workstreams, repo)) == set(slugs)
 
 
 def test_cancel_and_timeout_of_hostile_harnesses(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from conftest import write_config
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 from server_helpers import initialize_params, lsp_session, server_command
-from support import cli, make_repo, pid_alive, wait_until, wait_until_sync
+from support import cli, git_hook, make_repo, pid_alive, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -40,13 +40,6 @@ def _no_hook_outlives_its_test(tmp_path: Path) -> Iterator[None]:
     for pid in (int(line) for line in pids.read_text().split()) if pids.exists() else ():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def git_hook(repo: Path, name: str, body: str) -> None:
-    hook = repo / ".git" / "hooks" / name
-    hook.parent.mkdir(exist_ok=True)
-    hook.write_text(f"#!/bin/sh\n{body}\n")
-    hook.chmod(0o755)
 
 
 def hook_pid(pids: Path) -> int:
