@@ -699,8 +699,25 @@ class Extension implements vscode.Disposable {
       validateInput: (value) => (value.trim().length === 0 ? "Describe the task." : undefined),
     });
     if (task === undefined) return;
-    const ws = await this.server.request<Workstream>(WS_NEW, { slug, task: task.trim() });
+    // Cancellable: the repository's post-checkout hook (`npm install`, say) may take minutes or never end.
+    const ws = await vscode.window.withProgress(
+      { location: vscode.ProgressLocation.Notification, title: `AIDP: creating ${slug}…`, cancellable: true },
+      async (_progress, token) => {
+        try {
+          return await this.server.request<Workstream>(WS_NEW, { slug, task: task.trim() }, token);
+        } catch (e) {
+          if (!token.isCancellationRequested && !isCancelled(e)) throw e;
+          return undefined;
+        }
+      },
+    );
     await this.fetchList();
+    if (ws === undefined) {
+      void vscode.window.showInformationMessage(
+        `AIDP: creating ${slug} was cancelled and its git hooks ended. Its worktree stays: New Workstream '${slug}' again adopts it.`,
+      );
+      return;
+    }
     void vscode.window.setStatusBarMessage(`AIDP: created ${ws.slug} (${ws.branch})`, 5000);
   }
 

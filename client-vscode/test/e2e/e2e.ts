@@ -104,6 +104,15 @@ function aidpErrors(dir: string, message: string): string[] {
   );
 }
 
+/** Whether the process runs (a zombie, which no init may reap in a container, does not). */
+function processAlive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
 /** Records every distinct aria-label a row shows, until stopped. */
 function watchRows(wb: Workbench, slugs: string[]): { seen: Map<string, string[]>; stop: () => Promise<void> } {
   const seen = new Map<string, string[]>(slugs.map((s) => [s, []]));
@@ -295,6 +304,34 @@ async function main(): Promise<void> {
     await waitFor("new-ws to leave the tree", async () => (await wb?.row("new-ws").count()) === 0, 60_000);
     check(!fs.existsSync(path.join(repo, ".worktrees", "new-ws")), "Force Remove removed new-ws and its worktree");
     await wb.shot("09-removed");
+
+    // ---- New Workstream cancelled while the repository's post-checkout hook (ignoring SIGTERM) runs ---
+    const hookFile = path.join(repo, ".git", "hooks", "post-checkout");
+    const hookPidFile = path.join(base, "post-checkout.pid");
+    fs.writeFileSync(hookFile, `#!/bin/sh\ntrap '' TERM\necho $$ > "${hookPidFile}"\nwhile :; do sleep 0.2; done\n`, {
+      mode: 0o755,
+    });
+    await wb.command("AIDP: New Workstream");
+    await input.fill("hooked-ws");
+    await page.keyboard.press("Enter");
+    await page.locator(".quick-input-widget .quick-input-title", { hasText: "2/2" }).waitFor({ state: "visible", timeout: 30_000 });
+    await input.fill("wait for a hook that never ends");
+    await page.keyboard.press("Enter");
+    const creating = wb.toast("AIDP: creating hooked-ws");
+    await creating.waitFor({ state: "visible", timeout: 30_000 });
+    const hookPid = await waitFor("the post-checkout hook to start", () => {
+      const text = fs.existsSync(hookPidFile) ? fs.readFileSync(hookPidFile, "utf8") : "";
+      return Promise.resolve(text.endsWith("\n") && Number(text.trim()));
+    });
+    check(processAlive(hookPid), "New Workstream shows a cancellable notification while the post-checkout hook runs");
+    await creating.hover();
+    await creating.locator(".monaco-button", { hasText: "Cancel" }).click();
+    await wb.toast("creating hooked-ws was cancelled").waitFor({ state: "visible", timeout: 60_000 });
+    check(!processAlive(hookPid), "cancelling it ended the hook, which ignored SIGTERM");
+    check((await wb.row("hooked-ws").count()) === 0, "the cancelled creation made no workstream");
+    fs.unlinkSync(hookFile);
+    run("git", ["worktree", "remove", "--force", path.join(repo, ".worktrees", "hooked-ws")], { cwd: repo });
+    run("git", ["branch", "-D", "aidp/hooked-ws"], { cwd: repo });
 
     // ---- A server that cannot start: an actionable error with a button to the setting ---------------
     const settingsFile = path.join(userData, "User", "settings.json");
