@@ -57,7 +57,11 @@ async def diagnose(root: Path) -> DoctorReport:
 async def _git() -> Finding:
     try:
         proc = await asyncio.create_subprocess_exec(
-            "git", "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            "git",
+            "--version",
+            stdin=asyncio.subprocess.DEVNULL,  # a server's stdin is its JSON-RPC channel
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         out, _ = await proc.communicate()
     except OSError:

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import msgspec
 
+from aidp.engine import toolrun
 from aidp.engine.config import Sandbox
 from aidp.engine.errors import GitError
 from aidp.engine.gitrepo import git
@@ -233,10 +234,8 @@ async def _detach(worktree: Path, branch: str, head: str) -> None:
 
 async def _is_ancestor(worktree: Path, ref: str) -> bool:
     """Whether HEAD descends from `ref` (its exit status is the answer, so not through `git`)."""
-    proc = await asyncio.create_subprocess_exec(
-        "git", "merge-base", "--is-ancestor", ref, "HEAD", cwd=worktree, stdin=subprocess.DEVNULL
-    )
-    return await proc.wait() == 0
+    code, _, _ = await toolrun.run(["git", "merge-base", "--is-ancestor", ref, "HEAD"], worktree)
+    return code == 0
 
 
 async def _attach(worktree: Path, branch: str) -> str | None:
