@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import new_ws, spawn_cli, workstreams
 from conftest import write_config
-from server_helpers import raw_session, server_command, stored_workstreams
+from server_helpers import initialize_params, lsp_session, raw_session, server_command, stored_workstreams
 from support import cli, git_hook, make_repo, pid_alive, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(300)
@@ -247,16 +248,31 @@ def test_cancel_and_timeout_of_hostile_harnesses(tmp_path: Path) -> None:
     check_invariants(repo, board)
 
 
-def test_disk_full_under_the_state_directory(tmp_path: Path) -> None:
-    """`.aidp` on a 2 MiB tmpfs that a harness fills: the run ends, nothing hangs or lies, and once
-    space is back every status is final and the database is intact. (Tests run as root, as CI does.)"""
-    repo, board = make_repo(tmp_path), tmp_path / "board"
-    board.mkdir()
+@contextlib.contextmanager
+def small_state_dir(repo: Path) -> Iterator[Path]:
+    """`.aidp` on a 2 MiB tmpfs, to be filled. (Tests run as root, as CI does.)"""
     state = repo / ".aidp"
     state.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(state)], capture_output=True)
     assert mounted.returncode == 0, f"this suite needs root to mount a tmpfs: {mounted.stderr!r}"
     try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def fill(state: Path) -> Path:
+    filler = state / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)
+    return filler
+
+
+def test_disk_full_under_the_state_directory(tmp_path: Path) -> None:
+    """A harness fills `.aidp`: the run ends, nothing hangs or lies, and once space is back every
+    status is final and the database is intact."""
+    repo, board = make_repo(tmp_path), tmp_path / "board"
+    board.mkdir()
+    with small_state_dir(repo) as state:
         filler = state / "filler"
         write_config(repo, "[harness]\ngrace_s = 0.5\nmax_concurrent = 3\n")
         slugs = create(repo, board, "d", ["quick", "plain"])
@@ -267,8 +283,71 @@ def test_disk_full_under_the_state_directory(tmp_path: Path) -> None:
         COUNTS["rounds"] += 1
         filler.unlink()
         check_invariants(repo, board, logs=False)
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_a_run_killed_then_a_full_disk_is_still_listed_and_recorded_once_space_is_back(tmp_path: Path) -> None:
+    """aidp SIGKILLed mid-run, then the disk fills: the next list ends what the run left and says
+    it cannot record that yet (no traceback); the first list once space is back records it."""
+    repo, board = make_repo(tmp_path), tmp_path / "board"
+    board.mkdir()
+    with small_state_dir(repo) as state:
+        write_config(repo, "[harness]\ngrace_s = 0.5\n")
+        (slug,) = create(repo, board, "k", ["stubborn"])
+        owner = spawn_cli(repo, "ws", "run", slug)
+        wait_until_sync(lambda: recorded_running(repo) == 1, what="the start recorded")
+        owner.kill()
+        owner.wait(30)
+        filler = fill(state)
+        listed = cli(repo, "ws", "list")
+        assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+        assert "could not be recorded (database or disk is full)" in listed.stderr
+        assert not any(pid_alive(int(p)) for p in (board / f"{slug}.pids").read_text().split())
+        filler.unlink()
+        COUNTS["rounds"] += 1
+        check_invariants(repo, board)
+        assert workstreams(repo)[slug]["status"] == "cancelled"
+
+
+def test_a_run_whose_claim_a_full_disk_refuses_says_so_and_leaves_nothing_claimed(tmp_path: Path) -> None:
+    """A full disk refuses the COMMIT of a run's claim: the run says so in one line (never a
+    traceback), and once space is back nothing claims the workstream and nothing says it ran."""
+    repo, board = make_repo(tmp_path), tmp_path / "board"
+    board.mkdir()
+    with small_state_dir(repo) as state:
+        (slug,) = create(repo, board, "w", ["quick"])
+        with closing(sqlite3.connect(state / "state.db")) as reader:  # keeps the WAL, so COMMIT is what fails
+            reader.execute("SELECT count(*) FROM workstreams").fetchone()
+            filler = fill(state)
+            run = cli(repo, "ws", "run", slug)
+            assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+            assert "the state database refused a write" in run.stderr
+            filler.unlink()
+        listed = cli(repo, "ws", "list", "--json")
+        assert "interrupted" not in listed.stderr, listed.stderr
+        assert {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)} == {slug: "active"}
+        assert not (board / f"{slug}.pids").exists()
+        COUNTS["rounds"] += 1
+        check_invariants(repo, board)
+
+
+async def test_a_server_on_a_full_disk_lists_refuses_in_one_line_and_recovers(tmp_path: Path) -> None:
+    """The disk fills under a running server: lists are answered, a run it cannot claim is refused
+    with the reason (-32803, not an internal error), and once space is back it runs."""
+    repo, board = make_repo(tmp_path), tmp_path / "board"
+    board.mkdir()
+    with small_state_dir(repo) as state:
+        (slug,) = create(repo, board, "f", ["quick"])
+        async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+            await client.workstreams()  # the server holds the database open from here on
+            filler = fill(state)
+            assert (await client.workstreams())[slug]["status"] == "active"
+            refused = await client.fails("aidp/wsRun", {"slugs": [slug]})
+            assert refused.code == -32803 and "the state database refused a write" in refused.message
+            filler.unlink()
+            summary = await client.call("aidp/wsRun", {"slugs": [slug]})
+            assert [r["status"] for r in summary["results"]] == ["completed"]
+        COUNTS["rounds"] += 1
+        check_invariants(repo, board)
 
 
 def test_rm_racing_run(tmp_path: Path) -> None:

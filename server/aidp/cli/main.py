@@ -41,12 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     """Parse the command line and run the command (the full path of every command)."""
     import io
+    import sqlite3
 
     from aidp.cli import wiring
-    from aidp.cli.base import EXIT_USAGE, ParserExit, UsageError, exit_code
+    from aidp.cli.base import EXIT_FAILURE, EXIT_USAGE, ParserExit, UsageError, exit_code
     from aidp.cli.parser import build_parser, parse
     from aidp.cli.render import report, set_fancy
-    from aidp.engine.errors import AidpError
+    from aidp.engine.errors import AidpError, refused_by_state
 
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # a pipe sees each line as it comes
@@ -65,3 +66,6 @@ def _run(argv: Sequence[str] | None) -> int:
     except AidpError as exc:
         report(str(exc))
         return exit_code(exc)
+    except sqlite3.Error as exc:  # a write the state database refused (a full disk): said, never a traceback
+        report(str(refused_by_state(exc)))
+        return EXIT_FAILURE

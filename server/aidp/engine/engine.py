@@ -825,7 +825,9 @@ class Engine:
             if not self._gone(held.owner_pid, held.owner_start):
                 continue
             message = f"interrupted: the aidp process (pid {held.owner_pid}) doing 'ws {_OP_COMMANDS[held.op]}' is gone"
-            if await self.db.call(self.db.store.release_stale_operation, held, message):
+            if await self.db.recovery_write(
+                f"{held.slug}: {message}", self.db.store.release_stale_operation, held, message
+            ):
                 log.warning("%s: %s", held.slug, message)
                 await setup.interrupted(self.db, held.slug, message, min(self.grace_s(), PROMPT_EXIT_S))
 
@@ -898,12 +900,15 @@ class Engine:
 
     async def _release(self, claim: Claim) -> str | None:
         message = f"interrupted: the aidp process (pid {claim.owner_pid}) that ran it is gone"
-        if not await self.db.call(self.db.store.release_stale, claim, message):
-            return None  # another process got there first
+        said = f"{claim.slug}: {message}; what it left was ended"
+        if not await self.db.recovery_write(said, self.db.store.release_stale, claim, message):
+            return None  # another process got there first, or the database refused
         log.warning("%s: %s", claim.slug, message)
         ws = await self.db.call(self.db.store.get, claim.slug)
         if ws is not None and (moved := await sandbox.reattach(Path(ws.path), ws.branch)):
-            await self.db.call(self.db.store.note, claim.slug, claim.run_id, Status.CANCELLED, moved)
+            await self.db.recovery_write(
+                f"{claim.slug}: {moved}", self.db.store.note, claim.slug, claim.run_id, Status.CANCELLED, moved
+            )
         self.events.emit(Interrupted(run_id=claim.run_id, slug=claim.slug, status=Status.CANCELLED, error=message))
         return claim.slug
 

@@ -83,3 +83,9 @@ class InvalidRef(InvalidInput, GitError):
 class StateError(AidpError):
     """The state database is missing, damaged, or was replaced under this process: aidp refuses
     to go on (or to start an empty one over aidp's worktrees) and says how to recover."""
+
+
+def refused_by_state(exc: Exception) -> StateError:
+    """A write the state database refused (a full disk, an I/O error) that no one could work
+    around, for a face to say in one line."""
+    return StateError(f"the state database refused a write ({exc}): free some space, then try again")

@@ -208,5 +208,6 @@ async def interrupted(db: AsyncStore, hook: HookInFlight, wait_s: float) -> None
     left = await oneshot.end_left(marker, place, hook.pid, hook.pid_start, wait_s)
     gone = f"hook {hook.hook} interrupted: the aidp process (pid {hook.owner_pid}) that ran it is gone"
     message = f"{gone}; {'it was ended' if left else 'nothing of it was left running'}"
-    if await db.call(db.store.release_stale_hook, hook, message):
-        log.warning("%s: %s", hook.slug or f"run {hook.run_id}", message)
+    who = hook.slug or f"run {hook.run_id}"
+    if await db.recovery_write(f"{who}: {message}", db.store.release_stale_hook, hook, message):
+        log.warning("%s: %s", who, message)

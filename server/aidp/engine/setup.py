@@ -158,7 +158,9 @@ async def interrupted(db: AsyncStore, slug: str, message: str, wait_s: float) ->
     failed = msgspec.structs.replace(
         state, status="failed", error=message, finished_at=utc_now(), pid=None, pid_start=None
     )
-    await db.call(db.store.set_setup, slug, failed, f"setup failed: {message}")
+    await db.recovery_write(
+        f"{slug}: setup failed: {message}", db.store.set_setup, slug, failed, f"setup failed: {message}"
+    )
 
 
 def _last_lines(log_path: Path) -> str:

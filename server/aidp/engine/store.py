@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -48,6 +49,8 @@ from aidp.engine.model import (
     priority_name,
     utc_now,
 )
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -558,7 +561,13 @@ class Store:
             self._db.execute("ROLLBACK")
             del self._mine[mine:]
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:  # refused (a full disk): nothing of it is durable, its events are not ours
+            with suppress(sqlite3.Error):  # SQLite may keep the transaction open after a failed COMMIT
+                self._db.execute("ROLLBACK")
+            del self._mine[mine:]
+            raise
 
     def _event(self, slug: str, run_id: str | None, status: Status, message: str | None, at: str) -> None:
         """An event of the workstream that now has `slug` (call it before deleting the row)."""
@@ -1184,6 +1193,16 @@ class AsyncStore:
         except sqlite3.DatabaseError as exc:
             self._explain(exc)
             raise
+
+    async def recovery_write(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        """`call` for recovery's writes: one the database refuses (a full disk) is said in the log,
+        with `what` it would have recorded, and answered None. Recovery goes on (what it ended
+        stays ended) and leaves the record to the next one, which finds the same dead process."""
+        try:
+            return await self.call(fn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            log.warning("%s; this could not be recorded (%s): the next aidp command records it", what, exc)
+            return None
 
     async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like `call`, for a transition (a store method that writes through `_tx`), with group

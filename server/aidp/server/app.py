@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import signal
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ from pygls.server import JsonRPCServer
 from aidp import protocol as p
 from aidp.engine import Engine
 from aidp.engine.doctor import diagnose
-from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refused, UnknownSlugs
+from aidp.engine.errors import AidpError, Busy, CannotLand, InvalidInput, Refused, UnknownSlugs, refused_by_state
 from aidp.engine.events import EngineEvent, ListChanged, OutputChunk, RunProgress, StatusChanged, StatusSeen
 from aidp.engine.executor import Run
 from aidp.engine.gitrepo import find_root
@@ -608,6 +609,8 @@ def create_server(root: Path | None) -> AidpServer:
                     return result if isinstance(result, Encoded) else msgspec.to_builtins(result)
                 except AidpError as exc:
                     raise to_jsonrpc(exc) from exc
+                except sqlite3.Error as exc:
+                    raise to_jsonrpc(refused_by_state(exc)) from exc
                 finally:
                     ls.pending.discard(task)
 
