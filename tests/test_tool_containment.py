@@ -14,12 +14,12 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from cli_helpers import events, spawn_cli
+from cli_helpers import events, spawn_cli, workstreams
 from conftest import write_config
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 from server_helpers import initialize_params, lsp_session, server_command
-from support import cli, git_hook, make_repo, pid_alive, wait_until, wait_until_sync
+from support import cli, git, git_hook, make_repo, pid_alive, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -141,3 +141,34 @@ async def test_a_server_whose_client_went_away_ends_the_git_hook_of_its_wsnew(tm
         assert await asyncio.wait_for(server.wait(), 90) == 0
     assert not pid_alive(pid)
     assert operations_held(repo) == 0
+
+
+async def test_a_server_whose_client_went_away_mid_land_ends_the_hook_and_completes_the_land(
+    tmp_path: Path,
+) -> None:
+    """A land waits on a `reference-transaction` hook that never ends, after `main` has moved. The
+    client goes away: the server ends the hook, not git, so the land completes (the checkout of
+    `main` follows, the workstream is `landed`) rather than leaving `main` moved under a stale
+    checkout; then it exits."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    commit = "echo x > feat.txt && git add feat.txt && git commit -qm feat"
+    assert cli(repo, "ws", "new", "feat", "a task", "--command", f"sh -c '{commit}'").returncode == 0
+    assert cli(repo, "ws", "run", "feat").returncode == 0
+    git_hook(
+        repo,
+        "reference-transaction",
+        '[ "$1" = committed ] || exit 0\ngrep -q " refs/heads/main$" || exit 0\n'
+        + HOOK_BODIES["stubborn"].format(pids=pids),
+    )
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        client.start_call("aidp/wsLand", {"slugs": ["feat"]})
+        await wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), what="the hook's pid")
+        pid = int(pids.read_text())
+        server = client.server
+        assert server.stdin is not None
+        server.stdin.close()
+        assert await asyncio.wait_for(server.wait(), 90) == 0
+    assert not pid_alive(pid)
+    assert git(repo, "status", "--porcelain") == "" and (repo / "feat.txt").read_text() == "x\n"
+    assert workstreams(repo)["feat"]["status"] == "landed"

@@ -831,6 +831,12 @@ class Engine:
                 log.warning("%s: %s", held.slug, message)
                 await setup.interrupted(self.db, held.slug, message, min(self.grace_s(), PROMPT_EXIT_S))
 
+    async def end_git_hooks(self) -> None:
+        """End the repository's git hooks that this process's git runs (not git itself), so that
+        a request stuck on one finishes its own way: for a server that stops."""
+        if found := await toolrun.end_hooks(toolrun.GRACE_S):
+            log.warning("git hooks had not ended, so they were: %d process(es)", found)
+
     async def _end_dead_tools(self, records: Sequence[Operation | Claim]) -> None:
         """What the git of a dead process's creation, removal, landing or run left running (its
         hooks: `toolrun`) is ended before its records are released, once per dead process."""

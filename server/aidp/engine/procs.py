@@ -103,12 +103,17 @@ def marker(run_id: str, slug: str) -> dict[str, str]:
 
 
 def groups_marked(marker: Mapping[str, str]) -> set[int]:
-    """Process groups holding a process whose environment has every entry of `marker`. Without
-    cgroups this reads every process on the machine once per ended workstream, so each
-    environment is searched for the whole entries as it is read, neither split nor parsed
-    (1.5 ms a scan at 73 processes before, bench: overhead with AIDP_CGROUPS=0)."""
+    """Process groups holding a process whose environment has every entry of `marker`."""
+    return {pgid for _, _, pgid in marked(marker)}
+
+
+def marked(marker: Mapping[str, str]) -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live process whose environment has every entry
+    of `marker`. Without cgroups this reads every process on the machine once per ended
+    workstream, so each environment is searched for the whole entries as it is read, neither
+    split nor parsed (1.5 ms a scan at 73 processes before, bench: overhead with AIDP_CGROUPS=0)."""
     markers = [f"\0{name}={value}\0".encode() for name, value in marker.items()]
-    groups = set()
+    found = []
     for name in os.listdir(PROC):
         if not name.isdigit():
             continue
@@ -117,8 +122,8 @@ def groups_marked(marker: Mapping[str, str]) -> set[int]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         if all(marker in env for marker in markers) and (fields := _stat_fields(int(name))) and fields[0] != "Z":
-            groups.add(int(fields[2]))
-    return groups
+            found.append((int(name), int(fields[1]), int(fields[2])))
+    return found
 
 
 def leftovers(marker: Mapping[str, str], cgroup: Path | None, pid: int | None, pid_start: int | None) -> list[Tree]:

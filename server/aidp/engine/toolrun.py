@@ -15,6 +15,7 @@ import contextlib
 import functools
 import itertools
 import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -72,6 +73,35 @@ async def run(
         out, err = await proc.communicate(stdin)
     assert proc.returncode is not None
     return proc.returncode, out, err
+
+
+async def end_hooks(grace_s: float, poll_s: float = 0.05) -> int:
+    """End what this process's tools started (a repository's git hooks), not the tools: a git
+    whose hook ended finishes its own work and its caller goes on (a land whose branch has moved
+    still brings its worktree along), where ending git would cut that work short. SIGTERM, SIGKILL
+    after `grace_s`. How many processes there were."""
+    me = os.getpid()
+    mine = {OWNER: _identity(me)}
+
+    def hooks() -> list[int]:
+        return [pid for pid, parent, _ in procs.marked(mine) if parent != me]
+
+    pids = await asyncio.to_thread(hooks)
+    found = len(pids)
+    _signal(pids, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while pids and loop.time() < deadline:
+        await asyncio.sleep(poll_s)
+        pids = await asyncio.to_thread(hooks)
+    _signal(pids, signal.SIGKILL)
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 async def end_left(owner_pid: int, owner_start: int, wait_s: float) -> bool:

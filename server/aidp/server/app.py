@@ -336,8 +336,9 @@ class AidpServer(JsonRPCServer):
 
     async def stop(self) -> None:
         """shutdown, exit or end of input: cancel every run (each workstream ended and recorded),
-        let the other requests already read finish (up to `FINISH_S`, then cancel them: a git hook
-        may never end), then close the engine, which they may still need to record their end."""
+        let the other requests already read finish (up to `FINISH_S`; then the git hooks they wait
+        on are ended, and after `FINISH_S` more they are cancelled), then close the engine, which
+        they may still need to record their end."""
         self.stopping = True
         if self._initializing is not None:
             await asyncio.shield(self._initializing)
@@ -351,9 +352,12 @@ class AidpServer(JsonRPCServer):
         others = self.pending - {asyncio.current_task()}
         if others:
             _, unfinished = await asyncio.wait(others, timeout=FINISH_S)
+            if unfinished:  # most likely on a git hook that never ends: end those, so each finishes its own way
+                await self.engine.end_git_hooks()
+                _, unfinished = await asyncio.wait(unfinished, timeout=FINISH_S)
             for task in unfinished:
                 task.cancel()
-            if self._move is not None:
+            if unfinished and self._move is not None:
                 self._move.cancel()
             if unfinished:
                 await asyncio.wait(unfinished, timeout=FINISH_S)
