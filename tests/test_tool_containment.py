@@ -143,6 +143,34 @@ async def test_a_server_whose_client_went_away_ends_the_git_hook_of_its_wsnew(tm
     assert operations_held(repo) == 0
 
 
+LAND_HOOK = '[ "$1" = committed ] || exit 0\ngrep -q " refs/heads/main$" || exit 0\n'  # once main has moved
+
+
+def landable(repo: Path) -> None:
+    """A workstream `feat` whose run committed feat.txt."""
+    commit = "echo x > feat.txt && git add feat.txt && git commit -qm feat"
+    assert cli(repo, "ws", "new", "feat", "a task", "--command", f"sh -c '{commit}'").returncode == 0
+    assert cli(repo, "ws", "run", "feat").returncode == 0
+
+
+def test_ctrl_c_mid_land_ends_the_hook_and_completes_the_land(tmp_path: Path) -> None:
+    """Ctrl-C while a `reference-transaction` hook (ignoring SIGTERM) holds git after `main` moved:
+    the hook is ended, not git, so the checkout of `main` follows and the land is recorded before
+    the command ends, interrupted."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    landable(repo)
+    git_hook(repo, "reference-transaction", LAND_HOOK + HOOK_BODIES["stubborn"].format(pids=pids))
+    owner = spawn_cli(repo, "ws", "land", "feat")
+    pid = hook_pid(pids)
+    owner.send_signal(signal.SIGINT)
+    _, err = owner.communicate(timeout=60)
+    assert owner.returncode != 0 and "interrupted" in err
+    assert not pid_alive(pid)
+    assert git(repo, "status", "--porcelain") == "" and (repo / "feat.txt").read_text() == "x\n"
+    assert workstreams(repo)["feat"]["status"] == "landed"
+
+
 async def test_a_server_whose_client_went_away_mid_land_ends_the_hook_and_completes_the_land(
     tmp_path: Path,
 ) -> None:
@@ -152,15 +180,8 @@ async def test_a_server_whose_client_went_away_mid_land_ends_the_hook_and_comple
     checkout; then it exits."""
     repo = make_repo(tmp_path)
     pids = tmp_path / "pids"
-    commit = "echo x > feat.txt && git add feat.txt && git commit -qm feat"
-    assert cli(repo, "ws", "new", "feat", "a task", "--command", f"sh -c '{commit}'").returncode == 0
-    assert cli(repo, "ws", "run", "feat").returncode == 0
-    git_hook(
-        repo,
-        "reference-transaction",
-        '[ "$1" = committed ] || exit 0\ngrep -q " refs/heads/main$" || exit 0\n'
-        + HOOK_BODIES["stubborn"].format(pids=pids),
-    )
+    landable(repo)
+    git_hook(repo, "reference-transaction", LAND_HOOK + HOOK_BODIES["stubborn"].format(pids=pids))
     async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
         client.start_call("aidp/wsLand", {"slugs": ["feat"]})
         await wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), what="the hook's pid")

@@ -470,20 +470,51 @@ async def check_holders(root: Path, branch: str, old: str, new: str) -> list[Pat
     return found
 
 
-async def move_branch(root: Path, branch: str, old: str, new: str, reason: str, following: list[Path]) -> bool:
+async def move_branch(
+    root: Path,
+    branch: str,
+    old: str,
+    new: str,
+    reason: str,
+    following: list[Path],
+    then: Callable[[], Awaitable[object]] | None = None,
+) -> bool:
     """Point `branch` from `old` to `new` only if it still is at `old` (False when someone moved
-    it meanwhile: nothing changed), then bring the worktrees that have it checked out along."""
-    code, _, _ = await run_git(root, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old)
-    if code != 0:
-        return False
-    for path in following:
-        code, _, err = await run_git(path, "read-tree", "-m", "-u", old, new)
+    it meanwhile: nothing changed), then bring the worktrees that have it checked out along, then
+    `then` (what records the move). Never cut short (`uninterrupted`)."""
+
+    async def move() -> bool:
+        code, _, _ = await run_git(root, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old)
         if code != 0:
-            raise GitError(
-                f"{branch} moved to {new[:12]}, but its worktree {path} could not follow: {err}\n"
-                f"(there, 'git status' shows the difference; 'git reset --keep {branch}' updates it)"
-            )
-    return True
+            return False
+        for path in following:
+            code, _, err = await run_git(path, "read-tree", "-m", "-u", old, new)
+            if code != 0:
+                raise GitError(
+                    f"{branch} moved to {new[:12]}, but its worktree {path} could not follow: {err}\n"
+                    f"(there, 'git status' shows the difference; 'git reset --keep {branch}' updates it)"
+                )
+        if then is not None:
+            await then()
+        return True
+
+    return await uninterrupted(move())
+
+
+async def uninterrupted(work: Awaitable[T]) -> T:
+    """`work` run to its end even when its caller is cancelled (Ctrl-C, a client gone): a branch
+    move cut short would leave the branch moved under a stale checkout, or a land unrecorded. A
+    cancellation ends the git hooks the work waits on (`reference-transaction`), not git, which then
+    finishes; it is raised again once the work is done."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await toolrun.end_hooks(toolrun.GRACE_S)
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: what is raised here is the cancellation
+        raise
 
 
 async def start_from(root: Path, ws: Workstream, deps: list[Workstream]) -> str:
@@ -675,9 +706,17 @@ async def _land_one(engine: Engine, ws: Workstream, strategy: str, into: str | N
     new = await build(root, ws, strategy, target, old, head)
     following = await check_holders(root, target, old, new)
     reason = f"aidp: land {ws.slug} ({strategy})"
-    if not await move_branch(root, target, old, new, reason, following):
+    landed = f"landed into {target} ({strategy})"
+    if not await move_branch(
+        root,
+        target,
+        old,
+        new,
+        reason,
+        following,
+        lambda: engine.db.call(engine.db.store.mark_landed, ws.slug, new, landed),
+    ):
         raise CannotLand(ws.slug, f"{target} moved while landing (someone else updated it); nothing changed, try again")
-    await engine.db.call(engine.db.store.mark_landed, ws.slug, new, f"landed into {target} ({strategy})")
     return LandResult(slug=ws.slug, into=target, strategy=strategy, commit=new)
 
 
