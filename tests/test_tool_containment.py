@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import events, spawn_cli, workstreams
@@ -125,20 +126,27 @@ async def test_cancelling_wsnew_ends_its_git_hook(tmp_path: Path) -> None:
         assert "made" not in await client.workstreams()
 
 
-async def test_a_server_whose_client_went_away_ends_the_git_hook_of_its_wsnew(tmp_path: Path) -> None:
-    """The server lets a request already read finish for a while after its client went away, then
-    cancels it: a hook that never ends does not keep it (or itself) alive."""
-    repo = make_repo(tmp_path)
-    pids = tmp_path / "pids"
-    git_hook(repo, "post-checkout", HOOK_BODIES["stubborn"].format(pids=pids))
-    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
-        client.start_call("aidp/wsNew", {"slug": "made", "task": "a task"})
+async def left_mid_request(repo: Path, method: str, params: dict[str, Any], pids: Path) -> int:
+    """A server's client sends `method` and goes away (closes its stdin) once the git hook the
+    request waits on has started; the server must exit 0. The hook's pid."""
+    async with lsp_session(server_command(repo), repo.parent, initialize_params()) as client:
+        client.start_call(method, params)
         await wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), what="the git hook's pid")
-        pid = int(pids.read_text())
         server = client.server
         assert server.stdin is not None
         server.stdin.close()
         assert await asyncio.wait_for(server.wait(), 90) == 0
+    return int(pids.read_text())
+
+
+async def test_a_server_whose_client_went_away_ends_the_git_hook_of_its_wsnew(tmp_path: Path) -> None:
+    """The server lets a request already read finish for a while after its client went away, then
+    ends the hook it waits on: a hook that never ends does not keep the request (or the server)
+    alive, and the creation releases its slug."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    git_hook(repo, "post-checkout", HOOK_BODIES["stubborn"].format(pids=pids))
+    pid = await left_mid_request(repo, "aidp/wsNew", {"slug": "made", "task": "a task"}, pids)
     assert not pid_alive(pid)
     assert operations_held(repo) == 0
 
@@ -182,14 +190,7 @@ async def test_a_server_whose_client_went_away_mid_land_ends_the_hook_and_comple
     pids = tmp_path / "pids"
     landable(repo)
     git_hook(repo, "reference-transaction", LAND_HOOK + HOOK_BODIES["stubborn"].format(pids=pids))
-    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
-        client.start_call("aidp/wsLand", {"slugs": ["feat"]})
-        await wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), what="the hook's pid")
-        pid = int(pids.read_text())
-        server = client.server
-        assert server.stdin is not None
-        server.stdin.close()
-        assert await asyncio.wait_for(server.wait(), 90) == 0
+    pid = await left_mid_request(repo, "aidp/wsLand", {"slugs": ["feat"]}, pids)
     assert not pid_alive(pid)
     assert git(repo, "status", "--porcelain") == "" and (repo / "feat.txt").read_text() == "x\n"
     assert workstreams(repo)["feat"]["status"] == "landed"
