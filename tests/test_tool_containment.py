@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -108,6 +109,29 @@ def test_the_git_hook_of_a_killed_run_s_auto_commit_is_ended_by_the_next_command
     assert not pid_alive(pid)  # it ignored SIGTERM: SIGKILL ended it
     assert f"ended what git left running for the aidp process (pid {owner.pid})" in listed.stderr
     assert any(f"aidp process (pid {owner.pid})" in e for e in events(repo, "made"))
+
+
+def test_ws_cancel_reaches_a_workstream_held_by_its_auto_commit_hook_while_others_go_on(tmp_path: Path) -> None:
+    """`[harness] commit` for two workstreams; the `post-commit` hook of one never ends. The other
+    completes; `ws cancel` of the held one ends git and its hook, and the run ends."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    write_config(repo, '[harness]\ncommand = ["sh", "-c", "echo work > work.txt"]\ncommit = "always"\n')
+    for slug in ("held", "quick"):
+        assert cli(repo, "ws", "new", slug, "a task").returncode == 0
+    git_hook(
+        repo,
+        "post-commit",
+        '[ "$(git rev-parse --abbrev-ref HEAD)" = aidp/held ] || exit 0\n' + HOOK_BODIES["stubborn"].format(pids=pids),
+    )
+    owner = spawn_cli(repo, "ws", "run", "held", "quick", "--json")
+    pid = hook_pid(pids)
+    assert cli(repo, "ws", "cancel", "held").returncode == 0
+    out, err = owner.communicate(timeout=60)
+    results = {r["slug"]: r for r in json.loads(out)["results"]}
+    assert results["quick"]["status"] == "completed", err
+    assert results["held"]["status"] == "cancelled" and "during its auto-commit" in results["held"]["error"]
+    assert not pid_alive(pid)
 
 
 async def test_cancelling_wsnew_ends_its_git_hook(tmp_path: Path) -> None:

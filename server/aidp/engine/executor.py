@@ -721,8 +721,9 @@ class Run:
             why = f"aidp could not record its start: {exc}"
             await self._record(job, attempt.returncode, Status.ERROR, why, started_at, t0, log_path)
             return
-        if attempt.host is None:  # a remote attempt commits where it ran, and its commits come back
-            await self._auto_commit(job, status)
+        # A remote attempt commits where it ran, and its commits come back.
+        if attempt.host is None and not await self._auto_commit(job, status):
+            status, why = Status.CANCELLED, f"{job.why_cancelled} during its auto-commit (a git hook held it)"
         status, why = await self._bring_back(job, attempt, status, why)
         await self._record(job, attempt.returncode, status, why, started_at, t0, log_path)
 
@@ -747,23 +748,37 @@ class Run:
             slug=job.ws.slug, status=status, error=error, attempt=job.attempt, started_at=started_at
         )
 
-    async def _auto_commit(self, job: Job, status: Status) -> None:
+    async def _auto_commit(self, job: Job, status: Status) -> bool:
         """`[harness] commit`: commit what the harness left, as its own event. A failed commit is
-        said in the events and changes nothing else: the work stays in the worktree."""
+        said in the events and changes nothing else: the work stays in the worktree. False when the
+        workstream was cancelled meanwhile (`ws cancel`), which ends git and its hooks: a
+        repository's `post-commit` hook may never end."""
         if self.options.commit == "never" or (self.options.commit == "on-success" and status != Status.COMPLETED):
-            return
+            return True
+        committing = asyncio.ensure_future(gitrepo.commit_all(Path(job.ws.path), commit_message(job.ws)))
+        cancelled = asyncio.ensure_future(job.cancel.wait())
         try:
-            commit = await gitrepo.commit_all(Path(job.ws.path), commit_message(job.ws))
+            await asyncio.wait({committing, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not committing.done():
+                committing.cancel()
+                await asyncio.wait({committing})
+        if committing.cancelled():
+            return False
+        try:
+            commit = committing.result()
         except (GitError, OSError) as exc:
             message = f"auto-commit failed: {exc}"
         else:
             if commit is None:
-                return
+                return True
             message = f"auto-committed {commit[:12]}"
         try:
             await self._db.call(self._db.store.note, job.ws.slug, self.run_id, Status.RUNNING, message)
         except sqlite3.Error as exc:  # the commit is in git either way; the result must still be recorded
             log.warning("%s: %s, but the event could not be recorded: %s", job.ws.slug, message, exc)
+        return True
 
     async def _start(
         self, job: Job, template: list[str], values: dict[str, str], env: dict[str, str], log_fd: int, log_path: Path
