@@ -835,7 +835,7 @@ class Engine:
         """End the repository's git hooks that this process's git runs (not git itself), so that
         a request stuck on one finishes its own way: for a server that stops."""
         if found := await toolrun.end_hooks(toolrun.GRACE_S):
-            log.warning("git hooks had not ended, so they were: %d process(es)", found)
+            log.warning("ended %d process(es) of git hooks that requests were waiting on", found)
 
     async def _end_dead_tools(self, records: Sequence[Operation | Claim]) -> None:
         """What the git of a dead process's creation, removal, landing or run left running (its

@@ -29,15 +29,15 @@ GRACE_S = 2.0  # what a cancelled tool's tree gets between SIGTERM and SIGKILL
 _ids = itertools.count(1)
 
 
-@functools.cache
-def _identity(pid: int) -> str:
-    started = procs.start_time(pid)
-    return f"{pid}.{started}"
-
-
-def owner_marker(pid: int, started: int) -> dict[str, str]:
+def owner_marker(pid: int, started: int | None) -> dict[str, str]:
     """The environment entry every tool run by the aidp process (pid, start time) carries."""
     return {OWNER: f"{pid}.{started}"}
+
+
+@functools.cache
+def _own_marker(pid: int) -> dict[str, str]:
+    """This process's `owner_marker`, by pid (a forked child has its own)."""
+    return owner_marker(pid, procs.start_time(pid))
 
 
 @contextlib.asynccontextmanager
@@ -46,7 +46,7 @@ async def started(
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`argv` started in `cwd` with its stdout and stderr piped (and its stdin, if `stdin`, else
     /dev/null). If the body raises (a cancellation), the tool's tree is ended first."""
-    marker = {OWNER: _identity(os.getpid()), COMMAND: str(next(_ids))}
+    marker = {**_own_marker(os.getpid()), COMMAND: str(next(_ids))}
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
@@ -81,7 +81,7 @@ async def end_hooks(grace_s: float, poll_s: float = 0.05) -> int:
     still brings its worktree along), where ending git would cut that work short. SIGTERM, SIGKILL
     after `grace_s`. How many processes there were."""
     me = os.getpid()
-    mine = {OWNER: _identity(me)}
+    mine = _own_marker(me)
 
     def hooks() -> list[int]:
         return [pid for pid, parent, _ in procs.marked(mine) if parent != me]

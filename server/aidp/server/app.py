@@ -53,7 +53,7 @@ OUTPUT_BACKLOG_MAX = 1024 * 1024
 PROGRESS_CREATE_TIMEOUT_S = 5.0
 # Requests read and not yet answered (runs aside) before the server stops reading more.
 MAX_UNANSWERED = 64
-FINISH_S = 30.0  # how long a stopping server lets a request already read finish, then again to cancel it
+FINISH_S = 30.0  # how long a stopping server waits for the requests already read, at each of its steps
 # Signals that stop the server like the end of its input: every run cancelled and recorded.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
@@ -258,7 +258,6 @@ class AidpServer(JsonRPCServer):
         self._dropped: dict[tuple[str, str], int] = {}
         self._progress: dict[str, ProgressReport] = {}  # the `$/progress` of each run followed, by run id
         self._moving = asyncio.Lock()
-        self._move: asyncio.Future[Any] | None = None  # the land or sync running, which `stop` may cut short
         self.lists: ListSnapshot | None = None  # `aidp/wsList`'s, once the engine is open
         self.takes_records = False  # the client takes `aidp/wsUpdated` (see updates.py)
         self.updates: RecordUpdates | None = None  # with it, once the engine is open
@@ -314,21 +313,21 @@ class AidpServer(JsonRPCServer):
         One at a time in this server, so requests racing for a branch queue rather than refuse each
         other (another process's are still caught by the compare-and-swap on the ref); and, once
         started, never cut short by `$/cancelRequest`, which would leave the branch moved and its
-        worktree behind: the answer is then its result, as JSON-RPC allows. Only a stopping server
-        that waited `FINISH_S` for it cuts it short."""
+        worktree behind: the answer is then its result, as JSON-RPC allows. A stopping server's last
+        resort (`stop`) cancels the work too, which still completes a branch move it began
+        (`review.uninterrupted`), and waits for it."""
         async with self._moving:
-            work = self._move = asyncio.ensure_future(op())
-            try:
-                while True:
-                    try:
-                        return await asyncio.shield(work)
-                    except asyncio.CancelledError:
-                        task = asyncio.current_task()
-                        if work.done() or task is None:  # the work itself was cancelled (the server stops)
-                            raise
-                        task.uncancel()
-            finally:
-                self._move = None
+            work = asyncio.ensure_future(op())
+            while True:
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if work.done() or task is None:  # the work itself was cancelled
+                        raise
+                    if self.stopping:
+                        work.cancel()
+                    task.uncancel()
 
     def refuse_if_stopping(self) -> None:
         if self.stopping:
@@ -355,11 +354,9 @@ class AidpServer(JsonRPCServer):
             if unfinished:  # most likely on a git hook that never ends: end those, so each finishes its own way
                 await self.engine.end_git_hooks()
                 _, unfinished = await asyncio.wait(unfinished, timeout=FINISH_S)
-            for task in unfinished:
-                task.cancel()
-            if unfinished and self._move is not None:
-                self._move.cancel()
             if unfinished:
+                for task in unfinished:
+                    task.cancel()
                 await asyncio.wait(unfinished, timeout=FINISH_S)
         if self.updates is not None:
             await self.updates.close()
