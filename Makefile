@@ -10,11 +10,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages: git, GNU parallel (bench), bubblewrap (the sandbox's tests), and what code-server
-# needs to build and run for the VS Code end-to-end test (see client-vscode/README.md).
-APT_PACKAGES := git parallel bubblewrap pkg-config libkrb5-dev libsecret-1-dev libx11-dev libxkbfile-dev ripgrep chromium
+# Debian packages: a C compiler and Python's headers (aidp's native spawner, `setup.py`), git, GNU
+# parallel (bench), bubblewrap (the sandbox's tests), and what code-server needs to build and run for
+# the VS Code end-to-end test (see client-vscode/README.md).
+APT_BUILD := gcc python3-dev
+APT_PACKAGES := $(APT_BUILD) git parallel bubblewrap pkg-config libkrb5-dev libsecret-1-dev libx11-dev libxkbfile-dev ripgrep chromium
 
-.PHONY: help venv apt demo docs test lint test-python test-node test-client test-e2e bench clean
+.PHONY: help venv apt apt-build demo docs test lint test-python test-node test-client test-e2e bench clean
 
 help:
 	@echo "make demo   - set up and run five workstreams in parallel in a throwaway repository"
@@ -22,7 +24,8 @@ help:
 	@echo "make docs   - build the documentation site into site/ (mkdocs build --strict)"
 	@echo "make bench  - benchmarks against xargs -P and GNU parallel; writes docs/benchmarks.md"
 
-$(STAMP): pyproject.toml requirements-dev.lock
+# The compiler first (order-only: checked each time, quickly, never a reason to reinstall).
+$(STAMP): pyproject.toml requirements-dev.lock setup.py server/aidp/engine/_spawn.c | apt-build
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
 	$(PY) -m pip install --quiet -r requirements-dev.lock
@@ -31,12 +34,18 @@ $(STAMP): pyproject.toml requirements-dev.lock
 
 venv: $(STAMP)
 
-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# Installs the Debian packages in $(1) that are missing.
+apt_install = missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+
+apt:
+	@$(call apt_install,$(APT_PACKAGES))
+
+apt-build:
+	@$(call apt_install,$(APT_BUILD))
 
 demo: venv
 	$(VENV)/bin/aidp demo

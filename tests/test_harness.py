@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from aidp.engine import cgroups, procs
+from aidp.engine import cgroups, harness, procs
 from aidp.engine.backend import LocalAttempt
 from aidp.engine.executor import CHUNK_MAX, LogTail, _describe_exit
 from aidp.engine.harness import StartError, build_argv, build_env, spawn
@@ -49,21 +51,37 @@ def test_build_env_engine_values_win(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (env["AIDP_MODE"], env["AIDP_STEPS"], env["AIDP_WORKTREE"]) == ("execute", "a,b", "/w")
 
 
+@pytest.fixture(params=["native", "launcher"])
+def spawner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a harness in a cgroup starts: the native spawner, and `sh` where it was not built."""
+    if request.param == "launcher":
+        monkeypatch.setattr(harness, "native", None)
+    return str(request.param)
+
+
+def test_the_native_spawner_was_built() -> None:
+    """`make venv` installs a C compiler, so here every harness in a cgroup starts with one exec; a
+    build that failed quietly (`optional`) would cost an exec per workstream unseen."""
+    assert harness.starts_directly()
+
+
 @pytest.mark.parametrize("cgroup", [None, "in a cgroup"])
-async def test_spawn_errors_say_what_to_fix(tmp_path: Path, cgroup: str | None) -> None:
+async def test_spawn_errors_say_what_to_fix(tmp_path: Path, cgroup: str | None, spawner: str) -> None:
     """A bad program is refused before anything runs (the launcher would only log it), with the
     same message with or without a cgroup to join (a stand-in folder: exec never happens)."""
     place = tmp_path / "cg" if cgroup else None
     fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
     try:
         with pytest.raises(StartError, match="'aidp-no-such-program-xyz': no such program"):
-            await spawn(["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), fd, place)
+            await spawn(["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), fd, place, place_recorded=True)
         with pytest.raises(StartError, match=r"worktree .* is missing"):
-            await spawn(["true"], tmp_path / "gone", dict(os.environ), fd, place)
+            await spawn(["true"], tmp_path / "gone", dict(os.environ), fd, place, place_recorded=True)
         script = tmp_path / "script"
         script.write_text("#!/bin/sh\n")
         with pytest.raises(StartError, match="permission denied"):
-            await spawn(["./script"], tmp_path, dict(os.environ), fd, place)
+            await spawn(["./script"], tmp_path, dict(os.environ), fd, place, place_recorded=True)
+        with pytest.raises(StartError, match="'true': embedded null byte"):
+            await spawn(["true", "a\0b"], tmp_path, dict(os.environ), fd, place, place_recorded=True)
     finally:
         os.close(fd)
 
@@ -81,42 +99,115 @@ async def test_past_the_gate_the_harness_reads_its_own_stdin(tmp_path: Path) -> 
     assert (tmp_path / "log").read_text() == "the task\n"  # its stdin is the file, not the gate
 
 
-async def test_a_start_given_up_ends_at_the_gate_even_where_no_signal_reaches_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cgroup", [None, "in a cgroup"])
+async def test_a_start_given_up_ends_at_the_gate_even_where_no_signal_reaches_it(
+    tmp_path: Path, cgroup: str | None
+) -> None:
     """A start whose record was refused, or that was cancelled, is killed before it runs. The kill
     can come before the launcher joined its cgroup, so that no signal reaches it (CI saw a run hang
-    there): it still ends, at the gate, never having run."""
+    there): it still ends, at the gate, never having run. A cgroup whose place the caller did not
+    record first (a hook's, a setup's) keeps the gate too: only the record makes it findable."""
     ran = tmp_path / "ran"
+    place = cgroups.place("test-gate", f"p{os.getpid()}") if cgroup else None
     with open(tmp_path / "log", "wb") as log:
-        proc = await spawn(["touch", str(ran)], tmp_path, dict(os.environ), log.fileno())
+        proc = await spawn(["touch", str(ran)], tmp_path, dict(os.environ), log.fileno(), place, make_cgroup=True)
     attempt = LocalAttempt(proc, procs.Tree(), "run-1", "s")  # a tree that no signal of the kill reaches
     await asyncio.wait_for(attempt.kill(), 30)
     assert attempt.returncode == 125
     assert not ran.exists()
+    if proc.cgroup is not None:
+        cgroups.remove(proc.cgroup)
+        assert not proc.cgroup.exists()
 
 
-async def test_a_harness_that_cannot_join_its_cgroup_never_runs(tmp_path: Path) -> None:
+async def test_a_harness_that_cannot_join_its_cgroup_never_runs(tmp_path: Path, spawner: str) -> None:
+    """The native spawner refuses the start, naming the cgroup; the launcher ends before the harness."""
     marker = tmp_path / "ran"
     with open(tmp_path / "log", "wb") as log:
-        proc = await spawn(["touch", str(marker)], tmp_path, dict(os.environ), log.fileno(), tmp_path / "no-cgroup")
-        assert await proc.wait() != 0
+        start = spawn(
+            ["touch", str(marker)],
+            tmp_path,
+            dict(os.environ),
+            log.fileno(),
+            tmp_path / "no-cgroup",
+            place_recorded=True,
+        )
+        if spawner == "native":
+            with pytest.raises(StartError, match=r"'touch': cannot join its cgroup .*no-cgroup.*: No such file"):
+                await start
+        else:
+            proc = await start
+            assert await proc.wait() != 0
+            assert "cgroup.procs" in (tmp_path / "log").read_text()
     assert not marker.exists()
-    assert "cgroup.procs" in (tmp_path / "log").read_text()
 
 
-async def test_spawn_makes_the_cgroup_it_joins_and_removes_it_when_the_start_fails(tmp_path: Path) -> None:
+async def test_a_harness_starts_clean_whichever_way_it_starts(tmp_path: Path, spawner: str) -> None:
+    """What the harness finds at its first instruction, the same from both spawners: its own
+    session, the file as stdin, stdout and stderr in the log, no other descriptor of aidp's (a
+    pipe or the database held open would be inherited by every agent), no signal blocked or
+    ignored (Python ignores SIGPIPE; a harness must not), its cgroup, its directory."""
+    place = cgroups.place("test-clean", f"p{os.getpid()}-{spawner}")
+    stdin = tmp_path / "task"
+    stdin.write_text("the task\n")
+    report = (  # no pipe or command substitution around what reads the shell's own descriptors
+        'read -r line; echo "stdin=$line"; echo "oops" >&2; echo "pid=$$"; '
+        "echo sid=$(cut -d' ' -f6 /proc/self/stat); echo fds=; ls /proc/$$/fd; "
+        "grep -E '^Sig(Blk|Ign)' /proc/$$/status; grep '^0::' /proc/$$/cgroup; pwd"
+    )
+    with open(tmp_path / "log", "wb") as log:
+        proc = await spawn(
+            ["sh", "-c", report],
+            tmp_path,
+            dict(os.environ),
+            log.fileno(),
+            place,
+            stdin,
+            make_cgroup=True,
+            place_recorded=True,
+        )
+        proc.go()
+        assert await proc.wait() == 0
+    if proc.cgroup is not None:
+        cgroups.remove(proc.cgroup)
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert lines[:2] == ["stdin=the task", "oops"]
+    assert lines[2].removeprefix("pid=") == lines[3].removeprefix("sid=")
+    assert lines[4:8] == ["fds=", "0", "1", "2"]
+    assert lines[8:10] == ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]
+    if cgroups.available():
+        assert place is not None and lines[10].startswith("0::/") and lines[10].endswith("/" + place.name)
+    assert lines[-1] == str(tmp_path)
+
+
+async def test_spawn_makes_the_cgroup_it_joins_and_removes_it_when_the_start_fails(
+    tmp_path: Path, spawner: str
+) -> None:
     """`make_cgroup`: the cgroup is made on the spawning thread; the child is in it from its first
     instruction, and a start that fails leaves no cgroup behind (where cgroups are unavailable the
     child runs without one, and says so by `Child.cgroup`)."""
-    place, refused = (cgroups.place("test-make", f"p{os.getpid()}", attempt) for attempt in (1, 2))
+    place, refused = (cgroups.place("test-make", f"p{os.getpid()}-{spawner}", attempt) for attempt in (1, 2))
     with open(tmp_path / "log", "wb") as log:
         proc = await spawn(
-            ["cat", "/proc/self/cgroup"], tmp_path, dict(os.environ), log.fileno(), place, make_cgroup=True
+            ["cat", "/proc/self/cgroup"],
+            tmp_path,
+            dict(os.environ),
+            log.fileno(),
+            place,
+            make_cgroup=True,
+            place_recorded=True,
         )
         proc.go()
         assert await proc.wait() == 0
         with pytest.raises(StartError, match="no such program"):
             await spawn(
-                ["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), log.fileno(), refused, make_cgroup=True
+                ["aidp-no-such-program-xyz"],
+                tmp_path,
+                dict(os.environ),
+                log.fileno(),
+                refused,
+                make_cgroup=True,
+                place_recorded=True,
             )
     if cgroups.available():
         assert place is not None and proc.cgroup == place
@@ -164,3 +255,24 @@ def test_log_tail_skips_ahead_and_says_so(tmp_path: Path) -> None:
         assert tail.read() == (0, "")
     finally:
         tail.close()
+
+
+def test_the_native_spawner_gives_stdio_when_aidp_has_none(tmp_path: Path) -> None:
+    """aidp started with its stdin and stdout closed (`<&- >&-`, a service manager): the log and
+    the task file it opens get descriptors 0 and 1, which the child's own stdio would overwrite
+    before it used them."""
+    code = f"""
+import os
+from aidp.engine import _spawn
+os.close(0); os.close(1)
+log = os.open({str(tmp_path / "log")!r}, os.O_WRONLY | os.O_CREAT)
+task = os.open({str(tmp_path / "task")!r}, os.O_RDONLY)
+assert (log, task) == (0, 1)
+script = b"cat; echo out; echo err >&2"
+pid = _spawn.spawn(b"/bin/sh", [b"sh", b"-c", script], [], {str(tmp_path)!r}.encode(), task, log, -1)
+raise SystemExit(os.waitpid(pid, 0)[1])
+"""
+    (tmp_path / "task").write_text("the task\n")
+    done = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "log").read_text() == "the task\nout\nerr\n"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from aidp.engine import cgroups, procs
+from aidp.engine import cgroups, harness, procs
 from aidp.engine.harness import Child, spawn
 from aidp.engine.model import Workstream
 
@@ -62,6 +62,11 @@ class Attempt(Protocol):
     def returncode(self) -> int | None:
         """Once it exited: its exit code; negative: killed by that signal."""
 
+    @property
+    def gated(self) -> bool:
+        """Whether it waits for `go`: its `child` is recorded first. False: it runs already, where
+        its backend's `recorded_before` said, recorded before it started."""
+
     def go(self) -> None:
         """Let the harness run: its `child` is recorded, so a recovery finds it if aidp dies."""
 
@@ -81,6 +86,11 @@ class Attempt(Protocol):
 
 
 class Backend(Protocol):
+    def recorded_before(self, run_id: str, slug: str, attempt: int) -> Path | None:
+        """Where the attempt's harness will be, when that alone finds it again (its cgroup) and it
+        can start there at once: the executor records the start before it starts, and it never
+        waits at a gate. None: it records the started attempt's `child`, then lets it go."""
+
     async def start(self, launch: Launch) -> Attempt:
         """Start the harness; raise `harness.StartError` (saying what to fix) when it cannot."""
 
@@ -105,6 +115,10 @@ class LocalAttempt:
     def returncode(self) -> int | None:
         return self._proc.returncode
 
+    @property
+    def gated(self) -> bool:
+        return self._proc.gated
+
     def go(self) -> None:
         self._proc.go()
 
@@ -117,7 +131,7 @@ class LocalAttempt:
         await self._proc.wait()
 
     async def kill(self) -> None:
-        self._proc.close_gate()  # the kill can come before the launcher joined its cgroup
+        self._proc.close_gate()  # the kill can come before a launcher joined its cgroup
         self.tree.signal(signal.SIGKILL)
         await self._proc.wait()
         await procs.terminate([self.tree], 0)
@@ -137,8 +151,14 @@ class LocalAttempt:
 class LocalBackend:
     """Harnesses on this machine, output straight into the log file (never through Python)."""
 
+    def recorded_before(self, run_id: str, slug: str, attempt: int) -> Path | None:
+        """Its cgroup, where the native spawner starts it in one exec (without it, the launcher's
+        gate waits for the recorded pid)."""
+        return cgroups.place(run_id, slug, attempt) if harness.starts_directly() else None
+
     async def start(self, launch: Launch) -> LocalAttempt:
-        """In a cgroup of its own where the system allows, else without (`spawn` makes it)."""
+        """In a cgroup of its own where the system allows, else without (`spawn` makes it). Its
+        place was recorded before: with the claim, or with the retry of the attempt before."""
         proc = await spawn(
             launch.argv,
             launch.worktree,
@@ -148,6 +168,7 @@ class LocalBackend:
             stdin=launch.stdin,
             sandbox=launch.sandbox,
             make_cgroup=True,
+            place_recorded=True,
         )
         return LocalAttempt(proc, procs.Tree(pgid=proc.pid, cgroup=proc.cgroup), launch.run_id, launch.slug)
 

@@ -14,11 +14,10 @@ from typing import Literal
 
 import msgspec
 
-from aidp.engine import cgroups, gitrepo
+from aidp.engine import cgroups, gitrepo, harness
 from aidp.engine.config import CONFIG_NAME, Config, load_config
 from aidp.engine.engine import STATE_DB
 from aidp.engine.errors import AidpError, ConfigError
-from aidp.engine.harness import check_program
 from aidp.engine.model import Workstream
 from aidp.engine.store import Store, state_exists
 
@@ -127,7 +126,7 @@ def _harness(root: Path, config: Config, records: list[Workstream]) -> list[Find
 
 def _program(root: Path, program: str, what: str) -> Finding:
     try:
-        check_program(program, root, os.environ)
+        harness.find_program(program, root, os.environ)
     except FileNotFoundError:
         return Finding(
             level="problem",
@@ -236,7 +235,15 @@ async def _unrecorded_worktrees(root: Path, known: set[Path]) -> list[Finding]:
 
 def _cgroups() -> Finding:
     if cgroups.available():
-        return Finding(level="ok", check="cgroups", message="cgroups v2: each harness runs in a cgroup of its own")
+        if harness.starts_directly():
+            return Finding(level="ok", check="cgroups", message="cgroups v2: each harness runs in a cgroup of its own")
+        return Finding(
+            level="ok",
+            check="cgroups",
+            message="cgroups v2: each harness runs in a cgroup of its own, started through sh (the native "
+            "spawner aidp.engine._spawn was not built): an exec more per harness",
+            fix="reinstall aidp where a C compiler and Python's headers are (make venv installs them)",
+        )
     why = "turned off (AIDP_CGROUPS=0)" if os.environ.get("AIDP_CGROUPS") == "0" else "not available here"
     return Finding(
         level="warning",

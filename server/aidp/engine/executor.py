@@ -662,6 +662,12 @@ class Run:
             error = f"cannot write its log {log_path}: {exc.strerror or exc}"
             await self._conclude(job, self._result(job, Status.ERROR, error, started_at))
             return
+        place = self.options.backend.recorded_before(self.run_id, ws.slug, job.attempt)
+
+        async def mark_running(child: tuple[int | None, int | None, Path | None], host: str | None) -> None:
+            record, log = self._db.store.mark_running, str(log_path)
+            await self._db.write(record, self.run_id, ws.slug, child, log, started_at, job.attempt, template, host)
+
         try:
             task_file = write_task_file(Path(values["task_file"]), ws.task)  # before the sandbox binds it
             env = {**build_env(self.options.env, values, self.run_id), "AIDP_PROGRESS": str(progress_path)}
@@ -669,6 +675,11 @@ class Run:
                 job.box = await sandbox.prepare(
                     self.options.sandbox, Path(ws.path), ws.branch, env, self._root, [progress_path, task_file]
                 )
+            if place is not None:  # where it will be is all a recovery needs: recorded before it runs
+                try:
+                    await mark_running((None, None, place), None)
+                except (OSError, sqlite3.Error) as exc:
+                    raise StartError(f"aidp could not record its start, so it did not run: {exc}") from exc
             attempt = await self._start(job, template, values, env, log_fd, log_path)
         except StartError as exc:
             with contextlib.suppress(OSError):
@@ -686,18 +697,9 @@ class Run:
             job.tree, job.host = attempt.tree, attempt.host
             job.started_at = started_at
             self._watch_progress(job, progress_path, template)
-            await self._db.write(
-                self._db.store.mark_running,
-                self.run_id,
-                ws.slug,
-                attempt.child,
-                str(log_path),
-                started_at,
-                job.attempt,
-                template,
-                attempt.host,
-            )
-            attempt.go()  # recorded: a recovery after aidp dies finds it
+            if attempt.gated:  # its pid (and node) is how a recovery finds it: recorded, then it runs
+                await mark_running(attempt.child, attempt.host)
+                attempt.go()
             self._bus.emit(
                 StatusChanged(
                     run_id=self.run_id,
@@ -957,7 +959,8 @@ class Run:
         delay = scheduling.backoff(job.attempt, self.options.policy.backoff_s)
         waiting = f"attempt {job.attempt + 1}/{job.max_attempts} after a {delay:.1f} s back-off ({kind})"
         try:
-            await self._db.write(self._db.store.retry, self.run_id, result, waiting)
+            place = cgroups.place(self.run_id, job.ws.slug, job.attempt + 1)
+            await self._db.write(self._db.store.retry, self.run_id, result, waiting, place)
         except sqlite3.Error as exc:
             log.warning("%s: cannot record attempt %d to retry it: %s", job.ws.slug, job.attempt, exc)
             return False

@@ -14,8 +14,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from aidp.engine import cgroups
+
+try:
+    from aidp.engine import _spawn as native
+except ImportError:  # not built (no C compiler where aidp was installed): every harness starts through sh
+    native = None  # type: ignore[assignment]
 from aidp.engine.config import PLACEHOLDERS
 from aidp.engine.model import MAX_ARG_STRLEN, TASK_ENV_MAX_BYTES
 
@@ -34,7 +40,8 @@ class StartError(Exception):
 # left a harness that had dropped its environment (`env -i`) running where no recovery could find
 # it; closed without the word (aidp died, or could not record the start), the harness never runs.
 # A `preexec_fn` would do this without sh but makes Python fork instead of vfork: about 5 ms per
-# spawn against 2 here (bench: containment).
+# spawn against 2 here (bench: containment). Where there is a cgroup and the native spawner
+# (`_spawn`) was built, neither is needed: see `spawn`.
 _LAUNCH = (
     '[ -z "$1" ] || echo 0 > "$1/cgroup.procs" || exit 125; read -r go || exit 125; in=$2; shift 2; exec "$@" < "$in"'
 )
@@ -92,6 +99,11 @@ class PidfdWatcher(asyncio.AbstractChildWatcher):
 
 
 _REAPER = PidfdWatcher()  # `Child`'s: the policy's watcher is deprecated API from Python 3.12 on
+
+
+def starts_directly() -> bool:
+    """Whether a harness in a cgroup starts without the launcher (for `aidp doctor`)."""
+    return native is not None
 
 
 def watch_children_by_pidfd() -> None:
@@ -182,6 +194,20 @@ def check_fits(argv: list[str], env: Mapping[str, str]) -> None:
         )
 
 
+class _Direct:
+    """A child the native spawner started: what `Child` reads of a `Popen`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+
+class _Started(NamedTuple):
+    proc: subprocess.Popen[bytes] | _Direct
+    cgroup: Path | None  # the cgroup it joined before its first instruction, if any
+    word: int | None  # the gate's write end: the launcher waits for it
+
+
 async def spawn(
     argv: list[str],
     cwd: Path,
@@ -192,23 +218,30 @@ async def spawn(
     sandbox: Sequence[str] = (),
     *,
     make_cgroup: bool = False,
+    place_recorded: bool = False,
 ) -> Child:
     """Start the harness in its own session (so cancel reaches its whole tree) and, given one, in
-    its cgroup before its first instruction. It waits at the gate until `Child.go`: the caller
-    records its identity first. The child writes into the log file itself: every byte is kept, and
-    a flood costs the engine nothing. Its stdin is `stdin` (a file: never aidp's own stdin, which
-    may be a JSON-RPC stream), else /dev/null. `sandbox`: an argv prefix (`sandbox.Box`) that runs
-    the harness inside; the launcher comes first, so the cgroup holds the sandbox. `make_cgroup`:
+    its cgroup before its first instruction. The child writes into the log file itself: every byte
+    is kept, and a flood costs the engine nothing. Its stdin is `stdin` (a file: never aidp's own
+    stdin, which may be a JSON-RPC stream), else /dev/null. `sandbox`: an argv prefix
+    (`sandbox.Box`) that runs the harness inside; the cgroup holds the sandbox. `make_cgroup`:
     `cgroup` is where its cgroup goes (`cgroups.place`), made on the spawning thread (a cgroup
     `mkdir` waits on the kernel's cgroup lock, which other harnesses joining theirs hold: 0.7 ms a
-    start on the event loop, bench: overhead); `Child.cgroup` says which it joined."""
-    check_fits(argv, env)
-    gate, word = os.pipe2(os.O_CLOEXEC)
+    start on the event loop, bench: overhead); `Child.cgroup` says which it joined.
 
-    def start() -> tuple[subprocess.Popen[bytes], Path | None]:  # the PATH search too: it waits on the disk
+    The caller records the child's identity, then calls `Child.go`. With `place_recorded` (the
+    caller recorded `cgroup` before the spawn, where a recovery after aidp dies looks) and a cgroup
+    to join, the native spawner starts the harness at once, in one exec: whatever the moment aidp
+    dies, the recovery finds it there. Otherwise it starts through the launcher and waits at its
+    gate until `go`."""
+    check_fits(argv, env)
+
+    def start() -> _Started:  # the PATH search too: it waits on the disk
         joined = cgroups.create(cgroup) if make_cgroup else cgroup
         try:
-            return _start(argv, cwd, env, gate, log_fd, joined, stdin, sandbox), joined
+            if place_recorded and joined is not None and native is not None:
+                return _Started(_start_direct([*sandbox, *argv], cwd, env, log_fd, joined, stdin), joined, None)
+            return _start_launcher(argv, cwd, env, log_fd, joined, stdin, sandbox)
         except BaseException:
             if make_cgroup and joined is not None:
                 cgroups.remove(joined)
@@ -217,24 +250,19 @@ async def spawn(
     loop = asyncio.get_running_loop()
     started = loop.run_in_executor(None, start)
     try:
-        popen, joined = await asyncio.shield(started)
-    except BaseException as exc:
-        os.close(word)  # a child that started never gets the word: it ends at the gate
-        if isinstance(exc, asyncio.CancelledError):
-            await _abandon(started, owned=make_cgroup)
-        if isinstance(exc, OSError | ValueError):
-            raise _start_error(exc, argv[0], cwd) from exc
+        return Child(await asyncio.shield(started), loop)
+    except asyncio.CancelledError:
+        await _abandon(started, owned=make_cgroup)
         raise
-    finally:
-        os.close(gate)
-    return Child(popen, joined, loop, word)
+    except (OSError, ValueError) as exc:
+        raise _start_error(exc, argv[0], cwd) from exc
 
 
 def _start_error(exc: OSError | ValueError, program: str, cwd: Path) -> StartError:
     """A failed start said as what to fix."""
+    if isinstance(exc, OSError) and not cwd.is_dir():
+        return StartError(f"worktree {cwd} is missing; remove the workstream and create it again")
     if isinstance(exc, FileNotFoundError):
-        if not cwd.is_dir():
-            return StartError(f"worktree {cwd} is missing; remove the workstream and create it again")
         return StartError(
             f"cannot start {program!r}: no such program (check [harness] command in .aidp/config.toml "
             "or the workstream's --command)"
@@ -246,52 +274,95 @@ def _start_error(exc: OSError | ValueError, program: str, cwd: Path) -> StartErr
     return StartError(f"cannot start {program!r}: {exc}")  # a NUL or an unencodable character
 
 
-def _start(
+def _start_direct(
+    argv: list[str], cwd: Path, env: Mapping[str, str], log_fd: int, cgroup: Path, stdin: Path | None
+) -> _Direct:
+    """`spawn`'s start by the native spawner, on its worker thread: one exec, in the cgroup."""
+    assert native is not None
+    path = find_program(argv[0], cwd, env)
+    if any("=" in key for key in env):
+        raise ValueError("illegal environment variable name")
+    args, envp = [os.fsencode(a) for a in argv], [os.fsencode(f"{key}={value}") for key, value in env.items()]
+    if any(b"\0" in text for text in (*args, *envp)):
+        raise ValueError("embedded null byte")  # as subprocess says it, before the cgroup is joined
+    cgroup_fd = _open_for_child(cgroup / "cgroup.procs", os.O_WRONLY, "join its cgroup")
+    try:
+        stdin_fd = _open_for_child(stdin or Path(os.devnull), os.O_RDONLY, "open its stdin")
+        try:
+            pid = native.spawn(os.fsencode(path), args, envp, os.fsencode(cwd), stdin_fd, log_fd, cgroup_fd)
+        finally:
+            os.close(stdin_fd)
+    finally:
+        os.close(cgroup_fd)
+    return _Direct(pid)
+
+
+def _open_for_child(path: Path, flags: int, what: str) -> int:
+    """A file the child is given, its failure said as what the child could not do (never as a
+    missing program)."""
+    assert native is not None
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError as exc:
+        raise native.SetupError(exc.errno, f"cannot {what} {path}: {exc.strerror}") from exc
+
+
+def _start_launcher(
     argv: list[str],
     cwd: Path,
     env: dict[str, str],
-    gate: int,
     log_fd: int,
     cgroup: Path | None,
     stdin: Path | None,
     sandbox: Sequence[str],
-) -> subprocess.Popen[bytes]:
-    """`spawn`'s start, on its worker thread: through the launcher (through sh, a missing program
+) -> _Started:
+    """`spawn`'s start through the launcher, on its worker thread (through sh, a missing program
     would only be a log line, so it is looked for here)."""
-    check_program(argv[0], cwd, env)
+    find_program(argv[0], cwd, env)
+    gate, word = os.pipe2(os.O_CLOEXEC)
     launcher = ["/bin/sh", "-c", _LAUNCH, "aidp-start", str(cgroup or ""), str(stdin or os.devnull)]
-    return subprocess.Popen(
-        [*launcher, *sandbox, *argv],
-        cwd=cwd,
-        env=env,
-        stdin=gate,
-        stdout=log_fd,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        popen = subprocess.Popen(
+            [*launcher, *sandbox, *argv],
+            cwd=cwd,
+            env=env,
+            stdin=gate,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(word)
+        raise
+    finally:
+        os.close(gate)
+    return _Started(popen, cgroup, word)
 
 
 class Child:
     """A started harness: its pid and, once reaped, its exit code (negative: the signal that ended
     it), as `asyncio.subprocess.Process` has them. `spawn` starts it on a worker thread: with vfork
     the caller stands still until the child has exec'd, which on a loaded machine took milliseconds
-    of the event loop per harness (bench: overhead). Its exit is reaped through its pidfd. It
-    waits at the launcher's gate until `go` (its `word`: the pipe's write end)."""
+    of the event loop per harness (bench: overhead). Its exit is reaped through its pidfd. Started
+    through the launcher, it waits at the gate until `go` (its `word`: the pipe's write end)."""
 
-    def __init__(
-        self, popen: subprocess.Popen[bytes], cgroup: Path | None, loop: asyncio.AbstractEventLoop, word: int | None
-    ) -> None:
-        self.pid = popen.pid
-        self.cgroup = cgroup  # the cgroup it joined before its first instruction, if any
-        self._popen = popen  # told the exit code too, so it never reaps the child itself
+    def __init__(self, started: _Started, loop: asyncio.AbstractEventLoop) -> None:
+        self.pid = started.proc.pid
+        self.cgroup = started.cgroup
+        self._proc = started.proc  # told the exit code too, so that a Popen never reaps the child itself
         self._loop = loop
-        self._word = word
+        self._word = started.word
         self._exited: asyncio.Future[int] = loop.create_future()
         _REAPER.add_child_handler(self.pid, self._reaped)
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.returncode
+        return self._proc.returncode
+
+    @property
+    def gated(self) -> bool:
+        """Whether it waits at the launcher's gate for `go`."""
+        return self._word is not None
 
     def go(self) -> None:
         """Let it past the gate: from here on it runs the harness."""
@@ -303,7 +374,7 @@ class Child:
     def close_gate(self) -> None:
         """Without the word, a child still at the gate ends there (exit 125): how a start given up
         ends even where no signal reaches it yet (a launcher not yet in its cgroup). After `go`,
-        nothing."""
+        or started directly, nothing."""
         if self._word is not None:
             os.close(self._word)
             self._word = None
@@ -318,16 +389,17 @@ class Child:
 
     def _set(self, code: int) -> None:
         self.close_gate()
-        self._popen.returncode = code
+        self._proc.returncode = code
         self._exited.set_result(code)
 
 
-async def _abandon(started: asyncio.Future[tuple[subprocess.Popen[bytes], Path | None]], owned: bool) -> None:
+async def _abandon(started: asyncio.Future[_Started], owned: bool) -> None:
     """A spawn cancelled while its thread starts the child: the child is killed and reaped before
     the cancellation goes on (as asyncio does with a cancelled `create_subprocess_exec`), and the
     cgroup the spawn made for it (`owned`) is removed."""
     with contextlib.suppress(Exception):
-        child = Child(*await started, asyncio.get_running_loop(), None)
+        child = Child(await started, asyncio.get_running_loop())
+        child.close_gate()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         await child.wait()
@@ -335,15 +407,17 @@ async def _abandon(started: asyncio.Future[tuple[subprocess.Popen[bytes], Path |
             cgroups.remove(child.cgroup)
 
 
-def check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
-    """Raise as exec would (FileNotFoundError, PermissionError) for a program that cannot run."""
+def find_program(program: str, cwd: Path, env: Mapping[str, str]) -> str:
+    """Where exec will find `program`, or raise as exec would (FileNotFoundError, PermissionError)."""
     if "/" in program:
         path = Path(program) if os.path.isabs(program) else cwd / program
         if not path.exists():
             raise FileNotFoundError(program)
         if path.is_dir() or not os.access(path, os.X_OK):
             raise PermissionError(program)
-        return
+        return program  # exec resolves a relative one in `cwd`, as this did
     search = env.get("PATH", os.defpath)
-    if shutil.which(program, path=search) is None:
+    found = shutil.which(program, path=search)
+    if found is None:
         raise (PermissionError if shutil.which(program, mode=os.F_OK, path=search) else FileNotFoundError)(program)
+    return found

@@ -114,6 +114,10 @@ class RayAttempt:
     def returncode(self) -> int | None:
         return self._code
 
+    @property
+    def gated(self) -> bool:
+        return True  # its pid and node are known once the actor started it: recorded, then `go`
+
     def go(self) -> None:
         """Nothing here records it: the worker let it run as soon as its watchdog watched it."""
 
@@ -236,6 +240,9 @@ class RayBackend:
         if self._connected is not None:
             await asyncio.to_thread(ray.shutdown)
             self._connected = None
+
+    def recorded_before(self, run_id: str, slug: str, attempt: int) -> Path | None:
+        return None  # the node is known only once an actor has it
 
     async def start(self, launch: Launch) -> RayAttempt:
         settings = self._settings

@@ -897,14 +897,15 @@ class Store:
         self,
         run_id: str,
         slug: str,
-        child: tuple[int, int | None, Path | None],
+        child: tuple[int | None, int | None, Path | None],
         log_path: str,
         started_at: str,
         attempt: int = 1,
         command: list[str] | None = None,
         host: str | None = None,
     ) -> None:
-        """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery.
+        """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery (no
+        pid: recorded before the start, its cgroup is all a recovery needs).
         `command`: the harness command (before placeholders), which history is matched by.
         `host`: the machine the harness runs on when that is not this one (a Ray node)."""
         pid, start, cgroup = child
@@ -928,7 +929,8 @@ class Store:
                 "WHERE slug = ? AND run_id = ?",
                 (pid, start, _optional_str(cgroup), slug, run_id),
             )
-            message = f"pid {pid}" if host is None else f"pid {pid} on {host}"
+            message = f"pid {pid}" if pid is not None or cgroup is None else f"in cgroup {cgroup.name}"
+            message += "" if host is None else f" on {host}"
             message += "" if attempt == 1 else f", attempt {attempt}"
             self._set_status(slug, Status.RUNNING, run_id, message)
 
@@ -978,17 +980,18 @@ class Store:
         self._set_status(result.slug, result.status, run_id, message or result.error)
         self._db.execute("DELETE FROM claims WHERE slug = ? AND run_id = ?", (result.slug, run_id))
 
-    def retry(self, run_id: str, result: WorkstreamResult, waiting: str) -> None:
+    def retry(self, run_id: str, result: WorkstreamResult, waiting: str, cgroup: Path | None) -> None:
         """Record a failed attempt and queue the next one in the same run: the claim stays held
-        (nothing else can start the workstream meanwhile) but its slot is given back."""
+        (nothing else can start the workstream meanwhile) but its slot is given back. `cgroup`:
+        where the next attempt's harness will be, recorded before it starts (as `claim` does)."""
         assert result.status in FINAL_STATUSES
         with self._tx() as db:
             self._record_attempt(run_id, result)
             attempt = result.attempt + 1
             db.execute(
-                "UPDATE claims SET attempt = ?, slot = 0, waiting = ?, child_pid = NULL, child_start = NULL "
-                "WHERE slug = ? AND run_id = ?",
-                (attempt, waiting, result.slug, run_id),
+                "UPDATE claims SET attempt = ?, slot = 0, waiting = ?, child_pid = NULL, child_start = NULL, "
+                "cgroup = ? WHERE slug = ? AND run_id = ?",
+                (attempt, waiting, _optional_str(cgroup), result.slug, run_id),
             )
             db.execute(
                 "INSERT INTO runs (run_id, slug, attempt, ws_id, status) "
