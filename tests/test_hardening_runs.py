@@ -410,6 +410,29 @@ def test_env_scrubbing_harness_is_stopped_by_recovery(tmp_path: Path, cgroups: s
 
 
 @CGROUPS
+def test_a_retried_attempt_that_drops_its_environment_is_ended_by_recovery(tmp_path: Path, cgroups: str) -> None:
+    """The second attempt of a retried workstream, which drops its environment, outlives its aidp
+    process: the next list finds it where that attempt's start was recorded (with a cgroup, its
+    own cgroup, recorded before it started: no pid is)."""
+    repo = make_repo(tmp_path)
+    write_config(repo, "[harness]\nretries = 1\nretry_backoff_s = 0\n")
+    tries, pids = tmp_path / "tries", tmp_path / "pids"
+    script = f"echo x >> {tries}; [ $(wc -l < {tries}) -ge 2 ] || exit 3; sleep 60 & echo $! >> {pids}; wait"
+    new_ws(repo, "again", shlex.join(["env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", script]))
+    env = cgroup_env(cgroups)
+    owner = spawn_cli(repo, "ws", "run", "again", env=env)
+    wait_until_sync(lambda: pids.exists() and len(read_pids(pids)) == 1, what="the second attempt's sleep")
+    owner.kill()
+    owner.wait(30)
+    assert pid_alive(read_pids(pids)[0])  # the owner died, its second attempt did not
+
+    listed = cli(repo, "ws", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)} == {"again": "cancelled"}
+    assert not pid_alive(read_pids(pids)[0])
+
+
+@CGROUPS
 @pytest.mark.parametrize("how", ["exit", "cancel", "timeout", "interrupt"])
 def test_setsid_descendants_never_outlive_their_run(tmp_path: Path, how: str, cgroups: str) -> None:
     repo = make_repo(tmp_path)

@@ -959,8 +959,7 @@ class Run:
         delay = scheduling.backoff(job.attempt, self.options.policy.backoff_s)
         waiting = f"attempt {job.attempt + 1}/{job.max_attempts} after a {delay:.1f} s back-off ({kind})"
         try:
-            place = cgroups.place(self.run_id, job.ws.slug, job.attempt + 1)
-            await self._db.write(self._db.store.retry, self.run_id, result, waiting, place)
+            await self._db.write(self._db.store.retry, self.run_id, result, waiting)
         except sqlite3.Error as exc:
             log.warning("%s: cannot record attempt %d to retry it: %s", job.ws.slug, job.attempt, exc)
             return False

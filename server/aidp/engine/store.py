@@ -980,18 +980,17 @@ class Store:
         self._set_status(result.slug, result.status, run_id, message or result.error)
         self._db.execute("DELETE FROM claims WHERE slug = ? AND run_id = ?", (result.slug, run_id))
 
-    def retry(self, run_id: str, result: WorkstreamResult, waiting: str, cgroup: Path | None) -> None:
+    def retry(self, run_id: str, result: WorkstreamResult, waiting: str) -> None:
         """Record a failed attempt and queue the next one in the same run: the claim stays held
-        (nothing else can start the workstream meanwhile) but its slot is given back. `cgroup`:
-        where the next attempt's harness will be, recorded before it starts (as `claim` does)."""
+        (nothing else can start the workstream meanwhile) but its slot is given back."""
         assert result.status in FINAL_STATUSES
         with self._tx() as db:
             self._record_attempt(run_id, result)
             attempt = result.attempt + 1
             db.execute(
-                "UPDATE claims SET attempt = ?, slot = 0, waiting = ?, child_pid = NULL, child_start = NULL, "
-                "cgroup = ? WHERE slug = ? AND run_id = ?",
-                (attempt, waiting, _optional_str(cgroup), result.slug, run_id),
+                "UPDATE claims SET attempt = ?, slot = 0, waiting = ?, child_pid = NULL, child_start = NULL "
+                "WHERE slug = ? AND run_id = ?",
+                (attempt, waiting, result.slug, run_id),
             )
             db.execute(
                 "INSERT INTO runs (run_id, slug, attempt, ws_id, status) "
