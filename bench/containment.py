@@ -53,9 +53,10 @@ async def run(p: Params) -> list[Section]:
     section.notes.append(
         "`true` is the cost on the common path; the second harness starts `setsid sleep 30` and exits 0, and "
         "aidp must end the sleeper before it records the workstream. With cgroups the child moves itself "
-        "into `aidp-<run>-<slug>` before the harness starts (a constant `sh -c` that joins, then execs "
-        "the harness) and the leftover is found and killed through the cgroup; without, the leftover is "
-        "found by scanning /proc for the `AIDP_RUN_ID` marker. "
+        "into `aidp-<run>-<slug>` before its exec (aidp's native spawner; one exec, and no start gate, "
+        "since the start is recorded first) and the leftover is found and killed through the cgroup; "
+        "without, every harness starts through a constant `sh -c` that waits at the start gate, and the "
+        "leftover is found by scanning /proc for the `AIDP_RUN_ID` marker. "
         f"Whole CLI processes, {p.overhead_reps} repetitions, order rotated, medians; ratio against the "
         "same harness with `AIDP_CGROUPS=0`."
     )

@@ -14,7 +14,7 @@ import pytest
 from aidp.engine import cgroups, harness, procs
 from aidp.engine.backend import LocalAttempt
 from aidp.engine.executor import CHUNK_MAX, LogTail, _describe_exit
-from aidp.engine.harness import StartError, build_argv, build_env, spawn
+from aidp.engine.harness import Child, StartError, build_argv, build_env, spawn
 
 VALUES = {
     "slug": "s",
@@ -188,27 +188,16 @@ async def test_spawn_makes_the_cgroup_it_joins_and_removes_it_when_the_start_fai
     child runs without one, and says so by `Child.cgroup`)."""
     place, refused = (cgroups.place("test-make", f"p{os.getpid()}-{spawner}", attempt) for attempt in (1, 2))
     with open(tmp_path / "log", "wb") as log:
-        proc = await spawn(
-            ["cat", "/proc/self/cgroup"],
-            tmp_path,
-            dict(os.environ),
-            log.fileno(),
-            place,
-            make_cgroup=True,
-            place_recorded=True,
-        )
+
+        async def start(argv: list[str], at: Path | None) -> Child:
+            env = dict(os.environ)
+            return await spawn(argv, tmp_path, env, log.fileno(), at, make_cgroup=True, place_recorded=True)
+
+        proc = await start(["cat", "/proc/self/cgroup"], place)
         proc.go()
         assert await proc.wait() == 0
         with pytest.raises(StartError, match="no such program"):
-            await spawn(
-                ["aidp-no-such-program-xyz"],
-                tmp_path,
-                dict(os.environ),
-                log.fileno(),
-                refused,
-                make_cgroup=True,
-                place_recorded=True,
-            )
+            await start(["aidp-no-such-program-xyz"], refused)
     if cgroups.available():
         assert place is not None and proc.cgroup == place
         assert (tmp_path / "log").read_text().endswith(f"/{place.name}\n")

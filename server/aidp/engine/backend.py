@@ -51,8 +51,11 @@ class Attempt(Protocol):
     """One started harness, wherever it runs."""
 
     host: str | None  # the machine it runs on; None on this one (the local backend)
-    child: tuple[int, int | None, Path | None]  # pid, start time, cgroup: recorded with the claim
     lost: str | None  # set when a remote worker was lost: the attempt then ends `failed`
+
+    @property
+    def child(self) -> tuple[int, int | None, Path | None]:
+        """Its pid, start time and cgroup: recorded with the claim when it is `gated`."""
 
     @property
     def tree(self) -> procs.Tree | None:
@@ -109,7 +112,11 @@ class LocalAttempt:
         self.tree = tree
         self.run_id = run_id
         self.slug = slug
-        self.child = (proc.pid, procs.start_time(proc.pid), tree.cgroup)
+
+    @property
+    def child(self) -> tuple[int, int | None, Path | None]:
+        """Read only when recorded (a gated start): a /proc read per start otherwise (bench: overhead)."""
+        return self._proc.pid, procs.start_time(self._proc.pid), self.tree.cgroup
 
     @property
     def returncode(self) -> int | None:

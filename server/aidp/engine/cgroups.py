@@ -107,10 +107,16 @@ def signal_all(path: Path, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def remove(path: Path) -> None:
-    """Remove an empty cgroup; one still populated stays (recovery or a later run retries)."""
-    with contextlib.suppress(OSError):
+def remove(path: Path) -> bool:
+    """Remove an empty cgroup; one still populated stays (recovery or a later run retries).
+    Whether it is gone."""
+    try:
         path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _write(path: Path, data: bytes) -> bool:

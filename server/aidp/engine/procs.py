@@ -168,6 +168,14 @@ class Tree:
             self.cgroup is not None and cgroups.populated(self.cgroup)
         )
 
+    def ended(self) -> bool:
+        """Nothing of it is left, and its cgroup is removed. A cgroup's `rmdir` fails while any
+        process is in it, so for a tree that ended on its own (nearly all) that one system call
+        answers what reading `cgroup.events` would, and removes it (bench: overhead)."""
+        if self.cgroup is not None and not cgroups.remove(self.cgroup):
+            return False
+        return not self.alive()
+
     def signal(self, sig: int) -> None:
         """Once per process: the cgroup holds the whole group, so a process never gets the signal
         twice (a second SIGTERM means "now" to some programs)."""
@@ -185,7 +193,7 @@ async def terminate(
 
     A group leader must be reaped by its parent meanwhile (asyncio does that for our children),
     else it lingers as a zombie member and the wait runs the full grace period."""
-    given, trees = trees, [t for t in trees if t.alive()]
+    given = trees = [t for t in trees if not t.ended()]  # the ended ones' cgroups are removed already
     for tree in trees:
         tree.signal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
