@@ -67,21 +67,29 @@ def test_the_native_spawner_was_built() -> None:
 
 @pytest.mark.parametrize("cgroup", [None, "in a cgroup"])
 async def test_spawn_errors_say_what_to_fix(tmp_path: Path, cgroup: str | None, spawner: str) -> None:
-    """A bad program is refused before anything runs (the launcher would only log it), with the
-    same message with or without a cgroup to join (a stand-in folder: exec never happens)."""
-    place = tmp_path / "cg" if cgroup else None
+    """A bad program is refused with a message that says what to fix, whichever way it starts:
+    looked for before the launcher (which would only log it), or told by the native spawner's
+    child, which failed its exec. Each leaves no cgroup behind."""
     fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+
+    async def start(argv: list[str], cwd: Path = tmp_path) -> None:
+        place = cgroups.place("test-errors", f"p{os.getpid()}-{spawner}") if cgroup else None
+        try:
+            await spawn(argv, cwd, dict(os.environ), fd, place, make_cgroup=True, place_recorded=True)
+        finally:
+            assert place is None or not place.exists()
+
     try:
         with pytest.raises(StartError, match="'aidp-no-such-program-xyz': no such program"):
-            await spawn(["aidp-no-such-program-xyz"], tmp_path, dict(os.environ), fd, place, place_recorded=True)
+            await start(["aidp-no-such-program-xyz"])
         with pytest.raises(StartError, match=r"worktree .* is missing"):
-            await spawn(["true"], tmp_path / "gone", dict(os.environ), fd, place, place_recorded=True)
+            await start(["true"], tmp_path / "gone")
         script = tmp_path / "script"
         script.write_text("#!/bin/sh\n")
         with pytest.raises(StartError, match="permission denied"):
-            await spawn(["./script"], tmp_path, dict(os.environ), fd, place, place_recorded=True)
+            await start(["./script"])
         with pytest.raises(StartError, match="'true': embedded null byte"):
-            await spawn(["true", "a\0b"], tmp_path, dict(os.environ), fd, place, place_recorded=True)
+            await start(["true", "a\0b"])
     finally:
         os.close(fd)
 
@@ -258,7 +266,7 @@ log = os.open({str(tmp_path / "log")!r}, os.O_WRONLY | os.O_CREAT)
 task = os.open({str(tmp_path / "task")!r}, os.O_RDONLY)
 assert (log, task) == (0, 1)
 script = b"cat; echo out; echo err >&2"
-pid = _spawn.spawn(b"/bin/sh", [b"sh", b"-c", script], [], {str(tmp_path)!r}.encode(), task, log, -1)
+pid = _spawn.spawn([b"/bin/sh"], [b"sh", b"-c", script], [], {str(tmp_path)!r}.encode(), task, log, -1)
 raise SystemExit(os.waitpid(pid, 0)[1])
 """
     (tmp_path / "task").write_text("the task\n")

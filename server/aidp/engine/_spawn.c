@@ -31,7 +31,7 @@ static const char *const stage_words[] = {
 static PyObject *SetupError;  /* the child failed before its exec, not for want of its program */
 
 struct plan {
-    const char *path;
+    char *const *paths;  /* where the program may be, tried in order (the PATH search) */
     char *const *argv;
     char *const *envp;
     const char *cwd;
@@ -87,7 +87,14 @@ static void __attribute__((noreturn, noinline)) child(const struct plan *p) {
     if (chdir(p->cwd) < 0)
         goto fail;
     stage = EXEC;
-    execve(p->path, p->argv, p->envp);
+    int first = 0;  /* as `subprocess` says it: the first failure other than "not there" */
+    for (char *const *path = p->paths; *path != NULL; path++) {
+        execve(*path, p->argv, p->envp);
+        if (first == 0 && errno != ENOENT && errno != ENOTDIR)
+            first = errno;
+    }
+    if (first != 0)
+        errno = first;
 fail:;
     int report[2] = {(int)stage, errno};
     ssize_t ignored = write(p->report_fd, report, sizeof report);
@@ -125,18 +132,20 @@ static char **byte_strings(PyObject *seq, PyObject **owner) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-             "spawn(path, argv, envp, cwd, stdin_fd, out_fd, cgroup_fd) -> pid\n\n"
-             "Start `path` in a new session with stdin from `stdin_fd` and stdout and stderr into `out_fd`, "
+             "spawn(paths, argv, envp, cwd, stdin_fd, out_fd, cgroup_fd) -> pid\n\n"
+             "Start the first of `paths` that exec takes in a new session with stdin from `stdin_fd` and stdout and stderr into `out_fd`, "
              "in the cgroup whose cgroup.procs is open as `cgroup_fd` (-1: none) before its first instruction. "
              "Every other descriptor is closed. Raises OSError (errno and what failed) when it could not start.");
 
 static PyObject *spawn(PyObject *module, PyObject *args) {
-    const char *path, *cwd;
-    PyObject *argv_seq, *envp_seq, *argv_owner = NULL, *envp_owner = NULL;
+    const char *cwd;
+    PyObject *paths_seq, *argv_seq, *envp_seq, *paths_owner = NULL, *argv_owner = NULL, *envp_owner = NULL;
     struct plan p;
-    if (!PyArg_ParseTuple(args, "yOOyiii", &path, &argv_seq, &envp_seq, &cwd, &p.stdin_fd, &p.out_fd, &p.cgroup_fd))
+    if (!PyArg_ParseTuple(args, "OOOyiii", &paths_seq, &argv_seq, &envp_seq, &cwd, &p.stdin_fd, &p.out_fd,
+                          &p.cgroup_fd))
         return NULL;
-    char **argv = byte_strings(argv_seq, &argv_owner);
+    char **paths = byte_strings(paths_seq, &paths_owner);
+    char **argv = paths == NULL ? NULL : byte_strings(argv_seq, &argv_owner);
     char **envp = argv == NULL ? NULL : byte_strings(envp_seq, &envp_owner);
     PyObject *result = NULL;
     if (envp == NULL)
@@ -146,7 +155,7 @@ static PyObject *spawn(PyObject *module, PyObject *args) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
-    p.path = path, p.argv = argv, p.envp = envp, p.cwd = cwd, p.report_fd = pipe_fds[1];
+    p.paths = paths, p.argv = argv, p.envp = envp, p.cwd = cwd, p.report_fd = pipe_fds[1];
     /* A descriptor among 0-2 (aidp started with its stdin closed) would be overwritten by the
      * child's stdio before it is used: the child gets copies above them. */
     int *const moved[] = {&p.stdin_fd, &p.out_fd, &p.cgroup_fd, &p.report_fd};
@@ -214,8 +223,10 @@ static PyObject *spawn(PyObject *module, PyObject *args) {
         result = PyLong_FromLong(pid);
     }
 done:
+    PyMem_Free(paths);
     PyMem_Free(argv);
     PyMem_Free(envp);
+    Py_XDECREF(paths_owner);
     Py_XDECREF(argv_owner);
     Py_XDECREF(envp_owner);
     return result;

@@ -6,7 +6,7 @@ class SetupError(OSError):
     """The child failed before its exec: joining its cgroup, its session or stdio."""
 
 def spawn(
-    path: bytes,
+    paths: Sequence[bytes],
     argv: Sequence[bytes],
     envp: Sequence[bytes],
     cwd: bytes,
