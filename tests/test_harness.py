@@ -94,6 +94,27 @@ async def test_spawn_errors_say_what_to_fix(tmp_path: Path, cgroup: str | None, 
         os.close(fd)
 
 
+async def test_a_sandboxed_harness_that_is_missing_is_refused_before_the_sandbox_starts(
+    tmp_path: Path, spawner: str
+) -> None:
+    """The sandbox (`env` stands in for bwrap) would run and only log that the harness is missing:
+    it is looked for first, whichever way it starts."""
+    place = cgroups.place("test-sandboxed", f"p{os.getpid()}-{spawner}")
+    with open(tmp_path / "log", "wb") as log, pytest.raises(StartError, match="'aidp-no-such-program-xyz': no such"):
+        await spawn(
+            ["aidp-no-such-program-xyz"],
+            tmp_path,
+            dict(os.environ),
+            log.fileno(),
+            place,
+            None,
+            ["env"],
+            make_cgroup=True,
+            place_recorded=True,
+        )
+    assert place is None or not place.exists()
+
+
 async def test_past_the_gate_the_harness_reads_its_own_stdin(tmp_path: Path) -> None:
     """The launcher's stdin is the gate; the harness gets the file (a child never let past is in
     tests/test_hardening_runs.py: aidp killed before it recorded the start)."""

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from aidp.engine import cgroups
+from aidp.engine.config import PLACEHOLDERS
+from aidp.engine.model import MAX_ARG_STRLEN, TASK_ENV_MAX_BYTES
 
 try:
     from aidp.engine import _spawn as native
 except ImportError:  # not built (no C compiler where aidp was installed): every harness starts through sh
     native = None  # type: ignore[assignment]
-from aidp.engine.config import PLACEHOLDERS
-from aidp.engine.model import MAX_ARG_STRLEN, TASK_ENV_MAX_BYTES
 
 UTF8_MAX = 4  # bytes per character at most (a lone surrogate, passed through, takes 3)
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -240,7 +240,7 @@ async def spawn(
         joined = cgroups.create(cgroup) if make_cgroup else cgroup
         try:
             if place_recorded and joined is not None and native is not None:
-                return _Started(_start_direct([*sandbox, *argv], cwd, env, log_fd, joined, stdin), joined, None)
+                return _Started(_start_direct(argv, cwd, env, log_fd, joined, stdin, sandbox), joined, None)
             return _start_launcher(argv, cwd, env, log_fd, joined, stdin, sandbox)
         except BaseException:
             if make_cgroup and joined is not None:
@@ -275,12 +275,22 @@ def _start_error(exc: OSError | ValueError, program: str, cwd: Path) -> StartErr
 
 
 def _start_direct(
-    argv: list[str], cwd: Path, env: Mapping[str, str], log_fd: int, cgroup: Path, stdin: Path | None
+    argv: list[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    log_fd: int,
+    cgroup: Path,
+    stdin: Path | None,
+    sandbox: Sequence[str],
 ) -> _Direct:
     """`spawn`'s start by the native spawner, on its worker thread: one exec, in the cgroup. The
     child searches PATH itself, as `subprocess` does (a search here stats every folder before it:
-    5% of a start, bench: overhead); its failure says what `find_program` would."""
+    5% of a start, bench: overhead); its failure says what `find_program` would. In a sandbox, the
+    harness is looked for here: the sandbox would only log it."""
     assert native is not None
+    if sandbox:
+        find_program(argv[0], cwd, env)
+        argv = [*sandbox, *argv]
     program = os.fsencode(argv[0])
     search = [program] if b"/" in program else [os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env)]
     if any("=" in key for key in env):
