@@ -353,7 +353,7 @@ async def test_a_target_moved_meanwhile_is_detected_and_nothing_is_overwritten(
     try:
         with pytest.raises(CannotLand) as refused:
             await engine.land(["c"])
-        assert refused.value.slug == "c" and "main moved while landing" in refused.value.reason
+        assert refused.value.slug == "c" and "main moved meanwhile" in refused.value.reason
         assert head(matrix, "main") == theirs[0]
         assert (await engine.get("c")).status == Status.ACTIVE
     finally:
@@ -363,8 +363,8 @@ async def test_a_target_moved_meanwhile_is_detected_and_nothing_is_overwritten(
 
 async def test_move_branch_with_a_stale_old_value_changes_nothing(matrix: Path) -> None:
     stale, now = head(matrix, "main~1"), head(matrix, "main")
-    moved = await review_module.move_branch(matrix, "main", stale, head(matrix, "aidp/c"), "test", [matrix])
-    assert moved is False
+    why = await review_module.move_branch(matrix, "main", stale, head(matrix, "aidp/c"), "test", [matrix])
+    assert why == "main moved meanwhile (someone else updated it); try again"
     assert head(matrix, "main") == now and git(matrix, "status", "--porcelain") == ""
 
 

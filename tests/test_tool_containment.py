@@ -185,6 +185,21 @@ def landable(repo: Path) -> None:
     assert cli(repo, "ws", "run", "feat").returncode == 0
 
 
+def test_a_land_a_git_hook_refuses_says_so_and_changes_nothing(tmp_path: Path) -> None:
+    """A `reference-transaction` hook that refuses `main`'s move: the land fails saying git
+    refused (with the hook's words), not that someone moved `main`; nothing changed."""
+    repo = make_repo(tmp_path)
+    landable(repo)
+    before = git(repo, "rev-parse", "main")
+    git_hook(repo, "reference-transaction", '[ "$1" = prepared ] || exit 0\necho "main is frozen" >&2\nexit 1')
+    landed = cli(repo, "ws", "land", "feat")
+    assert landed.returncode != 0
+    assert "git refused to move main" in landed.stderr and "main is frozen" in landed.stderr, landed.stderr
+    assert "moved meanwhile" not in landed.stderr
+    assert git(repo, "rev-parse", "main") == before and git(repo, "status", "--porcelain") == ""
+    assert workstreams(repo)["feat"]["status"] == "completed"
+
+
 def test_ctrl_c_mid_land_ends_the_hook_and_completes_the_land(tmp_path: Path) -> None:
     """Ctrl-C while a `reference-transaction` hook (ignoring SIGTERM) holds git after `main` moved:
     the hook is ended, not git, so the checkout of `main` follows and the land is recorded before

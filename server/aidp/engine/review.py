@@ -478,15 +478,19 @@ async def move_branch(
     reason: str,
     following: list[Path],
     then: Callable[[], Awaitable[object]] | None = None,
-) -> bool:
-    """Point `branch` from `old` to `new` only if it still is at `old` (False when someone moved
-    it meanwhile: nothing changed), then bring the worktrees that have it checked out along, then
-    `then` (what records the move). Never cut short (`uninterrupted`)."""
+) -> str | None:
+    """Point `branch` from `old` to `new` only if it still is at `old`, then bring the worktrees
+    that have it checked out along, then `then` (what records the move). Never cut short
+    (`uninterrupted`). Why it did not move, if it did not (nothing changed then): someone moved it
+    meanwhile, or git refused (a `reference-transaction` hook said no)."""
 
-    async def move() -> bool:
-        code, _, _ = await run_git(root, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old)
+    async def move() -> str | None:
+        code, _, err = await run_git(root, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old)
         if code != 0:
-            return False
+            _, now, _ = await run_git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}")
+            if now.strip() != old:
+                return f"{branch} moved meanwhile (someone else updated it); try again"
+            return f"git refused to move {branch}: {err.strip() or f'git update-ref exited {code}'}"
         for path in following:
             code, _, err = await run_git(path, "read-tree", "-m", "-u", old, new)
             if code != 0:
@@ -496,7 +500,7 @@ async def move_branch(
                 )
         if then is not None:
             await then()
-        return True
+        return None
 
     return await uninterrupted(move())
 
@@ -539,10 +543,10 @@ async def start_from(root: Path, ws: Workstream, deps: list[Workstream]) -> str:
         raise Refused(
             f"cannot start {ws.slug} from its dependencies: {exc.detail}:\n{gitrepo.listed(exc.files)}"
         ) from None
-    if new != head and not await move_branch(
-        root, ws.branch, head, new, f"aidp: {ws.slug} from its dependencies", following
+    if new != head and (
+        why := await move_branch(root, ws.branch, head, new, f"aidp: {ws.slug} from its dependencies", following)
     ):
-        raise Refused(f"cannot start {ws.slug} from its dependencies: {ws.branch} moved meanwhile; nothing changed")
+        raise Refused(f"cannot start {ws.slug} from its dependencies: {why} (nothing changed)")
     return f"started from {', '.join(named)}: {ws.branch} at {new[:12]}"
 
 
@@ -705,18 +709,13 @@ async def _land_one(engine: Engine, ws: Workstream, strategy: str, into: str | N
         raise CannotLand(ws.slug, f"{target} already has every commit of {ws.branch}: nothing to land")
     new = await build(root, ws, strategy, target, old, head)
     following = await check_holders(root, target, old, new)
+
+    async def record() -> None:
+        await engine.db.call(engine.db.store.mark_landed, ws.slug, new, f"landed into {target} ({strategy})")
+
     reason = f"aidp: land {ws.slug} ({strategy})"
-    landed = f"landed into {target} ({strategy})"
-    if not await move_branch(
-        root,
-        target,
-        old,
-        new,
-        reason,
-        following,
-        lambda: engine.db.call(engine.db.store.mark_landed, ws.slug, new, landed),
-    ):
-        raise CannotLand(ws.slug, f"{target} moved while landing (someone else updated it); nothing changed, try again")
+    if why := await move_branch(root, target, old, new, reason, following, record):
+        raise CannotLand(ws.slug, f"{why} (nothing changed)")
     return LandResult(slug=ws.slug, into=target, strategy=strategy, commit=new)
 
 
@@ -768,8 +767,8 @@ async def _sync_held(engine: Engine, ws: Workstream, strategy: str) -> SyncResul
         following = await check_holders(root, ws.branch, head, new)
     except Conflict as exc:
         raise Refused(f"cannot sync {slug}: {exc.detail}:\n{gitrepo.listed(exc.files)}") from None
-    if not await move_branch(root, ws.branch, head, new, f"aidp: sync {slug} ({strategy})", following):
-        raise Refused(f"cannot sync {slug}: {ws.branch} moved meanwhile; nothing changed, try again")
+    if why := await move_branch(root, ws.branch, head, new, f"aidp: sync {slug} ({strategy})", following):
+        raise Refused(f"cannot sync {slug}: {why} (nothing changed)")
     return SyncResult(slug=slug, strategy=strategy, head=new)
 
 
