@@ -135,6 +135,32 @@ async def test_request_before_initialize_is_32002(configured: Path, tmp_path: Pa
 # -- requests and their notifications -----------------------------------------------------------------
 
 
+async def test_every_run_end_is_followed_by_a_list_change(client: AidpClient, configured: Path, tmp_path: Path) -> None:
+    """To a client without `aidp/wsUpdated`, every run's end is followed by an
+    `aidp/wsListChanged` (a whole list to fetch again). Runs whose results were recorded together
+    share one (bench: 300 runs of `true` ended with ~170, not 300), so the count is the bench's
+    to show; what must hold is that none of the ends is left without one after it."""
+    gate = tmp_path / "go"
+    for slug in "abc":
+        await new(client, slug, ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.01; done"])
+    run = client.start_call("aidp/wsRun", {"slugs": list("abc"), "maxConcurrent": 3})
+    await wait_until(lambda: all("running" in sequence(client, s) for s in "abc"), what="all three running")
+    start = len(client.notes)
+    gate.touch()
+    assert (await run)["completed"] == 3
+
+    def positions() -> tuple[list[int], list[int]]:
+        after = client.notes[start:]
+        finals = [i for i, (m, n) in enumerate(after) if m == WS_STATUS and n["status"] in FINAL]
+        return finals, [i for i, (m, _) in enumerate(after) if m == WS_LIST_CHANGED]
+
+    def covered() -> bool:
+        finals, changes = positions()
+        return len(finals) == 3 and all(any(j > i for j in changes) for i in finals)
+
+    await wait_until(covered, what="a list change after each run's end")
+
+
 async def test_new_list_run_log(client: AidpClient, configured: Path) -> None:
     created = await new(client, "alpha", task="say hello")
     assert created["slug"] == "alpha"

@@ -261,6 +261,7 @@ class AidpServer(JsonRPCServer):
         self.lists: ListSnapshot | None = None  # `aidp/wsList`'s, once the engine is open
         self.takes_records = False  # the client takes `aidp/wsUpdated` (see updates.py)
         self.updates: RecordUpdates | None = None  # with it, once the engine is open
+        self._list_change_due = False  # an `aidp/wsListChanged` for ended runs, sent at the loop's next turn
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -440,11 +441,18 @@ class AidpServer(JsonRPCServer):
 
     def _record_changed(self, slug: str) -> None:
         """A run of `slug` ended: it changed the record beyond its status (its change summary, if it
-        or its auto-commit committed; its history). The record, or the whole list to fetch again."""
+        or its auto-commit committed; its history). The record, or the whole list to fetch again:
+        once for the runs that end together (their results commit together), each such
+        notification being a whole list fetched again by the client."""
         if self.updates is not None:
             self.updates.ended(slug)
-        else:
-            self._notify_list_changed()
+        elif not self._list_change_due:
+            self._list_change_due = True
+            asyncio.get_running_loop().call_soon(self._announce_list_change)
+
+    def _announce_list_change(self) -> None:
+        self._list_change_due = False
+        self._notify_list_changed()
 
     def _notify_list_changed(self) -> None:
         self.protocol.notify(p.WS_LIST_CHANGED, {})
