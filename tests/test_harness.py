@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -174,8 +175,13 @@ async def test_a_harness_that_cannot_join_its_cgroup_never_runs(tmp_path: Path, 
 async def test_a_harness_starts_clean_whichever_way_it_starts(tmp_path: Path, spawner: str) -> None:
     """What the harness finds at its first instruction, the same from both spawners: its own
     session, the file as stdin, stdout and stderr in the log, no other descriptor of aidp's (a
-    pipe or the database held open would be inherited by every agent), no signal blocked or
-    ignored (Python ignores SIGPIPE; a harness must not), its cgroup, its directory."""
+    pipe or the database held open would be inherited by every agent), the signal mask and ignored
+    signals aidp itself was given (CI ignores one), less SIGPIPE and SIGXFSZ, which Python ignores
+    and a harness must not, its cgroup, its directory."""
+    own = dict(line.split(":\t") for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
+    blocked = int(own["SigBlk"], 16)
+    ignored = int(own["SigIgn"], 16) & ~(1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+    assert ignored != int(own["SigIgn"], 16)  # Python did ignore them: the test can tell
     place = cgroups.place("test-clean", f"p{os.getpid()}-{spawner}")
     stdin = tmp_path / "task"
     stdin.write_text("the task\n")
@@ -203,7 +209,7 @@ async def test_a_harness_starts_clean_whichever_way_it_starts(tmp_path: Path, sp
     assert lines[:2] == ["stdin=the task", "oops"]
     assert lines[2].removeprefix("pid=") == lines[3].removeprefix("sid=")
     assert lines[4:8] == ["fds=", "0", "1", "2"]
-    assert lines[8:10] == ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]
+    assert lines[8:10] == [f"SigBlk:\t{blocked:016x}", f"SigIgn:\t{ignored:016x}"]
     if cgroups.available():
         assert place is not None and lines[10].startswith("0::/") and lines[10].endswith("/" + place.name)
     assert lines[-1] == str(tmp_path)
