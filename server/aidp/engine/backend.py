@@ -67,8 +67,9 @@ class Attempt(Protocol):
 
     @property
     def gated(self) -> bool:
-        """Whether it waits for `go`: its `child` is recorded first. False: it runs already, where
-        its backend's `recorded_before` said, recorded before it started."""
+        """Whether its `child` is recorded now, before `go` (a launcher waits at its gate for it).
+        False: it runs already, where its backend's `recorded_before` said, recorded before it
+        started."""
 
     def go(self) -> None:
         """Let the harness run: its `child` is recorded, so a recovery finds it if aidp dies."""
@@ -164,8 +165,9 @@ class LocalBackend:
         return cgroups.place(run_id, slug, attempt) if harness.starts_directly() else None
 
     async def start(self, launch: Launch) -> LocalAttempt:
-        """In a cgroup of its own where the system allows, else without (`spawn` makes it). Its
-        place was recorded before: with the claim, or with the retry of the attempt before."""
+        """In a cgroup of its own where the system allows, else without (`spawn` makes it). Started
+        there at once where it can be: the executor recorded that place before (`recorded_before`),
+        and on a Ray worker its watchdog ends it with the worker."""
         proc = await spawn(
             launch.argv,
             launch.worktree,
