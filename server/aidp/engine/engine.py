@@ -381,7 +381,8 @@ class Engine:
             return []
         known = set(await self.db.call(self.db.store.paths))
         held = {op.slug for op in await self.db.call(self.db.store.operations)}
-        strangers = {p for p in self.worktrees_dir.iterdir() if str(p) not in known and p.name not in held}
+        with os.scandir(self.worktrees_dir) as entries:  # (a Path each costs 2 µs: 20 ms at 10,000)
+            strangers = {Path(e.path) for e in entries if e.path not in known and e.name not in held}
         return [w for w in await gitrepo.worktrees(self.root) if w.path in strangers] if strangers else []
 
     async def _settled_workstreams(self) -> list[Workstream]:

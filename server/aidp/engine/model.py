@@ -80,7 +80,10 @@ def parse_priority(value: object) -> int:
 
 def priority_name(priority: int) -> str:
     """The name for a named level, else the number: what tables and trees show."""
-    return next((name for name, value in PRIORITIES.items() if value == priority), str(priority))
+    return _PRIORITY_NAMES.get(priority) or str(priority)
+
+
+_PRIORITY_NAMES = {value: name for name, value in PRIORITIES.items()}
 
 
 def utc_now() -> str:

@@ -10,6 +10,7 @@ meanwhile is never overwritten. Needs git >= 2.38 (`merge-tree --write-tree`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -237,10 +238,8 @@ def _kept_summary(ws: Workstream, refs: Refs, kept: Mapping[str, bool]) -> Chang
     """`summary` without a task or a git process, when its pair of commits and its worktree's
     state are both known already (most of a list at thousands of workstreams; a task each cost
     more than the rest of the list); None when git is to be asked (or `summary` to refuse)."""
-    base = ws.base_branch or refs.current
-    head = refs.heads.get(ws.branch)
-    base_commit = refs.heads.get(base) if base is not None else None
-    committed = _COMMITTED.get((base_commit, head)) if base_commit is not None and head is not None else None
+    base, pair = _pair_of(ws, refs)
+    committed = _COMMITTED.get(pair) if pair is not None else None
     if committed is None:
         return None
     if ws.worktree_missing:  # as `changes_of`'s records say (`Engine._with_worktree_state`)
@@ -250,6 +249,29 @@ def _kept_summary(ws: Workstream, refs: Refs, kept: Mapping[str, bool]) -> Chang
     else:
         dirty = known
     return msgspec.structs.replace(committed, base_branch=base, dirty=dirty)
+
+
+def _pair_of(ws: Workstream, refs: Refs) -> tuple[str | None, tuple[str, str] | None]:
+    """The base branch a workstream is compared with, and (base commit, branch head) when both are
+    branches `refs` holds."""
+    base = ws.base_branch or refs.current
+    base_commit = refs.heads.get(base) if base is not None else None
+    head = refs.heads.get(ws.branch)
+    return base, (base_commit, head) if base_commit is not None and head is not None else None
+
+
+async def _commit_pairs(root: Path, workstreams: list[Workstream], refs: Refs) -> None:
+    """Compute each pair of commits these workstreams are compared by (`_committed`) once, first:
+    a fresh process (every CLI list) knows none, and without this each of thousands of workstreams
+    on a handful of commits took a task of its own only to find its pair kept by another's. A pair
+    git fails on is left to the workstream's own summary, which says why."""
+    pairs = {pair for ws in workstreams if (pair := _pair_of(ws, refs)[1]) is not None and pair not in _COMMITTED}
+
+    async def one(base_commit: str, head: str) -> None:
+        with contextlib.suppress(AidpError):
+            await _committed(root, base_commit, head)
+
+    await gather_bounded(one(*pair) for pair in pairs)
 
 
 # Commits never change, so what two commits give is kept (bounded; the oldest goes first).
@@ -605,6 +627,7 @@ async def changes_of(engine: Engine, workstreams: list[Workstream], everything: 
             log.info("%s: no change summary: %s", ws.slug, exc)
             return ws
 
+    await _commit_pairs(engine.root, workstreams, refs)
     known = [_kept_summary(ws, refs, kept) for ws in workstreams]
     asked = iter(await gather_bounded(one(ws) for ws, s in zip(workstreams, known, strict=True) if s is None))
     found = [
