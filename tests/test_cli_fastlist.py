@@ -172,9 +172,9 @@ def test_each_change_deep_in_a_worktree_shows_in_the_next_list(lister: Lister, t
 def test_a_full_list_takes_the_paths_listed_before_only_for_the_same_answer_of_git(
     lister: Lister, tmp_path: Path
 ) -> None:
-    """A full list takes the paths the table kept before listed in a worktree while git's answer
-    for it is the same one, and lists them anew once git was asked again: either way a change made
-    afterwards shows."""
+    """A full list takes the paths listed in a worktree after git's answer for it (kept with the
+    answer) while that answer is the same one, and lists them anew once git was asked again:
+    either way a change made afterwards shows."""
     repo, mine = lister.repo, lister.repo / ".worktrees" / "a"
     lister.quiet(tmp_path)
     (mine / "fresh").mkdir()
@@ -184,7 +184,7 @@ def test_a_full_list_takes_the_paths_listed_before_only_for_the_same_answer_of_g
     settle(tmp_path)  # the new folder is older than git's next answer by more than the racy window
     assert "1 commit " in row(lister.changed(), "a")
     lister.quiet(tmp_path)
-    with open(mine / "fresh" / "file.txt", "a") as f:  # in the folder the table kept before never listed
+    with open(mine / "fresh" / "file.txt", "a") as f:  # in the folder the answer before never listed
         f.write("more\n")
     assert "uncommitted" in row(lister.changed(), "a")
     git(mine, "checkout", "-q", "--", ".")
@@ -192,24 +192,24 @@ def test_a_full_list_takes_the_paths_listed_before_only_for_the_same_answer_of_g
     lister.quiet(tmp_path)
     (repo / ".aidp" / "config.toml").write_text("[scheduler]\nhistory_runs = 3\n")
     settle(tmp_path)
-    lister.changed()  # git is asked nothing: every worktree's paths come from the table kept before
+    lister.changed()  # git is asked nothing: every worktree's paths come from its answer
     lister.quiet(tmp_path)
     (mine / "fresh" / "new.txt").write_text("new\n")
     assert "uncommitted" in row(lister.changed(), "a")
 
 
-def test_a_list_within_the_racy_window_leaves_the_kept_table_unused(lister: Lister, tmp_path: Path) -> None:
-    """A list whose inputs are too recent to trust keeps nothing and leaves the table kept before
-    as it was (it lends its paths to the next full list), which no list uses again."""
+def test_a_list_within_the_racy_window_keeps_no_table(lister: Lister, tmp_path: Path) -> None:
+    """A list whose inputs are too recent to trust keeps nothing, and removes the table kept
+    before (it no longer holds)."""
     path, config = lister.repo / ".aidp" / fastlist.CACHE_FILE, lister.repo / ".aidp" / "config.toml"
     lister.quiet(tmp_path)
-    kept_before = path.read_bytes()
+    assert path.exists()
     config.write_text("[scheduler]\nhistory_runs = 3\n")
     written = config.stat().st_mtime_ns
     os.utime(config, ns=(written, written + 3600 * 10**9))  # stamped in the future: within the racy window
     lister.cli("ws", "set", "a", "--priority", "high")
     assert "high" in row(lister.changed(), "a")
-    assert path.read_bytes() == kept_before
+    assert not path.exists()
     os.utime(config, ns=(written, written))
     settle(tmp_path)
     assert "high" in row(lister.changed(), "a")

@@ -6,6 +6,7 @@ that git runs for every status."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -115,3 +116,57 @@ async def test_a_removed_workstream_is_forgotten(engine: Engine, repo: Path) -> 
     await dirty(engine)
     kept = (repo / ".aidp" / CACHE_FILE).read_text()
     assert "kept" in kept and "gone" not in kept
+
+
+async def test_the_paths_kept_with_an_answer_still_see_every_change(engine: Engine, repo: Path, tmp_path: Path) -> None:
+    """The first list that reuses an answer keeps the paths it found (`dirty.json`); later lists
+    stamp those instead of walking. A file added deep in a kept folder, one removed, one renamed,
+    and a folder made where none was listed all show, each in the next list."""
+    log = watch_status(repo, tmp_path)
+    await engine.create("deep", "task")
+    worktree = repo / ".worktrees" / "deep"
+    (worktree / "a" / "b").mkdir(parents=True)
+    (worktree / "a" / "b" / "kept.txt").write_text("kept\n")
+    git(worktree, "add", "-A")
+    git(worktree, "commit", "-qm", "a folder")
+
+    def changes() -> list[tuple[str, ...] | None]:
+        return [answer[6] for answer in json.loads((repo / ".aidp" / CACHE_FILE).read_text()).values()]
+
+    async def shows(dirty_now: bool) -> None:
+        """Shown as `dirty_now`, then, once reused, with its paths kept and git not asked."""
+        assert await dirty(engine) == {"deep": dirty_now}
+        settle(tmp_path)
+        assert await dirty(engine) == {"deep": dirty_now}
+        before = lines(log)
+        assert await dirty(engine) == {"deep": dirty_now}
+        assert asked(log, before) == [] and changes() != [None]
+
+    await shows(False)
+    assert sorted(changes()[0] or ()) == [".git", "README.md", "a", "a/b", "a/b/kept.txt"]
+    (worktree / "a" / "b" / "new.txt").write_text("new\n")
+    await shows(True)
+    (worktree / "a" / "b" / "new.txt").unlink()
+    await shows(False)
+    (worktree / "a" / "b" / "kept.txt").rename(worktree / "a" / "b" / "moved.txt")
+    await shows(True)
+    (worktree / "a" / "b" / "moved.txt").rename(worktree / "a" / "b" / "kept.txt")
+    await shows(False)
+    (worktree / "fresh").mkdir()
+    (worktree / "fresh" / "x.txt").write_text("x\n")
+    assert await dirty(engine) == {"deep": True}
+
+
+async def test_answers_kept_by_an_earlier_aidp_are_reused(engine: Engine, repo: Path, tmp_path: Path) -> None:
+    """`dirty.json` written before answers kept their paths (six fields each) is read, and its
+    answers reused, without asking git again: an upgrade costs no git process per worktree."""
+    log = watch_status(repo, tmp_path)
+    await engine.create("old", "task")
+    settle(tmp_path)
+    assert await dirty(engine) == {"old": False}
+    path = repo / ".aidp" / CACHE_FILE
+    path.write_text(json.dumps({k: v[:6] for k, v in json.loads(path.read_text()).items()}))
+    before = lines(log)
+    assert await dirty(engine) == {"old": False}
+    assert asked(log, before) == []
+    assert all(len(answer) == 7 and answer[6] for answer in json.loads(path.read_text()).values())

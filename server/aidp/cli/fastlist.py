@@ -102,9 +102,7 @@ def keep(
     module's docstring), lines after it tell of worktrees out of step (rare, and read from what the
     fingerprint does not stamp), or the list was made while another process was `busy` creating,
     removing or landing a workstream or running a hook (if it dies, only the full list's recovery
-    corrects what it left), the kept one is removed instead. The table kept before lends the paths
-    it listed in the worktrees git was not asked about since (see `listing.with_worktrees`); a list
-    made within the racy window keeps nothing and leaves it for the next one."""
+    corrects what it left), or within the racy window, the kept one is removed instead."""
     from aidp.cli.render import fancy
 
     path = os.path.join(root, STATE_DIR, CACHE_FILE)
@@ -112,15 +110,11 @@ def keep(
     checked = None
     if not (after or busy or None in changes or any(ws.status.in_flight for ws in workstreams)):
         shown = [(ws.path, c.dirty) for ws, c in zip(workstreams, changes, strict=True) if c is not None]
-        before = _ours(_read(path), root) if inputs.trusted else None
-        previous = None if before is None else listing.Fingerprint.from_data(before[3])
-        checked = listing.with_worktrees(inputs, os.path.dirname(path), shown, previous)
+        checked = listing.with_worktrees(inputs, os.path.dirname(path), shown)
     kind = identity()
-    if checked is None or kind is None:
+    if checked is None or kind is None or not checked.trusted:
         _remove(path)
         return
-    if not checked.trusted:  # an input changed since the table kept before: it never holds again,
-        return  # and lends its worktrees' paths to the next full list
     coloured = fancy() if any(c is not None and c.conflicts for c in changes) else None
     same: dict[str, str] = {}  # one object per distinct cell: marshal writes a repeat as a reference
     cells = zip(HEADER, *(row for row, _ in rows), strict=True)  # (with the header: nine columns, even of no rows)

@@ -7,7 +7,9 @@ repository's config and excludes, the user's) changed since: every change to a f
 its ctime to the present, and the kernel's clock for ctime cannot be set back from user space. A
 change just before git was asked may share its timestamp's tick (git's "racy" case), so anything
 changed within `RACY_NS` of that moment is asked again. Worktrees too big to walk cheaply
-(`WALK_MAX` entries) are always asked. The file is only a shortcut: a lost or stale one costs git
+(`WALK_MAX` entries) are always asked. Each answer also keeps the paths found in the worktree
+after it (listed by the first check that reuses it), so later checks stamp those instead of
+walking the worktree again. The file is only a shortcut: a lost or stale one costs git
 processes, never a wrong answer, so concurrent writers need no lock.
 
 The checks themselves (`holds`, `shared_files`, `newest`) use os alone, and msgspec is imported
@@ -29,27 +31,35 @@ CACHE_FILE = "dirty.json"
 RACY_NS = 2_000_000_000  # file times tick coarsely (jiffies; 2 s on FAT): well past any tick
 WALK_MAX = 2_000  # entries walked in one worktree before it counts as too big (always asked)
 
-# One answer as dirty.json keeps it: (asked_ns, dirty, head, admin, index, big); see `Verified`.
-Kept = tuple[int, bool, str, str, tuple[int, ...], bool]
+# One answer as dirty.json keeps it: (asked_ns, dirty, head, admin, index, big, entries); see `Verified`.
+Kept = tuple[int, bool, str, str, tuple[int, ...], bool, tuple[str, ...] | None]
 
 
 class Verified:
     """What git said of one worktree: `dirty`, asked at `asked_ns`, its branch at `head`, its
     admin folder (`.git/worktrees/<id>`, as its `.git` file named it) and its index as git left it
     (`git status` itself rewrites the index: that write is no change); `big`: too many entries to
-    walk, so never reused. A plain class, not a msgspec Struct, so that importing this module
-    imports no msgspec."""
+    walk, so never reused; `entries`: the paths in it, listed after git answered (None: not yet),
+    which the next checks stamp instead of walking it (see `holds`). A plain class, not a msgspec
+    Struct, so that importing this module imports no msgspec."""
 
-    __slots__ = ("admin", "asked_ns", "big", "dirty", "head", "index")
+    __slots__ = ("admin", "asked_ns", "big", "dirty", "entries", "head", "index")
 
     def __init__(
-        self, asked_ns: int, dirty: bool, head: str, admin: str, index: tuple[int, ...], big: bool = False
+        self,
+        asked_ns: int,
+        dirty: bool,
+        head: str,
+        admin: str,
+        index: tuple[int, ...],
+        big: bool = False,
+        entries: tuple[str, ...] | None = None,
     ) -> None:
         self.asked_ns, self.dirty, self.head = asked_ns, dirty, head
-        self.admin, self.index, self.big = admin, index, big
+        self.admin, self.index, self.big, self.entries = admin, index, big, entries
 
     def as_kept(self) -> Kept:
-        return (self.asked_ns, self.dirty, self.head, self.admin, self.index, self.big)
+        return (self.asked_ns, self.dirty, self.head, self.admin, self.index, self.big, self.entries)
 
 
 class TooBig(Exception):
@@ -60,11 +70,20 @@ def load(state_dir: Path) -> dict[str, Verified]:
     """The answers kept in the repository's `dirty.json` ({} when missing or unreadable)."""
     import msgspec
 
+    class Answer(msgspec.Struct, array_like=True):  # `Kept`; an earlier aidp's has no entries
+        asked_ns: int
+        dirty: bool
+        head: str
+        admin: str
+        index: tuple[int, ...]
+        big: bool
+        entries: tuple[str, ...] | None = None
+
     try:
-        kept = msgspec.json.decode((state_dir / CACHE_FILE).read_bytes(), type=dict[str, Kept])
+        kept = msgspec.json.decode((state_dir / CACHE_FILE).read_bytes(), type=dict[str, Answer])
     except (OSError, msgspec.DecodeError):
         return {}
-    return {path: Verified(*fields) for path, fields in kept.items()}
+    return {path: Verified(*msgspec.structs.astuple(answer)) for path, answer in kept.items()}
 
 
 def shared_files(common_dir: str) -> list[str]:
@@ -77,26 +96,24 @@ def shared_files(common_dir: str) -> list[str]:
 
 
 def holds(
-    worktree: str,
-    admin: str,
-    index: tuple[int, ...],
-    asked_ns: int,
-    shared: int,
-    entries: tuple[str, ...] | None = None,
+    worktree: str, admin: str, index: tuple[int, ...], asked_ns: int, shared: int, entries: tuple[str, ...]
 ) -> bool:
     """Whether what git answered of `worktree` at `asked_ns` is still true: its index is the one
     git left (`index`, in its admin folder `admin`), and nothing in it, its HEAD or the shared files
     (`shared`: their newest ctime, see `newest`) changed since `RACY_NS` before git was asked.
-    Walks the worktree; raises TooBig past `WALK_MAX` entries, OSError when it is not readable.
+    Raises OSError when it is not readable.
 
-    With `entries` (what `entries_of` found in it after git was asked) it stamps those instead of
-    walking: a folder's ctime changes when an entry is added, removed or renamed in it, so while the
-    worktree's and each listed folder's ctime are older than the answer, they hold what was listed.
-    That is an lstat each, without a scandir of every folder (5 system calls)."""
+    `entries` is what `entries_of` found in it after git was asked: a folder's ctime changes when
+    an entry is added, removed or renamed in it, so while the worktree's and each listed folder's
+    ctime are older than the answer, they hold what was listed, and stamping them is stamping
+    everything in it. That is an lstat each, without a scandir of every folder (5 system calls)."""
     if asked_ns > time.time_ns() or index_of(admin) != index:  # (or the clock was set back)
         return False
-    newest = _newest_in(worktree, admin, WALK_MAX) if entries is None else _newest_of(worktree, admin, entries)
-    return max(newest, shared) < asked_ns - RACY_NS
+    lstat = os.lstat
+    newest = max(lstat(f"{admin}/HEAD").st_ctime_ns, lstat(worktree).st_ctime_ns, shared)
+    for path in entries:
+        newest = max(newest, lstat(f"{worktree}/{path}").st_ctime_ns)
+    return newest < asked_ns - RACY_NS
 
 
 def entries_of(worktree: str) -> tuple[str, ...]:
@@ -117,7 +134,8 @@ class DirtyCache:
 
     def reusable(self, worktrees: Iterable[tuple[str, str]]) -> dict[str, bool]:
         """The kept answers still true for these (worktree, branch head) pairs; the others are to
-        be asked of git. Walks each worktree's entries (blocking: call it off the event loop)."""
+        be asked of git. Stamps each worktree's entries, listed once after its answer (blocking:
+        call it off the event loop)."""
         shared = newest(self._shared)
         found: dict[str, bool] = {}
         for path, head in worktrees:
@@ -125,10 +143,13 @@ class DirtyCache:
             if kept is None or kept.head != head or kept.big:
                 continue
             try:
-                if holds(path, kept.admin, kept.index, kept.asked_ns, shared):
+                entries = entries_of(path) if kept.entries is None else kept.entries
+                if holds(path, kept.admin, kept.index, kept.asked_ns, shared, entries):
                     found[path] = kept.dirty
+                    if kept.entries is None:
+                        kept.entries, self._changed = entries, True
             except TooBig:
-                self._known[path] = Verified(*kept.as_kept()[:-1], big=True)
+                self._known[path] = Verified(*kept.as_kept()[:5], big=True)
                 self._changed = True
             except OSError:  # not readable as it was: git says what it is
                 continue
@@ -185,24 +206,6 @@ def index_of(admin: str) -> tuple[int, ...]:
     except FileNotFoundError:
         return ()
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _newest_in(worktree: str, admin: str, limit: int) -> int:
-    """The latest ctime of the worktree's folders and files, and of its HEAD in its admin folder
-    (the index is compared whole). Raises TooBig past `limit` entries, OSError when unreadable."""
-    found = max(os.lstat(f"{admin}/HEAD").st_ctime_ns, os.lstat(worktree).st_ctime_ns)
-    for entry in _walk(worktree, limit):
-        found = max(found, entry.stat(follow_symlinks=False).st_ctime_ns)
-    return found
-
-
-def _newest_of(worktree: str, admin: str, entries: tuple[str, ...]) -> int:
-    """`_newest_in` of the `entries` listed in the worktree, without walking it."""
-    lstat = os.lstat
-    found = max(lstat(f"{admin}/HEAD").st_ctime_ns, lstat(worktree).st_ctime_ns)
-    for path in entries:
-        found = max(found, lstat(f"{worktree}/{path}").st_ctime_ns)
-    return found
 
 
 def _walk(worktree: str, limit: int) -> Iterator[os.DirEntry[str]]:

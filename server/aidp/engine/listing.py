@@ -15,9 +15,9 @@ within `dirty.RACY_NS` of the moment it was taken is not trusted, and never hold
 Uncommitted work is per worktree what `aidp.engine.dirty` checks (its index, its HEAD, the ctimes
 of its files, git's shared config and excludes): `with_worktrees` adds, for each worktree, git's
 last answer kept in `.aidp/dirty.json`, the flag the list showed and the paths in it then
-(`dirty.entries_of`); it holds while that answer still holds and says the same. Stamping the paths
-listed, rather than walking each worktree again, saves a scandir per folder: at 10,000 worktrees
-most of the check's system calls.
+(`dirty.entries_of`, kept with the answer); it holds while that answer still holds and says the
+same. Stamping the paths listed, rather than walking each worktree again, saves a scandir per
+folder: at 10,000 worktrees most of the check's system calls.
 
 Imports nothing but os and time (and `dirty`'s checks, which import nothing more): `aidp ws list`
 checks a fingerprint before anything else is imported. Both the CLI (its table cache,
@@ -123,19 +123,13 @@ def take(root: str, state_dir: str, worktrees_dir: str) -> Fingerprint:
     return Fingerprint(now, trusted, common, files)
 
 
-def with_worktrees(
-    fp: Fingerprint, state_dir: str, shown: Iterable[tuple[str, bool]], previous: Fingerprint | None = None
-) -> Fingerprint | None:
+def with_worktrees(fp: Fingerprint, state_dir: str, shown: Iterable[tuple[str, bool]]) -> Fingerprint | None:
     """`fp` with each worktree's check: `shown` holds (worktree path, the uncommitted flag the list
     showed) for each workstream whose changes it showed. None when a worktree has no answer of
     git's kept (`dirty.json`) that says the same, or cannot be listed: it cannot be checked without
-    git. Lists each worktree's paths (after git's answers, as `dirty.holds` needs them); an
-    untrusted `fp` comes back as it is (it never holds: no need to list them).
-
-    A worktree whose answer is the one the `previous` fingerprint (of an earlier list) checked
-    takes the paths listed then instead of a walk (a scandir a folder): they were listed after that
-    answer, so anything added or removed since changed a listed folder's ctime to after the answer,
-    which the check refuses (and the engine's own check then asks git again, for a new answer)."""
+    git. Each worktree's paths are the ones its answer keeps (listed after it, as `dirty.holds`
+    needs them), else listed now; an untrusted `fp` comes back as it is (it never holds: no need to
+    list them)."""
     from pathlib import Path
 
     kept = dirty.load(Path(state_dir))
@@ -149,20 +143,13 @@ def with_worktrees(
         return fp
     admins, indexes = tuple(a.admin for a in found), tuple(a.index for a in found)
     asked = tuple(a.asked_ns for a in found)
-    before: dict[tuple[str, str, tuple[int, ...], int], tuple[str, ...]] = {}
-    if previous is not None:
-        old_paths, _, old_admins, old_indexes, old_asked, old_entries = previous.worktrees
-        before = dict(zip(zip(old_paths, old_admins, old_indexes, old_asked, strict=True), old_entries, strict=True))
-    same: dict[str, str] = {}
-    shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+    same: dict[str, str] = {}  # one object per distinct path and per distinct tuple: `marshal` writes
+    shapes: dict[tuple[str, ...], tuple[str, ...]] = {}  # a repeat as a reference
     try:
-        listed = [
-            before.get(key) or tuple(same.setdefault(e, e) for e in dirty.entries_of(key[0]))
-            for key in zip(paths, admins, indexes, asked, strict=True)
-        ]
+        listed = [dirty.entries_of(p) if a.entries is None else a.entries for p, a in zip(paths, found, strict=True)]
     except (dirty.TooBig, OSError):
         return None
-    entries = tuple(shapes.setdefault(names, names) for names in listed)
+    entries = tuple(shapes.setdefault(names, tuple(same.setdefault(e, e) for e in names)) for names in listed)
     return Fingerprint(fp.taken_ns, fp.trusted, fp.common, fp.files, (paths, flags, admins, indexes, asked, entries))
 
 

@@ -191,8 +191,7 @@ class ListSnapshot:
         taken = await asyncio.to_thread(listing.take, str(engine.root), state_dir, str(engine.worktrees_dir))
         workstreams = await engine.workstreams()
         shown = [(w.path, w.changes.dirty) for w in workstreams if w.changes is not None and not w.worktree_missing]
-        previous = None if self._current is None else self._current.fingerprint  # lends its worktrees' paths
-        fingerprint = await asyncio.to_thread(listing.with_worktrees, taken, state_dir, shown, previous)
+        fingerprint = await asyncio.to_thread(listing.with_worktrees, taken, state_dir, shown)
         self._current = Snapshot(generation, data_version, fingerprint, workstreams, len(shown))
         self.computed += 1
         log.info(
