@@ -267,7 +267,7 @@ def headlines(sections: list[Section]) -> list[str]:
             f"decoded by the client, {median(at['ws_list_read_s']) * 1000:.0f} / "
             f"{percentile(at['ws_list_read_s'], 99) * 1000:.0f} ms until read, "
             f"`aidp ws list` {median([w for w, _ in f['cli_kept']]) * 1000:.0f} ms unchanged since the last list, "
-            f"{median([w for w, _ in f['cli_full']]) * 1000:.0f} ms the first after a change."
+            f"{median([w for w, _ in f['cli_full']]) * 1000:.0f} ms the first after a run."
         )
     return lines
 
