@@ -98,6 +98,29 @@ def test_the_change_summary_is_on_every_workstream(matrix: Path) -> None:
     assert changes["e"]["conflicts"] is True
 
 
+def test_a_list_asks_git_about_each_pair_of_commits_once(tmp_path: Path) -> None:
+    """Workstreams whose branches are at the same commit share the git work of their change
+    summaries: a fresh `aidp ws list` compares each pair of commits once, however many workstreams
+    are at it (thousands on a few commits, in a repository aidp made them in), and every one still
+    shows its summary. The git it runs is a wrapper on PATH that logs each command."""
+    repo = make_repo(tmp_path)
+    trees = {slug: new(repo, slug, f"task {slug}") for slug in "abc"}
+    shared = commit_file(trees["a"], "a.txt", "a\n", "a adds a.txt")
+    for slug in "bc":
+        git(trees[slug], "reset", "-q", "--hard", shared)
+    log, wrapper = tmp_path / "git.log", tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{shutil.which("git")}" "$@"\n')
+    wrapper.chmod(0o755)
+    listed = cli(repo, "ws", "list", "--json", env={"PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"})
+    assert listed.returncode == 0, listed.stderr
+    summaries = {ws["slug"]: (ws["changes"]["ahead"], ws["changes"]["files"]) for ws in json.loads(listed.stdout)}
+    assert summaries == {"a": (1, 1), "b": (1, 1), "c": (1, 1)}
+    asked = log.read_text().splitlines()
+    assert sum(line.startswith("rev-list --left-right") for line in asked) == 1, asked
+    assert sum(line.startswith("diff ") for line in asked) == 1, asked
+
+
 def test_diff_shows_committed_work_and_uncommitted_work_apart_without_touching_the_index(matrix: Path) -> None:
     tree = matrix / ".worktrees" / "d"
     (tree / "new.txt").write_text("untracked\n")
