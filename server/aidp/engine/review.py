@@ -608,7 +608,8 @@ async def changes_of(engine: Engine, workstreams: list[Workstream], everything: 
     except AidpError as exc:
         log.warning("no change summaries: %s", exc)
         return workstreams
-    cache = DirtyCache(engine.state_dir, gitrepo.common_dir(engine.root))
+    # Off the event loop: it reads dirty.json (2 MB at 10,000 worktrees) and may ask git where it is.
+    cache = await asyncio.to_thread(lambda: DirtyCache(engine.state_dir, gitrepo.common_dir(engine.root)))
     pairs = [(ws.path, refs.heads.get(ws.branch, "")) for ws in workstreams]
     kept = await asyncio.to_thread(cache.reusable, pairs)
 
