@@ -241,6 +241,57 @@ async def test_retries_each_attempt_its_own_record_and_log(
     assert logs == [f"attempt {n} of twice-failing\n" for n in (1, 2, 3)]
 
 
+# Stamps like STAMP; fails its first attempt (exit 3) when argv[3] is "1".
+ONCE = """
+    import os, sys, time
+    stamps, slug, fail_first = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+
+    def note(kind):
+        fd = os.open(stamps, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, f"{kind} {slug} {time.monotonic()!r}\\n".encode())
+        os.close(fd)
+
+    note("start")
+    first = sum(line.split()[:2] == ["start", slug] for line in open(stamps)) == 1
+    time.sleep(0.02)
+    note("end")
+    sys.exit(3 if fail_first and first else 0)
+"""
+
+
+async def test_one_slot_starts_each_job_once_and_a_retry_once_more(
+    engine: Engine, repo: Path, scripts: Path, tmp_path: Path
+) -> None:
+    """The scheduler keeps its plain jobs (no dependency, no setup) in order between passes and
+    looks at the others at every pass. With one slot: the high-priority job starts first, fails
+    and goes back among the jobs still waiting; the dependent starts after its dependency ended;
+    every job starts exactly as often as it should, one at a time."""
+    stamps = tmp_path / "stamps"
+    script = write_script(scripts, "once.py", ONCE)
+    write_config(
+        repo, "[scheduler]\nmax_concurrent = 1\n[harness]\nretries = 1\nretry_backoff_s = 0.05\nretry_on_exit = [3]\n"
+    )
+
+    def command(fail_first: bool) -> list[str]:
+        return [PYTHON, str(script), str(stamps), "{slug}", "1" if fail_first else "0"]
+
+    await engine.create("flaky", "fails once", command=command(True), priority="high")
+    for slug in ("a", "b", "c"):
+        await engine.create(slug, f"task {slug}", command=command(False))
+    await engine.create("after-a", "after a", command=command(False), after=["a"])
+    summary = await engine.run_all()
+    results = {r.slug: (r.status, r.attempt) for r in summary.results}
+    assert results == {
+        "flaky": (Status.COMPLETED, 2),
+        **{slug: (Status.COMPLETED, 1) for slug in ("a", "b", "c", "after-a")},
+    }
+    order, starts, ends = read_stamps(stamps)
+    assert order[0] == "flaky" and sorted(order) == ["a", "after-a", "b", "c", "flaky", "flaky"]
+    assert starts["after-a"] > ends["a"]
+    kinds = [line.split()[0] for line in stamps.read_text().splitlines()]
+    assert kinds == ["start", "end"] * 6  # one at a time
+
+
 async def test_a_timeout_is_not_retried_unless_asked(engine: Engine, repo: Path) -> None:
     write_config(repo, "[harness]\nretries = 2\nretry_backoff_s = 0.05\n")
     await engine.create("slow", "sleeps", command=["sleep", "30"])

@@ -206,8 +206,20 @@ class Run:
         self._halted: str | None = None  # why nothing more starts
         self._known: dict[str, tuple[Status, int]] = {}  # status and priority, read at most every STATE_TTL_S
         self._known_at = -math.inf
-        self._keys: dict[str, tuple[int, float, int]] = {}  # `_key`s, valid until `_known` is read again
+        self._keys: dict[str, tuple[int, float, int]] = {}  # `_key`s, valid until a priority read differs
         self._slots_said: list[Job] = []  # jobs whose `slot_reason` is set
+        self._slots_changed: list[Job] = []  # jobs whose `slot_reason` changed in this pass
+        # A pass runs at every end, so it must not look at every pending job: at 500 that made the
+        # run's cost grow with the square of its size (bench: overhead). Pending jobs are kept apart
+        # (`_set_state`); a plain one (no dependency, no setup to wait for) changes only when it is
+        # cancelled, the run halts, or it starts, so a pass looks at the conditional ones and takes
+        # plain ones from `_queue`, in their order, only as many as may start.
+        self._pending: dict[str, Job] = dict(self.jobs)  # not started yet, or queued again (run order)
+        self._conditional = {s: j for s, j in self.jobs.items() if j.ws.after or _setup_blocks(j.ws)}
+        self._queue: list[Job] = []  # the plain pending jobs by order key (`_key`), when not stale
+        self._queue_stale = True
+        self._look_at_all = True  # a cancel since the last pass: every pending job is looked at
+        self._backing_off: set[str] = set()  # pending retries (their `not_before` is a deadline)
         self._done = 0  # jobs with a result
         self._changes = -1  # `schedule_changes` when they were read
         self._progress: tuple[object, ...] = ()
@@ -226,6 +238,7 @@ class Run:
             if not job.cancel.is_set():
                 job.why_cancelled = why
             job.cancel.set()
+        self._look_at_all = True
         if hard:
             self._hurry.set()
         self._wake.set()
@@ -264,7 +277,7 @@ class Run:
     async def _drain(self) -> None:
         """After a cancel: record what never started, wait for what runs to be ended and recorded."""
         while any(job.result is None for job in self.jobs.values()):
-            await self._conclude_unstartable()
+            await self._conclude_unstartable(everything=True)
             if self._tasks:
                 await asyncio.wait(set(self._tasks.values()))
 
@@ -273,21 +286,21 @@ class Run:
     async def _dispatch(self) -> None:
         while True:
             self._wake.clear()  # before looking: what happens from here on wakes the wait below
-            pending = await self._conclude_unstartable()
-            if not pending and not self._tasks:
+            await self._conclude_unstartable()
+            if not self._pending and not self._tasks:
                 self._report_progress()  # the last word: every job done (viewers wait for done == total)
                 return
             now = time.monotonic()
             self._recover_pace(now)
-            poll = await self._start_ready(pending, now)
-            await self._report_waiting(pending)
+            poll = await self._start_ready(now)
+            await self._report_waiting()
             self._report_progress()
-            backoffs = [j.not_before - now for j in pending if j.not_before > now]
+            backoffs = [d - now for s in self._backing_off if (d := self.jobs[s].not_before) > now]
             timeouts = [*backoffs, *([TICK_S] if poll else []), *([self._pace_left(now)] if self._slowed else [])]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, min(timeouts)) if timeouts else None)
 
-    async def _read_known(self, pending: list[Job], order_matters: bool = False) -> None:
+    async def _read_known(self, order_matters: bool = False) -> None:
         """Statuses and priorities as they are now (other processes change them too), read at most
         every STATE_TTL_S; and when the order matters (more are ready than may start), whenever a
         priority was set since: a priority set while a run goes counts at its next pick."""
@@ -298,11 +311,14 @@ class Run:
             changes = await self._db.call(self._db.store.schedule_changes)
             if changes == self._changes:
                 return
-        outside = {d for j in pending for d in j.ws.after if d not in self.jobs}
+        outside = {d for j in self._conditional.values() for d in j.ws.after if d not in self.jobs}
         self._changes = await self._db.call(self._db.store.schedule_changes)
-        self._known = await self._db.call(self._db.store.schedule_state, [*(j.ws.slug for j in pending), *outside])
+        before = self._known
+        self._known = await self._db.call(self._db.store.schedule_state, [*self._pending, *outside])
         self._known_at = now
-        self._keys.clear()
+        if any(before.get(s, _UNKNOWN)[1] != self._known.get(s, _UNKNOWN)[1] for s in self._pending):
+            self._keys.clear()  # the order changes only with a priority (statuses change all the time)
+            self._queue_stale = True
 
     def _deps_waiting(self, job: Job) -> list[str]:
         """The dependencies not done yet (in this run, or elsewhere: another run, an earlier one)."""
@@ -334,11 +350,12 @@ class Run:
                 return f"blocked: its dependency {dep} no longer exists"
         return None
 
-    async def _conclude_unstartable(self) -> list[Job]:
-        """End the pending jobs that will never start: cancelled, halted, or blocked; returns the
-        others, still pending (one pass at every pick)."""
-        pending, ended = [], False
-        for job in [j for j in self.jobs.values() if j.state is State.PENDING]:
+    async def _conclude_unstartable(self, everything: bool = False) -> None:
+        """End the pending jobs that will never start: cancelled, halted, or blocked. A plain job
+        can only be cancelled or halted, so it is looked at only after a cancel or once halted."""
+        everything = everything or self._look_at_all or self._halted is not None
+        self._look_at_all = False  # (before the awaits below: a cancel meanwhile is looked at next)
+        for job in list((self._pending if everything else self._conditional).values()):
             if job.cancel.is_set():
                 why = (
                     "cancelled before it started"
@@ -350,56 +367,89 @@ class Run:
                 await self._end(job, Status.CANCELLED, f"not started: {self._halted}")
             elif (blocker := self._blocker(job)) is not None:
                 await self._end(job, Status.BLOCKED, blocker)
-            else:
-                pending.append(job)
-                continue
-            ended = True
-        if ended:  # others changed meanwhile (a retry queued while the end was recorded)
-            return [j for j in self.jobs.values() if j.state is State.PENDING]
-        return pending
 
     async def _end(self, job: Job, status: Status, why: str) -> None:
-        job.state = State.DONE
+        self._set_state(job, State.DONE)
         await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=status, error=why, attempt=job.attempt))
 
+    def _set_state(self, job: Job, state: State) -> None:
+        """Every change of a job's state goes through here, which keeps the pending jobs apart."""
+        job.state, slug = state, job.ws.slug
+        if state is not State.PENDING:
+            self._pending.pop(slug, None)
+            self._conditional.pop(slug, None)
+            self._backing_off.discard(slug)
+            return
+        # Queued again (a retry, rare): in the run's order, as at the start.
+        self._pending = {s: j for s, j in self.jobs.items() if j.state is State.PENDING}
+        if job.ws.after or _setup_blocks(job.ws):
+            self._conditional = {s: j for s, j in self._pending.items() if j.ws.after or _setup_blocks(j.ws)}
+        self._queue_stale = True
+        self._backing_off.add(slug)
+
     def _key(self, slug: str) -> tuple[int, float, int]:
-        """Kept until the priorities are read again: every pick orders all the ready jobs."""
+        """Kept until a priority read differs from the one before: the plain jobs' queue is sorted by it."""
         key = self._keys.get(slug)
         if key is None:
             priority = self._known.get(slug, (Status.QUEUED, self.jobs[slug].ws.priority))[1]
             key = self._keys[slug] = scheduling.order_key(priority, self._levels.get(slug, 0.0), self._index[slug])
         return key
 
-    async def _start_ready(self, pending: list[Job], now: float) -> bool:
+    async def _start_ready(self, now: float) -> bool:
         """Start what may start now; True when something waits on other processes (poll again soon)."""
         free = self.limit - len(self._tasks)
-        if not pending or free <= 0:
+        if not self._pending or free <= 0:
             return False
-        await self._read_known(pending)
-        ready, outside = [], False
-        for job in pending:
+        await self._read_known()
+        conditional, outside = [], False
+        for job in self._conditional.values():
             deps = self._deps_waiting(job)
             if deps:
                 outside = outside or any(d not in self.jobs for d in deps)
             elif job.not_before <= now:
-                ready.append(job)
-        if len(ready) > free:
-            await self._read_known(pending, order_matters=True)
+                conditional.append(job)
+        plain = self._first_plain(free + 1, now)  # one more than may start: whether the order matters
+        if len(conditional) + len(plain) > free:
+            await self._read_known(order_matters=True)
+            plain = self._first_plain(free + 1, now)  # (the same, unless priorities were read again)
+        ready = conditional + plain
         if not ready:
             return outside
         for job in self._slots_said:
             job.slot_reason = None  # said again below while other processes still hold the slots
+        self._slots_changed += self._slots_said
         self._slots_said = []
-        # Only the first `free` start: picking them is linear in the ready jobs, sorting them is not.
+        # Only the first `free` start: picking them is linear in the candidates, sorting them is not.
         first = heapq.nsmallest(free, ready, key=lambda j: self._key(j.ws.slug))
         wanted = [j.ws.slug for j in first]
         taken = await self._take_slots(wanted)
         for slug in taken:
             self._launch(self.jobs[slug])
-        if len(taken) < len(wanted):
-            await self._say_slots_held([j for j in ready if j.ws.slug not in taken])
+        if len(taken) < len(wanted):  # every ready job waits for a slot: each is told so
+            every_plain = [j for s, j in self._pending.items() if s not in self._conditional and j.not_before <= now]
+            await self._say_slots_held([j for j in conditional + every_plain if j.ws.slug not in taken])
             return True
         return outside
+
+    def _first_plain(self, n: int, now: float) -> list[Job]:
+        """The first `n` plain pending jobs that may start now, in their order: the queue is sorted
+        again only when priorities were read again or a job was queued again, and what started or
+        ended is dropped from its front as it goes."""
+        if self._queue_stale:
+            plain = [j for s, j in self._pending.items() if s not in self._conditional]
+            self._queue, self._queue_stale = sorted(plain, key=lambda j: self._key(j.ws.slug)), False
+        queue = self._queue
+        gone = 0
+        while gone < len(queue) and queue[gone].state is not State.PENDING:
+            gone += 1
+        del queue[:gone]
+        found = []
+        for job in queue:
+            if job.state is State.PENDING and job.not_before <= now:
+                found.append(job)
+                if len(found) == n:
+                    break
+        return found
 
     async def _take_slots(self, slugs: list[str]) -> list[str]:
         """Slots of the repository's bound, for as many of `slugs` (in order) as are free."""
@@ -425,9 +475,10 @@ class Run:
         for job in jobs:
             job.slot_reason = why
         self._slots_said += jobs
+        self._slots_changed += jobs
 
     def _launch(self, job: Job) -> None:
-        job.state = State.RUNNING
+        self._set_state(job, State.RUNNING)
         job.slot_reason = None
         task = asyncio.create_task(self._attempt(job), name=f"aidp-{self.run_id}-{job.ws.slug}-{job.attempt}")
         self._tasks[job.ws.slug] = task
@@ -437,10 +488,12 @@ class Run:
         self._tasks.pop(job.ws.slug, None)
         self._wake.set()
 
-    async def _report_waiting(self, pending: list[Job]) -> None:
-        """Record and announce what queued jobs wait for, when that changed (a few writes per job)."""
+    async def _report_waiting(self) -> None:
+        """Record and announce what queued jobs wait for, when that changed (a few writes per job).
+        A plain job's reason changes only with its slot's (a retry records its back-off itself)."""
         changed = {}
-        for job in pending:
+        touched, self._slots_changed = self._slots_changed, []
+        for job in [*self._conditional.values(), *touched]:
             if job.state is not State.PENDING:
                 continue
             deps = self._deps_waiting(job)
@@ -624,7 +677,7 @@ class Run:
         except Exception as exc:
             log.exception("%s: aidp failed while running it", job.ws.slug)
             if job.result is None:
-                job.state = State.DONE
+                self._set_state(job, State.DONE)
                 error = f"aidp failed while running it: {type(exc).__name__}: {exc}"
                 await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=Status.ERROR, error=error))
 
@@ -913,7 +966,7 @@ class Run:
         kind = self._retry_kind(job, result, log_path)
         if kind is not None and await self._queue_retry(job, result, kind):
             return
-        job.state = State.DONE
+        self._set_state(job, State.DONE)
         await self._finish(job, result)
         policy = self.options.policy
         if result.status in (Status.FAILED, Status.ERROR) and policy.halt != "never" and self._halted is None:
@@ -965,7 +1018,8 @@ class Run:
             return False
         job.attempt += 1
         job.not_before = time.monotonic() + delay
-        job.state, job.waiting, job.backoff_reason = State.PENDING, waiting, waiting
+        job.waiting, job.backoff_reason = waiting, waiting
+        self._set_state(job, State.PENDING)
         self._bus.emit(
             StatusChanged(
                 run_id=self.run_id,
@@ -1039,6 +1093,14 @@ class Run:
         except sqlite3.Error:
             self.unrecorded.append(result)
         return result
+
+
+_UNKNOWN: tuple[Status | None, int | None] = (None, None)  # a workstream `_known` does not hold
+
+
+def _setup_blocks(ws: Workstream) -> bool:
+    """Whether the workstream's setup keeps it from starting (failed, or still running)."""
+    return ws.setup is not None and ws.setup.blocker(ws.slug) is not None
 
 
 def read_tail(path: Path, limit: int) -> str:
