@@ -763,6 +763,32 @@ async function main(): Promise<void> {
     await wb.shot("25-land-refused");
     await wb.clearNotifications();
 
+    // A land git itself refuses (a reference-transaction hook holds main): git's reason, the hook's words, main unmoved.
+    run(PYTHON, ["-m", "aidp", "ws", "new", "rev-c", "add", "c.txt", "--command", `sh ${harness} ok`], { cwd: repo });
+    commitIn("rev-c", { "c.txt": "new file by rev-c\n" });
+    const hook = path.join(repo, ".git", "hooks", "reference-transaction");
+    const frozen = '[ "$1" = prepared ] && grep -q " refs/heads/main$" && { echo "main is frozen for the e2e" >&2; exit 1; }';
+    fs.writeFileSync(hook, `#!/bin/sh\n${frozen}\nexit 0\n`, { mode: 0o755 });
+    await wb.command("AIDP: Refresh Workstreams");
+    await wb.waitStatus("rev-c", "1 file");
+    const mainBeforeHook = run("git", ["rev-parse", "main"], { cwd: repo });
+    await wb.command("AIDP: Land Workstream");
+    await page.locator(".quick-input-widget input").first().fill("rev-c");
+    await wb.pickRow("rev-c").click();
+    await wb.pickRow("Merge").click();
+    await page.locator(".monaco-dialog-box").getByRole("button", { name: "Land", exact: true }).click();
+    const hookRefused = wb.toast("could not land 'rev-c'");
+    await hookRefused.waitFor({ state: "visible", timeout: 60_000 });
+    const hookText = (await hookRefused.innerText()).replace(/\s+/g, " ");
+    check(
+      hookText.includes("git refused to move main") &&
+        hookText.includes("main is frozen for the e2e") &&
+        run("git", ["rev-parse", "main"], { cwd: repo }) === mainBeforeHook,
+      `a land the repository's hook refuses says git refused, with the hook's words, and main did not move: "${hookText.slice(0, 200)}"`,
+    );
+    fs.unlinkSync(hook);
+    await wb.clearNotifications();
+
     // An agent that left its work uncommitted: the dirty badge, and the file under the row, marked so.
     fs.writeFileSync(path.join(repo, ".worktrees", "ok-ws", "scratch.txt"), "left uncommitted by ok-ws\n");
     await wb.command("AIDP: Refresh Workstreams");
