@@ -747,18 +747,24 @@ async function main(): Promise<void> {
     const badges = await wb.waitBadge(wb.row("rev-b"), "!");
     check(badges.includes("!"), `rev-b shows the conflict badge ("${conflicted}", badges ${JSON.stringify(badges)})`);
     await wb.shot("24-landed-and-conflict");
-    const mainBefore = run("git", ["rev-parse", "main"], { cwd: repo });
-    await wb.command("AIDP: Land Workstream");
-    await page.locator(".quick-input-widget input").first().fill("rev-b");
-    await wb.pickRow("rev-b").click();
-    await wb.pickRow("Merge").click();
-    await page.locator(".monaco-dialog-box").getByRole("button", { name: "Land", exact: true }).click();
-    const refused = wb.toast("could not land 'rev-b'");
-    await refused.waitFor({ state: "visible", timeout: 60_000 });
-    const refusedText = (await refused.innerText()).replace(/\s+/g, " ");
+    // Lands `slug` from the palette (merge) and waits for its refusal: the message, and whether main stayed where it was.
+    const bench = wb; // (narrowed here; a closure would see `wb` as possibly undefined)
+    const landRefused = async (slug: string): Promise<{ text: string; mainKept: boolean }> => {
+      const before = run("git", ["rev-parse", "main"], { cwd: repo });
+      await bench.command("AIDP: Land Workstream");
+      await page.locator(".quick-input-widget input").first().fill(slug);
+      await bench.pickRow(slug).click();
+      await bench.pickRow("Merge").click();
+      await page.locator(".monaco-dialog-box").getByRole("button", { name: "Land", exact: true }).click();
+      const refused = bench.toast(`could not land '${slug}'`);
+      await refused.waitFor({ state: "visible", timeout: 60_000 });
+      const text = (await refused.innerText()).replace(/\s+/g, " ");
+      return { text, mainKept: run("git", ["rev-parse", "main"], { cwd: repo }) === before };
+    };
+    const refusedB = await landRefused("rev-b");
     check(
-      refusedText.includes("README.md") && run("git", ["rev-parse", "main"], { cwd: repo }) === mainBefore,
-      `landing rev-b is refused with the reason and file, and main did not move: "${refusedText.slice(0, 200)}"`,
+      refusedB.text.includes("README.md") && refusedB.mainKept,
+      `landing rev-b is refused with the reason and file, and main did not move: "${refusedB.text.slice(0, 200)}"`,
     );
     await wb.shot("25-land-refused");
     await wb.clearNotifications();
@@ -771,20 +777,10 @@ async function main(): Promise<void> {
     fs.writeFileSync(hook, `#!/bin/sh\n${frozen}\nexit 0\n`, { mode: 0o755 });
     await wb.command("AIDP: Refresh Workstreams");
     await wb.waitStatus("rev-c", "1 file");
-    const mainBeforeHook = run("git", ["rev-parse", "main"], { cwd: repo });
-    await wb.command("AIDP: Land Workstream");
-    await page.locator(".quick-input-widget input").first().fill("rev-c");
-    await wb.pickRow("rev-c").click();
-    await wb.pickRow("Merge").click();
-    await page.locator(".monaco-dialog-box").getByRole("button", { name: "Land", exact: true }).click();
-    const hookRefused = wb.toast("could not land 'rev-c'");
-    await hookRefused.waitFor({ state: "visible", timeout: 60_000 });
-    const hookText = (await hookRefused.innerText()).replace(/\s+/g, " ");
+    const refusedC = await landRefused("rev-c");
     check(
-      hookText.includes("git refused to move main") &&
-        hookText.includes("main is frozen for the e2e") &&
-        run("git", ["rev-parse", "main"], { cwd: repo }) === mainBeforeHook,
-      `a land the repository's hook refuses says git refused, with the hook's words, and main did not move: "${hookText.slice(0, 200)}"`,
+      refusedC.text.includes("git refused to move main") && refusedC.text.includes("main is frozen for the e2e") && refusedC.mainKept,
+      `a land the repository's hook refuses says git refused, with the hook's words, and main did not move: "${refusedC.text.slice(0, 200)}"`,
     );
     fs.unlinkSync(hook);
     await wb.clearNotifications();
