@@ -171,10 +171,11 @@ class Tree:
     def ended(self) -> bool:
         """Nothing of it is left, and its cgroup is removed. A cgroup's `rmdir` fails while any
         process is in it, so for a tree that ended on its own (nearly all) that one system call
-        answers what reading `cgroup.events` would, and removes it (bench: overhead)."""
+        answers what reading `cgroup.events` would, and removes it (bench: overhead); what is left
+        to ask is its process group (a process root moved out of the cgroup stays in it)."""
         if self.cgroup is not None and not cgroups.remove(self.cgroup):
             return False
-        return not self.alive()
+        return self.pgid is None or not group_exists(self.pgid)
 
     def signal(self, sig: int) -> None:
         """Once per process: the cgroup holds the whole group, so a process never gets the signal
