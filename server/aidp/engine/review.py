@@ -234,11 +234,13 @@ async def summary(
     return msgspec.structs.replace(committed, base_branch=base, dirty=dirty)
 
 
-def _kept_summary(ws: Workstream, refs: Refs, kept: Mapping[str, bool]) -> ChangeSummary | None:
-    """`summary` without a task or a git process, when its pair of commits and its worktree's
-    state are both known already (most of a list at thousands of workstreams; a task each cost
-    more than the rest of the list); None when git is to be asked (or `summary` to refuse)."""
-    base, pair = _pair_of(ws, refs)
+def _kept_summary(
+    ws: Workstream, base: str | None, pair: tuple[str, str] | None, kept: Mapping[str, bool]
+) -> ChangeSummary | None:
+    """`summary` without a task or a git process, when its pair of commits (`_pair_of`) and its
+    worktree's state are both known already (most of a list at thousands of workstreams; a task
+    each cost more than the rest of the list); None when git is to be asked (or `summary` to
+    refuse)."""
     committed = _COMMITTED.get(pair) if pair is not None else None
     if committed is None:
         return None
@@ -260,18 +262,18 @@ def _pair_of(ws: Workstream, refs: Refs) -> tuple[str | None, tuple[str, str] | 
     return base, (base_commit, head) if base_commit is not None and head is not None else None
 
 
-async def _commit_pairs(root: Path, workstreams: list[Workstream], refs: Refs) -> None:
-    """Compute each pair of commits these workstreams are compared by (`_committed`) once, first:
-    a fresh process (every CLI list) knows none, and without this each of thousands of workstreams
-    on a handful of commits took a task of its own only to find its pair kept by another's. A pair
-    git fails on is left to the workstream's own summary, which says why."""
-    pairs = {pair for ws in workstreams if (pair := _pair_of(ws, refs)[1]) is not None and pair not in _COMMITTED}
+async def _commit_pairs(root: Path, pairs: Iterable[tuple[str, str] | None]) -> None:
+    """Compute each of these pairs of commits (`_committed`) once, first: a fresh process (every
+    CLI list) knows none, and without this each of thousands of workstreams on a handful of
+    commits took a task of its own only to find its pair kept by another's. A pair git fails on
+    is left to the workstream's own summary, which says why."""
+    missing = {pair for pair in pairs if pair is not None and pair not in _COMMITTED}
 
     async def one(base_commit: str, head: str) -> None:
         with contextlib.suppress(AidpError):
             await _committed(root, base_commit, head)
 
-    await gather_bounded(one(*pair) for pair in pairs)
+    await gather_bounded(one(*pair) for pair in missing)
 
 
 # Commits never change, so what two commits give is kept (bounded; the oldest goes first).
@@ -628,8 +630,9 @@ async def changes_of(engine: Engine, workstreams: list[Workstream], everything: 
             log.info("%s: no change summary: %s", ws.slug, exc)
             return ws
 
-    await _commit_pairs(engine.root, workstreams, refs)
-    known = [_kept_summary(ws, refs, kept) for ws in workstreams]
+    compared = [_pair_of(ws, refs) for ws in workstreams]
+    await _commit_pairs(engine.root, (pair for _, pair in compared))
+    known = [_kept_summary(ws, base, pair, kept) for ws, (base, pair) in zip(workstreams, compared, strict=True)]
     asked = iter(await gather_bounded(one(ws) for ws, s in zip(workstreams, known, strict=True) if s is None))
     found = [
         next(asked) if s is None else msgspec.structs.replace(ws, changes=s)
