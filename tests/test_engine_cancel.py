@@ -19,6 +19,7 @@ from support import group_members, pid_alive, wait_until
 
 from aidp.engine import Engine, Status
 from aidp.engine.errors import Busy, InvalidInput
+from aidp.engine.executor import Flag, _until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -450,3 +451,29 @@ async def test_owner_loop_stopped_without_close_records_cancelled(
     assert ws.status == Status.CANCELLED
     assert ws.last_result is not None and ws.last_result.error == "cancelled (aidp was stopped)"
     assert await engine.recover() == []  # nothing was left to correct
+
+
+async def test_a_wait_for_exit_or_cancel_never_ends_the_exit_it_shares() -> None:
+    """A harness's wait ends at its exit, its cancel or its timeout; when aidp is stopped the
+    waiting task is cancelled, and the harness's exit (which the kill then waits for) must stay
+    pending: a cancelled exit would make that kill raise instead of reaping."""
+    loop = asyncio.get_running_loop()
+    exit_ = loop.create_future()
+    flag = Flag()
+    waiting = asyncio.create_task(_until(exit_, flag, None))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not exit_.cancelled() and not exit_.done()
+
+    waiting = asyncio.create_task(_until(exit_, flag, None))
+    await asyncio.sleep(0)
+    flag.set()
+    await asyncio.wait_for(waiting, 5)  # the cancel wakes it, the exit still pending
+    assert not exit_.done()
+
+    await asyncio.wait_for(_until(exit_, Flag(), 0.01), 5)  # the timeout wakes it
+    assert not exit_.done()
+    exit_.set_result(0)
+    await asyncio.wait_for(_until(exit_, Flag(), None), 5)  # an exit already there: no wait

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aidp.engine import cgroups, harness, procs
 from aidp.engine.harness import Child, spawn
@@ -74,8 +74,10 @@ class Attempt(Protocol):
     def go(self) -> None:
         """Let the harness run: its `child` is recorded, so a recovery finds it if aidp dies."""
 
-    async def wait(self) -> None:
-        """Until the harness has exited (or its remote worker was lost)."""
+    @property
+    def exited(self) -> asyncio.Future[Any]:
+        """Done once the harness has exited (or its remote worker was lost). Shared: a waiter
+        shields it or waits on it with callbacks, never cancels it."""
 
     async def stop(self, grace_s: float, hurry: asyncio.Event) -> None:
         """End its whole tree: SIGTERM, a grace period (cut short by `hurry`), SIGKILL; return
@@ -130,8 +132,9 @@ class LocalAttempt:
     def go(self) -> None:
         self._proc.go()
 
-    async def wait(self) -> None:
-        await self._proc.wait()
+    @property
+    def exited(self) -> asyncio.Future[int]:
+        return self._proc.exited
 
     async def stop(self, grace_s: float, hurry: asyncio.Event) -> None:
         self._proc.close_gate()

@@ -121,8 +121,9 @@ class RayAttempt:
     def go(self) -> None:
         """Nothing here records it: the worker let it run as soon as its watchdog watched it."""
 
-    async def wait(self) -> None:
-        await asyncio.shield(self._pump)
+    @property
+    def exited(self) -> asyncio.Future[None]:
+        return self._pump
 
     async def stop(self, grace_s: float, hurry: asyncio.Event) -> None:
         if not self._pump.done():

@@ -128,8 +128,7 @@ class RemoteRun:
             self._attempt = attempt
             attempt.go()  # its watchdog watches it: a worker that dies leaves nothing running
             yield {"started": attempt.child[0], "host": socket.gethostname()}
-            exited = asyncio.ensure_future(attempt.wait())
-            async for event in reader.follow(exited):
+            async for event in reader.follow(attempt.exited):
                 yield event
             await attempt.stop(spec.grace_s, self._hurry)  # what outlived the harness goes too
             async for event in reader.drain():
