@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +355,38 @@ def test_base_from_deps_starts_a_dependent_from_its_dependency_s_work(tmp_path: 
     config.write_text(config.read_text() + "[scheduler]\nbase_from_deps = true\n")
     assert cli(repo, "ws", "run", "d", "--no-base-from-deps").returncode == 0
     assert "a.txt" not in git(repo, "ls-tree", "--name-only", "aidp/d").split()
+
+
+def test_a_cancel_from_another_process_as_an_attempt_fails_is_never_retried(tmp_path: Path) -> None:
+    """The race of a retry against a cancel: the harness's first attempt has another aidp process
+    record a cancel of its workstream and fails the moment it is recorded ("cancelling x"), so the
+    failure (a retry, with no back-off) comes before this run's ticker reads the request. The
+    cancel wins, as during a back-off: no second attempt ever starts (the harness counts its own
+    starts) and the workstream ends `cancelled` before attempt 2. (The run used to retry until
+    its retries were spent and end `failed`, the cancel lost.)"""
+    repo, starts = make_repo(tmp_path), tmp_path / "starts"
+    script = tmp_path / "cancel_then_fail.py"
+    script.write_text(
+        "import pathlib, subprocess, sys\n"
+        f"starts = pathlib.Path({str(starts)!r})\n"
+        "with starts.open('a') as f:\n"
+        "    f.write('start\\n')\n"
+        "if starts.read_text() == 'start\\n':\n"
+        "    cancel = [sys.executable, '-m', 'aidp', 'ws', 'cancel', 'x']\n"
+        f"    asking = subprocess.Popen(cancel, cwd={str(repo)!r}, stdout=subprocess.PIPE, text=True)\n"
+        "    said = asking.stdout.readline()\n"
+        "    with starts.open('a') as f:\n"
+        "        f.write(said)\n"
+        "raise SystemExit(3)\n"
+    )
+    config = repo / ".aidp" / "config.toml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(
+        f"[harness]\ncommand = {json.dumps([sys.executable, str(script)])}\nretries = 3\nretry_backoff_s = 0\n"
+    )
+    assert cli(repo, "ws", "new", "x", "fails once its cancel is asked").returncode == 0
+    summary = json.loads(cli(repo, "ws", "run", "x", "--json").stdout)
+    assert starts.read_text() == "start\ncancelling x\n"
+    (result,) = summary["results"]
+    assert (result["status"], result["attempt"], result["error"]) == ("cancelled", 2, "cancelled before attempt 2")
+    assert workstreams(repo)["x"]["status"] == "cancelled"

@@ -1064,6 +1064,10 @@ class Run:
         job.not_before = time.monotonic() + delay
         job.waiting, job.backoff_reason = waiting, waiting
         self._set_state(job, State.PENDING)
+        try:  # a cancel asked from another process while the attempt ran wins over its retry
+            self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
+        except sqlite3.Error as exc:  # the ticker reads them again soon
+            log.warning("cannot read cancel requests (will retry): %s", exc)
         self._bus.emit(
             StatusChanged(
                 run_id=self.run_id,
