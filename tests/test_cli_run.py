@@ -211,3 +211,17 @@ def test_second_ctrl_c_kills_without_waiting_out_the_grace_period(tmp_path: Path
     assert "killing" in err and "Traceback" not in err
     assert "0 completed, 0 failed, 0 errored, 1 cancelled of 1" in out
     assert workstreams(repo)["stubborn"]["status"] == "cancelled"
+
+
+def test_a_missing_program_ends_error_without_ever_showing_running(tmp_path: Path) -> None:
+    """A typo in the harness command: the run says what to fix, and the workstream's events go
+    from `queued` to `error` (its start is recorded before the spawn, so the program is looked
+    for before that record)."""
+    repo = make_repo(tmp_path)
+    new_ws(repo, "typo", "aidp-no-such-program-xyz {slug}")
+    result = cli(repo, "ws", "run", "typo")
+    assert result.returncode == 1
+    assert "cannot start 'aidp-no-such-program-xyz': no such program" in result.stdout + result.stderr
+    status = cli(repo, "ws", "status", "typo").stdout
+    events = status[status.index("recent events:") :].splitlines()[1:]
+    assert [line.split()[1] for line in events if line.startswith("  20")] == ["active", "queued", "error"]

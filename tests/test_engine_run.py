@@ -215,6 +215,7 @@ async def test_missing_program_is_an_error_and_the_others_complete(engine: Engin
         assert "no such program" in text
         history = await engine.history(slug)
         assert history[-1].status == Status.ERROR and history[-1].message == result.error
+        assert Status.RUNNING not in {event.status for event in history}  # it never ran, and never said so
 
 
 async def test_not_executable_program_says_permission(engine: Engine, scripts: Path) -> None:

@@ -258,6 +258,15 @@ async def spawn(
         raise _start_error(exc, argv[0], cwd) from exc
 
 
+def check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
+    """Raise the `StartError` a start of `program` would end with when it is missing or not
+    executable (for a caller that records the start before the spawn)."""
+    try:
+        find_program(program, cwd, env)
+    except OSError as exc:
+        raise _start_error(exc, program, cwd) from exc
+
+
 def _start_error(exc: OSError | ValueError, program: str, cwd: Path) -> StartError:
     """A failed start said as what to fix."""
     if isinstance(exc, OSError) and not cwd.is_dir():
