@@ -70,7 +70,7 @@ def simulate(db_path: Path, slugs: list[str], rounds: int, keep: int | None) -> 
     return pruning, time.perf_counter() - started
 
 
-def _starter(store: Store, run_id: str, slug: str, now: str) -> Callable[[], None]:
+def _starter(store: Store, run_id: str, slug: str, now: str) -> Callable[[], bool]:
     log = f"/repo/.aidp/logs/{slug}/{run_id}.log"
     return lambda: store.mark_running(run_id, slug, (12345, 67890, None), log, now, 1, ["true"])
 

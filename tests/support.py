@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 
 PYTHON = sys.executable
 WAIT_S = 60.0
@@ -21,6 +22,14 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "aidp tests",
     "GIT_COMMITTER_EMAIL": "tests@aidp.invalid",
 }
+
+# Run a test both ways a harness can be started: in a cgroup (directly, its start recorded first)
+# and without (through the launcher, which waits at its gate until its pid is recorded).
+CGROUPS = pytest.mark.parametrize("cgroups", ["auto", "off"], ids=["cgroups", "no-cgroups"])
+
+
+def cgroup_env(cgroups: str) -> dict[str, str]:
+    return {"AIDP_CGROUPS": "0"} if cgroups == "off" else {}
 
 
 def child_env() -> dict[str, str]:

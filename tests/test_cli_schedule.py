@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cli_helpers import Lines, Terminal, spawn_cli, wait_for_status, workstreams
-from support import cli, git, make_repo, wait_until_sync
+from support import CGROUPS, cgroup_env, cli, git, make_repo, wait_until_sync
 
 SCRIPT = """\
 d="$STAMPS"
@@ -390,3 +390,38 @@ def test_a_cancel_from_another_process_as_an_attempt_fails_is_never_retried(tmp_
     (result,) = summary["results"]
     assert (result["status"], result["attempt"], result["error"]) == ("cancelled", 2, "cancelled before attempt 2")
     assert workstreams(repo)["x"]["status"] == "cancelled"
+
+
+@CGROUPS
+def test_a_queued_workstream_cancelled_from_another_process_as_its_slot_frees_never_starts(
+    tmp_path: Path, cgroups: str
+) -> None:
+    """The race of a start against a cancel: with one slot, `a` has another aidp process record a
+    cancel of the queued `b` and ends the moment it is recorded, so `b`'s slot frees before this
+    run's ticker reads the request. Its start record reads the request in the same transaction:
+    `b` never starts (its harness would stamp it) and ends `cancelled` before it started."""
+    repo, stamps = make_repo(tmp_path), tmp_path / "stamps"
+    stamps.mkdir()
+    script = tmp_path / "cancel_b.py"
+    script.write_text(
+        "import pathlib, subprocess, sys\n"
+        f"stamps = pathlib.Path({str(stamps)!r})\n"
+        "(stamps / sys.argv[1]).write_text('started')\n"
+        "if sys.argv[1] == 'a':\n"
+        "    cancel = [sys.executable, '-m', 'aidp', 'ws', 'cancel', 'b']\n"
+        f"    asking = subprocess.Popen(cancel, cwd={str(repo)!r}, stdout=subprocess.PIPE, text=True)\n"
+        "    (stamps / 'asked').write_text(asking.stdout.readline())\n"
+    )
+    config = repo / ".aidp" / "config.toml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(f"[harness]\ncommand = {json.dumps([sys.executable, str(script), '{slug}'])}\n")
+    for slug in ("a", "b"):
+        assert cli(repo, "ws", "new", slug, "one slot").returncode == 0
+    run = cli(repo, "ws", "run", "a", "b", "--max-concurrent", "1", "--json", env=cgroup_env(cgroups))
+    summary = json.loads(run.stdout)
+    assert (stamps / "asked").read_text() == "cancelling b\n"
+    assert sorted(p.name for p in stamps.iterdir()) == ["a", "asked"]
+    by_slug = {r["slug"]: r for r in summary["results"]}
+    assert by_slug["a"]["status"] == "completed"
+    assert (by_slug["b"]["status"], by_slug["b"]["error"]) == ("cancelled", "cancelled before it started")
+    assert workstreams(repo)["b"]["status"] == "cancelled"

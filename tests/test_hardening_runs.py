@@ -19,17 +19,12 @@ import pytest
 from cli_helpers import Lines, events, new_ws, spawn_cli, workstreams
 from conftest import write_config
 from server_helpers import WS_OUTPUT, initialize_params, lsp_session, server_command
-from support import cli, make_repo, marked, pid_alive, wait_until, wait_until_sync
+from support import CGROUPS, cgroup_env, cli, make_repo, marked, pid_alive, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(150)
 
 FAULTS = str(Path(__file__).parent / "faults")
 TICKER = "sh -c 'i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done'"
-CGROUPS = pytest.mark.parametrize("cgroups", ["auto", "off"], ids=["cgroups", "no-cgroups"])
-
-
-def cgroup_env(cgroups: str) -> dict[str, str]:
-    return {"AIDP_CGROUPS": "0"} if cgroups == "off" else {}
 
 
 def cgroup_mount() -> Path:

@@ -78,12 +78,12 @@ def _install() -> None:
             raise disk_full()
         finish(self, run_id, result, *args, **kwargs)
 
-    def faulty_mark_running(self: Store, run_id: str, slug: str, *args: Any, **kwargs: Any) -> None:
+    def faulty_mark_running(self: Store, run_id: str, slug: str, *args: Any, **kwargs: Any) -> bool:
         if slug == refuse_running and refusing():
             raise disk_full()
         if slug == die_running:
             os.kill(os.getpid(), signal.SIGKILL)
-        mark_running(self, run_id, slug, *args, **kwargs)
+        return mark_running(self, run_id, slug, *args, **kwargs)
 
     def faulty_set_setup(self: Store, slug: str, setup: SetupState, *args: Any, **kwargs: Any) -> None:
         if setup.pid is not None and slug == refuse_setup_pid and refusing():

@@ -773,9 +773,16 @@ class Run:
             return
         place = self.options.backend.recorded_before(self.run_id, ws.slug, job.attempt)
 
-        async def mark_running(child: tuple[int | None, int | None, Path | None], host: str | None) -> None:
+        async def mark_running(child: tuple[int | None, int | None, Path | None], host: str | None) -> bool:
+            """False: a cancel was asked meanwhile (by another process: the ticker reads those
+            requests only every few ticks), so it must not run."""
             record, log = self._db.store.mark_running, str(log_path)
-            await self._db.write(record, self.run_id, ws.slug, child, log, started_at, job.attempt, template, host)
+            started = await self._db.write(
+                record, self.run_id, ws.slug, child, log, started_at, job.attempt, template, host
+            )
+            if not started:
+                self.cancel([ws.slug])
+            return started
 
         try:
             task_file = write_task_file(Path(values["task_file"]), ws.task)  # before the sandbox binds it
@@ -787,14 +794,16 @@ class Run:
             if place is not None:  # where it will be is all a recovery needs: recorded before it runs
                 self._look_for_program(build_argv(template[:1], values)[0], Path(ws.path), env)
                 try:
-                    await mark_running((None, None, place), None)
+                    started = await mark_running((None, None, place), None)
                 except (OSError, sqlite3.Error) as exc:
                     raise StartError(f"aidp could not record its start, so it did not run: {exc}") from exc
+                if not started:
+                    raise StartError("cancelled before it started")
             attempt = await self._start(job, template, values, env, log_fd, log_path)
         except StartError as exc:
             with contextlib.suppress(OSError):
                 os.write(log_fd, f"[aidp] {exc}\n".encode())
-            if job.cancel.is_set():  # cancelled while a backend waited for a place to start it
+            if job.cancel.is_set():  # cancelled while a backend waited for a place, or as it was recorded
                 result = self._result(job, Status.CANCELLED, f"{job.why_cancelled} before it started", started_at)
             else:
                 result = self._result(job, Status.ERROR, str(exc), started_at)
@@ -808,7 +817,11 @@ class Run:
             job.started_at = started_at
             self._watch_progress(job, progress_path, template)
             if attempt.gated:  # its pid (and node) is how a recovery finds it: recorded, then it runs
-                await mark_running(attempt.child, attempt.host)
+                if not await mark_running(attempt.child, attempt.host):
+                    await attempt.kill()  # still at its gate: it never ran
+                    never = f"{job.why_cancelled} before it started"
+                    await self._record(job, attempt.returncode, Status.CANCELLED, never, started_at, t0, log_path)
+                    return
                 attempt.go()
             self._bus.emit(
                 StatusChanged(

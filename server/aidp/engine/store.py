@@ -903,13 +903,18 @@ class Store:
         attempt: int = 1,
         command: list[str] | None = None,
         host: str | None = None,
-    ) -> None:
+    ) -> bool:
         """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery (no
         pid: recorded before the start, its cgroup is all a recovery needs).
         `command`: the harness command (before placeholders), which history is matched by.
-        `host`: the machine the harness runs on when that is not this one (a Ray node)."""
+        `host`: the machine the harness runs on when that is not this one (a Ray node).
+        False, recording nothing, when a cancel was asked for it meanwhile (maybe by another
+        process, whose request its run reads only every few ticks): it must not run."""
         pid, start, cgroup = child
         with self._tx() as db:
+            asked = db.execute("SELECT cancel_requested FROM claims WHERE slug = ? AND run_id = ?", (slug, run_id))
+            if any(flag for (flag,) in asked):
+                return False
             db.execute(
                 "UPDATE runs SET status = ?, started_at = ?, log_path = ?, command = ?, host = ? "
                 "WHERE run_id = ? AND slug = ? AND attempt = ?",
@@ -933,6 +938,7 @@ class Store:
             message += "" if host is None else f" on {host}"
             message += "" if attempt == 1 else f", attempt {attempt}"
             self._set_status(slug, Status.RUNNING, run_id, message)
+        return True
 
     def finish(self, run_id: str, result: WorkstreamResult, message: str | None = None) -> None:
         """Record the result, set the resting status and release the claim, in one transaction."""
