@@ -362,8 +362,9 @@ def test_a_cancel_from_another_process_as_an_attempt_fails_is_never_retried(tmp_
     record a cancel of its workstream and fails the moment it is recorded ("cancelling x"), so the
     failure (a retry, with no back-off) comes before this run's ticker reads the request. The
     cancel wins, as during a back-off: no second attempt ever starts (the harness counts its own
-    starts) and the workstream ends `cancelled` before attempt 2. (The run used to retry until
-    its retries were spent and end `failed`, the cancel lost.)"""
+    starts) and the workstream ends `cancelled` before attempt 2, its start record having read the
+    request. (The run used to retry until its retries were spent and end `failed`, the cancel
+    lost.)"""
     repo, starts = make_repo(tmp_path), tmp_path / "starts"
     script = tmp_path / "cancel_then_fail.py"
     script.write_text(

@@ -97,6 +97,11 @@ class LogTail:
         os.close(self._fd)
 
 
+def _never_started(job: Job) -> str:
+    """Why a job cancelled before its harness ran ends so (a retry: before which attempt)."""
+    return f"{job.why_cancelled} before " + ("it started" if job.attempt == 1 else f"attempt {job.attempt}")
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None or code >= 0:
         return f"exit code {code}"
@@ -413,12 +418,7 @@ class Run:
         self._look_at_all = False  # (before the awaits below: a cancel meanwhile is looked at next)
         for job in list((self._pending if everything else self._conditional).values()):
             if job.cancel.is_set():
-                why = (
-                    "cancelled before it started"
-                    if job.attempt == 1
-                    else f"{job.why_cancelled} before attempt {job.attempt}"
-                )
-                await self._end(job, Status.CANCELLED, why)
+                await self._end(job, Status.CANCELLED, _never_started(job))
             elif self._halted is not None:
                 await self._end(job, Status.CANCELLED, f"not started: {self._halted}")
             elif (blocker := self._blocker(job)) is not None:
@@ -798,13 +798,13 @@ class Run:
                 except (OSError, sqlite3.Error) as exc:
                     raise StartError(f"aidp could not record its start, so it did not run: {exc}") from exc
                 if not started:
-                    raise StartError("cancelled before it started")
+                    raise StartError(_never_started(job))
             attempt = await self._start(job, template, values, env, log_fd, log_path)
         except StartError as exc:
             with contextlib.suppress(OSError):
                 os.write(log_fd, f"[aidp] {exc}\n".encode())
             if job.cancel.is_set():  # cancelled while a backend waited for a place, or as it was recorded
-                result = self._result(job, Status.CANCELLED, f"{job.why_cancelled} before it started", started_at)
+                result = self._result(job, Status.CANCELLED, _never_started(job), started_at)
             else:
                 result = self._result(job, Status.ERROR, str(exc), started_at)
             await self._conclude(job, result, log_path)
@@ -819,7 +819,7 @@ class Run:
             if attempt.gated:  # its pid (and node) is how a recovery finds it: recorded, then it runs
                 if not await mark_running(attempt.child, attempt.host):
                     await attempt.kill()  # still at its gate: it never ran
-                    never = f"{job.why_cancelled} before it started"
+                    never = _never_started(job)
                     await self._record(job, attempt.returncode, Status.CANCELLED, never, started_at, t0, log_path)
                     return
                 attempt.go()
@@ -1095,10 +1095,6 @@ class Run:
         job.not_before = time.monotonic() + delay
         job.waiting, job.backoff_reason = waiting, waiting
         self._set_state(job, State.PENDING)
-        try:  # a cancel asked from another process while the attempt ran wins over its retry
-            self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
-        except sqlite3.Error as exc:  # the ticker reads them again soon
-            log.warning("cannot read cancel requests (will retry): %s", exc)
         self._bus.emit(
             StatusChanged(
                 run_id=self.run_id,
