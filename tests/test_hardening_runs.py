@@ -7,10 +7,12 @@ timing."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sqlite3
 import subprocess
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -332,6 +334,42 @@ def test_a_hook_never_runs_unrecorded(tmp_path: Path) -> None:
     wait_until_sync(lambda: not marked(str(ran)), what="the launcher to end at the gate")
     assert not ran.exists() and hooks_recorded(repo) == 0
     assert workstreams(repo)["told"]["status"] == "completed"
+
+
+def test_empty_cgroups_an_aidp_left_when_it_died_are_removed_by_a_later_run(tmp_path: Path) -> None:
+    """Killed as a hook's start would be recorded, aidp leaves the hook's cgroup (made before the
+    spawn) empty and unrecorded, so no recovery knows of it. A later run removes the aidp cgroups
+    that are empty and were made over 10 minutes ago; a fresh empty one (another aidp's, between
+    its making and its spawn) and an old one still holding a process stay."""
+    repo = make_repo(tmp_path)
+    write_config(repo, hook_config("on_end", ["true"]))
+    new_ws(repo, "told", "true")
+    killed = cli(repo, "ws", "run", "told", env={"PYTHONPATH": FAULTS, "AIDP_FAULT_DIE_HOOK_START": "on_end"})
+    assert killed.returncode == -signal.SIGKILL
+    with closing(sqlite3.connect(repo / ".aidp" / "state.db")) as db:
+        (run_id,) = db.execute("SELECT run_id FROM runs WHERE slug = 'told'").fetchone()
+    own = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].splitlines()[0]
+    parent = cgroup_mount() / own.lstrip("/")
+    left = parent / f"aidp-hook-{run_id}-told"
+    wait_until_sync(lambda: left.is_dir() and "populated 0" in (left / "cgroup.events").read_text(), what="empty")
+    fresh, busy = parent / f"aidp-test-fresh-p{os.getpid()}", parent / f"aidp-test-busy-p{os.getpid()}"
+    fresh.mkdir()
+    busy.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        an_hour_ago = time.time() - 3600
+        for old in (left, busy):
+            os.utime(old, (an_hour_ago, an_hour_ago))
+        assert cli(repo, "ws", "run", "told").returncode == 0
+        assert not left.exists()
+        assert fresh.is_dir() and busy.is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        wait_until_sync(lambda: "populated 0" in (busy / "cgroup.events").read_text(), what="the sleeper gone")
+        for cgroup in (fresh, busy):
+            cgroup.rmdir()
 
 
 @pytest.mark.parametrize("hook_start", ["recorded", "refused"])

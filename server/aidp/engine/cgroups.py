@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from functools import cache
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from aidp.engine import kernfs
 log = logging.getLogger(__name__)
 
 _disabled = False
+
+# An empty aidp cgroup made this long ago is one an aidp process left when it died (see `sweep`).
+STALE_S = 600.0
 
 
 @cache
@@ -117,6 +121,32 @@ def remove(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def sweep(stale_s: float = STALE_S) -> list[str]:
+    """Remove the empty aidp cgroups made more than `stale_s` ago: the ones an aidp process made
+    and then died before recording (a hook or setup killed at its gate), which no recovery knows
+    of. An aidp's own cgroup is empty that long after its making only in the moment between its
+    command's exit and its removal, and a populated one cannot be removed. The names removed."""
+    parent = _parent()
+    if parent is None or _disabled:
+        return []
+    before = time.time() - stale_s
+    removed = []
+    try:
+        with os.scandir(parent) as entries:
+            old = [
+                e.path
+                for e in entries
+                if e.name.startswith("aidp-") and e.stat(follow_symlinks=False).st_mtime < before
+            ]
+    except OSError:
+        return []
+    for path in old:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+            removed.append(os.path.basename(path))
+    return removed
 
 
 def _write(path: Path, data: bytes) -> bool:

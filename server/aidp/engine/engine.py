@@ -700,6 +700,8 @@ class Engine:
             del self._runs[run.run_id]
             self._unrecorded += [(run.run_id, result) for result in run.unrecorded]
         await self._forget_old_runs(list(run.jobs))
+        if removed := await asyncio.to_thread(cgroups.sweep):
+            log.info("removed %d empty cgroups that aidp processes left when they died", len(removed))
         self._ended[run] = summary
         self.events.emit(RunFinished(summary=summary))
         return summary
