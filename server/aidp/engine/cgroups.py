@@ -132,20 +132,19 @@ def sweep(stale_s: float = STALE_S) -> list[str]:
     if parent is None or _disabled:
         return []
     before = time.time() - stale_s
-    removed = []
     try:
         with os.scandir(parent) as entries:
-            old = [
-                e.path
-                for e in entries
-                if e.name.startswith("aidp-") and e.stat(follow_symlinks=False).st_mtime < before
-            ]
+            ours = [entry for entry in entries if entry.name.startswith("aidp-")]
     except OSError:
         return []
-    for path in old:
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-            removed.append(os.path.basename(path))
+    removed = []
+    for entry in ours:
+        try:  # one another aidp removes meanwhile is simply gone
+            if entry.stat(follow_symlinks=False).st_mtime < before:
+                os.rmdir(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue
     return removed
 
 
