@@ -32,6 +32,24 @@ def cgroup_env(cgroups: str) -> dict[str, str]:
     return {"AIDP_CGROUPS": "0"} if cgroups == "off" else {}
 
 
+def cancel_b_harness(tmp_path: Path, repo: Path, stamps: Path) -> list[str]:
+    """A harness command (argv; `{slug}` its argument) that stamps its start in `stamps`. As `a`, it
+    has another aidp process (`aidp ws cancel b`) record a cancel of `b`, and ends the moment that
+    process says "cancelling b" (stamped as `asked`): `a`'s slot frees before the run's ticker
+    (every 0.5 s) can have read the request."""
+    script = tmp_path / "cancel_b.py"
+    script.write_text(
+        "import pathlib, subprocess, sys\n"
+        f"stamps = pathlib.Path({str(stamps)!r})\n"
+        "(stamps / sys.argv[1]).write_text('started')\n"
+        "if sys.argv[1] == 'a':\n"
+        "    cancel = [sys.executable, '-m', 'aidp', 'ws', 'cancel', 'b']\n"
+        f"    asking = subprocess.Popen(cancel, cwd={str(repo)!r}, stdout=subprocess.PIPE, text=True)\n"
+        "    (stamps / 'asked').write_text(asking.stdout.readline())\n"
+    )
+    return [PYTHON, str(script), "{slug}"]
+
+
 def child_env() -> dict[str, str]:
     """The environment for git and aidp children: commits work whatever the machine's git config."""
     return {**os.environ, **GIT_IDENTITY}

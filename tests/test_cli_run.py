@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli_helpers import Lines, Terminal, gated, harness, new_ws, spawn_cli, wait_for_status, workstreams
+from cli_helpers import Lines, Terminal, events, gated, harness, new_ws, spawn_cli, wait_for_status, workstreams
 from support import cli, make_repo, pid_alive, wait_until_sync
 
 OK = "import sys\nprint('working on', sys.argv[1])\n"
@@ -222,6 +222,4 @@ def test_a_missing_program_ends_error_without_ever_showing_running(tmp_path: Pat
     result = cli(repo, "ws", "run", "typo")
     assert result.returncode == 1
     assert "cannot start 'aidp-no-such-program-xyz': no such program" in result.stdout + result.stderr
-    status = cli(repo, "ws", "status", "typo").stdout
-    events = status[status.index("recent events:") :].splitlines()[1:]
-    assert [line.split()[1] for line in events if line.startswith("  20")] == ["active", "queued", "error"]
+    assert [line.split()[1] for line in events(repo, "typo")] == ["active", "queued", "error"]

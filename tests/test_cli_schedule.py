@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from cli_helpers import Lines, Terminal, spawn_cli, wait_for_status, workstreams
-from support import CGROUPS, cgroup_env, cli, git, make_repo, wait_until_sync
+from conftest import toml_list, write_config
+from support import CGROUPS, PYTHON, cancel_b_harness, cgroup_env, cli, git, make_repo, wait_until_sync
 
 SCRIPT = """\
 d="$STAMPS"
@@ -380,11 +380,7 @@ def test_a_cancel_from_another_process_as_an_attempt_fails_is_never_retried(tmp_
         "        f.write(said)\n"
         "raise SystemExit(3)\n"
     )
-    config = repo / ".aidp" / "config.toml"
-    config.parent.mkdir(exist_ok=True)
-    config.write_text(
-        f"[harness]\ncommand = {json.dumps([sys.executable, str(script)])}\nretries = 3\nretry_backoff_s = 0\n"
-    )
+    write_config(repo, f"[harness]\ncommand = {toml_list([PYTHON, str(script)])}\nretries = 3\nretry_backoff_s = 0\n")
     assert cli(repo, "ws", "new", "x", "fails once its cancel is asked").returncode == 0
     summary = json.loads(cli(repo, "ws", "run", "x", "--json").stdout)
     assert starts.read_text() == "start\ncancelling x\n"
@@ -403,19 +399,7 @@ def test_a_queued_workstream_cancelled_from_another_process_as_its_slot_frees_ne
     `b` never starts (its harness would stamp it) and ends `cancelled` before it started."""
     repo, stamps = make_repo(tmp_path), tmp_path / "stamps"
     stamps.mkdir()
-    script = tmp_path / "cancel_b.py"
-    script.write_text(
-        "import pathlib, subprocess, sys\n"
-        f"stamps = pathlib.Path({str(stamps)!r})\n"
-        "(stamps / sys.argv[1]).write_text('started')\n"
-        "if sys.argv[1] == 'a':\n"
-        "    cancel = [sys.executable, '-m', 'aidp', 'ws', 'cancel', 'b']\n"
-        f"    asking = subprocess.Popen(cancel, cwd={str(repo)!r}, stdout=subprocess.PIPE, text=True)\n"
-        "    (stamps / 'asked').write_text(asking.stdout.readline())\n"
-    )
-    config = repo / ".aidp" / "config.toml"
-    config.parent.mkdir(exist_ok=True)
-    config.write_text(f"[harness]\ncommand = {json.dumps([sys.executable, str(script), '{slug}'])}\n")
+    write_config(repo, f"[harness]\ncommand = {toml_list(cancel_b_harness(tmp_path, repo, stamps))}\n")
     for slug in ("a", "b"):
         assert cli(repo, "ws", "new", slug, "one slot").returncode == 0
     run = cli(repo, "ws", "run", "a", "b", "--max-concurrent", "1", "--json", env=cgroup_env(cgroups))

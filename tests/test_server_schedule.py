@@ -14,7 +14,7 @@ import pytest
 from conftest import toml_list, write_config, write_script
 from lsprotocol import types as lsp
 from server_helpers import RUN_PROGRESS, AidpClient, initialize_params, lsp_session, server_command
-from support import git, wait_until
+from support import cancel_b_harness, git, wait_until
 from test_schedule import read_stamps, stamp_command
 
 pytestmark = pytest.mark.timeout(180)
@@ -260,3 +260,25 @@ async def test_ws_run_all_with_base_from_deps_and_the_repository_bound(
         assert "schema.txt" in (repo / ".worktrees" / "api" / "seen-api.txt").read_text().split()
         err = await client.fails("aidp/wsRunAll", {"baseFromDeps": "yes"})
         assert err.code == INVALID_PARAMS and "$.baseFromDeps" in err.message, err
+
+
+async def test_a_queued_workstream_cancelled_from_a_terminal_as_its_slot_frees_never_starts(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The server's run, with one slot: `a` has a terminal's `aidp ws cancel b` record a cancel of
+    the queued `b`, and ends the moment it is recorded, before the server's ticker can have read
+    it. `b`'s start record reads it: `b` never starts and ends `cancelled`, told as such."""
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    write_config(repo, f"[harness]\ncommand = {toml_list(cancel_b_harness(tmp_path, repo, stamps))}\n")
+    async with lsp_session(server_command(repo), tmp_path, initialize_params()) as client:
+        for slug in ("a", "b"):
+            await new(client, slug)
+        summary = await client.call("aidp/wsRun", {"slugs": ["a", "b"], "maxConcurrent": 1})
+        assert (stamps / "asked").read_text() == "cancelling b\n"
+        assert sorted(p.name for p in stamps.iterdir()) == ["a", "asked"]
+        by_slug = {r["slug"]: r for r in summary["results"]}
+        assert by_slug["a"]["status"] == "completed"
+        assert (by_slug["b"]["status"], by_slug["b"]["error"]) == ("cancelled", "cancelled before it started")
+        told = [n["status"] for n in client.statuses("b")]
+        assert told[-1] == "cancelled" and "running" not in told
