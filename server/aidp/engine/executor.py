@@ -647,7 +647,8 @@ class Run:
             ticks += 1
             if ticks % CANCEL_POLL_TICKS == 0:
                 try:
-                    self.cancel(await self._db.call(self._db.store.cancel_requests, self.run_id))
+                    if asked := await self._db.call(self._db.store.cancel_requests, self.run_id):
+                        self.cancel(asked)  # (none asked: no pass to wake)
                 except sqlite3.Error as exc:
                     log.warning("cannot read cancel requests (will retry): %s", exc)
                 await self._sample()
