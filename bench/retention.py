@@ -75,7 +75,7 @@ def _starter(store: Store, run_id: str, slug: str, now: str) -> Callable[[], boo
     return lambda: store.mark_running(run_id, slug, (12345, 67890, None), log, now, 1, ["true"])
 
 
-def _finisher(store: Store, run_id: str, slug: str, now: str) -> Callable[[], None]:
+def _finisher(store: Store, run_id: str, slug: str, now: str) -> Callable[[], bool]:
     result = WorkstreamResult(
         slug=slug, status=Status.COMPLETED, exit_code=0, started_at=now, finished_at=now, duration_s=0.004
     )

@@ -9,7 +9,10 @@ import json
 import os
 import signal
 import sqlite3
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import spawn_cli, workstreams
@@ -19,7 +22,7 @@ from support import PYTHON, cli, git, pid_alive, wait_until, wait_until_sync
 from aidp.engine import Engine, Status
 from aidp.engine.errors import InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EngineEvent, RunProgress, StatusChanged
-from aidp.engine.store import MIGRATIONS, SCHEMA
+from aidp.engine.store import MIGRATIONS, SCHEMA, Store
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -290,6 +293,63 @@ async def test_one_slot_starts_each_job_once_and_a_retry_once_more(
     assert starts["after-a"] > ends["a"]
     kinds = [line.split()[0] for line in stamps.read_text().splitlines()]
     assert kinds == ["start", "end"] * 6  # one at a time
+
+
+async def test_a_slot_handed_over_while_a_pass_takes_slots_starts_nothing_twice(
+    engine: Engine, repo: Path, scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ending job hands its slot to the next one in the transaction that records its end, while
+    a pass takes slots for the jobs it picked in a round trip of its own. Here a pass picks `r`
+    (made high priority by another process, so the first end's handover is refused) and waits on
+    a slow `take_slots` while `b` ends: `b` must not hand its slot to `r` too."""
+    stamps, gates = tmp_path / "stamps", tmp_path / "gates"
+    gates.mkdir()
+    write_config(
+        repo, f"[scheduler]\nmax_concurrent = 2\n[harness]\ncommand = {toml_list(stamp_command(scripts, stamps, 0))}\n"
+    )
+    for slug in ("a", "b"):  # they hold both slots until their gates open
+        gated = ["env", f"GATE={gates / slug}", *stamp_command(scripts, stamps, 0)]
+        await engine.create(slug, f"task {slug}", command=gated, priority="high")
+    for slug in ("p", "q", "r"):
+        await engine.create(slug, f"task {slug}")
+    taking, slow = threading.Event(), threading.Event()
+    take_slots = Store.take_slots
+
+    def slow_take_slots(store: Store, *args: Any) -> list[str]:
+        if slow.is_set():
+            slow.clear()
+            taking.set()
+            time.sleep(2.0)  # on the store's thread: the pass's round trip stays open meanwhile
+        return take_slots(store, *args)
+
+    monkeypatch.setattr(Store, "take_slots", slow_take_slots)
+    told: list[tuple[str, Status]] = []  # each start and end told: a job started twice is told twice
+
+    def listen(event: EngineEvent) -> None:
+        if isinstance(event, StatusChanged) and event.status != Status.QUEUED:
+            told.append((event.slug, event.status))
+
+    engine.events.subscribe(listen)
+    run = asyncio.create_task(engine.run_all())
+    await wait_until(lambda: stamps.exists() and stamps.read_text().count("start") == 2, what="a and b started")
+    other = await Engine.open(repo)
+    try:
+        await other.set_schedule("r", priority="high")
+    finally:
+        await other.close()
+    slow.set()
+    (gates / "a").touch()
+    assert await asyncio.to_thread(taking.wait, 30), "no pass took slots after a's end"
+    (gates / "b").touch()  # ends while the pass that picked `r` waits for its slot
+    summary = await asyncio.wait_for(run, 60)
+    assert summary.ok, summary
+    order, _, _ = read_stamps(stamps)
+    assert sorted(order) == ["a", "b", "p", "q", "r"], order  # each once
+    assert sorted(told) == sorted((s, st) for s in "abpqr" for st in (Status.RUNNING, Status.COMPLETED)), told
+    # The priority set meanwhile counts (the order aidp started them in: r's and p's harnesses start
+    # at nearly the same moment, so their own stamps may come in either order).
+    started = {r.slug: r.started_at or "" for r in summary.results}
+    assert started["r"] <= min(started["p"], started["q"]), started
 
 
 async def test_a_timeout_is_not_retried_unless_asked(engine: Engine, repo: Path) -> None:

@@ -71,12 +71,12 @@ def _install() -> None:
     def refusing() -> bool:
         return until is None or not os.path.exists(until)
 
-    def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> None:
+    def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> bool:
         if refusing() and (
             result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR)
         ):
             raise disk_full()
-        finish(self, run_id, result, *args, **kwargs)
+        return finish(self, run_id, result, *args, **kwargs)
 
     def faulty_mark_running(self: Store, run_id: str, slug: str, *args: Any, **kwargs: Any) -> bool:
         if slug == refuse_running and refusing():

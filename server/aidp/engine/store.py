@@ -261,6 +261,15 @@ class SlotHolder(msgspec.Struct, frozen=True):
     owner_start: int
 
 
+class Successor(msgspec.Struct, frozen=True):
+    """The workstream of the same run that takes the slot an ending one frees, in the transaction
+    that records the end (`Store.finish`), when the order is as the run last read it."""
+
+    slug: str
+    changes: int  # `schedule_changes` when the run last read priorities and dependencies
+    bound: int | None  # the repository's slots (None: this run's share is the only bound)
+
+
 class History(msgspec.Struct, frozen=True):
     """What recorded runs say of a workstream: its expected duration and peak memory (None: no record)."""
 
@@ -872,14 +881,17 @@ class Store:
         """Take slots of the repository's `bound` for these claimed workstreams (in order), as many
         as are free; returns those that got one. Slots are held on claims, so the slots of a dead
         process come back when recovery releases its claims."""
-        with self._tx() as db:
-            free = bound - int(db.execute("SELECT COUNT(*) FROM claims WHERE slot = 1").fetchone()[0])
-            taken = slugs[: max(0, free)]
-            db.executemany(
-                "UPDATE claims SET slot = 1, waiting = NULL WHERE slug = ? AND run_id = ?",
-                [(slug, run_id) for slug in taken],
-            )
-            return taken
+        with self._tx():
+            return self._take_slots(run_id, slugs, bound)
+
+    def _take_slots(self, run_id: str, slugs: list[str], bound: int) -> list[str]:
+        free = bound - int(self._db.execute("SELECT COUNT(*) FROM claims WHERE slot = 1").fetchone()[0])
+        taken = slugs[: max(0, free)]
+        self._db.executemany(
+            "UPDATE claims SET slot = 1, waiting = NULL WHERE slug = ? AND run_id = ?",
+            [(slug, run_id) for slug in taken],
+        )
+        return taken
 
     def slot_holders(self) -> list[SlotHolder]:
         rows = self._db.execute("SELECT slug, run_id, owner_pid, owner_start FROM claims WHERE slot = 1")
@@ -940,10 +952,18 @@ class Store:
             self._set_status(slug, Status.RUNNING, run_id, message)
         return True
 
-    def finish(self, run_id: str, result: WorkstreamResult, message: str | None = None) -> None:
-        """Record the result, set the resting status and release the claim, in one transaction."""
+    def finish(
+        self, run_id: str, result: WorkstreamResult, message: str | None = None, successor: Successor | None = None
+    ) -> bool:
+        """Record the result, set the resting status and release the claim, in one transaction;
+        in it too, the slot goes to `successor` when no priority or dependency was set since the
+        run read them (else its order may differ) and the repository's bound still has room (a
+        slot another process took meanwhile is its own). Whether the successor took it."""
         with self._tx():
             self._finish(run_id, result, message)
+            if successor is None or self.schedule_changes() != successor.changes:
+                return False
+            return successor.bound is None or bool(self._take_slots(run_id, [successor.slug], successor.bound))
 
     def set_progress(self, run_id: str, progress: Mapping[str, Progress]) -> None:
         """Running workstreams' latest progress, so every viewer (other processes too) can show it."""
