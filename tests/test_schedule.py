@@ -19,7 +19,7 @@ from cli_helpers import spawn_cli, workstreams
 from conftest import toml_list, write_config, write_script
 from support import PYTHON, cli, git, pid_alive, wait_until, wait_until_sync
 
-from aidp.engine import Engine, Status
+from aidp.engine import Engine, Status, WorkstreamResult
 from aidp.engine.errors import InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EngineEvent, RunProgress, StatusChanged
 from aidp.engine.store import MIGRATIONS, SCHEMA, Store
@@ -350,6 +350,43 @@ async def test_a_slot_handed_over_while_a_pass_takes_slots_starts_nothing_twice(
     # at nearly the same moment, so their own stamps may come in either order).
     started = {r.slug: r.started_at or "" for r in summary.results}
     assert started["r"] <= min(started["p"], started["q"]), started
+
+
+async def test_a_slot_handed_over_as_the_run_halts_starts_nothing(
+    engine: Engine, repo: Path, scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`x` ends and hands its slot to `y` while `bad`'s failure, recorded just before, has not yet
+    halted the run: once `x`'s end and the handover are recorded, the run has halted, so `y` must
+    not start (the slot goes back with its claim)."""
+    stamps, gates = tmp_path / "stamps", tmp_path / "gates"
+    gates.mkdir()
+    write_config(
+        repo, f"[scheduler]\nmax_concurrent = 2\n[harness]\ncommand = {toml_list(stamp_command(scripts, stamps, 0))}\n"
+    )
+    for slug in ("x", "bad"):  # they hold both slots until their gates open
+        gated = ["env", f"GATE={gates / slug}", "EXIT_BAD=1", *stamp_command(scripts, stamps, 0)]
+        await engine.create(slug, f"task {slug}", command=gated, priority="high")
+    await engine.create("y", "queued behind")
+    recording = threading.Event()
+    finish = Store.finish
+
+    def slow_finish(store: Store, run_id: str, result: WorkstreamResult, *args: Any) -> bool:
+        if result.slug == "bad":
+            recording.set()
+            time.sleep(1.5)  # on the store's thread: `x` ends and hands its slot over meanwhile
+        return finish(store, run_id, result, *args)
+
+    monkeypatch.setattr(Store, "finish", slow_finish)
+    run = asyncio.create_task(engine.run_all(halt="soon"))
+    await wait_until(lambda: stamps.exists() and stamps.read_text().count("start") == 2, what="x and bad started")
+    (gates / "bad").touch()
+    assert await asyncio.to_thread(recording.wait, 30), "bad's end was never recorded"
+    (gates / "x").touch()
+    summary = await asyncio.wait_for(run, 60)
+    results = {r.slug: (r.status, r.error) for r in summary.results}
+    assert results["y"] == (Status.CANCELLED, "not started: halted after bad failed (--halt soon)"), results
+    assert results["x"][0] == Status.COMPLETED and results["bad"][0] == Status.FAILED, results
+    assert sorted(read_stamps(stamps)[0]) == ["bad", "x"]  # y's harness never ran
 
 
 async def test_a_timeout_is_not_retried_unless_asked(engine: Engine, repo: Path) -> None:

@@ -485,7 +485,8 @@ class Run:
         finally:
             self._taking = False
         for slug in taken:
-            self._launch(self.jobs[slug])
+            if self._still_startable(self.jobs[slug]):
+                self._launch(self.jobs[slug])
         if len(taken) < len(wanted):  # every ready job waits for a slot: each is told so
             every_plain = [j for s, j in self._pending.items() if s not in self._conditional and j.not_before <= now]
             await self._say_slots_held([j for j in conditional + every_plain if j.ws.slug not in taken])
@@ -537,6 +538,11 @@ class Run:
             job.slot_reason = why
         self._slots_said += jobs
         self._slots_changed += jobs
+
+    def _still_startable(self, job: Job) -> bool:
+        """After the round trip that took its slot: halted or cancelled meanwhile, it stays
+        pending, and the next pass ends it (and releases its claim, the slot with it)."""
+        return self._halted is None and not job.cancel.is_set()
 
     def _launch(self, job: Job) -> None:
         self._set_state(job, State.RUNNING)
@@ -1150,14 +1156,15 @@ class Run:
             result.finished_at = utc_now()
         successor = self._successor(job, result)
         then = None if successor is None else Successor(successor.ws.slug, self._changes, self.options.repo_bound)
-        handed = False
+        starts = False
         try:
             result, handed = await self._store_result(result, then)
+            starts = handed and successor is not None and self._still_startable(successor)
         finally:
-            if successor is not None and not handed:
+            if successor is not None and not starts:
                 self._set_state(successor, State.PENDING)  # back in the queue, for the next pass
                 self._wake.set()
-        if successor is not None and handed:
+        if successor is not None and starts:
             self._tasks.pop(job.ws.slug)  # its slot is the successor's (the rest of its task is sync)
             self._launch(successor)
         job.result = result
