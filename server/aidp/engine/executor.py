@@ -563,11 +563,10 @@ class Run:
         stood idle: 10-15% of a run of 500 harnesses that do nothing (bench: overhead). Out of
         the queue from here on, so that no pass starts it too (`_finish` puts it back if it got
         no slot)."""
-        halts = result.status in (Status.FAILED, Status.ERROR) and self.options.policy.halt != "never"
         if (
             job.ws.slug not in self._tasks  # it never ran: it holds no slot
             or len(self._tasks) > self.limit  # the share was lowered (a rate limit)
-            or halts
+            or self._halts_on(result)
             or self._halted is not None
             or self._look_at_all  # a cancel the next pass must look at first
             or self._conditional  # a dependency or setup: only a pass knows what may start
@@ -576,7 +575,7 @@ class Run:
         ):
             return None
         found = self._first_plain(1, time.monotonic())
-        if not found or found[0].cancel.is_set():
+        if not found or not self._still_startable(found[0]):
             return None
         self._set_state(found[0], State.RUNNING)
         return found[0]
@@ -1082,11 +1081,15 @@ class Run:
         self._set_state(job, State.DONE)
         await self._finish(job, result)
         policy = self.options.policy
-        if result.status in (Status.FAILED, Status.ERROR) and policy.halt != "never" and self._halted is None:
+        if self._halts_on(result) and self._halted is None:
             self._halted = self.note = f"halted after {job.ws.slug} {result.status} (--halt {policy.halt})"
             log.info("%s", self._halted)
             if policy.halt == "now":
                 self.cancel(list(self._tasks), why=f"cancelled: {self._halted}")
+
+    def _halts_on(self, result: WorkstreamResult) -> bool:
+        """Whether this end halts the run (`--halt soon` or `now`: a failure or an error)."""
+        return result.status in (Status.FAILED, Status.ERROR) and self.options.policy.halt != "never"
 
     def _retry_kind(self, job: Job, result: WorkstreamResult, log_path: Path | None) -> str | None:
         """Why this failed attempt is tried again ("rate limit", "timeout", "retry"), or None."""
