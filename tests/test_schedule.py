@@ -10,7 +10,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from support import PYTHON, cli, git, pid_alive, wait_until, wait_until_sync
 from aidp.engine import Engine, Status, WorkstreamResult
 from aidp.engine.errors import InvalidInput, Refused, UnknownSlugs
 from aidp.engine.events import EngineEvent, RunProgress, StatusChanged
+from aidp.engine.executor import Job, Run
 from aidp.engine.store import MIGRATIONS, SCHEMA, Store
 
 pytestmark = pytest.mark.timeout(180)
@@ -295,6 +295,23 @@ async def test_one_slot_starts_each_job_once_and_a_retry_once_more(
     assert kinds == ["start", "end"] * 6  # one at a time
 
 
+def successor_looked_for(monkeypatch: pytest.MonkeyPatch, slug: str) -> threading.Event:
+    """Set once the run has looked for the job to hand `slug`'s slot to (as `slug` ended): what a
+    test holding the store's thread waits for, instead of a guess of how long that takes."""
+    looked = threading.Event()
+    successor = Run._successor
+
+    def looking(run: Run, job: Job, result: WorkstreamResult) -> Job | None:
+        try:
+            return successor(run, job, result)
+        finally:
+            if job.ws.slug == slug:
+                looked.set()
+
+    monkeypatch.setattr(Run, "_successor", looking)
+    return looked
+
+
 async def test_a_slot_handed_over_while_a_pass_takes_slots_starts_nothing_twice(
     engine: Engine, repo: Path, scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,13 +330,14 @@ async def test_a_slot_handed_over_while_a_pass_takes_slots_starts_nothing_twice(
     for slug in ("p", "q", "r"):
         await engine.create(slug, f"task {slug}")
     taking, slow = threading.Event(), threading.Event()
+    b_ended = successor_looked_for(monkeypatch, "b")
     take_slots = Store.take_slots
 
     def slow_take_slots(store: Store, *args: Any) -> list[str]:
         if slow.is_set():
             slow.clear()
             taking.set()
-            time.sleep(2.0)  # on the store's thread: the pass's round trip stays open meanwhile
+            b_ended.wait(30)  # on the store's thread: the pass's round trip stays open until then
         return take_slots(store, *args)
 
     monkeypatch.setattr(Store, "take_slots", slow_take_slots)
@@ -368,12 +386,13 @@ async def test_a_slot_handed_over_as_the_run_halts_starts_nothing(
         await engine.create(slug, f"task {slug}", command=gated, priority="high")
     await engine.create("y", "queued behind")
     recording = threading.Event()
+    x_ended = successor_looked_for(monkeypatch, "x")
     finish = Store.finish
 
     def slow_finish(store: Store, run_id: str, result: WorkstreamResult, *args: Any) -> bool:
         if result.slug == "bad":
             recording.set()
-            time.sleep(1.5)  # on the store's thread: `x` ends and hands its slot over meanwhile
+            x_ended.wait(30)  # on the store's thread: `x` ends and hands its slot over meanwhile
         return finish(store, run_id, result, *args)
 
     monkeypatch.setattr(Store, "finish", slow_finish)
