@@ -422,6 +422,18 @@ class Engine:
         history = await self._history(workstreams, config.harness.resolved_command, config.scheduler.history_runs)
         return [msgspec.structs.replace(ws, expected_s=history[ws.slug].expected_s) for ws in workstreams]
 
+    async def borrowed_forecasts(self) -> dict[str, float | None]:
+        """The forecast of each workstream with no completed run of its own: its command's, which
+        another workstream's run moves without any event of its own (a server sends the records it
+        moved: `aidp.server.updates`)."""
+        try:
+            config = self.config()
+        except ConfigError:  # no forecasts then (`_with_expected`)
+            return {}
+        default = json.dumps(config.harness.resolved_command)
+        found = await self.db.call(self.db.store.borrowed, default, config.scheduler.history_runs)
+        return {slug: history.expected_s for slug, history in found.items()}
+
     # -- review and land (see review.py) ----------------------------------------------------------
 
     async def changes(self, ws: Workstream) -> ChangeSummary:

@@ -270,11 +270,29 @@ class Successor(msgspec.Struct, frozen=True):
     bound: int | None  # the repository's slots (None: this run's share is the only bound)
 
 
+def rough(seconds: float) -> float:
+    """A forecast to two significant figures, and to a tenth of a second below ten: what either
+    face shows of it. Finer, it would move at nearly every run's end, and with it the record of
+    every workstream that takes its command's forecast (`Store.borrowed`)."""
+    if seconds < 10:
+        return round(seconds, 1)
+    return float(round(seconds, 2 - len(str(int(seconds)))))
+
+
 class History(msgspec.Struct, frozen=True):
     """What recorded runs say of a workstream: its expected duration and peak memory (None: no record)."""
 
     expected_s: float | None
     peak_rss_kb: int | None
+
+
+def _history_of(runs: list[tuple[float, int | None]]) -> History:
+    """What these runs (duration, peak memory) say."""
+    peaks = [peak for _, peak in runs if peak is not None]
+    return History(
+        expected_s=rough(statistics.median(d for d, _ in runs)) if runs else None,
+        peak_rss_kb=max(peaks) if peaks else None,
+    )
 
 
 class RunInFlight(msgspec.Struct, frozen=True):
@@ -724,6 +742,23 @@ class Store:
         )
         for slug, duration, peak in rows:
             own.setdefault(slug, []).append((duration, peak))
+        return self._forecasts(commands, own, n)
+
+    def borrowed(self, default: str, n: int) -> dict[str, History]:
+        """`history` of each workstream with no completed run of its own (`default`: the harness
+        command, as JSON, of those that name none): theirs is their command's, which any
+        workstream's run can move."""
+        rows = self._db.execute(
+            "SELECT slug, command FROM workstreams w WHERE NOT EXISTS (SELECT 1 FROM runs WHERE ws_id = w.id "
+            "AND status = ? AND duration_s IS NOT NULL AND command IS NOT NULL)",
+            (Status.COMPLETED,),
+        )
+        return self._forecasts({slug: command or default for slug, command in rows}, {}, n)
+
+    def _forecasts(
+        self, commands: Mapping[str, str], own: dict[str, list[tuple[float, int | None]]], n: int
+    ) -> dict[str, History]:
+        """`history` from each workstream's `own` runs (duration, peak memory), else its command's."""
         by_command: dict[str, list[tuple[float, int | None]]] = {}
         for command in {command for slug, command in commands.items() if slug not in own}:
             by_command[command] = self._db.execute(
@@ -731,15 +766,8 @@ class Store:
                 "AND duration_s IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
                 (command, Status.COMPLETED, n),
             ).fetchall()
-        found = {}
-        for slug, command in commands.items():
-            runs = own.get(slug) or by_command.get(command) or []
-            peaks = [peak for _, peak in runs if peak is not None]
-            found[slug] = History(
-                expected_s=statistics.median(d for d, _ in runs) if runs else None,
-                peak_rss_kb=max(peaks) if peaks else None,
-            )
-        return found
+        of_command = {command: _history_of(runs) for command, runs in by_command.items()}
+        return {slug: _history_of(own[slug]) if slug in own else of_command[c] for slug, c in commands.items()}
 
     def note(self, slug: str, run_id: str | None, status: Status, message: str) -> None:
         """An event that changes no status (an auto-commit during a run)."""
