@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from server_helpers import (
     WS_LIST_CHANGED,
@@ -82,6 +83,28 @@ async def test_a_runs_end_sends_its_records_not_a_list_change(records_client: Ai
     assert sent["fails"]["lastResult"]["exitCode"] == 3
 
 
+async def test_a_runs_end_sends_the_records_whose_forecast_it_moved(records_client: AidpClient) -> None:
+    """A workstream with no completed run of its own takes its forecast from its command's runs by
+    any workstream, so another's run moves it: its record follows, as the whole list gives it. One
+    of another command is not sent."""
+    client = records_client
+    slow = ["sh", "-c", "sleep 0.3"]
+    for slug in ("ran", "borrows"):
+        await client.call("aidp/wsNew", {"slug": slug, "task": "t", "command": slow})
+    await client.call("aidp/wsNew", {"slug": "other", "task": "t", "command": ["true"]})
+    assert (await client.workstreams())["borrows"]["expectedS"] is None
+    assert (await client.call("aidp/wsRun", {"slugs": ["ran"]}))["completed"] == 1
+
+    await wait_until(lambda: bool(index(client, WS_UPDATED, "borrows")), what="the borrower's record sent")
+    listed = await client.workstreams()
+    forecast = listed["borrows"]["expectedS"]
+    assert forecast is not None and forecast >= 0.3
+    sent = [ws for u in client.of(WS_UPDATED) for ws in u["workstreams"] if ws["slug"] == "borrows"]
+    assert sent[-1] == listed["borrows"]
+    assert not index(client, WS_UPDATED, "other")
+    assert listed["other"]["expectedS"] is None
+
+
 async def test_a_client_that_does_not_take_records_gets_the_list_change(list_client: AidpClient) -> None:
     client = list_client
     await client.call("aidp/wsNew", {"slug": "commits", "task": "t", "command": COMMITS})
@@ -135,6 +158,69 @@ async def test_a_record_never_follows_a_newer_status_of_its_workstream(
     await wait_until(lambda: bool(sent), what="the record sent")
     assert computed == [["a"], ["a"]]
     assert [[ws.status for ws in batch] for batch in sent] == [["paused"]]
+    assert not fell_back
+    await updates.close()
+
+
+async def test_a_runs_end_sends_the_records_of_workstreams_on_its_branch(records_client: AidpClient) -> None:
+    """A workstream made on another's branch (`baseBranch`) is compared with that branch: a run
+    that commits there moves it (its base is one commit ahead of it now), and its record follows."""
+    client = records_client
+    await client.call("aidp/wsNew", {"slug": "below", "task": "t", "command": COMMITS})
+    await client.call("aidp/wsNew", {"slug": "above", "task": "t", "command": ["true"], "baseBranch": "aidp/below"})
+    await client.call("aidp/wsNew", {"slug": "aside", "task": "t", "command": ["true"]})
+    assert (await client.workstreams())["above"]["changes"]["behind"] == 0
+    assert (await client.call("aidp/wsRun", {"slugs": ["below"]}))["completed"] == 1
+
+    await wait_until(lambda: bool(index(client, WS_UPDATED, "above")), what="the record of the one above sent")
+    listed = await client.workstreams()
+    assert listed["above"]["changes"]["behind"] == 1
+    sent = [ws for u in client.of(WS_UPDATED) for ws in u["workstreams"] if ws["slug"] == "above"]
+    assert sent[-1] == listed["above"]
+    assert not index(client, WS_UPDATED, "aside")
+
+
+async def test_a_forecast_is_sent_when_it_is_no_longer_the_one_given(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compared with what the client was last given, by the whole list or by a record after it: a
+    forecast that did not move sends nothing; one the list gave otherwise is sent again."""
+    for slug in ("a", "b", "c"):
+        await engine.create(slug, "t", command=["true"])
+    sent: list[list[tuple[str, float | None]]] = []
+    fell_back: list[bool] = []
+    updates = RecordUpdates(
+        engine, lambda found: sent.append([(ws.slug, ws.expected_s) for ws in found]), lambda: fell_back.append(True)
+    )
+    forecasts: dict[str, float | None] = {}
+    compared: list[bool] = []
+
+    async def borrowed_forecasts() -> dict[str, float | None]:
+        compared.append(True)
+        return dict(forecasts)
+
+    async def records(slugs: list[str], changes: bool = True) -> list[Workstream]:
+        return [msgspec.structs.replace(ws, expected_s=forecasts.get(ws.slug)) for ws in await real(slugs, changes)]
+
+    real = engine.records
+    monkeypatch.setattr(engine, "borrowed_forecasts", borrowed_forecasts)
+    monkeypatch.setattr(engine, "records", records)
+
+    async def end(slug: str, batches: int) -> list[list[tuple[str, float | None]]]:
+        """`slug`'s run ended: the batches of records sent, once the forecasts were compared."""
+        sent.clear()
+        looked = len(compared)
+        updates.ended(slug)
+        await wait_until(lambda: len(compared) > looked and len(sent) == batches, what=f"{batches} batches sent")
+        return sent
+
+    updates.listed(await engine.workstreams())  # no forecasts
+    forecasts.update(b=1.0, c=None)
+    assert await end("a", 2) == [[("a", None)], [("b", 1.0)]]
+    assert await end("a", 1) == [[("a", None)]]  # b still 1.0, as its record said
+    listed = await engine.workstreams()
+    updates.listed([msgspec.structs.replace(ws, expected_s=2.0 if ws.slug == "b" else None) for ws in listed])
+    assert await end("a", 2) == [[("a", None)], [("b", 1.0)]]  # the list said 2.0 since
     assert not fell_back
     await updates.close()
 

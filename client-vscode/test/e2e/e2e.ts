@@ -530,7 +530,10 @@ async function main(): Promise<void> {
 
     // ---- A run's end updates its row in place (aidp/wsUpdated): what it changed shows, no list fetched ----
     run(PYTHON, ["-m", "aidp", "ws", "new", "made-ws", "make", "a", "file", "--command", `sh ${harness} commit`], { cwd: repo });
+    // made-twin has the same command and never runs: its forecast is that command's runs' by any workstream.
+    run(PYTHON, ["-m", "aidp", "ws", "new", "made-twin", "the", "same", "--command", `sh ${harness} commit`], { cwd: repo });
     await wb.waitStatus("made-ws", "active");
+    await wb.waitStatus("made-twin", "active");
     // The server looks at other processes' commits once a second (Engine.watch_others), and the
     // CLI's creation commits more than once (the record, then its hold released): a look between
     // them announces the list changed twice, the second up to a second later. One look past the
@@ -546,11 +549,13 @@ async function main(): Promise<void> {
     const beforeRun = Date.now();
     await madeRow.hover();
     await madeRow.locator('.action-label[aria-label="Run Workstream"]').click();
+    check(!(await wb.label("made-twin"))?.includes("expected"), "made-twin shows no forecast before its command ever ran");
     const madeLabel = await wb.waitStatus("made-ws", "+1 −0 · 1 file");
+    const twinLabel = await wb.waitStatus("made-twin", "expected");
     const traced = tracedBetween(userData, beforeRun, Date.now()).map(([, message]) => message);
     check(
       traced.some((m) => m.startsWith("notification 'aidp/wsUpdated'")) && !traced.some((m) => m.startsWith("request 'aidp/wsList")),
-      `made-ws's row shows what its run committed ("${madeLabel}") from aidp/wsUpdated, without fetching the list (${JSON.stringify(traced)})`,
+      `made-ws's row shows what its run committed ("${madeLabel}"), and made-twin the forecast that run gave it ("${twinLabel}"), from aidp/wsUpdated, without fetching the list (${JSON.stringify(traced)})`,
     );
 
     // ---- Scheduling: priority and dependencies from the commands, a blocked dependent, the ETA --------

@@ -659,7 +659,10 @@ def create_server(root: Path | None) -> AidpServer:
     @request(p.WS_LIST, p.EmptyParams)
     async def ws_list(ls: AidpServer, engine: Engine, q: p.EmptyParams) -> Encoded:
         assert ls.lists is not None  # made with the engine
-        return await ls.lists.answer()
+        answer = await ls.lists.answer()
+        if ls.updates is not None:
+            ls.updates.listed(ls.lists.answered)
+        return answer
 
     @request(p.WS_NEW, p.WsNewParams)
     async def ws_new(ls: AidpServer, engine: Engine, q: p.WsNewParams) -> p.Workstream:

@@ -100,6 +100,7 @@ class ListSnapshot:
         self._aside = True  # background checks in a child process, until one fails
         self.computed = 0  # full lists computed
         self.reused = 0  # answers from the snapshot
+        self.answered: list[Workstream] = []  # the list `answer` last gave
         self._unsubscribe: Callable[[], None] | None = engine.events.subscribe(self._on_event)
 
     def _on_event(self, event: EngineEvent) -> None:
@@ -119,8 +120,10 @@ class ListSnapshot:
             snapshot.reused += 1
             if snapshot.reused == 1:  # said once per snapshot, not for each answer
                 log.info("wsList: the snapshot of %d workstreams answered again", len(snapshot.workstreams))
-            return snapshot.answer()
-        return (await self._lists.get(lambda: self._compute(why or "asked"))).answer()
+        else:
+            snapshot = await self._lists.get(lambda: self._compute(why or "asked"))
+        self.answered = snapshot.workstreams
+        return snapshot.answer()
 
     async def close(self) -> None:
         """Stop listening and checking (a server stops once per way out: it may come twice)."""
