@@ -24,7 +24,7 @@ from support import PYTHON
 from aidp.engine import Engine, Status, procs
 from aidp.engine.errors import ConfigError
 from aidp.engine.harness import spawn
-from aidp.engine.store import AsyncStore, Store
+from aidp.engine.store import AsyncStore, Store, rough
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -186,6 +186,13 @@ async def test_expected_durations_come_from_the_latest_runs_only(engine: Engine,
     assert now["a"] is not None and now["a"] < 3  # the slow run is no longer among the latest 2
     assert now["b"] == now["a"]  # the command's latest 2, whoever ran them
     assert now["c"] is None
+
+
+def test_forecasts_are_rough() -> None:
+    """To two significant figures, a tenth of a second below ten: what a face shows, so a forecast
+    moves (and with it the records of every workstream that borrows it) only when it shows."""
+    cases = {0.04: 0.0, 0.26: 0.3, 3.04: 3.0, 9.96: 10.0, 42.4: 42.0, 137.0: 140.0, 1234.5: 1200.0, 86399.0: 86000.0}
+    assert {seconds: rough(seconds) for seconds in cases} == cases
 
 
 async def test_finding_runs_in_flight_reads_no_finished_run(engine: Engine, repo: Path) -> None:
