@@ -466,6 +466,31 @@ def test_a_retried_attempt_that_drops_its_environment_is_ended_by_recovery(tmp_p
 
 
 @CGROUPS
+def test_a_workstream_started_in_a_slot_handed_over_is_ended_by_recovery(tmp_path: Path, cgroups: str) -> None:
+    """With one slot, `second` takes the slot `first` frees in the transaction that records
+    `first`'s end, which records `second`'s start too: another process sees it `running` while it
+    runs. It drops its environment and outlives its aidp process: the next list ends it."""
+    repo = make_repo(tmp_path)
+    pids = tmp_path / "pids"
+    new_ws(repo, "first", "true")
+    script = f"sleep 60 & echo $! >> {pids}; wait"
+    new_ws(repo, "second", shlex.join(["env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", script]))
+    env = cgroup_env(cgroups)
+    owner = spawn_cli(repo, "ws", "run", "first", "second", "--max-concurrent", "1", env=env)
+    wait_until_sync(lambda: pids.exists() and len(read_pids(pids)) == 1, what="second's sleep")
+    assert workstreams(repo)["second"]["status"] == "running"
+    owner.kill()
+    owner.wait(30)
+    assert pid_alive(read_pids(pids)[0])  # the owner died, second did not
+
+    listed = cli(repo, "ws", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    statuses = {ws["slug"]: ws["status"] for ws in json.loads(listed.stdout)}
+    assert statuses == {"first": "completed", "second": "cancelled"}
+    assert not pid_alive(read_pids(pids)[0])
+
+
+@CGROUPS
 @pytest.mark.parametrize("how", ["exit", "cancel", "timeout", "interrupt"])
 def test_setsid_descendants_never_outlive_their_run(tmp_path: Path, how: str, cgroups: str) -> None:
     repo = make_repo(tmp_path)

@@ -47,7 +47,7 @@ from aidp.engine.harness import (
 )
 from aidp.engine.model import DONE_STATUSES, RunSummary, Status, Workstream, WorkstreamResult, utc_now
 from aidp.engine.progress import StreamJson, Tracker, is_stream_json
-from aidp.engine.store import AsyncStore, Successor
+from aidp.engine.store import AsyncStore, StartRecord, Successor
 
 TICK_S = 0.1
 CANCEL_POLL_TICKS = 5  # also how often (in ticks) the harnesses' memory and CPU are sampled
@@ -199,6 +199,25 @@ async def _until(future: asyncio.Future[Any], flag: Flag, timeout_s: float | Non
             timer.cancel()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How an attempt starts, decided before anything of it exists: its placeholders' values, its
+    files, its environment, when it started, and where its harness will be (`recorded_before`)."""
+
+    template: list[str]
+    values: dict[str, str]
+    log_path: Path
+    progress_path: Path
+    env: dict[str, str]
+    started_at: str
+    place: Path | None
+    attempt: int
+
+    def record(self) -> StartRecord:
+        """The start as the database keeps it, where its place is known."""
+        return StartRecord(str(self.place), str(self.log_path), self.started_at, self.attempt, self.template)
+
+
 @dataclass(eq=False)
 class Job:
     ws: Workstream
@@ -223,6 +242,7 @@ class Job:
     tracker: Tracker | None = None  # while an attempt runs: its progress reports
     started_at: str | None = None  # when the current attempt's harness started
     host: str | None = None  # the machine the current attempt's harness runs on; None: this one
+    recorded: _Plan | None = None  # its next start, recorded already with the slot it took (`_finish`)
 
 
 class Run:
@@ -774,9 +794,45 @@ class Run:
                 error = f"aidp failed while running it: {type(exc).__name__}: {exc}"
                 await self._finish(job, WorkstreamResult(slug=job.ws.slug, status=Status.ERROR, error=error))
 
+    def _plan(self, job: Job, template: list[str]) -> _Plan:
+        ws = job.ws
+        values = {
+            "slug": ws.slug,
+            "task": ws.task,
+            "mode": self.options.mode,
+            "steps": ",".join(self.options.steps or []),
+            "branch": ws.branch,
+            "worktree": ws.path,
+        }
+        name = f"{self.run_id}.log" if job.attempt == 1 else f"{self.run_id}.{job.attempt}.log"
+        log_path = self._logs_dir / ws.slug / name
+        values["task_file"] = str(log_path.with_suffix(".task"))  # the task, whole, kept beside the log
+        progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
+        env = {**build_env(self.options.env, values, self.run_id), "AIDP_PROGRESS": str(progress_path)}
+        place = self.options.backend.recorded_before(self.run_id, ws.slug, job.attempt)
+        return _Plan(template, values, log_path, progress_path, env, utc_now(), place, job.attempt)
+
+    def _start_to_record(self, job: Job) -> _Plan | None:
+        """`job`'s start, when the end that frees its slot can record it too (`Store.finish`),
+        saving the round trip `mark_running` takes before every start: a plain start on this
+        machine, unsandboxed, its program found (a start recorded first would say `running` before
+        a missing program's error)."""
+        template = job.ws.command or self.options.default_command
+        if not template or self.options.sandbox.kind != "none" or (self.options.base_from_deps and job.ws.after):
+            return None
+        try:
+            plan = self._plan(job, template)
+            if plan.place is not None:
+                self._look_for_program(build_argv(template[:1], plan.values)[0], Path(job.ws.path), plan.env)
+                return plan
+        except (StartError, ValueError):  # said by the attempt itself, which plans again
+            pass
+        return None
+
     async def _run_attempt(self, job: Job) -> None:
         ws = job.ws
         job.started, job.timed_out, job.peak_rss_kb, job.cpu_s = time.monotonic(), False, None, None
+        recorded, job.recorded = job.recorded, None
         template = ws.command or self.options.default_command
         if not template:
             await self._conclude(job, self._result(job, Status.ERROR, NO_COMMAND))
@@ -787,20 +843,9 @@ class Run:
             except (AidpError, OSError) as exc:
                 await self._conclude(job, self._result(job, Status.ERROR, str(exc)))
                 return
-        steps = ",".join(self.options.steps or [])
-        values = {
-            "slug": ws.slug,
-            "task": ws.task,
-            "mode": self.options.mode,
-            "steps": steps,
-            "branch": ws.branch,
-            "worktree": ws.path,
-        }
-        name = f"{self.run_id}.log" if job.attempt == 1 else f"{self.run_id}.{job.attempt}.log"
-        log_path = self._logs_dir / ws.slug / name
-        values["task_file"] = str(log_path.with_suffix(".task"))  # the task, whole, kept beside the log
-        progress_path = log_path.with_suffix(".progress")  # the harness's $AIDP_PROGRESS, beside its log
-        started_at, t0 = utc_now(), time.monotonic()
+        plan = recorded or self._plan(job, template)
+        values, log_path, progress_path, env = plan.values, plan.log_path, plan.progress_path, plan.env
+        started_at, t0 = plan.started_at, time.monotonic()
         try:
             os.close(open_making_folder(progress_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -808,7 +853,7 @@ class Run:
             error = f"cannot write its log {log_path}: {exc.strerror or exc}"
             await self._conclude(job, self._result(job, Status.ERROR, error, started_at))
             return
-        place = self.options.backend.recorded_before(self.run_id, ws.slug, job.attempt)
+        place = plan.place
 
         async def mark_running(child: tuple[int | None, int | None, Path | None], host: str | None) -> bool:
             """False: a cancel was asked meanwhile (by another process: the ticker reads those
@@ -823,12 +868,11 @@ class Run:
 
         try:
             task_file = write_task_file(Path(values["task_file"]), ws.task)  # before the sandbox binds it
-            env = {**build_env(self.options.env, values, self.run_id), "AIDP_PROGRESS": str(progress_path)}
             if self._root is not None:
                 job.box = await sandbox.prepare(
                     self.options.sandbox, Path(ws.path), ws.branch, env, self._root, [progress_path, task_file]
                 )
-            if place is not None:  # where it will be is all a recovery needs: recorded before it runs
+            if place is not None and recorded is None:  # where it will be is all a recovery needs: recorded first
                 self._look_for_program(build_argv(template[:1], values)[0], Path(ws.path), env)
                 try:
                     started = await mark_running((None, None, place), None)
@@ -1158,7 +1202,11 @@ class Run:
         if result.finished_at is None:
             result.finished_at = utc_now()
         successor = self._successor(job, result)
-        then = None if successor is None else Successor(successor.ws.slug, self._changes, self.options.repo_bound)
+        then, plan = None, None
+        if successor is not None:
+            plan = self._start_to_record(successor)  # recorded with the end too, when it can be
+            start = None if plan is None else plan.record()
+            then = Successor(successor.ws.slug, self._changes, self.options.repo_bound, start)
         starts = False
         try:
             result, handed = await self._store_result(result, then)
@@ -1167,6 +1215,8 @@ class Run:
             if successor is not None and not starts:
                 self._set_state(successor, State.PENDING)  # back in the queue, for the next pass
                 self._wake.set()
+            elif successor is not None:
+                successor.recorded = plan
         if successor is not None and starts:
             self._tasks.pop(job.ws.slug)  # its slot is the successor's (the rest of its task is sync)
             self._launch(successor)

@@ -268,6 +268,17 @@ class Successor(msgspec.Struct, frozen=True):
     slug: str
     changes: int  # `schedule_changes` when the run last read priorities and dependencies
     bound: int | None  # the repository's slots (None: this run's share is the only bound)
+    start: StartRecord | None = None  # its start, recorded with the slot (as `mark_running` does)
+
+
+class StartRecord(msgspec.Struct, frozen=True):
+    """A start recorded before the harness starts, where its cgroup alone finds it again."""
+
+    cgroup: str
+    log_path: str
+    started_at: str
+    attempt: int
+    command: list[str]
 
 
 def rough(seconds: float) -> float:
@@ -950,35 +961,52 @@ class Store:
         `host`: the machine the harness runs on when that is not this one (a Ray node).
         False, recording nothing, when a cancel was asked for it meanwhile (maybe by another
         process, whose request its run reads only every few ticks): it must not run."""
-        pid, start, cgroup = child
-        with self._tx() as db:
-            asked = db.execute("SELECT cancel_requested FROM claims WHERE slug = ? AND run_id = ?", (slug, run_id))
-            if any(flag for (flag,) in asked):
+        with self._tx():
+            if self._cancel_asked(run_id, slug):
                 return False
-            db.execute(
-                "UPDATE runs SET status = ?, started_at = ?, log_path = ?, command = ?, host = ? "
-                "WHERE run_id = ? AND slug = ? AND attempt = ?",
-                (
-                    Status.RUNNING,
-                    started_at,
-                    log_path,
-                    json.dumps(command) if command else None,
-                    host,
-                    run_id,
-                    slug,
-                    attempt,
-                ),
-            )
-            db.execute(
-                "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ?, waiting = NULL, progress = NULL "
-                "WHERE slug = ? AND run_id = ?",
-                (pid, start, _optional_str(cgroup), slug, run_id),
-            )
-            message = f"pid {pid}" if pid is not None or cgroup is None else f"in cgroup {cgroup.name}"
-            message += "" if host is None else f" on {host}"
-            message += "" if attempt == 1 else f", attempt {attempt}"
-            self._set_status(slug, Status.RUNNING, run_id, message)
+            self._record_running(run_id, slug, child, log_path, started_at, attempt, command, host)
         return True
+
+    def _cancel_asked(self, run_id: str, slug: str) -> bool:
+        asked = self._db.execute("SELECT cancel_requested FROM claims WHERE slug = ? AND run_id = ?", (slug, run_id))
+        return any(flag for (flag,) in asked)
+
+    def _record_running(
+        self,
+        run_id: str,
+        slug: str,
+        child: tuple[int | None, int | None, Path | None],
+        log_path: str,
+        started_at: str,
+        attempt: int,
+        command: list[str] | None,
+        host: str | None,
+    ) -> None:
+        pid, start, cgroup = child
+        db = self._db
+        db.execute(
+            "UPDATE runs SET status = ?, started_at = ?, log_path = ?, command = ?, host = ? "
+            "WHERE run_id = ? AND slug = ? AND attempt = ?",
+            (
+                Status.RUNNING,
+                started_at,
+                log_path,
+                json.dumps(command) if command else None,
+                host,
+                run_id,
+                slug,
+                attempt,
+            ),
+        )
+        db.execute(
+            "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ?, waiting = NULL, progress = NULL "
+            "WHERE slug = ? AND run_id = ?",
+            (pid, start, _optional_str(cgroup), slug, run_id),
+        )
+        message = f"pid {pid}" if pid is not None or cgroup is None else f"in cgroup {cgroup.name}"
+        message += "" if host is None else f" on {host}"
+        message += "" if attempt == 1 else f", attempt {attempt}"
+        self._set_status(slug, Status.RUNNING, run_id, message)
 
     def finish(
         self, run_id: str, result: WorkstreamResult, message: str | None = None, successor: Successor | None = None
@@ -986,12 +1014,23 @@ class Store:
         """Record the result, set the resting status and release the claim, in one transaction;
         in it too, the slot goes to `successor` when no priority or dependency was set since the
         run read them (else its order may differ) and the repository's bound still has room (a
-        slot another process took meanwhile is its own). Whether the successor took it."""
+        slot another process took meanwhile is its own); and its `start`, unless a cancel was asked
+        for it meanwhile (`mark_running`). Whether the successor took the slot."""
         with self._tx():
             self._finish(run_id, result, message)
             if successor is None or self.schedule_changes() != successor.changes:
                 return False
-            return successor.bound is None or bool(self._take_slots(run_id, [successor.slug], successor.bound))
+            start = successor.start
+            if start is not None and self._cancel_asked(run_id, successor.slug):
+                return False
+            if successor.bound is not None and not self._take_slots(run_id, [successor.slug], successor.bound):
+                return False
+            if start is not None:
+                child = (None, None, Path(start.cgroup))
+                self._record_running(
+                    run_id, successor.slug, child, start.log_path, start.started_at, start.attempt, start.command, None
+                )
+            return True
 
     def set_progress(self, run_id: str, progress: Mapping[str, Progress]) -> None:
         """Running workstreams' latest progress, so every viewer (other processes too) can show it."""
