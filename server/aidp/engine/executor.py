@@ -215,7 +215,7 @@ class _Plan:
 
     def record(self) -> StartRecord:
         """The start as the database keeps it, where its place is known."""
-        return StartRecord(str(self.place), str(self.log_path), self.started_at, self.attempt, self.template)
+        return StartRecord(str(self.log_path), self.started_at, self.attempt, self.template, cgroup=str(self.place))
 
 
 @dataclass(eq=False)

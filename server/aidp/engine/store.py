@@ -272,13 +272,19 @@ class Successor(msgspec.Struct, frozen=True):
 
 
 class StartRecord(msgspec.Struct, frozen=True):
-    """A start recorded before the harness starts, where its cgroup alone finds it again."""
+    """An attempt's start as the database keeps it: its log, when, which attempt, the harness
+    command (before placeholders, which history is matched by), and where a recovery finds it: its
+    pid and start time, else (recorded before it starts) its cgroup alone; `host`: the machine it
+    runs on when that is not this one (a Ray node)."""
 
-    cgroup: str
     log_path: str
     started_at: str
     attempt: int
-    command: list[str]
+    command: list[str] | None
+    cgroup: str | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    host: str | None = None
 
 
 def rough(seconds: float) -> float:
@@ -955,57 +961,47 @@ class Store:
         command: list[str] | None = None,
         host: str | None = None,
     ) -> bool:
-        """`child`: the harness's pid, start time and cgroup, kept with the claim for recovery (no
-        pid: recorded before the start, its cgroup is all a recovery needs).
-        `command`: the harness command (before placeholders), which history is matched by.
-        `host`: the machine the harness runs on when that is not this one (a Ray node).
-        False, recording nothing, when a cancel was asked for it meanwhile (maybe by another
-        process, whose request its run reads only every few ticks): it must not run."""
+        """`child`: the harness's pid, start time and cgroup (see `StartRecord`). False, recording
+        nothing, when a cancel was asked for it meanwhile (maybe by another process, whose request
+        its run reads only every few ticks): it must not run."""
+        pid, pid_start, cgroup = child
+        start = StartRecord(log_path, started_at, attempt, command, _optional_str(cgroup), pid, pid_start, host)
         with self._tx():
             if self._cancel_asked(run_id, slug):
                 return False
-            self._record_running(run_id, slug, child, log_path, started_at, attempt, command, host)
+            self._record_running(run_id, slug, start)
         return True
 
     def _cancel_asked(self, run_id: str, slug: str) -> bool:
         asked = self._db.execute("SELECT cancel_requested FROM claims WHERE slug = ? AND run_id = ?", (slug, run_id))
         return any(flag for (flag,) in asked)
 
-    def _record_running(
-        self,
-        run_id: str,
-        slug: str,
-        child: tuple[int | None, int | None, Path | None],
-        log_path: str,
-        started_at: str,
-        attempt: int,
-        command: list[str] | None,
-        host: str | None,
-    ) -> None:
-        pid, start, cgroup = child
-        db = self._db
-        db.execute(
+    def _record_running(self, run_id: str, slug: str, start: StartRecord) -> None:
+        self._db.execute(
             "UPDATE runs SET status = ?, started_at = ?, log_path = ?, command = ?, host = ? "
             "WHERE run_id = ? AND slug = ? AND attempt = ?",
             (
                 Status.RUNNING,
-                started_at,
-                log_path,
-                json.dumps(command) if command else None,
-                host,
+                start.started_at,
+                start.log_path,
+                json.dumps(start.command) if start.command else None,
+                start.host,
                 run_id,
                 slug,
-                attempt,
+                start.attempt,
             ),
         )
-        db.execute(
+        self._db.execute(
             "UPDATE claims SET child_pid = ?, child_start = ?, cgroup = ?, waiting = NULL, progress = NULL "
             "WHERE slug = ? AND run_id = ?",
-            (pid, start, _optional_str(cgroup), slug, run_id),
+            (start.pid, start.pid_start, start.cgroup, slug, run_id),
         )
-        message = f"pid {pid}" if pid is not None or cgroup is None else f"in cgroup {cgroup.name}"
-        message += "" if host is None else f" on {host}"
-        message += "" if attempt == 1 else f", attempt {attempt}"
+        if start.pid is None and start.cgroup is not None:
+            message = f"in cgroup {Path(start.cgroup).name}"
+        else:
+            message = f"pid {start.pid}"
+        message += "" if start.host is None else f" on {start.host}"
+        message += "" if start.attempt == 1 else f", attempt {start.attempt}"
         self._set_status(slug, Status.RUNNING, run_id, message)
 
     def finish(
@@ -1026,10 +1022,7 @@ class Store:
             if successor.bound is not None and not self._take_slots(run_id, [successor.slug], successor.bound):
                 return False
             if start is not None:
-                child = (None, None, Path(start.cgroup))
-                self._record_running(
-                    run_id, successor.slug, child, start.log_path, start.started_at, start.attempt, start.command, None
-                )
+                self._record_running(run_id, successor.slug, start)
             return True
 
     def set_progress(self, run_id: str, progress: Mapping[str, Progress]) -> None:
