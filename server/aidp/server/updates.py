@@ -99,6 +99,7 @@ class RecordUpdates:
             log.warning("cannot send the records of ended runs: %s", exc)
             self._pending.clear()
             self._told.clear()
+            self._ended.clear()
             self._fallback()
         finally:
             self._task = None
