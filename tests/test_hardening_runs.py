@@ -135,14 +135,18 @@ def test_a_refused_result_write_is_recorded_as_error_and_released(tmp_path: Path
     assert cli(repo, "ws", "run", "flaky").returncode == 0
 
 
-def test_a_refused_start_write_ends_error_and_never_runs_the_harness(tmp_path: Path) -> None:
+# One slot: `starter` takes the slot `fine` frees, and `fine`'s end would record its start.
+SLOTS = {"apart": ["starter", "fine"], "handed over": ["fine", "starter", "--max-concurrent", "1"]}
+
+
+@pytest.mark.parametrize("how", list(SLOTS))
+def test_a_refused_start_write_ends_error_and_never_runs_the_harness(tmp_path: Path, how: str) -> None:
     repo = make_repo(tmp_path)
     started = tmp_path / "started"
     new_ws(repo, "starter", shlex.join(["sh", "-c", f"echo $$ >> {started}; exec sleep 60"]))
     new_ws(repo, "fine", "true")
-    run = cli(
-        repo, "ws", "run", "starter", "fine", "--json", env={"PYTHONPATH": FAULTS, "AIDP_FAULT_RUNNING": "starter"}
-    )
+    env = {"PYTHONPATH": FAULTS, "AIDP_FAULT_RUNNING": "starter"}
+    run = cli(repo, "ws", "run", *SLOTS[how], "--json", env=env)
     assert run.returncode == 1, run.stderr
     got = results(run)
     assert got["starter"]["status"] == "error"
@@ -153,20 +157,31 @@ def test_a_refused_start_write_ends_error_and_never_runs_the_harness(tmp_path: P
 
 
 @CGROUPS
-def test_a_harness_never_runs_unrecorded_when_aidp_dies_as_it_starts(tmp_path: Path, cgroups: str) -> None:
+@pytest.mark.parametrize("handed_over", [False, True])
+def test_a_harness_never_runs_unrecorded_when_aidp_dies_as_it_starts(
+    tmp_path: Path, cgroups: str, handed_over: bool
+) -> None:
     """aidp killed after the spawn, before it recorded the start: the harness, which drops its
     environment at once, would have run where no recovery could find it. It ends at the gate
-    instead, never having run, and the next list records the workstream cancelled."""
+    instead, never having run, and the next list records the workstream cancelled. Handed over
+    (one slot, after `first`): aidp killed as `first`'s end would record both; neither is left
+    running or in flight."""
     repo = make_repo(tmp_path)
     ran, script = tmp_path / "ran", tmp_path / "harness.sh"
     script.write_text(f"echo $$ > {ran}; sleep 60\n")
+    new_ws(repo, "first", "true")
     new_ws(repo, "dier", shlex.join(["env", "-i", "PATH=/usr/bin:/bin", "sh", str(script)]))
-    env = cgroup_env(cgroups)
-    owner = cli(repo, "ws", "run", "dier", env={**env, "PYTHONPATH": FAULTS, "AIDP_FAULT_DIE_RUNNING": "dier"})
+    env = {**cgroup_env(cgroups), "PYTHONPATH": FAULTS, "AIDP_FAULT_DIE_RUNNING": "dier"}
+    slugs = ["first", "dier", "--max-concurrent", "1"] if handed_over else ["dier"]
+    owner = cli(repo, "ws", "run", *slugs, env=env)
     assert owner.returncode == -signal.SIGKILL
     wait_until_sync(lambda: not marked(str(script)), what="the launcher to end at the gate")
     assert not ran.exists()
-    assert workstreams(repo)["dier"]["status"] == "cancelled"
+    listed = workstreams(repo)
+    assert listed["dier"]["status"] == "cancelled"
+    # Handed over in a cgroup, `first`'s end and `dier`'s start are one transaction, never made:
+    # `first` is recorded interrupted. Without one, `dier`'s start is recorded apart, after it.
+    assert listed["first"]["status"] in ({"cancelled", "completed"} if handed_over else {"active"})
 
 
 def test_a_refused_setup_start_write_ends_it_unrun_and_records_it_failed(tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ Python imports `sitecustomize` at start-up, so the real CLI or server runs uncha
 - AIDP_FAULT_FINISH=<slug>: recording that workstream's result fails, except an `error` result
   (the smaller write aidp falls back to).
 - AIDP_FAULT_FINISH_ALL=<slug>: recording any result of that workstream fails.
-- AIDP_FAULT_RUNNING=<slug>: recording that workstream's start fails.
+- AIDP_FAULT_RUNNING=<slug>: recording that workstream's start fails (also where another's end
+  records it, handing it its slot: that whole transaction fails).
 - AIDP_FAULT_DIE_RUNNING=<slug>: the process is SIGKILLed as it would record that workstream's
-  start (its harness spawned, not yet recorded).
+  start (its harness spawned, not yet recorded; or its slot about to be handed to it).
 - AIDP_FAULT_SETUP_PID=<slug>, AIDP_FAULT_DIE_SETUP_PID=<slug>: the same for the process of that
   workstream's setup command (recording it fails; the process is SIGKILLed instead).
 - AIDP_FAULT_HOOK_START=<hook>, AIDP_FAULT_DIE_HOOK_START=<hook>: the same for a hook (`on_end`,
@@ -71,12 +72,19 @@ def _install() -> None:
     def refusing() -> bool:
         return until is None or not os.path.exists(until)
 
-    def faulty_finish(self: Store, run_id: str, result: WorkstreamResult, *args: Any, **kwargs: Any) -> bool:
+    def faulty_finish(
+        self: Store, run_id: str, result: WorkstreamResult, message: str | None = None, successor: Any = None
+    ) -> bool:
+        starts = successor.slug if successor is not None and successor.start is not None else None
+        if starts is not None and starts == die_running:
+            os.kill(os.getpid(), signal.SIGKILL)
         if refusing() and (
-            result.slug == refuse_all or (result.slug == refuse_finish and result.status != Status.ERROR)
+            result.slug == refuse_all
+            or (result.slug == refuse_finish and result.status != Status.ERROR)
+            or (starts is not None and starts == refuse_running)
         ):
             raise disk_full()
-        return finish(self, run_id, result, *args, **kwargs)
+        return finish(self, run_id, result, message, successor)
 
     def faulty_mark_running(self: Store, run_id: str, slug: str, *args: Any, **kwargs: Any) -> bool:
         if slug == refuse_running and refusing():
