@@ -406,6 +406,7 @@ async def test_a_slot_handed_over_as_the_run_halts_starts_nothing(
     assert results["y"] == (Status.CANCELLED, "not started: halted after bad failed (--halt soon)"), results
     assert results["x"][0] == Status.COMPLETED and results["bad"][0] == Status.FAILED, results
     assert sorted(read_stamps(stamps)[0]) == ["bad", "x"]  # y's harness never ran
+    assert (await engine.get("y", changes=False)).status == Status.CANCELLED  # its record says so too
 
 
 async def test_a_timeout_is_not_retried_unless_asked(engine: Engine, repo: Path) -> None:
